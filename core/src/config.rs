@@ -1,0 +1,281 @@
+//! The plugin configuration: parsed once in `on_configure`, validated, and
+//! compiled into an immutable [`Config`] every request shares.
+//!
+//! The same JSON is given to the intake filter and to the singleton service
+//! (YAML anchors keep it in one place in Envoy configs); each reads the parts
+//! it needs. A bad config is refused with the exact field named, which makes
+//! Envoy refuse to start rather than run half-configured.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::contract::{ContractRules, DEFAULT_REPLAY_WINDOW_SECONDS};
+use crate::dedupe::DedupeConfig;
+use crate::ledger::Retention;
+
+/// A refused configuration: which field, and why. Never holds a secret value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid emr-edge configuration: `{}` {}",
+            self.field, self.message
+        )
+    }
+}
+
+/// Largest body the intake accepts at most (Genesys's own API limit; anything
+/// an incident tool sends is far smaller).
+pub const MAX_BODY_LIMIT: u32 = 512_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    intake: RawIntake,
+    #[serde(default)]
+    ledger: RawLedger,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIntake {
+    max_body_bytes: u32,
+    replay_window_seconds: u32,
+    allow_unknown_fields: bool,
+    dedupe_window_seconds: u32,
+    dedupe_buckets: u16,
+    dedupe_entries_per_bucket: u16,
+}
+
+impl Default for RawIntake {
+    fn default() -> Self {
+        let d = DedupeConfig::default();
+        Self {
+            max_body_bytes: 65_536,
+            replay_window_seconds: DEFAULT_REPLAY_WINDOW_SECONDS,
+            allow_unknown_fields: false,
+            dedupe_window_seconds: d.window_seconds,
+            dedupe_buckets: d.buckets,
+            dedupe_entries_per_bucket: d.per_bucket,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLedger {
+    closed_retention_seconds: u32,
+    max_closed_incidents: u32,
+    max_open_incidents: u32,
+}
+
+impl Default for RawLedger {
+    fn default() -> Self {
+        let r = Retention::default();
+        Self {
+            closed_retention_seconds: u32::try_from(r.closed_seconds).unwrap_or(86_400),
+            max_closed_incidents: u32::try_from(r.max_closed).unwrap_or(1_000),
+            max_open_incidents: u32::try_from(r.max_open).unwrap_or(1_000),
+        }
+    }
+}
+
+/// The intake's compiled settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intake {
+    pub max_body_bytes: usize,
+    pub contract: ContractRules,
+    pub dedupe: DedupeConfig,
+}
+
+/// The whole compiled configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub intake: Intake,
+    pub retention: Retention,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The empty configuration is valid by construction.
+        compile(RawConfig {
+            intake: RawIntake::default(),
+            ledger: RawLedger::default(),
+        })
+        .unwrap_or_else(|_| Config {
+            intake: Intake {
+                max_body_bytes: 65_536,
+                contract: ContractRules::default(),
+                dedupe: DedupeConfig::default(),
+            },
+            retention: Retention::default(),
+        })
+    }
+}
+
+/// Parses and validates the plugin configuration. Empty means all defaults.
+pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Config::default());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "$".to_owned() } else { path };
+        ConfigError::new(field, strip_position(&e.into_inner().to_string()))
+    })?;
+    compile(raw)
+}
+
+fn strip_position(msg: &str) -> String {
+    msg.rsplit_once(" at line ")
+        .map_or(msg, |(m, _)| m)
+        .to_owned()
+}
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(
+    field: &str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if v < min || v > max {
+        return Err(ConfigError::new(
+            field,
+            format!("must be between {min} and {max}, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let i = raw.intake;
+    let max_body = in_range(
+        "intake.max_body_bytes",
+        i.max_body_bytes,
+        1024,
+        MAX_BODY_LIMIT,
+    )?;
+    let replay = in_range(
+        "intake.replay_window_seconds",
+        i.replay_window_seconds,
+        60,
+        7 * 86_400,
+    )?;
+    let window = in_range(
+        "intake.dedupe_window_seconds",
+        i.dedupe_window_seconds,
+        60,
+        7 * 86_400,
+    )?;
+    let buckets = in_range("intake.dedupe_buckets", i.dedupe_buckets, 1, 16_384)?;
+    let per_bucket = in_range(
+        "intake.dedupe_entries_per_bucket",
+        i.dedupe_entries_per_bucket,
+        1,
+        1024,
+    )?;
+    let l = raw.ledger;
+    let closed = in_range(
+        "ledger.closed_retention_seconds",
+        l.closed_retention_seconds,
+        60,
+        30 * 86_400,
+    )?;
+    let max_closed = in_range(
+        "ledger.max_closed_incidents",
+        l.max_closed_incidents,
+        1,
+        1_000_000,
+    )?;
+    let max_open = in_range(
+        "ledger.max_open_incidents",
+        l.max_open_incidents,
+        1,
+        1_000_000,
+    )?;
+    Ok(Config {
+        intake: Intake {
+            max_body_bytes: usize::try_from(max_body).unwrap_or(65_536),
+            contract: ContractRules {
+                replay_window_seconds: replay,
+                allow_unknown_fields: i.allow_unknown_fields,
+            },
+            dedupe: DedupeConfig {
+                buckets,
+                per_bucket,
+                window_seconds: window,
+            },
+        },
+        retention: Retention {
+            closed_seconds: i64::from(closed),
+            max_closed: usize::try_from(max_closed).unwrap_or(1_000),
+            max_open: usize::try_from(max_open).unwrap_or(1_000),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn empty_config_means_defaults() {
+        let c = parse(b"").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.intake.max_body_bytes, 65_536);
+        assert_eq!(c.intake.contract.replay_window_seconds, 86_400);
+        assert!(!c.intake.contract.allow_unknown_fields);
+        assert_eq!(parse(b"{}").unwrap(), c);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = parse(br#"{"intake":{"max_body_bytes":2048,"allow_unknown_fields":true,"dedupe_buckets":8},"ledger":{"max_closed_incidents":5}}"#).unwrap();
+        assert_eq!(c.intake.max_body_bytes, 2048);
+        assert!(c.intake.contract.allow_unknown_fields);
+        assert_eq!(c.intake.dedupe.buckets, 8);
+        assert_eq!(c.retention.max_closed, 5);
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let e = parse(br#"{"intake":{"max_bodybytes":1}}"#).unwrap_err();
+        assert_eq!(e.field, "intake.max_bodybytes");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = parse(br#"{"intakes":{}}"#).unwrap_err();
+        assert_eq!(e.field, "intakes");
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_are_named() {
+        let e = parse(br#"{"intake":{"max_body_bytes":"big"}}"#).unwrap_err();
+        assert_eq!(e.field, "intake.max_body_bytes");
+        let e = parse(br#"{"intake":{"max_body_bytes":10}}"#).unwrap_err();
+        assert_eq!(e.field, "intake.max_body_bytes");
+        assert!(e.message.contains("between"));
+        let e = parse(br#"{"ledger":{"closed_retention_seconds":1}}"#).unwrap_err();
+        assert_eq!(e.field, "ledger.closed_retention_seconds");
+        assert!(parse(b"not json").is_err());
+    }
+}

@@ -1,0 +1,833 @@
+//! The `genesys` config section: parsed with serde, then compiled once into an
+//! immutable, validated [`GenesysSettings`] the reconciler shares as an `Arc`.
+//!
+//! Everything is checked at compile time, so a bad config makes `on_configure`
+//! fail with a message naming the field, and nothing later re-validates.
+//! Credentials come from environment variables (`vm_config.environment_variables`)
+//! read through a closure; the secret is never printed — not by `Debug`, not
+//! in an error.
+//!
+//! ```json
+//! {
+//!   "region": "mypurecloud.ie",
+//!   "login_cluster": "genesys_login",
+//!   "api_cluster": "genesys_api",
+//!   "client_id_env": "GENESYS_CLIENT_ID",
+//!   "client_secret_env": "GENESYS_CLIENT_SECRET",
+//!   "driver": "emergency-group",
+//!   "default_group": "3c3f7a3e-2f5c-4f3a-9b1e-000000000001",
+//!   "groups_by_incident_type": {"CARRIER_OUTAGE": "3c3f7a3e-2f5c-4f3a-9b1e-000000000002"},
+//!   "datatable": {"id": "emr-datatable-0001", "row_key": "{group}"},
+//!   "limits": {"max_in_flight": 4, "call_timeout_ms": 5000}
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{GroupId, IncidentEvent, IncidentType};
+
+/// Which API drives the emergency switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DriverKind {
+    /// The real Architect emergency-group API (default).
+    #[default]
+    #[serde(rename = "emergency-group", alias = "emergency_group")]
+    EmergencyGroup,
+    /// The guide's `/api/v2/telephony/emergencyrouting` contract, for sites
+    /// that front Genesys with an internal service of that shape.
+    #[serde(rename = "guide-contract", alias = "guide_contract")]
+    GuideContract,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::EmergencyGroup => "emergency-group",
+            DriverKind::GuideContract => "guide-contract",
+        }
+    }
+}
+
+/// The section as written in the plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesysConfig {
+    /// A Genesys Cloud region (`mypurecloud.com`, `euw2.pure.cloud`, … or the
+    /// AWS name `eu-west-2`): the hosts are then `login.{region}` and
+    /// `api.{region}`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Explicit hosts (`host[:port]`), overriding the region's. They become
+    /// the `:authority` of the calls.
+    #[serde(default)]
+    pub login_host: Option<String>,
+    #[serde(default)]
+    pub api_host: Option<String>,
+    /// Envoy clusters the calls go through.
+    #[serde(default = "default_login_cluster")]
+    pub login_cluster: String,
+    #[serde(default = "default_api_cluster")]
+    pub api_cluster: String,
+    /// Names of the environment variables holding the OAuth client's id and
+    /// secret.
+    #[serde(default = "default_client_id_env")]
+    pub client_id_env: String,
+    #[serde(default = "default_client_secret_env")]
+    pub client_secret_env: String,
+    #[serde(default)]
+    pub driver: DriverKind,
+    /// The group an event drives when neither the event nor
+    /// `groups_by_incident_type` names one.
+    pub default_group: String,
+    #[serde(default)]
+    pub groups_by_incident_type: BTreeMap<String, String>,
+    /// Where Architect flows read the queue list, if anywhere.
+    #[serde(default)]
+    pub datatable: Option<DatatableConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub guide: GuideConfig,
+}
+
+fn default_login_cluster() -> String {
+    "genesys_login".to_owned()
+}
+fn default_api_cluster() -> String {
+    "genesys_api".to_owned()
+}
+fn default_client_id_env() -> String {
+    "GENESYS_CLIENT_ID".to_owned()
+}
+fn default_client_secret_env() -> String {
+    "GENESYS_CLIENT_SECRET".to_owned()
+}
+
+/// The data table row the driver keeps the queue list in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatatableConfig {
+    pub id: String,
+    /// The row's key; `{group}` is replaced by the group id. Without the
+    /// placeholder only the default group (and `rows_by_group`) get a row,
+    /// so two groups never overwrite one row.
+    pub row_key: String,
+    /// Explicit row keys for some groups.
+    #[serde(default)]
+    pub rows_by_group: BTreeMap<String, String>,
+}
+
+/// Limits on what the reconciler does toward Genesys.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Calls in flight at once, token fetches included.
+    pub max_in_flight: usize,
+    /// Timeout of one call.
+    pub call_timeout_ms: u64,
+    /// Groups waiting for a free slot at most.
+    pub max_backlog: usize,
+    /// Re-reads after a version conflict before the reconcile fails.
+    pub max_version_retries: u32,
+    /// First backoff after a 5xx or a failed call; doubles up to the max.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Pause after a 429 that says nothing about how long.
+    pub retry_after_default_s: u64,
+    /// A longer `Retry-After` is cut to this.
+    pub retry_after_max_s: u64,
+    /// Refresh the token when this share of its lifetime has passed.
+    pub token_refresh_percent: u8,
+    /// After the login host refuses the credentials, ask again no sooner.
+    pub bad_credentials_retry_s: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 4,
+            call_timeout_ms: 5_000,
+            max_backlog: 1_024,
+            max_version_retries: 3,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 30_000,
+            retry_after_default_s: 60,
+            retry_after_max_s: 900,
+            token_refresh_percent: 85,
+            bad_credentials_retry_s: 300,
+        }
+    }
+}
+
+/// Settings of the guide-contract driver.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuideConfig {
+    /// `routingConfiguration.priority` of an activation.
+    pub priority: u32,
+    /// While the state reads `PENDING`, read again after this long…
+    pub pending_poll_ms: u64,
+    /// …this many times at most before backing off.
+    pub max_pending_reads: u32,
+}
+
+impl Default for GuideConfig {
+    fn default() -> Self {
+        Self {
+            priority: 1,
+            pending_poll_ms: 1_000,
+            max_pending_reads: 30,
+        }
+    }
+}
+
+/// Genesys Cloud regions: domain and AWS region name.
+pub const REGIONS: &[(&str, &str)] = &[
+    ("mypurecloud.com", "us-east-1"),
+    ("use2.us-gov-pure.cloud", "us-east-2"),
+    ("usw2.pure.cloud", "us-west-2"),
+    ("cac1.pure.cloud", "ca-central-1"),
+    ("mxc1.pure.cloud", "mx-central-1"),
+    ("sae1.pure.cloud", "sa-east-1"),
+    ("mypurecloud.ie", "eu-west-1"),
+    ("euw2.pure.cloud", "eu-west-2"),
+    ("mypurecloud.de", "eu-central-1"),
+    ("euc2.pure.cloud", "eu-central-2"),
+    ("mec1.pure.cloud", "me-central-1"),
+    ("aps1.pure.cloud", "ap-south-1"),
+    ("apse1.pure.cloud", "ap-southeast-1"),
+    ("mypurecloud.com.au", "ap-southeast-2"),
+    ("mypurecloud.jp", "ap-northeast-1"),
+    ("apne2.pure.cloud", "ap-northeast-2"),
+    ("apne3.pure.cloud", "ap-northeast-3"),
+];
+
+/// A config error: the field (relative to the `genesys` section, e.g.
+/// `limits.max_in_flight`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error with `prefix.` in front of the field.
+    pub fn prefixed(self, prefix: &str) -> Self {
+        let field = if self.field.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        Self { field, ..self }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A credential that is never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn new(s: String) -> Self {
+        Self(s)
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A host and the Envoy cluster that reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub cluster: String,
+    /// `:authority` of the calls.
+    pub authority: String,
+}
+
+/// Limits, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_in_flight: usize,
+    pub call_timeout_ms: u64,
+    pub max_backlog: usize,
+    pub max_version_retries: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub retry_after_default_s: u64,
+    pub retry_after_max_s: u64,
+    pub token_refresh_percent: u8,
+    pub bad_credentials_retry_s: u64,
+}
+
+/// The guide driver's settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuideSettings {
+    pub priority: u32,
+    pub pending_poll_ms: u64,
+    pub max_pending_reads: u32,
+}
+
+/// The data table, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatatableSettings {
+    pub id: String,
+    pub row_key: String,
+    pub rows_by_group: BTreeMap<GroupId, String>,
+}
+
+/// The compiled `genesys` section. Immutable; shared as `Arc<GenesysSettings>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesysSettings {
+    pub login: Endpoint,
+    pub api: Endpoint,
+    pub client_id: String,
+    client_secret: Secret,
+    pub driver: DriverKind,
+    pub default_group: GroupId,
+    pub groups_by_incident_type: BTreeMap<IncidentType, GroupId>,
+    pub datatable: Option<DatatableSettings>,
+    pub limits: Limits,
+    pub guide: GuideSettings,
+}
+
+/// Reads an environment variable for the compile step.
+pub type EnvReader<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl GenesysSettings {
+    /// Parses and compiles a `genesys` section given as JSON.
+    pub fn from_json(value: &serde_json::Value, env: EnvReader<'_>) -> Result<Self, ConfigError> {
+        let cfg =
+            GenesysConfig::deserialize(value).map_err(|e| ConfigError::new("", e.to_string()))?;
+        cfg.compile(env)
+    }
+
+    /// The group an event drives: the event's own group (a mapping rule chose
+    /// it), else the one for its incident type, else the default. The guide
+    /// contract has one global switch, so under it every event drives the
+    /// default group.
+    pub fn group_for(&self, ev: &IncidentEvent) -> GroupId {
+        if self.driver == DriverKind::GuideContract {
+            return self.default_group.clone();
+        }
+        ev.group
+            .clone()
+            .or_else(|| self.groups_by_incident_type.get(&ev.incident_type).cloned())
+            .unwrap_or_else(|| self.default_group.clone())
+    }
+
+    /// The data-table row key for `group`, if it gets a row.
+    pub fn row_key_for(&self, group: &GroupId) -> Option<String> {
+        let dt = self.datatable.as_ref()?;
+        if let Some(k) = dt.rows_by_group.get(group) {
+            return Some(k.clone());
+        }
+        if dt.row_key.contains("{group}") {
+            return Some(dt.row_key.replace("{group}", group.as_str()));
+        }
+        (group == &self.default_group).then(|| dt.row_key.clone())
+    }
+
+    /// `Basic base64(id:secret)` for the token request.
+    pub(crate) fn basic_authorization(&self) -> String {
+        use base64::Engine as _;
+        let raw = format!("{}:{}", self.client_id, self.client_secret.expose());
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+impl GenesysConfig {
+    /// Validates everything and reads the credentials through `env`.
+    pub fn compile(self, env: EnvReader<'_>) -> Result<GenesysSettings, ConfigError> {
+        let region = match &self.region {
+            Some(r) => Some(resolve_region(r).ok_or_else(|| {
+                ConfigError::new(
+                    "region",
+                    format!(
+                        "unknown Genesys Cloud region `{r}`; use one of {} (or its AWS name), or set login_host and api_host",
+                        REGIONS
+                            .iter()
+                            .map(|(d, _)| *d)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let host = |field: &str, explicit: &Option<String>, prefix: &str| match (explicit, region) {
+            (Some(h), _) => check_authority(h)
+                .map(|()| h.clone())
+                .map_err(|m| ConfigError::new(field, m)),
+            (None, Some(r)) => Ok(format!("{prefix}.{r}")),
+            (None, None) => Err(ConfigError::new(
+                field,
+                "set `region`, or both `login_host` and `api_host`",
+            )),
+        };
+        let login_authority = host("login_host", &self.login_host, "login")?;
+        let api_authority = host("api_host", &self.api_host, "api")?;
+        let cluster = |field: &str, v: &str| {
+            if v.trim().is_empty() || v.chars().any(char::is_control) {
+                Err(ConfigError::new(field, "must name an Envoy cluster"))
+            } else {
+                Ok(v.to_owned())
+            }
+        };
+        let login_cluster = cluster("login_cluster", &self.login_cluster)?;
+        let api_cluster = cluster("api_cluster", &self.api_cluster)?;
+
+        let client_id = read_env(env, "client_id_env", &self.client_id_env)?;
+        if client_id.contains(':') {
+            return Err(ConfigError::new(
+                "client_id_env",
+                format!(
+                    "the client id in `{}` must not contain ':' (it is sent as HTTP Basic credentials)",
+                    self.client_id_env
+                ),
+            ));
+        }
+        let client_secret =
+            Secret::new(read_env(env, "client_secret_env", &self.client_secret_env)?);
+
+        let default_group = GroupId::parse(&self.default_group)
+            .map_err(|e| ConfigError::new("default_group", e.0))?;
+        let mut groups_by_incident_type = BTreeMap::new();
+        for (ty, group) in &self.groups_by_incident_type {
+            let field = format!("groups_by_incident_type.{ty}");
+            let ty = IncidentType::parse(ty).map_err(|e| ConfigError::new(&field, e.0))?;
+            let group = GroupId::parse(group).map_err(|e| ConfigError::new(&field, e.0))?;
+            if self.driver == DriverKind::GuideContract && group != default_group {
+                return Err(ConfigError::new(
+                    field,
+                    "the guide-contract driver has one global switch: every incident type drives default_group",
+                ));
+            }
+            groups_by_incident_type.insert(ty, group);
+        }
+
+        let datatable = match self.datatable {
+            None => None,
+            Some(dt) => {
+                if dt.id.trim().is_empty() || dt.id.chars().any(char::is_control) {
+                    return Err(ConfigError::new("datatable.id", "must be a data table id"));
+                }
+                check_row_key("datatable.row_key", &dt.row_key)?;
+                let mut rows_by_group = BTreeMap::new();
+                for (group, key) in &dt.rows_by_group {
+                    let field = format!("datatable.rows_by_group.{group}");
+                    let group = GroupId::parse(group).map_err(|e| ConfigError::new(&field, e.0))?;
+                    check_row_key(&field, key)?;
+                    rows_by_group.insert(group, key.clone());
+                }
+                Some(DatatableSettings {
+                    id: dt.id,
+                    row_key: dt.row_key,
+                    rows_by_group,
+                })
+            }
+        };
+
+        let l = self.limits;
+        in_range("limits.max_in_flight", l.max_in_flight, 1, 64)?;
+        in_range("limits.call_timeout_ms", l.call_timeout_ms, 100, 60_000)?;
+        in_range("limits.max_backlog", l.max_backlog, 1, 100_000)?;
+        in_range("limits.max_version_retries", l.max_version_retries, 0, 10)?;
+        in_range(
+            "limits.backoff_initial_ms",
+            l.backoff_initial_ms,
+            10,
+            60_000,
+        )?;
+        in_range(
+            "limits.backoff_max_ms",
+            l.backoff_max_ms,
+            l.backoff_initial_ms,
+            600_000,
+        )?;
+        in_range(
+            "limits.retry_after_default_s",
+            l.retry_after_default_s,
+            1,
+            3_600,
+        )?;
+        in_range("limits.retry_after_max_s", l.retry_after_max_s, 1, 86_400)?;
+        in_range(
+            "limits.token_refresh_percent",
+            l.token_refresh_percent,
+            50,
+            95,
+        )?;
+        in_range(
+            "limits.bad_credentials_retry_s",
+            l.bad_credentials_retry_s,
+            1,
+            86_400,
+        )?;
+        let g = self.guide;
+        in_range("guide.priority", g.priority, 1, 1_000)?;
+        in_range("guide.pending_poll_ms", g.pending_poll_ms, 10, 60_000)?;
+        in_range("guide.max_pending_reads", g.max_pending_reads, 1, 1_000)?;
+
+        Ok(GenesysSettings {
+            login: Endpoint {
+                cluster: login_cluster,
+                authority: login_authority,
+            },
+            api: Endpoint {
+                cluster: api_cluster,
+                authority: api_authority,
+            },
+            client_id,
+            client_secret,
+            driver: self.driver,
+            default_group,
+            groups_by_incident_type,
+            datatable,
+            limits: Limits {
+                max_in_flight: l.max_in_flight,
+                call_timeout_ms: l.call_timeout_ms,
+                max_backlog: l.max_backlog,
+                max_version_retries: l.max_version_retries,
+                backoff_initial_ms: l.backoff_initial_ms,
+                backoff_max_ms: l.backoff_max_ms,
+                retry_after_default_s: l.retry_after_default_s,
+                retry_after_max_s: l.retry_after_max_s,
+                token_refresh_percent: l.token_refresh_percent,
+                bad_credentials_retry_s: l.bad_credentials_retry_s,
+            },
+            guide: GuideSettings {
+                priority: g.priority,
+                pending_poll_ms: g.pending_poll_ms,
+                max_pending_reads: g.max_pending_reads,
+            },
+        })
+    }
+}
+
+/// The Genesys domain for a region given as domain or AWS name.
+fn resolve_region(r: &str) -> Option<&'static str> {
+    let r = r.trim().to_ascii_lowercase();
+    REGIONS
+        .iter()
+        .find(|(domain, aws)| *domain == r || *aws == r)
+        .map(|(domain, _)| *domain)
+}
+
+/// `host[:port]` with no scheme, path or credentials.
+fn check_authority(h: &str) -> Result<(), String> {
+    if h.contains("://") {
+        return Err("give a host name (`api.mypurecloud.com`), without a scheme".to_owned());
+    }
+    if h.is_empty() || h.len() > 253 {
+        return Err("must be 1 to 253 characters".to_owned());
+    }
+    let ok = h
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !ok {
+        return Err("must be `host` or `host:port` (letters, digits, '.', '-', ':')".to_owned());
+    }
+    if let Some((_, port)) = h.rsplit_once(':').filter(|_| !h.ends_with(']')) {
+        if !h.starts_with('[') && !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+            return Err(format!("`{port}` is not a port"));
+        }
+    }
+    Ok(())
+}
+
+fn check_row_key(field: &str, key: &str) -> Result<(), ConfigError> {
+    if key.trim().is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            field,
+            "must be 1 to 256 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, ConfigError> {
+    if name.trim().is_empty() {
+        return Err(ConfigError::new(field, "must name an environment variable"));
+    }
+    match env(name) {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        _ => Err(ConfigError::new(
+            field,
+            format!(
+                "environment variable `{name}` is not set or empty; pass it to the VM with vm_config.environment_variables"
+            ),
+        )),
+    }
+}
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(
+    field: &str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if v < min || v > max {
+        return Err(ConfigError::new(
+            field,
+            format!("must be between {min} and {max}, got {v}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::event::{CorrelationId, QueueId, RoutingMode, Source};
+
+    pub(crate) const SECRET: &str = "s3cr3t-v@lue";
+
+    pub(crate) fn env(name: &str) -> Option<String> {
+        match name {
+            "GENESYS_CLIENT_ID" => Some("emr-edge-client".to_owned()),
+            "GENESYS_CLIENT_SECRET" => Some(SECRET.to_owned()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn base() -> Value {
+        json!({
+            "region": "mypurecloud.ie",
+            "default_group": "G-DEFAULT",
+            "groups_by_incident_type": {"CARRIER_OUTAGE": "G-CARRIER"}
+        })
+    }
+
+    fn compile(v: Value) -> Result<GenesysSettings, ConfigError> {
+        GenesysSettings::from_json(&v, &env)
+    }
+
+    fn with(mut v: Value, key: &str, val: Value) -> Value {
+        v[key] = val;
+        v
+    }
+
+    fn event(ty: &str, group: Option<&str>) -> IncidentEvent {
+        IncidentEvent {
+            source: Source::Canonical,
+            correlation_id: CorrelationId::parse("INC-1").unwrap(),
+            incident_type: IncidentType::parse(ty).unwrap(),
+            routing_mode: RoutingMode::Active,
+            target_queue_ids: vec![QueueId::parse("q1").unwrap()],
+            timestamp: chrono::DateTime::from_timestamp(1_723_731_721, 0).unwrap(),
+            ttl_seconds: 3600,
+            priority: 3,
+            group: group.map(|g| GroupId::parse(g).unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_region_gives_both_hosts_and_defaults_fill_the_rest() {
+        let s = compile(base()).unwrap();
+        assert_eq!(s.login.authority, "login.mypurecloud.ie");
+        assert_eq!(s.api.authority, "api.mypurecloud.ie");
+        assert_eq!(s.login.cluster, "genesys_login");
+        assert_eq!(s.api.cluster, "genesys_api");
+        assert_eq!(s.driver, DriverKind::EmergencyGroup);
+        assert_eq!(s.limits.max_in_flight, 4);
+        assert_eq!(s.client_id, "emr-edge-client");
+        let aws = compile(with(base(), "region", json!("eu-west-2"))).unwrap();
+        assert_eq!(aws.api.authority, "api.euw2.pure.cloud");
+        for (domain, _) in REGIONS {
+            assert!(
+                compile(with(base(), "region", json!(domain))).is_ok(),
+                "{domain}"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_hosts_override_the_region() {
+        let mut v = base();
+        v["region"] = Value::Null;
+        v["login_host"] = json!("127.0.0.1:18080");
+        v["api_host"] = json!("127.0.0.1:18080");
+        v["driver"] = json!("guide-contract");
+        v["groups_by_incident_type"] = json!({});
+        let s = compile(v).unwrap();
+        assert_eq!(s.api.authority, "127.0.0.1:18080");
+        assert_eq!(s.driver, DriverKind::GuideContract);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (with(base(), "region", json!("mars.pure.cloud")), "region"),
+            (
+                with(base(), "api_host", json!("https://api.x.com")),
+                "api_host",
+            ),
+            (
+                with(base(), "login_host", json!("login.x.com:99999")),
+                "login_host",
+            ),
+            (with(base(), "default_group", json!("")), "default_group"),
+            (
+                with(base(), "groups_by_incident_type", json!({"carrier": "G"})),
+                "groups_by_incident_type.carrier",
+            ),
+            (
+                with(base(), "limits", json!({"max_in_flight": 0})),
+                "limits.max_in_flight",
+            ),
+            (
+                with(
+                    base(),
+                    "limits",
+                    json!({"backoff_initial_ms": 5000, "backoff_max_ms": 1000}),
+                ),
+                "limits.backoff_max_ms",
+            ),
+            (
+                with(base(), "datatable", json!({"id": "t", "row_key": ""})),
+                "datatable.row_key",
+            ),
+            (
+                with(base(), "client_secret_env", json!("NOPE")),
+                "client_secret_env",
+            ),
+            (
+                with(base(), "driver", json!("guide-contract")),
+                "groups_by_incident_type.CARRIER_OUTAGE",
+            ),
+        ];
+        for (v, field) in cases {
+            let e = compile(v).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let mut none = base();
+        none["region"] = Value::Null;
+        assert_eq!(compile(none).unwrap_err().field, "login_host");
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_refused_by_name() {
+        let e = compile(with(base(), "regoin", json!("x"))).unwrap_err();
+        assert!(e.message.contains("regoin"), "{e}");
+        let e = compile(with(base(), "limits", json!({"max_inflight": 2}))).unwrap_err();
+        assert!(e.message.contains("max_inflight"), "{e}");
+        let e = compile(json!({"region": "mypurecloud.com"})).unwrap_err();
+        assert!(e.message.contains("default_group"), "{e}");
+        assert_eq!(e.prefixed("genesys").field, "genesys");
+    }
+
+    #[test]
+    fn the_secret_never_shows() {
+        let s = compile(base()).unwrap();
+        assert!(!format!("{s:?}").contains(SECRET));
+        assert!(s.basic_authorization().starts_with("Basic "));
+        // An error about the secret names the variable, not the value.
+        let e = compile(with(base(), "client_secret_env", json!("MISSING"))).unwrap_err();
+        assert!(e.to_string().contains("MISSING"));
+        assert!(!e.to_string().contains(SECRET));
+        let bad_id = |name: &str| -> Option<String> {
+            match name {
+                "GENESYS_CLIENT_ID" => Some("a:b".to_owned()),
+                other => env(other),
+            }
+        };
+        let e = GenesysSettings::from_json(&base(), &bad_id).unwrap_err();
+        assert_eq!(e.field, "client_id_env");
+    }
+
+    #[test]
+    fn basic_authorization_is_base64_of_id_and_secret() {
+        use base64::Engine as _;
+        let s = compile(base()).unwrap();
+        let header = s.basic_authorization();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(header.trim_start_matches("Basic "))
+            .unwrap();
+        assert_eq!(decoded, format!("emr-edge-client:{SECRET}").into_bytes());
+    }
+
+    #[test]
+    fn group_for_prefers_the_event_then_the_type_then_the_default() {
+        let s = compile(base()).unwrap();
+        assert_eq!(
+            s.group_for(&event("CARRIER_OUTAGE", None)).as_str(),
+            "G-CARRIER"
+        );
+        assert_eq!(s.group_for(&event("OTHER", None)).as_str(), "G-DEFAULT");
+        assert_eq!(
+            s.group_for(&event("CARRIER_OUTAGE", Some("G-RULE")))
+                .as_str(),
+            "G-RULE"
+        );
+        let mut v = with(base(), "driver", json!("guide-contract"));
+        v["groups_by_incident_type"] = json!({});
+        let guide = compile(v).unwrap();
+        assert_eq!(
+            guide
+                .group_for(&event("CARRIER_OUTAGE", Some("G-RULE")))
+                .as_str(),
+            "G-DEFAULT"
+        );
+    }
+
+    #[test]
+    fn row_keys_per_group() {
+        let g = |s: &str| GroupId::parse(s).unwrap();
+        let templ = compile(with(
+            base(),
+            "datatable",
+            json!({"id": "t1", "row_key": "emr-{group}", "rows_by_group": {"G-CARRIER": "carrier"}}),
+        ))
+        .unwrap();
+        assert_eq!(templ.row_key_for(&g("G-X")).as_deref(), Some("emr-G-X"));
+        assert_eq!(
+            templ.row_key_for(&g("G-CARRIER")).as_deref(),
+            Some("carrier")
+        );
+        let fixed = compile(with(
+            base(),
+            "datatable",
+            json!({"id": "t1", "row_key": "emr"}),
+        ))
+        .unwrap();
+        assert_eq!(fixed.row_key_for(&g("G-DEFAULT")).as_deref(), Some("emr"));
+        assert_eq!(fixed.row_key_for(&g("G-CARRIER")), None);
+        assert_eq!(compile(base()).unwrap().row_key_for(&g("G-DEFAULT")), None);
+    }
+}

@@ -1,0 +1,350 @@
+//! Genesys Cloud's JSON, as emr-edge reads and writes it.
+//!
+//! The emergency group is written back whole (a PUT takes the object the GET
+//! returned), so every model that goes back to Genesys keeps the fields it
+//! does not know in a flattened `extra` map and omits absent ones instead of
+//! writing `null`: what we did not read, we do not change.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// An Architect emergency group (`/api/v2/architect/emergencygroups/{id}`).
+///
+/// `enabled` is the emergency switch; `state` is only the object's lifecycle
+/// (`active`, `inactive`, `deleted`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmergencyGroup {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub division: Option<DomainRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Optimistic-locking version: a PUT must carry the one it read.
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_modified: Option<String>,
+    /// The user who last wrote it (absent when an app did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_by: Option<String>,
+    /// The OAuth client (app) that last wrote it: how our writes are told
+    /// from a person's in the admin UI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_by_app: Option<String>,
+    /// Lifecycle, not the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The switch: true while an emergency is occurring.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency_call_flows: Option<Vec<EmergencyCallFlow>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_uri: Option<String>,
+    /// Fields this model does not name, written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl EmergencyGroup {
+    /// Whether the lifecycle says the object is gone.
+    pub fn is_deleted(&self) -> bool {
+        self.state
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("deleted"))
+    }
+}
+
+/// A reference to another Genesys object (`{id, name, selfUri}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainRef {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_uri: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// An emergency call flow and the IVRs that use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmergencyCallFlow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency_flow: Option<DomainRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ivrs: Option<Vec<DomainRef>>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The error body of every Genesys API error:
+/// `{"message", "code", "status", "contextId", "details", "errors"}`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The answer's correlation id, also sent as `ININ-Correlation-Id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The OAuth error body of the login host (`{"error", "error_description"}`;
+/// some hosts say `description`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct OAuthErrorBody {
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default, alias = "description")]
+    pub error_description: Option<String>,
+}
+
+/// A successful client-credentials answer.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct TokenAnswer {
+    pub access_token: String,
+    #[serde(default)]
+    pub token_type: Option<String>,
+    /// Seconds the token lives.
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for TokenAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAnswer")
+            .field("access_token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// The data-table row Architect flows read with a Data Table Lookup. Columns
+/// are scalars, so lists are comma-joined strings; `key` is the key column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueRow {
+    pub key: String,
+    /// The ordered queue list, comma-joined (`"q1,q2"`).
+    pub queue_ids: String,
+    /// The open incidents driving the group, comma-joined.
+    pub incident_ids: String,
+    pub enabled: bool,
+    /// RFC 3339 time of the write.
+    pub updated_at: String,
+}
+
+impl QueueRow {
+    /// Equal in everything but the write time: no need to write it again.
+    pub fn same_content(&self, other: &QueueRow) -> bool {
+        self.key == other.key
+            && self.queue_ids == other.queue_ids
+            && self.incident_ids == other.incident_ids
+            && self.enabled == other.enabled
+    }
+}
+
+/// The routing state of the guide's contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GuideState {
+    Active,
+    Inactive,
+    /// A change was accepted and is still propagating: wait and read again.
+    Pending,
+}
+
+impl GuideState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuideState::Active => "ACTIVE",
+            GuideState::Inactive => "INACTIVE",
+            GuideState::Pending => "PENDING",
+        }
+    }
+}
+
+/// Where emergency calls go under the guide's contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingConfiguration {
+    #[serde(default)]
+    pub queue_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+}
+
+/// `GET /api/v2/telephony/emergencyrouting` (the guide's contract, served by
+/// an internal service some sites put in front of Genesys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuideRouting {
+    pub state: GuideState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_configuration: Option<RoutingConfiguration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `POST /api/v2/telephony/emergencyrouting`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuideRequest {
+    pub reason: String,
+    pub state: GuideState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_configuration: Option<RoutingConfiguration>,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A group as Genesys (and the sim) serialises it, with a field this
+    /// model does not know.
+    pub(crate) fn group_json(id: &str, version: u64, enabled: bool) -> Value {
+        json!({
+            "id": id,
+            "name": "Carrier Outage",
+            "division": {"id": "d1", "name": "Home", "selfUri": "/api/v2/authorization/divisions/d1"},
+            "description": "Main emergency group",
+            "version": version,
+            "dateModified": "2024-08-01T09:00:00.000Z",
+            "modifiedBy": "user-1",
+            "modifiedByApp": "Genesys Cloud Admin UI",
+            "state": "active",
+            "enabled": enabled,
+            "emergencyCallFlows": [{
+                "emergencyFlow": {"id": "f1", "name": "Emergency Inbound Flow", "selfUri": "/api/v2/flows/f1"},
+                "ivrs": [{"id": "i1", "name": "Main IVR", "selfUri": "/api/v2/architect/ivrs/i1"}]
+            }],
+            "selfUri": format!("/api/v2/architect/emergencygroups/{id}"),
+            "someFutureField": {"nested": [1, 2]}
+        })
+    }
+
+    #[test]
+    fn an_emergency_group_round_trips_with_unknown_fields() {
+        let v = group_json("g1", 7, true);
+        let g: EmergencyGroup = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(g.version, 7);
+        assert!(g.enabled);
+        assert_eq!(g.modified_by_app.as_deref(), Some("Genesys Cloud Admin UI"));
+        assert_eq!(g.extra["someFutureField"]["nested"][1], 2);
+        assert_eq!(serde_json::to_value(&g).unwrap(), v);
+    }
+
+    #[test]
+    fn absent_fields_stay_absent() {
+        let v = json!({"id": "g1", "version": 1});
+        let g: EmergencyGroup = serde_json::from_value(v.clone()).unwrap();
+        assert!(!g.enabled);
+        let back = serde_json::to_value(&g).unwrap();
+        assert_eq!(back, json!({"id": "g1", "version": 1, "enabled": false}));
+    }
+
+    #[test]
+    fn a_group_without_a_version_is_refused() {
+        assert!(serde_json::from_value::<EmergencyGroup>(json!({"id": "g1"})).is_err());
+    }
+
+    #[test]
+    fn error_bodies_parse() {
+        let e: ErrorBody = serde_json::from_value(json!({
+            "message": "Rate limit exceeded the maximum. Retry the request in [42] seconds",
+            "code": "too.many.requests.retry.after",
+            "status": 429,
+            "contextId": "abc",
+            "details": [],
+            "errors": []
+        }))
+        .unwrap();
+        assert_eq!(e.code.as_deref(), Some("too.many.requests.retry.after"));
+        assert_eq!(e.context_id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn oauth_errors_accept_both_description_names() {
+        let a: OAuthErrorBody =
+            serde_json::from_str(r#"{"error":"invalid_client","error_description":"bad"}"#)
+                .unwrap();
+        let b: OAuthErrorBody =
+            serde_json::from_str(r#"{"error":"invalid_client","description":"bad"}"#).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn token_answers_hide_the_token_in_debug() {
+        let t: TokenAnswer = serde_json::from_str(
+            r#"{"access_token":"tok-123","token_type":"bearer","expires_in":86400}"#,
+        )
+        .unwrap();
+        assert!(!format!("{t:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn the_queue_row_is_flat() {
+        let row = QueueRow {
+            key: "emr".into(),
+            queue_ids: "q1,q2".into(),
+            incident_ids: "INC-1".into(),
+            enabled: true,
+            updated_at: "2024-08-15T14:22:01Z".into(),
+        };
+        let v = serde_json::to_value(&row).unwrap();
+        assert_eq!(
+            v,
+            json!({"key": "emr", "queueIds": "q1,q2", "incidentIds": "INC-1", "enabled": true, "updatedAt": "2024-08-15T14:22:01Z"})
+        );
+        let later = QueueRow {
+            updated_at: "2024-08-15T15:00:00Z".into(),
+            ..row.clone()
+        };
+        assert!(row.same_content(&later));
+    }
+
+    #[test]
+    fn the_guide_contract_parses() {
+        let r: GuideRouting = serde_json::from_value(json!({
+            "state": "PENDING",
+            "reason": "INC-1: x",
+            "routingConfiguration": {"queueIds": ["q1"], "priority": 1},
+            "lastUpdated": "2024-08-15T14:22:01.000Z"
+        }))
+        .unwrap();
+        assert_eq!(r.state, GuideState::Pending);
+        let req = GuideRequest {
+            reason: "INC-1: resolved".into(),
+            state: GuideState::Inactive,
+            routing_configuration: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({"reason": "INC-1: resolved", "state": "INACTIVE"})
+        );
+    }
+}

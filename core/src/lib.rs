@@ -1,0 +1,22 @@
+//! emr-core: every decision emr-edge makes, with no proxy-wasm dependency.
+//!
+//! The filter (`src/` at the workspace root) is a thin adapter: it hands this
+//! crate bytes, headers and the time, and carries out what comes back. Nothing
+//! here reads a clock or a global, so every rule is testable to the second,
+//! natively and compiled to wasm.
+
+pub mod auth;
+pub mod config;
+pub mod contract;
+pub mod dedupe;
+pub mod event;
+pub mod genesys;
+pub mod intake;
+pub mod json;
+pub mod ledger;
+pub mod mapping;
+pub mod problem;
+pub mod reconcile;
+pub mod sources;
+pub mod status;
+pub mod store;

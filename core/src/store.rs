@@ -1,0 +1,166 @@
+//! The host's shared key-value store, as the core sees it.
+//!
+//! In Envoy this is proxy-wasm shared data: one map per `vm_id`, shared by
+//! every worker's VM and the singleton, with a compare-and-swap token per key,
+//! no delete and no expiry. [`MemoryStore`] reproduces those semantics —
+//! including the blind write on a key that does not exist yet — so the dedupe
+//! and status logic is tested against the behaviour it meets in production.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// Why a shared-data operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another writer changed the key since it was read: read again, retry.
+    CasMismatch,
+    /// The host refused the operation for any other reason.
+    Host(String),
+}
+
+/// A value and the CAS token to write it back with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Versioned {
+    /// `None` when the key does not exist.
+    pub value: Option<Vec<u8>>,
+    pub cas: Option<u32>,
+}
+
+/// Shared data with compare-and-swap.
+pub trait SharedStore {
+    fn get(&self, key: &str) -> Result<Versioned, StoreError>;
+    /// Writes `value` if the key's CAS token still equals `cas` (`None`: write
+    /// unconditionally). A key that does not exist yet is written whatever `cas`
+    /// says — Envoy's behaviour — which is why keys are created at start.
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+/// Creates `key` with an empty value unless it already exists, so later CAS
+/// writes to it are real compare-and-swaps.
+pub fn ensure_key(store: &dyn SharedStore, key: &str) -> Result<(), StoreError> {
+    if store.get(key)?.value.is_none() {
+        store.set(key, &[], None)?;
+    }
+    Ok(())
+}
+
+/// In-process [`SharedStore`] with Envoy's semantics, for tests and for the
+/// native benchmarks.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    /// Fail the next N CAS writes as if another worker had raced us.
+    pub injected_conflicts: RefCell<u32>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys held (they are never deleted, like Envoy's).
+    pub fn len(&self) -> usize {
+        self.entries.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.borrow().is_empty()
+    }
+
+    /// Total bytes of all values held.
+    pub fn bytes(&self) -> usize {
+        self.entries.borrow().values().map(|(v, _)| v.len()).sum()
+    }
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        Ok(match self.entries.borrow().get(key) {
+            Some((v, cas)) => Versioned {
+                value: Some(v.clone()),
+                cas: Some(*cas),
+            },
+            None => Versioned::default(),
+        })
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        let mut entries = self.entries.borrow_mut();
+        match entries.get_mut(key) {
+            Some((stored, current)) => {
+                let mut injected = self.injected_conflicts.borrow_mut();
+                if cas.is_some() && *injected > 0 {
+                    *injected -= 1;
+                    *current = current.wrapping_add(1);
+                    return Err(StoreError::CasMismatch);
+                }
+                if cas.is_some_and(|c| c != *current) {
+                    return Err(StoreError::CasMismatch);
+                }
+                *stored = value.to_vec();
+                *current = current.wrapping_add(1);
+            }
+            None => {
+                entries.insert(key.to_owned(), (value.to_vec(), 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn cas_write_fails_after_a_concurrent_write() {
+        let s = MemoryStore::new();
+        ensure_key(&s, "k").unwrap();
+        let first = s.get("k").unwrap();
+        let second = s.get("k").unwrap();
+        s.set("k", b"a", first.cas).unwrap();
+        assert_eq!(s.set("k", b"b", second.cas), Err(StoreError::CasMismatch));
+        assert_eq!(s.get("k").unwrap().value.as_deref(), Some(&b"a"[..]));
+    }
+
+    #[test]
+    fn a_missing_key_is_written_blind_like_envoy() {
+        let s = MemoryStore::new();
+        s.set("k", b"x", Some(12345)).unwrap();
+        assert_eq!(s.get("k").unwrap().value.as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn ensure_key_keeps_existing_values() {
+        let s = MemoryStore::new();
+        s.set("k", b"x", None).unwrap();
+        ensure_key(&s, "k").unwrap();
+        assert_eq!(s.get("k").unwrap().value.as_deref(), Some(&b"x"[..]));
+    }
+}
+
+/// The queue from the intake filters to the singleton service.
+pub trait EventSink {
+    fn enqueue(&self, message: &[u8]) -> Result<(), StoreError>;
+}
+
+/// In-process [`EventSink`] for tests.
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    pub messages: RefCell<Vec<Vec<u8>>>,
+    /// Refuse every enqueue, as a host whose queue is gone would.
+    pub broken: RefCell<bool>,
+}
+
+impl EventSink for MemoryQueue {
+    fn enqueue(&self, message: &[u8]) -> Result<(), StoreError> {
+        if *self.broken.borrow() {
+            return Err(StoreError::Host("queue not found".into()));
+        }
+        self.messages.borrow_mut().push(message.to_vec());
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! Architect data table rows: where emr-edge leaves the ordered queue list for flows to read
+//! with a Data Table Lookup.
+//!
+//! A row is a flat JSON object of the table's columns; the key column is always `key`. Only rows
+//! are simulated, not table schemas: any flat object is accepted. Two deliberate differences
+//! from Genesys, both documented in the README: a PUT of a row that does not exist creates it
+//! (Genesys answers 404 and wants a POST first), and a GET is allowed with either
+//! `architect:datatable:view` (what Genesys asks) or `architect:datatableRow:edit` (what the
+//! seeded emr-edge client holds).
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use serde_json::{Map, Value};
+
+use crate::auth::Caller;
+use crate::config::{DataTableConfig, PERM_DATATABLE_VIEW, PERM_ROW_ADD, PERM_ROW_EDIT};
+use crate::errors::{ApiError, SimError};
+use crate::state::App;
+
+/// The key column every Genesys data table has.
+const KEY_COLUMN: &str = "key";
+
+/// A row: column name → scalar value.
+pub type Row = Map<String, Value>;
+
+/// Why a row operation was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RowError {
+    TableNotFound,
+    RowNotFound,
+    Exists,
+    Invalid(String),
+}
+
+impl From<RowError> for ApiError {
+    fn from(error: RowError) -> Self {
+        match error {
+            RowError::TableNotFound => {
+                ApiError::not_found("The requested data table was not found.")
+            }
+            RowError::RowNotFound => {
+                ApiError::not_found("The requested data table row was not found.")
+            }
+            RowError::Exists => ApiError::conflict("A row with this key already exists."),
+            RowError::Invalid(message) => ApiError::bad_request(message),
+        }
+    }
+}
+
+impl From<RowError> for SimError {
+    fn from(error: RowError) -> Self {
+        match error {
+            RowError::TableNotFound => SimError::NotFound("no such data table".to_owned()),
+            RowError::RowNotFound => SimError::NotFound("no such row".to_owned()),
+            RowError::Exists => SimError::Invalid("the row already exists".to_owned()),
+            RowError::Invalid(message) => SimError::Invalid(message),
+        }
+    }
+}
+
+/// Checks that `row` is flat and that its `key` is `row_id`.
+pub(crate) fn check_row(row_id: &str, row: &Row) -> Result<(), String> {
+    match row.get(KEY_COLUMN) {
+        Some(Value::String(key)) if key == row_id => {}
+        Some(Value::String(key)) => {
+            return Err(format!(
+                "The key column value '{key}' does not match the row id '{row_id}'."
+            ))
+        }
+        Some(_) => return Err("The key column must be a string.".to_owned()),
+        None => return Err("The row must contain the key column 'key'.".to_owned()),
+    }
+    if let Some((column, _)) = row
+        .iter()
+        .find(|(_, value)| value.is_object() || value.is_array())
+    {
+        return Err(format!(
+            "Column '{column}' must hold a string, number, boolean or null."
+        ));
+    }
+    Ok(())
+}
+
+/// All data tables' rows.
+#[derive(Debug, Default)]
+pub(crate) struct DataTables {
+    tables: BTreeMap<String, BTreeMap<String, Row>>,
+}
+
+impl DataTables {
+    pub fn new(seed: &[DataTableConfig]) -> Self {
+        let tables = seed
+            .iter()
+            .map(|table| (table.id.clone(), table.rows.clone()))
+            .collect();
+        Self { tables }
+    }
+
+    pub fn row(&self, table: &str, row_id: &str) -> Result<&Row, RowError> {
+        self.tables
+            .get(table)
+            .ok_or(RowError::TableNotFound)?
+            .get(row_id)
+            .ok_or(RowError::RowNotFound)
+    }
+
+    pub fn rows(&self, table: &str) -> Result<Vec<Row>, RowError> {
+        Ok(self
+            .tables
+            .get(table)
+            .ok_or(RowError::TableNotFound)?
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    /// Replaces (or creates) a row.
+    pub fn put(&mut self, table: &str, row_id: &str, row: Row) -> Result<Row, RowError> {
+        check_row(row_id, &row).map_err(RowError::Invalid)?;
+        let rows = self.tables.get_mut(table).ok_or(RowError::TableNotFound)?;
+        rows.insert(row_id.to_owned(), row.clone());
+        Ok(row)
+    }
+
+    /// Creates a row named by its `key`; an existing key is a conflict.
+    fn create(&mut self, table: &str, row: Row) -> Result<Row, RowError> {
+        let rows = self.tables.get_mut(table).ok_or(RowError::TableNotFound)?;
+        let Some(Value::String(row_id)) = row.get(KEY_COLUMN) else {
+            return Err(RowError::Invalid(
+                "The row must contain the key column 'key' as a string.".to_owned(),
+            ));
+        };
+        let row_id = row_id.clone();
+        check_row(&row_id, &row).map_err(RowError::Invalid)?;
+        if rows.contains_key(&row_id) {
+            return Err(RowError::Exists);
+        }
+        rows.insert(row_id, row.clone());
+        Ok(row)
+    }
+}
+
+fn parse_row(body: &[u8]) -> Result<Row, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(row)) => Ok(row),
+        Ok(_) => Err(ApiError::bad_request(
+            "The request body must be a JSON object.",
+        )),
+        Err(error) => Err(ApiError::bad_request(format!(
+            "The request body could not be parsed: {error}"
+        ))),
+    }
+}
+
+/// `GET /api/v2/flows/datatables/{datatableId}/rows/{rowId}` (`showbrief` is ignored: the
+/// whole row is always answered).
+pub(crate) async fn get_row(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path((table, row_id)): Path<(String, String)>,
+) -> Result<Json<Row>, ApiError> {
+    caller.require_any(&[PERM_DATATABLE_VIEW, PERM_ROW_EDIT])?;
+    let state = app.lock();
+    Ok(Json(state.tables.row(&table, &row_id)?.clone()))
+}
+
+/// `PUT /api/v2/flows/datatables/{datatableId}/rows/{rowId}`
+pub(crate) async fn put_row(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path((table, row_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Row>, ApiError> {
+    caller.require(PERM_ROW_EDIT)?;
+    let row = parse_row(&body)?;
+    let mut state = app.lock();
+    Ok(Json(state.tables.put(&table, &row_id, row)?))
+}
+
+/// `POST /api/v2/flows/datatables/{datatableId}/rows`
+pub(crate) async fn create_row(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(table): Path<String>,
+    body: Bytes,
+) -> Result<Json<Row>, ApiError> {
+    caller.require_any(&[PERM_ROW_ADD, PERM_ROW_EDIT])?;
+    let row = parse_row(&body)?;
+    let mut state = app.lock();
+    Ok(Json(state.tables.create(&table, row)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(value: Value) -> Row {
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn rows_must_be_flat_and_keyed_by_their_id() {
+        assert!(check_row("r", &row(json!({"key": "r", "queues": "a,b", "n": 1}))).is_ok());
+        assert!(check_row("r", &row(json!({"key": "s"}))).is_err());
+        assert!(check_row("r", &row(json!({"queues": "a"}))).is_err());
+        assert!(check_row("r", &row(json!({"key": "r", "q": ["a"]}))).is_err());
+    }
+
+    #[test]
+    fn put_upserts_and_create_refuses_duplicates() {
+        let mut tables = DataTables::new(&crate::config::SimConfig::default().datatables);
+        let table = crate::config::DEFAULT_DATATABLE_ID;
+        assert_eq!(tables.row(table, "r"), Err(RowError::RowNotFound));
+        assert_eq!(tables.row("nope", "r"), Err(RowError::TableNotFound));
+        tables.put(table, "r", row(json!({"key": "r"}))).unwrap();
+        assert!(tables.row(table, "r").is_ok());
+        assert_eq!(
+            tables.create(table, row(json!({"key": "r"}))),
+            Err(RowError::Exists)
+        );
+        assert!(tables.create(table, row(json!({"key": "s"}))).is_ok());
+    }
+}

@@ -1,0 +1,108 @@
+//! The host, behind the core's traits: shared data, the event queue, the
+//! clock, logs and plugin properties. Every host call's error is handled here
+//! (the SDK's trait helpers `unwrap` them, so they are not used).
+
+use chrono::{DateTime, Utc};
+use emr_core::store::{EventSink, SharedStore, StoreError, Versioned};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, Status};
+
+/// The queue from the filters to the service.
+pub const QUEUE_NAME: &str = "emr.events";
+/// Used when the host does not tell the plugin its `vm_id`.
+pub const DEFAULT_VM_ID: &str = "emr-edge";
+
+pub fn log(level: LogLevel, message: &str) {
+    // Nothing useful to do when logging itself fails.
+    let _ = hostcalls::log(level, message);
+}
+
+pub fn now() -> DateTime<Utc> {
+    hostcalls::get_current_time()
+        .ok()
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_default()
+}
+
+fn property(path: &str) -> Option<String> {
+    hostcalls::get_property(vec![path])
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
+pub fn root_id() -> String {
+    property("plugin_root_id").unwrap_or_default()
+}
+
+pub fn vm_id() -> String {
+    property("plugin_vm_id")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_VM_ID.to_owned())
+}
+
+pub fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(
+        proxy_wasm::types::BufferType::PluginConfiguration,
+        0,
+        usize::MAX,
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+fn store_error(s: Status) -> StoreError {
+    match s {
+        Status::CasMismatch => StoreError::CasMismatch,
+        other => StoreError::Host(format!("{other:?}")),
+    }
+}
+
+/// Proxy-wasm shared data (per `vm_id`).
+pub struct Shared;
+
+impl SharedStore for Shared {
+    fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        let (value, cas) = hostcalls::get_shared_data(key).map_err(store_error)?;
+        Ok(Versioned { value, cas })
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(store_error)
+    }
+}
+
+/// The shared queue, resolved lazily: the singleton registers it.
+pub struct Queue<'a> {
+    pub id: &'a std::cell::Cell<Option<u32>>,
+}
+
+impl Queue<'_> {
+    fn resolve(&self) -> Result<u32, StoreError> {
+        if let Some(id) = self.id.get() {
+            return Ok(id);
+        }
+        match hostcalls::resolve_shared_queue(&vm_id(), QUEUE_NAME) {
+            Ok(Some(id)) => {
+                self.id.set(Some(id));
+                Ok(id)
+            }
+            Ok(None) => Err(StoreError::Host(
+                "the emr-edge service is not running (no event queue)".into(),
+            )),
+            Err(s) => Err(store_error(s)),
+        }
+    }
+}
+
+impl EventSink for Queue<'_> {
+    fn enqueue(&self, message: &[u8]) -> Result<(), StoreError> {
+        let id = self.resolve()?;
+        hostcalls::enqueue_shared_queue(id, Some(message)).map_err(|s| {
+            // A stale id (service restarted): resolve again next time.
+            self.id.set(None);
+            store_error(s)
+        })
+    }
+}

@@ -1,0 +1,149 @@
+//! The HTTP filter: hands each request to `emr_core::intake` and sends what
+//! it decides.
+//!
+//! Headers return `Continue` (pausing there stalls the stream); the body
+//! callback pauses until end of stream, so `envoy.filters.http.buffer` must
+//! follow this filter. A request that is not ours is never touched.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use emr_core::config::Config;
+use emr_core::event::Source;
+use emr_core::intake::{HeadersStep, Intake, Response};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+
+use crate::host::{self, Queue, Shared};
+use crate::metrics::IntakeMetrics;
+
+/// Per-VM state shared by every stream of the filter.
+pub struct IntakeRoot {
+    shared: Rc<StreamShared>,
+}
+
+struct StreamShared {
+    config: Config,
+    metrics: IntakeMetrics,
+    queue_id: Cell<Option<u32>>,
+}
+
+impl IntakeRoot {
+    pub fn new(config: Config) -> Self {
+        let shared = Rc::new(StreamShared {
+            config,
+            metrics: IntakeMetrics::define(),
+            queue_id: Cell::new(None),
+        });
+        // Buckets must exist before the first CAS write; the service creates
+        // them too, whichever starts first.
+        let _ = emr_core::dedupe::Dedupe::new(shared.config.intake.dedupe).create_keys(&Shared);
+        Self { shared }
+    }
+
+    pub fn new_stream(&self) -> Stream {
+        Stream {
+            root: Rc::clone(&self.shared),
+            waiting: None,
+        }
+    }
+}
+
+/// One request's context.
+pub struct Stream {
+    root: Rc<StreamShared>,
+    /// Set when the headers said "ours, read the body".
+    waiting: Option<(Source, Vec<(String, String)>)>,
+}
+
+impl Stream {
+    fn intake<'a>(&'a self, queue: &'a Queue<'a>) -> Intake<'a> {
+        Intake {
+            config: &self.root.config,
+            store: &Shared,
+            sink: queue,
+        }
+    }
+
+    fn respond(&self, r: &Response) -> Action {
+        let headers: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        if let Err(s) = hostcalls::send_http_response(u32::from(r.status), headers, Some(&r.body)) {
+            host::log(
+                LogLevel::Error,
+                &format!("emr-edge could not send a local reply: {s:?}"),
+            );
+        }
+        Action::Pause
+    }
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default()
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let queue = Queue {
+            id: &self.root.queue_id,
+        };
+        let out =
+            self.intake(&queue)
+                .on_headers(method, path, &headers, end_of_stream, host::now());
+        self.root.metrics.count(&out.counters);
+        match out.value {
+            HeadersStep::PassThrough => Action::Continue,
+            HeadersStep::Respond(r) => self.respond(&r),
+            HeadersStep::ReadBody(source) => {
+                self.waiting = Some((source, headers));
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some((source, _)) = &self.waiting else {
+            return Action::Continue;
+        };
+        let source = *source;
+        if !end_of_stream {
+            // Refuse early rather than buffer past the limit.
+            if body_size > self.root.config.intake.max_body_bytes {
+                self.waiting = None;
+                let queue = Queue {
+                    id: &self.root.queue_id,
+                };
+                let out = self.intake(&queue).refuse_too_large();
+                self.root.metrics.count(&out.counters);
+                return self.respond(&out.value);
+            }
+            return Action::Pause;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let headers = self.waiting.take().map(|(_, h)| h).unwrap_or_default();
+        let queue = Queue {
+            id: &self.root.queue_id,
+        };
+        let out = self
+            .intake(&queue)
+            .on_body(source, &headers, &body, host::now());
+        self.root.metrics.count(&out.counters);
+        self.respond(&out.value)
+    }
+}
+
+/// What an unconfigured root hands out: does nothing.
+pub struct PassThrough;
+
+impl Context for PassThrough {}
+impl HttpContext for PassThrough {}

@@ -1,0 +1,95 @@
+//! Filter metrics: Envoy shows them as `wasmcustom.emr.*` on `/stats`,
+//! summed over every VM.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use emr_core::intake::Counter;
+
+/// A metric id, or nothing when the host refused to define it (metrics must
+/// never break request handling).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Metric(Option<u32>);
+
+impl Metric {
+    pub fn counter(name: &str) -> Self {
+        Metric(hostcalls::define_metric(MetricType::Counter, name).ok())
+    }
+
+    pub fn gauge(name: &str) -> Self {
+        Metric(hostcalls::define_metric(MetricType::Gauge, name).ok())
+    }
+
+    pub fn add(self, n: u64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn set(self, v: u64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::record_metric(id, v);
+        }
+    }
+}
+
+/// The intake's counters.
+#[derive(Debug, Clone, Copy)]
+pub struct IntakeMetrics {
+    accepted: Metric,
+    replayed: Metric,
+    conflicts: Metric,
+    refused: [(u16, Metric); 9],
+    refused_other: Metric,
+    unavailable: Metric,
+    dedupe_evicted: Metric,
+    cas_retries: Metric,
+    status_served: Metric,
+}
+
+impl IntakeMetrics {
+    pub fn define() -> Self {
+        let refused = |code: u16| (code, Metric::counter(&format!("emr.intake.refused.{code}")));
+        Self {
+            accepted: Metric::counter("emr.intake.accepted"),
+            replayed: Metric::counter("emr.intake.replayed"),
+            conflicts: Metric::counter("emr.intake.conflicts"),
+            refused: [
+                refused(400),
+                refused(401),
+                refused(403),
+                refused(404),
+                refused(405),
+                refused(409),
+                refused(413),
+                refused(415),
+                refused(422),
+            ],
+            refused_other: Metric::counter("emr.intake.refused.other"),
+            unavailable: Metric::counter("emr.intake.unavailable"),
+            dedupe_evicted: Metric::counter("emr.intake.dedupe_evicted"),
+            cas_retries: Metric::counter("emr.intake.cas_retries"),
+            status_served: Metric::counter("emr.status.served"),
+        }
+    }
+
+    pub fn count(&self, counters: &[Counter]) {
+        for c in counters {
+            match *c {
+                Counter::Accepted => self.accepted.add(1),
+                Counter::Replayed => self.replayed.add(1),
+                Counter::Conflict => self.conflicts.add(1),
+                Counter::Refused(code) => self
+                    .refused
+                    .iter()
+                    .find(|(c, _)| *c == code)
+                    .map_or(self.refused_other, |(_, m)| *m)
+                    .add(1),
+                Counter::Unavailable => self.unavailable.add(1),
+                Counter::DedupeEvicted(n) => self.dedupe_evicted.add(u64::from(n)),
+                Counter::CasRetries(n) => self.cas_retries.add(u64::from(n)),
+                Counter::StatusServed => self.status_served.add(1),
+            }
+        }
+    }
+}
