@@ -14,6 +14,18 @@ mkdir -p "$RUN_DIR"
 # pass their own through the environment (see README, "Production").
 export EMR_GENESYS_CLIENT_ID="${EMR_GENESYS_CLIENT_ID:-emr-edge-client}"
 export EMR_GENESYS_CLIENT_SECRET="${EMR_GENESYS_CLIENT_SECRET:-emr-edge-secret}"
+# The PagerDuty route checks X-PagerDuty-Signature against this secret (see
+# docs/sources.md); a fake demo value unless you bring your own.
+export EMR_PAGERDUTY_SECRET="${EMR_PAGERDUTY_SECRET:-emr-demo-pagerduty-secret}"
+
+# HMAC-SHA256 of stdin with key $1, in hex: what PagerDuty puts after `v1=`.
+hmac_hex() {
+  if command -v openssl >/dev/null 2>&1; then
+    openssl dgst -sha256 -hmac "$1" | awk '{print $NF}'
+  else
+    python3 -c 'import hashlib, hmac, sys; print(hmac.new(sys.argv[1].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())' "$1"
+  fi
+}
 
 pids=()
 stop() {
@@ -44,10 +56,30 @@ for _ in $(seq 1 100); do
 done
 
 url="http://127.0.0.1:$LISTEN_PORT"
+
+# A PagerDuty v3 webhook, signed now, exactly as PagerDuty would send it.
+# The signature covers these exact bytes: paste the command as printed.
+pd_event() { # event_type, event id, time
+  printf '{"event":{"id":"%s","event_type":"%s","resource_type":"incident","occurred_at":"%s","data":{"id":"PDEMO01","type":"incident","title":"SIP trunk carrier-a: call setup failures","service":{"id":"PIJ90N7","summary":"Voice Platform - SIP Trunks","type":"service_reference"},"urgency":"high","priority":{"id":"PSO75BM","summary":"P1","type":"priority_reference"}}}}' "$2" "$1" "$3"
+}
+pd_curl() { # event_type, event id, time
+  local body sig
+  body="$(pd_event "$1" "$2" "$3")"
+  sig="v1=$(printf '%s' "$body" | hmac_hex "$EMR_PAGERDUTY_SECRET")"
+  printf "curl -i %s/webhooks/pagerduty -H 'content-type: application/json' -H 'x-webhook-id: %s' -H 'x-pagerduty-signature: %s' --data-binary '%s'" \
+    "$url" "$2" "$sig" "$body"
+}
+utc_at() { # epoch seconds → RFC 3339 (GNU date, else BSD date)
+  date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u -r "$1" +%Y-%m-%dT%H:%M:%SZ
+}
+started="$(date -u +%s)"
+pd_open="$(pd_curl incident.triggered "demo-$started-1" "$(utc_at "$started")")"
+pd_resolve="$(pd_curl incident.resolved "demo-$started-2" "$(utc_at "$((started + 1))")")"
+
 cat <<MSG
 
 emr-edge is running.
-  intake     $url/webhooks/canonical
+  intake     $url/webhooks/canonical   $url/webhooks/pagerduty
   status     $url/emr/status/{correlationId}     state: $url/emr/state
   Envoy      http://127.0.0.1:$ADMIN_PORT (stats: /stats?filter=emr)
   simulator  http://127.0.0.1:$SIM_PORT (groups: /api/v2/architect/emergencygroups, log: /__sim/requests)
@@ -64,6 +96,16 @@ See it:
 Resolve it:
 
   curl -i $url/webhooks/canonical -H 'content-type: application/json' -d '{"correlationId":"INC-DEMO-1","incidentType":"CARRIER_OUTAGE","routingMode":"EMERGENCY_RESOLVED","timestamp":"'"\$(date -u +%Y-%m-%dT%H:%M:%SZ)"'"}'
+
+PagerDuty (signed with \$EMR_PAGERDUTY_SECRET; pasting one twice shows a replay):
+
+  $pd_open
+
+  curl -s $url/emr/status/PDEMO01
+
+  $pd_resolve
+
+A wrong or missing signature is refused with 401 (docs/sources.md has every tool's settings).
 
 Ctrl-C stops everything.
 MSG

@@ -8,9 +8,9 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use emr_core::config::Config;
+use emr_core::config::{Config, StatusAccess};
 use emr_core::event::Source;
-use emr_core::intake::{HeadersStep, Intake, Response};
+use emr_core::intake::{Handled, HeadersStep, Intake, Note, NoteLevel, Response};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
@@ -39,6 +39,25 @@ impl IntakeRoot {
         // Buckets must exist before the first CAS write; the service creates
         // them too, whichever starts first.
         let _ = emr_core::dedupe::Dedupe::new(shared.config.intake.dedupe).create_keys(&Shared);
+        // Say loudly what takes requests without a credential: fine for a
+        // local demo, a finding anywhere else.
+        let open = shared.config.sources.insecure_sources();
+        if !open.is_empty() {
+            let names: Vec<&str> = open.iter().map(|s| s.as_str()).collect();
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "routes accepting deliveries without a credential (insecure): {}",
+                    names.join(", ")
+                ),
+            );
+        }
+        if matches!(shared.config.status, StatusAccess::Open) {
+            host::log(
+                LogLevel::Warn,
+                "/emr/* is served without a credential (status.insecure)",
+            );
+        }
         Self { shared }
     }
 
@@ -64,6 +83,12 @@ impl Stream {
             store: &Shared,
             sink: queue,
         }
+    }
+
+    /// Counts and logs what the core decided.
+    fn record<T>(&self, out: &Handled<T>) {
+        self.root.metrics.count(&out.counters);
+        log_notes(&out.notes);
     }
 
     fn respond(&self, r: &Response) -> Action {
@@ -97,7 +122,7 @@ impl HttpContext for Stream {
         let out =
             self.intake(&queue)
                 .on_headers(method, path, &headers, end_of_stream, host::now());
-        self.root.metrics.count(&out.counters);
+        self.record(&out);
         match out.value {
             HeadersStep::PassThrough => Action::Continue,
             HeadersStep::Respond(r) => self.respond(&r),
@@ -121,7 +146,7 @@ impl HttpContext for Stream {
                     id: &self.root.queue_id,
                 };
                 let out = self.intake(&queue).refuse_too_large();
-                self.root.metrics.count(&out.counters);
+                self.record(&out);
                 return self.respond(&out.value);
             }
             return Action::Pause;
@@ -137,8 +162,18 @@ impl HttpContext for Stream {
         let out = self
             .intake(&queue)
             .on_body(source, &headers, &body, host::now());
-        self.root.metrics.count(&out.counters);
+        self.record(&out);
         self.respond(&out.value)
+    }
+}
+
+fn log_notes(notes: &[Note]) {
+    for n in notes {
+        let level = match n.level {
+            NoteLevel::Info => LogLevel::Info,
+            NoteLevel::Warn => LogLevel::Warn,
+        };
+        host::log(level, &n.message);
     }
 }
 

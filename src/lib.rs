@@ -52,7 +52,8 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let raw = host::plugin_configuration();
-        let config = match emr_core::config::parse(&raw) {
+        let env = |name: &str| std::env::var(name).ok();
+        let config = match emr_core::config::parse(&raw, &env) {
             Ok(c) => c,
             Err(e) => {
                 // Envoy refuses the listener or bootstrap with this line logged.

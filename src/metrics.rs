@@ -20,6 +20,16 @@ impl Metric {
         Metric(hostcalls::define_metric(MetricType::Gauge, name).ok())
     }
 
+    pub fn histogram(name: &str) -> Self {
+        Metric(hostcalls::define_metric(MetricType::Histogram, name).ok())
+    }
+
+    pub fn record(self, v: u64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::record_metric(id, v);
+        }
+    }
+
     pub fn add(self, n: u64) {
         if let Some(id) = self.0 {
             let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
@@ -38,6 +48,7 @@ impl Metric {
 pub struct IntakeMetrics {
     accepted: Metric,
     replayed: Metric,
+    ignored: Metric,
     conflicts: Metric,
     refused: [(u16, Metric); 9],
     refused_other: Metric,
@@ -53,6 +64,7 @@ impl IntakeMetrics {
         Self {
             accepted: Metric::counter("emr.intake.accepted"),
             replayed: Metric::counter("emr.intake.replayed"),
+            ignored: Metric::counter("emr.intake.ignored"),
             conflicts: Metric::counter("emr.intake.conflicts"),
             refused: [
                 refused(400),
@@ -78,6 +90,7 @@ impl IntakeMetrics {
             match *c {
                 Counter::Accepted => self.accepted.add(1),
                 Counter::Replayed => self.replayed.add(1),
+                Counter::Ignored => self.ignored.add(1),
                 Counter::Conflict => self.conflicts.add(1),
                 Counter::Refused(code) => self
                     .refused

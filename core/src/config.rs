@@ -10,9 +10,14 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use std::sync::Arc;
+
+use crate::auth::{Credential, CredentialConfig};
 use crate::contract::{ContractRules, DEFAULT_REPLAY_WINDOW_SECONDS};
 use crate::dedupe::DedupeConfig;
+use crate::genesys::{GenesysConfig, GenesysSettings};
 use crate::ledger::Retention;
+use crate::sources::{CompiledSources, SourcesConfig};
 
 /// A refused configuration: which field, and why. Never holds a secret value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,13 +49,30 @@ impl fmt::Display for ConfigError {
 /// an incident tool sends is far smaller).
 pub const MAX_BODY_LIMIT: u32 = 512_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     intake: RawIntake,
     #[serde(default)]
     ledger: RawLedger,
+    #[serde(default)]
+    sources: SourcesConfig,
+    #[serde(default)]
+    status: RawStatus,
+    #[serde(default)]
+    genesys: Option<GenesysConfig>,
+}
+
+/// Who may read `/emr/*`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    #[serde(default)]
+    auth: Option<CredentialConfig>,
+    /// Serve `/emr/*` without a credential (the local default only).
+    #[serde(default)]
+    insecure: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,35 +127,36 @@ pub struct Intake {
     pub dedupe: DedupeConfig,
 }
 
+/// Who may read the `/emr/*` endpoints.
+#[derive(Debug, Clone)]
+pub enum StatusAccess {
+    Credential(Credential),
+    /// Explicitly open (`status.insecure`).
+    Open,
+    /// No credential configured: refuse everything (fail closed).
+    Closed,
+}
+
 /// The whole compiled configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub intake: Intake,
     pub retention: Retention,
+    pub sources: CompiledSources,
+    pub status: StatusAccess,
+    /// `None` when no `genesys` section is given: incidents are recorded and
+    /// served, but Genesys is never called.
+    pub genesys: Option<Arc<GenesysSettings>>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        // The empty configuration is valid by construction.
-        compile(RawConfig {
-            intake: RawIntake::default(),
-            ledger: RawLedger::default(),
-        })
-        .unwrap_or_else(|_| Config {
-            intake: Intake {
-                max_body_bytes: 65_536,
-                contract: ContractRules::default(),
-                dedupe: DedupeConfig::default(),
-            },
-            retention: Retention::default(),
-        })
-    }
-}
+/// Reads an environment variable (in the VM: `vm_config.environment_variables`).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// Parses and validates the plugin configuration. Empty means all defaults.
-pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+/// Parses and validates the plugin configuration. Empty means all defaults
+/// (every source and the status endpoints then refuse everything: fail closed).
+pub fn parse(bytes: &[u8], env: Env<'_>) -> Result<Config, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Config::default());
+        return compile(RawConfig::default(), env);
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -141,7 +164,28 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         let field = if path == "." { "$".to_owned() } else { path };
         ConfigError::new(field, strip_position(&e.into_inner().to_string()))
     })?;
-    compile(raw)
+    compile(raw, env)
+}
+
+fn first_error(base: &str, errors: Vec<crate::problem::FieldError>) -> ConfigError {
+    let mut it = errors.into_iter();
+    match it.next() {
+        Some(e) => {
+            let field = if e.field.starts_with(base) {
+                e.field
+            } else {
+                format!("{base}.{}", e.field)
+            };
+            let more = it.count();
+            let message = if more > 0 {
+                format!("{} (and {more} more problem(s))", e.message)
+            } else {
+                e.message
+            };
+            ConfigError::new(field, message)
+        }
+        None => ConfigError::new(base, "is invalid"),
+    }
 }
 
 fn strip_position(msg: &str) -> String {
@@ -165,7 +209,7 @@ fn in_range<T: PartialOrd + fmt::Display + Copy>(
     Ok(v)
 }
 
-fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
     let i = raw.intake;
     let max_body = in_range(
         "intake.max_body_bytes",
@@ -211,13 +255,43 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         1,
         1_000_000,
     )?;
+    let contract = ContractRules {
+        replay_window_seconds: replay,
+        allow_unknown_fields: i.allow_unknown_fields,
+    };
+    let sources = raw
+        .sources
+        .compile(env)
+        .map_err(|e| first_error("sources", e))?
+        .with_contract(&contract);
+    let status = match (raw.status.auth, raw.status.insecure) {
+        (Some(_), true) => {
+            return Err(ConfigError::new(
+                "status.insecure",
+                "cannot be set together with status.auth",
+            ))
+        }
+        (Some(auth), false) => StatusAccess::Credential(
+            auth.compile("status.auth", env)
+                .map_err(|e| first_error("status.auth", e))?,
+        ),
+        (None, true) => StatusAccess::Open,
+        (None, false) => StatusAccess::Closed,
+    };
+    let genesys = match raw.genesys {
+        Some(g) => Some(Arc::new(g.compile(env).map_err(|e| {
+            let e = e.prefixed("genesys");
+            ConfigError::new(e.field, e.message)
+        })?)),
+        None => None,
+    };
     Ok(Config {
+        sources,
+        status,
+        genesys,
         intake: Intake {
             max_body_bytes: usize::try_from(max_body).unwrap_or(65_536),
-            contract: ContractRules {
-                replay_window_seconds: replay,
-                allow_unknown_fields: i.allow_unknown_fields,
-            },
+            contract,
             dedupe: DedupeConfig {
                 buckets,
                 per_bucket,
@@ -239,14 +313,54 @@ mod tests {
 
     use super::*;
 
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        super::parse(bytes, &no_env)
+    }
+
     #[test]
-    fn empty_config_means_defaults() {
+    fn empty_config_means_defaults_and_fails_closed() {
         let c = parse(b"").unwrap();
-        assert_eq!(c, Config::default());
         assert_eq!(c.intake.max_body_bytes, 65_536);
         assert_eq!(c.intake.contract.replay_window_seconds, 86_400);
         assert!(!c.intake.contract.allow_unknown_fields);
-        assert_eq!(parse(b"{}").unwrap(), c);
+        assert!(matches!(c.status, StatusAccess::Closed));
+        assert!(c.genesys.is_none());
+        assert_eq!(parse(b"{}").unwrap().intake, c.intake);
+    }
+
+    #[test]
+    fn status_access_is_explicit() {
+        let open = parse(br#"{"status":{"insecure":true}}"#).unwrap();
+        assert!(matches!(open.status, StatusAccess::Open));
+        let env = |k: &str| (k == "TOK").then(|| "a-long-enough-status-token".to_owned());
+        let cred = super::parse(
+            br#"{"status":{"auth":{"kind":"bearer","token_env":"TOK"}}}"#,
+            &env,
+        )
+        .unwrap();
+        assert!(matches!(cred.status, StatusAccess::Credential(_)));
+        let missing =
+            parse(br#"{"status":{"auth":{"kind":"bearer","token_env":"TOK"}}}"#).unwrap_err();
+        assert!(missing.field.starts_with("status.auth"), "{missing}");
+        assert!(!missing.to_string().contains("a-long-enough"));
+        let both = super::parse(
+            br#"{"status":{"insecure":true,"auth":{"kind":"bearer","token_env":"TOK"}}}"#,
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(both.field, "status.insecure");
+    }
+
+    #[test]
+    fn sources_and_genesys_errors_are_prefixed() {
+        let e = parse(br#"{"sources":{"pagerduty":{"auth":[{"kind":"pagerduty_signature","secret_env":"NOPE"}]}}}"#).unwrap_err();
+        assert!(e.field.starts_with("sources.pagerduty"), "{e}");
+        let e = parse(br#"{"genesys":{"region":"mypurecloud.ie"}}"#).unwrap_err();
+        assert!(e.field.starts_with("genesys"), "{e}");
     }
 
     #[test]

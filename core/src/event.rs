@@ -233,14 +233,13 @@ impl IncidentEvent {
         }
     }
 
-    /// The idempotency key: an activation and its resolution share a
-    /// correlation id but are different events.
+    /// The event's dedupe key; see [`idempotency_key`].
     pub fn idempotency_key(&self) -> String {
-        format!(
-            "{}:{}:{}",
+        idempotency_key(
             self.source,
-            self.correlation_id,
-            self.routing_mode.as_str()
+            self.correlation_id.as_str(),
+            self.routing_mode,
+            self.timestamp,
         )
     }
 
@@ -248,6 +247,58 @@ impl IncidentEvent {
     pub fn expires_at(&self) -> DateTime<Utc> {
         self.timestamp + chrono::Duration::seconds(i64::from(self.ttl_seconds))
     }
+}
+
+// Dedupe keys. Every key the intake records is built here, so the rules
+// live in one place (docs/sources.md repeats them for operators):
+//
+// - event, canonical and Standard Webhooks routes: `source:id:mode`. The
+//   sender chose the id for this event, so the same key with a different
+//   payload is a mistake worth a 409, as the contract says.
+// - event, tool routes: `source:id:mode:timestamp_ms`. Tools send several
+//   events for one incident in one mode (PagerDuty reopened, ServiceNow state
+//   changes, Jira edits), each with its own event time: a redelivery of one
+//   event is a replay, a genuinely new event is new.
+// - delivery: `source#delivery#<delivery id>`, when the tool sends one.
+// - ignored item: `source#ignored#<id>#<digest of the body>`: the same
+//   delivery again is a replay; another delivery about the same id is not.
+//
+// Correlation ids never hold `#` and source names never hold `:`, so the
+// three families cannot collide.
+
+/// Whether a route's sender chooses the event identity itself (the
+/// canonical contract) rather than a tool whose events we key by time.
+pub fn sender_keyed(source: Source) -> bool {
+    matches!(source, Source::Canonical | Source::Standard)
+}
+
+/// The dedupe key of an incident event (see the comment above).
+pub fn idempotency_key(
+    source: Source,
+    id: &str,
+    mode: RoutingMode,
+    timestamp: DateTime<Utc>,
+) -> String {
+    if sender_keyed(source) {
+        format!("{source}:{id}:{}", mode.as_str())
+    } else {
+        format!(
+            "{source}:{id}:{}:{}",
+            mode.as_str(),
+            timestamp.timestamp_millis()
+        )
+    }
+}
+
+/// The dedupe key of a delivery id the sender put in a header.
+pub fn delivery_key(source: Source, delivery_id: &str) -> String {
+    format!("{source}#delivery#{delivery_id}")
+}
+
+/// The dedupe key of an ignored item; `body_digest` is the hex digest of
+/// the delivery's raw body.
+pub fn ignored_key(source: Source, id: &str, body_digest: &str) -> String {
+    format!("{source}#ignored#{id}#{body_digest}")
 }
 
 /// An incident's identity: its source and its id there.
@@ -331,6 +382,28 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", m.as_str()));
         }
         assert_eq!(RoutingMode::parse("ACTIVE"), None);
+    }
+
+    #[test]
+    fn dedupe_keys_follow_the_documented_rules() {
+        let t = DateTime::from_timestamp_millis(1_723_731_721_329).unwrap();
+        assert_eq!(
+            idempotency_key(Source::Canonical, "INC-1", RoutingMode::Active, t),
+            "canonical:INC-1:EMERGENCY_ACTIVE"
+        );
+        assert_eq!(
+            idempotency_key(Source::Standard, "INC-1", RoutingMode::Resolved, t),
+            "standard:INC-1:EMERGENCY_RESOLVED"
+        );
+        assert_eq!(
+            idempotency_key(Source::Pagerduty, "Q2UEJOMV3XYQ9N", RoutingMode::Active, t),
+            "pagerduty:Q2UEJOMV3XYQ9N:EMERGENCY_ACTIVE:1723731721329"
+        );
+        assert_eq!(delivery_key(Source::Jsm, "a1b2"), "jsm#delivery#a1b2");
+        assert_eq!(
+            ignored_key(Source::Opsgenie, "x", "00ff"),
+            "opsgenie#ignored#x#00ff"
+        );
     }
 
     #[test]

@@ -1,19 +1,45 @@
 //! The intake: what the HTTP filter does with one request, as pure decisions.
 //!
-//! Routes: `POST /webhooks/{source}` takes incidents; `GET /emr/status/{id}`
-//! and `GET /emr/state` answer from what the service published. Anything else
-//! passes through the filter untouched. The filter calls [`Intake::on_headers`]
-//! and, when a body is needed, [`Intake::on_body`] at end of stream; both
-//! return the response to send and the counters to bump.
+//! Routes: `POST /webhooks/{source}` takes incidents from each source
+//! (`canonical`, `standard`, `pagerduty`, `servicenow`, `jsm`, `opsgenie`,
+//! `alertmanager`); `GET /emr/status/{id}` and `GET /emr/state` answer from
+//! what the service published, behind the status credential (`status` in
+//! config). Anything else passes through the filter untouched. The filter
+//! calls [`Intake::on_headers`] and, when a body is needed,
+//! [`Intake::on_body`] at end of stream; both return the response to send,
+//! the counters to bump and the lines to log.
+//!
+//! A webhook goes through: route, method, content type and declared size
+//! (headers) → size, authentication ([`crate::auth`], failing closed),
+//! parsing and mapping ([`crate::sources`]) → dedupe and queueing, item by
+//! item. Nothing is read from a body whose credential did not check out.
+//!
+//! **Answers.** A payload with one item (every source but Alertmanager, and
+//! an Alertmanager group of one alert) is answered with the canonical
+//! contract's 202 body, `{correlationId, routingMode, status, statusUrl}`,
+//! or `{correlationId, status: "IGNORED", reason}` for an event no mapping
+//! rule takes. A payload with several items is answered `{"items": [...]}`,
+//! one such object per item in payload order. `Idempotent-Replayed: true`
+//! is set when every item had been seen before.
+//!
+//! **Dedupe.** The keys are built in [`crate::event`] (`idempotency_key`,
+//! `delivery_key`, `ignored_key`; docs/sources.md lists them). A delivery
+//! id seen before gets the first answer again and nothing else happens.
+//! Otherwise every item is recorded; a conflict on any item refuses the whole
+//! payload (409) and forgets what this request recorded, so nothing is half
+//! applied. Events are then queued in order; one that cannot be queued is
+//! forgotten together with those after it and the delivery id, so the
+//! sender's retry processes exactly what is missing.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::contract::parse_canonical;
-use crate::dedupe::{self, digest, Dedupe, FirstAnswer};
-use crate::event::{CorrelationId, IncidentEvent, QueuedEvent, RoutingMode, Source};
+use crate::auth::{self, hex};
+use crate::config::{Config, StatusAccess};
+use crate::dedupe::{digest, Dedupe, Fingerprint, FirstAnswer, Outcome};
+use crate::event::{self, CorrelationId, IncidentEvent, QueuedEvent, RoutingMode, Source};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
+use crate::sources::{self, Delivery, Item, Parsed};
 use crate::status;
 use crate::store::{EventSink, SharedStore, StoreError};
 
@@ -65,10 +91,14 @@ impl Response {
 /// What happened, for the filter's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
+    /// One event queued for the service.
     Accepted,
+    /// One item (or a whole delivery, by its delivery id) seen before.
     Replayed,
+    /// One item no mapping rule takes, answered `IGNORED` the first time.
+    Ignored,
     Conflict,
-    /// Refused with this status (4xx).
+    /// Refused with this status (4xx); 401 covers every failed credential.
     Refused(u16),
     /// Could not record or queue it (503): the sender should retry.
     Unavailable,
@@ -77,11 +107,58 @@ pub enum Counter {
     StatusServed,
 }
 
-/// A decision and its counters.
+/// How loud a [`Note`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteLevel {
+    Info,
+    Warn,
+}
+
+/// A line for the filter to log. Notes are built from fixed text, ids and
+/// problem details, none of which ever holds a header value or a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub level: NoteLevel,
+    pub message: String,
+}
+
+/// A decision, its counters and what to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handled<T> {
     pub value: T,
     pub counters: Vec<Counter>,
+    pub notes: Vec<Note>,
+}
+
+impl<T> Handled<T> {
+    fn new(value: T, counters: Vec<Counter>) -> Self {
+        Self {
+            value,
+            counters,
+            notes: Vec::new(),
+        }
+    }
+
+    fn note(mut self, level: NoteLevel, message: String) -> Self {
+        self.notes.push(Note { level, message });
+        self
+    }
+
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Handled<U> {
+        Handled {
+            value: f(self.value),
+            counters: self.counters,
+            notes: self.notes,
+        }
+    }
+}
+
+/// A refusal, counted by its status.
+fn refused<T: From<Response>>(p: &Problem) -> Handled<T> {
+    Handled::new(
+        Response::problem(p).into(),
+        vec![Counter::Refused(p.status)],
+    )
 }
 
 /// What to do after the request headers.
@@ -95,26 +172,42 @@ pub enum HeadersStep {
     ReadBody(Source),
 }
 
+impl From<Response> for HeadersStep {
+    fn from(r: Response) -> Self {
+        HeadersStep::Respond(r)
+    }
+}
+
 /// The route a path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Route<'a> {
     Webhook(&'a str),
+    /// `/webhooks` itself: ours, but nothing there.
+    WebhooksRoot,
+    /// Under `/emr`: needs the status credential.
+    Emr(EmrRoute<'a>),
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EmrRoute<'a> {
     Status(&'a str),
     State,
-    UnknownEmr,
-    Other,
+    Unknown,
 }
 
 fn route(path: &str) -> Route<'_> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     if let Some(rest) = path.strip_prefix(WEBHOOK_PREFIX) {
         Route::Webhook(rest)
+    } else if path == "/webhooks" {
+        Route::WebhooksRoot
     } else if let Some(rest) = path.strip_prefix(STATUS_PREFIX) {
-        Route::Status(rest)
+        Route::Emr(EmrRoute::Status(rest))
     } else if path == STATE_PATH {
-        Route::State
-    } else if path == "/emr" || path.starts_with("/emr/") || path == "/webhooks" {
-        Route::UnknownEmr
+        Route::Emr(EmrRoute::State)
+    } else if path == "/emr" || path.starts_with("/emr/") {
+        Route::Emr(EmrRoute::Unknown)
     } else {
         Route::Other
     }
@@ -139,27 +232,170 @@ fn is_json(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// The body of a 202.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Accepted<'a> {
-    correlation_id: &'a str,
-    routing_mode: RoutingMode,
-    status: &'a str,
-    status_url: String,
+/// The header a source's delivery id travels in, for the 409 that names it.
+fn delivery_header(source: Source) -> &'static str {
+    match source {
+        Source::Pagerduty => "x-webhook-id",
+        Source::Jsm => "x-atlassian-webhook-identifier",
+        _ => auth::standard_webhooks::ID_HEADER,
+    }
 }
 
-fn accepted_body(ev: &IncidentEvent, answer: FirstAnswer) -> Vec<u8> {
-    let body = Accepted {
-        correlation_id: ev.correlation_id.as_str(),
-        routing_mode: ev.routing_mode,
-        status: match answer {
-            FirstAnswer::Accepted => "PROCESSING",
-            FirstAnswer::Ignored => "IGNORED",
-        },
-        status_url: format!("{STATUS_PREFIX}{}", ev.correlation_id),
+/// One item of a 202: the canonical contract's accepted body, or an ignored
+/// item's `{correlationId, status, reason}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemAnswer {
+    correlation_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing_mode: Option<RoutingMode>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// Seen before: this answer repeats the first one.
+    #[serde(skip)]
+    replayed: bool,
+}
+
+impl ItemAnswer {
+    fn event(ev: &IncidentEvent, answer: FirstAnswer, replayed: bool) -> Self {
+        Self {
+            correlation_id: ev.correlation_id.to_string(),
+            routing_mode: Some(ev.routing_mode),
+            status: match answer {
+                FirstAnswer::Accepted => "PROCESSING",
+                FirstAnswer::Ignored => "IGNORED",
+            },
+            status_url: Some(format!("{STATUS_PREFIX}{}", ev.correlation_id)),
+            reason: None,
+            replayed,
+        }
+    }
+
+    fn ignored(id: String, reason: String, replayed: bool) -> Self {
+        Self {
+            correlation_id: id,
+            routing_mode: None,
+            status: "IGNORED",
+            status_url: None,
+            reason: Some(reason),
+            replayed,
+        }
+    }
+
+    /// What `item` was first answered, for a delivery seen before.
+    fn first(item: &Item) -> Self {
+        match item {
+            Item::Event(ev) => Self::event(ev, FirstAnswer::Accepted, true),
+            Item::Ignored { id, reason } => Self::ignored(id.clone(), reason.clone(), true),
+        }
+    }
+}
+
+/// The 202 for a payload's items (see the module doc for the shapes).
+fn accepted(answers: &[ItemAnswer]) -> Response {
+    #[derive(Serialize)]
+    struct Items<'a> {
+        items: &'a [ItemAnswer],
+    }
+    let (body, replayed) = match answers {
+        [one] => (serde_json::to_vec(one), one.replayed),
+        many => (
+            serde_json::to_vec(&Items { items: many }),
+            !many.is_empty() && many.iter().all(|a| a.replayed),
+        ),
     };
-    serde_json::to_vec(&body).unwrap_or_default()
+    let mut r = Response::json(202, body.unwrap_or_default());
+    if replayed {
+        r.headers.push(("idempotent-replayed", "true".into()));
+    }
+    if let [one] = answers {
+        if !one.replayed && one.status == "PROCESSING" {
+            if let Some(url) = &one.status_url {
+                r.headers.push(("location", url.clone()));
+            }
+        }
+    }
+    r
+}
+
+/// The 409 for an event whose key was first used with another payload.
+fn conflict(ev: &IncidentEvent) -> Problem {
+    if event::sender_keyed(ev.source) {
+        Problem::new(
+            409,
+            format!(
+                "{} {} was already accepted with a different payload",
+                ev.correlation_id, ev.routing_mode
+            ),
+        )
+        .with_error(
+            "correlationId",
+            "already used with a different payload for this routingMode",
+        )
+    } else {
+        Problem::new(
+            409,
+            format!(
+                "{} {} at {} was already accepted with a different payload",
+                ev.correlation_id,
+                ev.routing_mode,
+                ev.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)
+            ),
+        )
+        .with_error(
+            "correlationId",
+            "already used with a different payload for this routingMode and event time",
+        )
+    }
+}
+
+/// Records dedupe keys for one request, remembering which it added so a
+/// refusal or failure can forget them again.
+struct Recorder<'a> {
+    store: &'a dyn SharedStore,
+    dedupe: Dedupe,
+    now: i64,
+    counters: Vec<Counter>,
+    added: Vec<String>,
+}
+
+impl Recorder<'_> {
+    fn record(
+        &mut self,
+        key: &str,
+        fingerprint: &Fingerprint,
+        answer: FirstAnswer,
+    ) -> Result<Outcome, StoreError> {
+        let d = self
+            .dedupe
+            .check_and_insert(self.store, key, fingerprint, answer, self.now)?;
+        if d.evicted > 0 {
+            self.counters.push(Counter::DedupeEvicted(d.evicted));
+        }
+        if d.retries > 0 {
+            self.counters.push(Counter::CasRetries(d.retries));
+        }
+        if d.outcome == Outcome::New {
+            self.added.push(key.to_owned());
+        }
+        Ok(d.outcome)
+    }
+
+    /// Forgets `keys`. A failure here only means a retry is answered as a
+    /// replay of what it repeats; nothing better can be done about it.
+    fn forget<'k>(&self, keys: impl IntoIterator<Item = &'k String>) {
+        for k in keys {
+            let _ = self.dedupe.remove(self.store, k);
+        }
+    }
+
+    /// Forgets everything this request added.
+    fn forget_all(&self) {
+        self.forget(&self.added);
+    }
 }
 
 /// The intake over the host's shared data and queue.
@@ -178,88 +414,93 @@ impl Intake<'_> {
         end_of_stream: bool,
         now: DateTime<Utc>,
     ) -> Handled<HeadersStep> {
-        let refuse = |p: Problem| Handled {
-            counters: vec![Counter::Refused(p.status)],
-            value: HeadersStep::Respond(Response::problem(&p)),
-        };
         match route(path) {
-            Route::Other => Handled {
-                value: HeadersStep::PassThrough,
-                counters: vec![],
-            },
-            Route::UnknownEmr => refuse(Problem::not_found(format!(
+            Route::Other => Handled::new(HeadersStep::PassThrough, vec![]),
+            Route::WebhooksRoot => refused(&Problem::not_found(format!(
                 "no emr-edge resource at {path}"
             ))),
-            Route::Webhook(name) => {
-                let Some(source) = Source::from_path_segment(name) else {
-                    return refuse(Problem::not_found(format!(
-                        "unknown incident source {name:?}; known: canonical"
-                    )));
-                };
-                if source != Source::Canonical {
-                    return refuse(Problem::not_found(format!(
-                        "incident source {source} is not enabled in this build"
-                    )));
+            Route::Webhook(name) => self.webhook_headers(name, method, headers, end_of_stream, now),
+            Route::Emr(emr) => {
+                // Before anything else, so nothing under /emr (not even
+                // which paths exist) is told to an unauthenticated caller.
+                if let Err(p) = self.status_access(headers) {
+                    return refused(&p);
                 }
-                if method != "POST" {
-                    return refuse(Problem::method_not_allowed("POST"));
-                }
-                match header(headers, "content-type") {
-                    Some(ct) if is_json(ct) => {}
-                    Some(ct) => {
-                        return refuse(
-                            Problem::new(415, format!("expected application/json, got {ct:?}"))
-                                .with_error("content-type", "must be application/json"),
-                        )
+                match emr {
+                    EmrRoute::Unknown => refused(&Problem::not_found(format!(
+                        "no emr-edge resource at {path}"
+                    ))),
+                    EmrRoute::Status(_) | EmrRoute::State
+                        if method != "GET" && method != "HEAD" =>
+                    {
+                        refused(&Problem::method_not_allowed("GET, HEAD"))
                     }
-                    None => {
-                        return refuse(
-                            Problem::new(415, "the request has no content-type")
-                                .with_error("content-type", "must be application/json"),
-                        )
-                    }
-                }
-                let declared =
-                    header(headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
-                if declared.is_some_and(|n| n > self.config.intake.max_body_bytes as u64) {
-                    return refuse(self.too_large());
-                }
-                if end_of_stream {
-                    let out = self.on_body(source, headers, &[], now);
-                    return Handled {
-                        value: HeadersStep::Respond(out.value),
-                        counters: out.counters,
-                    };
-                }
-                Handled {
-                    value: HeadersStep::ReadBody(source),
-                    counters: vec![],
+                    EmrRoute::Status(id) => self.status(id, now),
+                    EmrRoute::State => self.state(),
                 }
             }
-            Route::Status(id) => {
-                if method != "GET" && method != "HEAD" {
-                    return refuse(Problem::method_not_allowed("GET, HEAD"));
-                }
-                self.status(id, now)
+        }
+    }
+
+    fn webhook_headers(
+        &self,
+        name: &str,
+        method: &str,
+        headers: &[(String, String)],
+        end_of_stream: bool,
+        now: DateTime<Utc>,
+    ) -> Handled<HeadersStep> {
+        let Some(source) = Source::from_path_segment(name) else {
+            let known: Vec<&str> = Source::ALL.iter().map(|s| s.as_str()).collect();
+            return refused(&Problem::not_found(format!(
+                "unknown incident source {name:?}; known: {}",
+                known.join(", ")
+            )));
+        };
+        if method != "POST" {
+            return refused(&Problem::method_not_allowed("POST"));
+        }
+        match header(headers, "content-type") {
+            Some(ct) if is_json(ct) => {}
+            Some(ct) => {
+                return refused(
+                    &Problem::new(415, format!("expected application/json, got {ct:?}"))
+                        .with_error("content-type", "must be application/json"),
+                )
             }
-            Route::State => {
-                if method != "GET" && method != "HEAD" {
-                    return refuse(Problem::method_not_allowed("GET, HEAD"));
-                }
-                match self.store.get(status::STATE_KEY) {
-                    Ok(v) => {
-                        let body = v
-                            .value
-                            .filter(|b| !b.is_empty())
-                            .unwrap_or_else(|| b"{\"groups\":[]}".to_vec());
-                        Handled {
-                            value: HeadersStep::Respond(Response::json(200, body)),
-                            counters: vec![Counter::StatusServed],
-                        }
-                    }
-                    Err(e) => self.unavailable(&e),
-                }
+            None => {
+                return refused(
+                    &Problem::new(415, "the request has no content-type")
+                        .with_error("content-type", "must be application/json"),
+                )
             }
+        }
+        let declared = header(headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.config.intake.max_body_bytes as u64) {
+            return refused(&self.too_large());
+        }
+        if end_of_stream {
+            return self
+                .on_body(source, headers, &[], now)
+                .map(HeadersStep::Respond);
+        }
+        Handled::new(HeadersStep::ReadBody(source), vec![])
+    }
+
+    /// Whether `headers` may read `/emr/*`.
+    fn status_access(&self, headers: &[(String, String)]) -> Result<(), Problem> {
+        match &self.config.status {
+            StatusAccess::Open => Ok(()),
+            StatusAccess::Credential(c) => c.check(headers),
+            StatusAccess::Closed => Err(Problem::new(
+                401,
+                "the /emr/* endpoints have no credential configured and refuse every \
+                 request; configure status.auth",
+            )
+            .with_error(
+                "authorization",
+                "cannot be accepted: no status credential is configured",
+            )),
         }
     }
 
@@ -282,11 +523,7 @@ impl Intake<'_> {
 
     /// The 413 for a body that grew past the limit while streaming.
     pub fn refuse_too_large(&self) -> Handled<Response> {
-        let p = self.too_large();
-        Handled {
-            counters: vec![Counter::Refused(p.status)],
-            value: Response::problem(&p),
-        }
+        refused(&self.too_large())
     }
 
     fn unavailable<T>(&self, e: &StoreError) -> Handled<T>
@@ -297,56 +534,71 @@ impl Intake<'_> {
             StoreError::CasMismatch => "the dedupe store is contended; retry shortly".to_owned(),
             StoreError::Host(m) => format!("shared state unavailable: {m}; retry shortly"),
         };
-        Handled {
-            value: Response::problem(&Problem::new(503, detail).with_header("retry-after", "1"))
-                .into(),
-            counters: vec![Counter::Unavailable],
+        Handled::new(
+            Response::problem(&Problem::new(503, detail).with_header("retry-after", "1")).into(),
+            vec![Counter::Unavailable],
+        )
+    }
+
+    fn state(&self) -> Handled<HeadersStep> {
+        match self.store.get(status::STATE_KEY) {
+            Ok(v) => {
+                let body = v
+                    .value
+                    .filter(|b| !b.is_empty())
+                    .unwrap_or_else(|| b"{\"groups\":[]}".to_vec());
+                Handled::new(
+                    HeadersStep::Respond(Response::json(200, body)),
+                    vec![Counter::StatusServed],
+                )
+            }
+            Err(e) => self.unavailable(&e),
         }
     }
 
     fn status(&self, id: &str, now: DateTime<Utc>) -> Handled<HeadersStep> {
-        let not_found = || Handled {
-            value: HeadersStep::Respond(Response::problem(
+        let not_found = || {
+            refused(
                 &Problem::not_found(format!("no incident {id:?} is known"))
                     .with_error("correlationId", "is not known to emr-edge"),
-            )),
-            counters: vec![Counter::Refused(404)],
+            )
         };
         if CorrelationId::parse(id).is_err() {
             return not_found();
         }
         match status::lookup(self.store, id) {
-            Ok(Some(v)) => Handled {
-                value: HeadersStep::Respond(Response::json(
+            Ok(Some(v)) => Handled::new(
+                HeadersStep::Respond(Response::json(
                     200,
                     serde_json::to_vec(&v).unwrap_or_default(),
                 )),
-                counters: vec![Counter::StatusServed],
-            },
+                vec![Counter::StatusServed],
+            ),
             Ok(None) => {
                 // Accepted a moment ago but not yet recorded by the service:
-                // the dedupe store knows it.
-                let queued = [RoutingMode::Active, RoutingMode::Resolved]
+                // the dedupe store knows it. Only the sender-keyed routes can
+                // be found this way; a tool event's key holds its event time.
+                let queued = [Source::Canonical, Source::Standard]
                     .into_iter()
-                    .find(|m| {
-                        let key = format!("{}:{}:{}", Source::Canonical, id, m.as_str());
-                        self.store_contains(&key, now)
+                    .flat_map(|s| [RoutingMode::Active, RoutingMode::Resolved].map(|m| (s, m)))
+                    .find(|(s, m)| {
+                        self.store_contains(&event::idempotency_key(*s, id, *m, now), now)
                     });
                 match queued {
-                    Some(mode) => {
+                    Some((_, mode)) => {
                         let body = serde_json::json!({
                             "correlationId": id,
                             "routingMode": mode,
                             "status": "PROCESSING",
                             "state": "QUEUED",
                         });
-                        Handled {
-                            value: HeadersStep::Respond(Response::json(
+                        Handled::new(
+                            HeadersStep::Respond(Response::json(
                                 200,
                                 body.to_string().into_bytes(),
                             )),
-                            counters: vec![Counter::StatusServed],
-                        }
+                            vec![Counter::StatusServed],
+                        )
                     }
                     None => not_found(),
                 }
@@ -361,7 +613,7 @@ impl Intake<'_> {
             .unwrap_or(false)
     }
 
-    /// Handles a whole webhook body.
+    /// Handles a whole webhook body: authenticate, parse, dedupe, queue.
     pub fn on_body(
         &self,
         source: Source,
@@ -369,111 +621,157 @@ impl Intake<'_> {
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Handled<Response> {
-        let refuse = |p: Problem| Handled {
-            counters: vec![Counter::Refused(p.status)],
-            value: Response::problem(&p),
-        };
         if body.len() > self.config.intake.max_body_bytes {
-            return refuse(self.too_large());
+            return refused(&self.too_large());
         }
-        let _ = headers;
-        let event = match source {
-            Source::Canonical => match parse_canonical(body, now, &self.config.intake.contract) {
-                Ok(e) => e,
-                Err(p) => return refuse(p),
-            },
-            other => {
-                return refuse(Problem::not_found(format!(
-                    "incident source {other} is not enabled in this build"
-                )))
-            }
-        };
-        self.accept(event, None, now)
+        let cfg = self.config.sources.get(source);
+        let delivery = Delivery { headers, body, now };
+        if let Err(p) = auth::authenticate(source, &delivery, cfg) {
+            // The detail names a header and a fixed reason, never a value.
+            let line = format!("{source} delivery refused (401): {}", p.detail);
+            return refused(&p).note(NoteLevel::Warn, line);
+        }
+        match sources::parse(source, &delivery, cfg) {
+            Ok(parsed) => self.accept(source, parsed, body, now),
+            Err(p) => refused(&p),
+        }
     }
 
-    /// Dedupes, queues and answers one valid event.
+    /// Dedupes, queues and answers a parsed delivery (see the module doc).
     fn accept(
         &self,
-        event: IncidentEvent,
-        delivery_id: Option<String>,
+        source: Source,
+        parsed: Parsed,
+        body: &[u8],
         now: DateTime<Utc>,
     ) -> Handled<Response> {
-        let key = event.idempotency_key();
-        let fingerprint = digest(&serde_json::to_vec(&event).unwrap_or_default());
-        let dedupe = Dedupe::new(self.config.intake.dedupe);
-        let decision = match dedupe.check_and_insert(
-            self.store,
-            &key,
-            &fingerprint,
-            FirstAnswer::Accepted,
-            now.timestamp(),
-        ) {
-            Ok(d) => d,
-            Err(e) => return self.unavailable(&e),
+        let mut rec = Recorder {
+            store: self.store,
+            dedupe: Dedupe::new(self.config.intake.dedupe),
+            now: now.timestamp(),
+            counters: Vec::with_capacity(parsed.items.len() + 2),
+            added: Vec::new(),
         };
-        let mut counters = Vec::with_capacity(3);
-        if decision.evicted > 0 {
-            counters.push(Counter::DedupeEvicted(decision.evicted));
-        }
-        if decision.retries > 0 {
-            counters.push(Counter::CasRetries(decision.retries));
-        }
-        match decision.outcome {
-            dedupe::Outcome::New => {}
-            dedupe::Outcome::Replay(answer) => {
-                let mut r = Response::json(202, accepted_body(&event, answer));
-                r.headers.push(("idempotent-replayed", "true".into()));
-                counters.push(Counter::Replayed);
-                return Handled { value: r, counters };
-            }
-            dedupe::Outcome::Conflict => {
-                counters.push(Counter::Conflict);
-                let p = Problem::new(
-                    409,
-                    format!(
-                        "{} {} was already accepted with a different payload",
-                        event.correlation_id, event.routing_mode
-                    ),
-                )
-                .with_error(
-                    "correlationId",
-                    "already used with a different payload for this routingMode",
-                );
-                return Handled {
-                    value: Response::problem(&p),
-                    counters,
-                };
-            }
-        }
-        let queued = QueuedEvent {
-            received_ms: now.timestamp_millis(),
-            delivery_id,
-            event,
-        };
-        let enqueued = serde_json::to_vec(&queued)
-            .map_err(|e| StoreError::Host(e.to_string()))
-            .and_then(|msg| self.sink.enqueue(&msg));
-        if let Err(e) = enqueued {
-            // Not queued: forget it so the sender's retry is processed, not
-            // answered as a replay of something that never happened.
-            let _ = dedupe.remove(self.store, &key);
-            let mut out = self.unavailable(&e);
-            out.counters.extend(counters);
-            return out;
-        }
-        counters.push(Counter::Accepted);
-        let mut r = Response::json(202, accepted_body(&queued.event, FirstAnswer::Accepted));
-        r.headers.push((
-            "location",
-            format!("{STATUS_PREFIX}{}", queued.event.correlation_id),
-        ));
-        Handled { value: r, counters }
-    }
-}
+        let body_digest = digest(body);
+        let Parsed { items, delivery_id } = parsed;
 
-impl From<Response> for HeadersStep {
-    fn from(r: Response) -> Self {
-        HeadersStep::Respond(r)
+        let mut delivery_key = None;
+        if let Some(id) = &delivery_id {
+            let key = event::delivery_key(source, id);
+            match rec.record(&key, &body_digest, FirstAnswer::Accepted) {
+                Ok(Outcome::New) => delivery_key = Some(key),
+                Ok(Outcome::Replay(_)) => {
+                    rec.counters.push(Counter::Replayed);
+                    let answers: Vec<ItemAnswer> = items.iter().map(ItemAnswer::first).collect();
+                    return Handled::new(accepted(&answers), rec.counters);
+                }
+                Ok(Outcome::Conflict) => {
+                    rec.counters.push(Counter::Conflict);
+                    let header = delivery_header(source);
+                    let p = Problem::new(
+                        409,
+                        format!("delivery {id} was already received with a different payload"),
+                    )
+                    .with_error(header, "already used with a different payload");
+                    return Handled::new(Response::problem(&p), rec.counters);
+                }
+                Err(e) => return self.failed(rec, &e),
+            }
+        }
+
+        let body_hex = hex::encode(&body_digest);
+        let mut answers = Vec::with_capacity(items.len());
+        let mut to_queue: Vec<(IncidentEvent, String)> = Vec::new();
+        let mut notes = Vec::new();
+        for item in items {
+            match item {
+                Item::Event(ev) => {
+                    let key = ev.idempotency_key();
+                    let fingerprint = digest(&serde_json::to_vec(&ev).unwrap_or_default());
+                    match rec.record(&key, &fingerprint, FirstAnswer::Accepted) {
+                        Ok(Outcome::New) => {
+                            answers.push(ItemAnswer::event(&ev, FirstAnswer::Accepted, false));
+                            to_queue.push((ev, key));
+                        }
+                        Ok(Outcome::Replay(first)) => {
+                            rec.counters.push(Counter::Replayed);
+                            answers.push(ItemAnswer::event(&ev, first, true));
+                        }
+                        Ok(Outcome::Conflict) => {
+                            // Refuse the whole payload: forget its other items
+                            // so a corrected retry is processed in full.
+                            rec.forget_all();
+                            rec.counters.push(Counter::Conflict);
+                            return Handled::new(Response::problem(&conflict(&ev)), rec.counters);
+                        }
+                        Err(e) => return self.failed(rec, &e),
+                    }
+                }
+                Item::Ignored { id, reason } => {
+                    let key = event::ignored_key(source, &id, &body_hex);
+                    // The body digest is in the key, so this can only be new
+                    // or a replay of the same delivery.
+                    let replayed = match rec.record(&key, &body_digest, FirstAnswer::Ignored) {
+                        Ok(Outcome::New) => {
+                            rec.counters.push(Counter::Ignored);
+                            false
+                        }
+                        Ok(Outcome::Replay(_) | Outcome::Conflict) => {
+                            rec.counters.push(Counter::Replayed);
+                            true
+                        }
+                        Err(e) => return self.failed(rec, &e),
+                    };
+                    notes.push(Note {
+                        level: NoteLevel::Info,
+                        message: format!(
+                            "{source} {id} ignored{}: {reason}",
+                            if replayed { " (replayed)" } else { "" }
+                        ),
+                    });
+                    answers.push(ItemAnswer::ignored(id, reason, replayed));
+                }
+            }
+        }
+
+        let received_ms = now.timestamp_millis();
+        let mut queue = to_queue.into_iter();
+        while let Some((ev, key)) = queue.next() {
+            let queued = QueuedEvent {
+                received_ms,
+                delivery_id: delivery_id.clone(),
+                event: ev,
+            };
+            let enqueued = serde_json::to_vec(&queued)
+                .map_err(|e| StoreError::Host(e.to_string()))
+                .and_then(|msg| self.sink.enqueue(&msg));
+            if let Err(e) = enqueued {
+                // Not queued: forget it, those after it and the delivery id,
+                // so the sender's retry is processed rather than answered as
+                // a replay of something that never happened. Events already
+                // queued stay recorded: the retry replays them.
+                let rest: Vec<String> = queue.map(|(_, k)| k).collect();
+                rec.forget(std::iter::once(&key).chain(&rest).chain(&delivery_key));
+                let mut out = self.unavailable(&e);
+                out.counters.extend(rec.counters);
+                return out;
+            }
+            rec.counters.push(Counter::Accepted);
+        }
+        Handled {
+            value: accepted(&answers),
+            counters: rec.counters,
+            notes,
+        }
+    }
+
+    /// The 503 for a store failure while recording: forget what this
+    /// request recorded so the sender's retry starts afresh.
+    fn failed(&self, rec: Recorder<'_>, e: &StoreError) -> Handled<Response> {
+        rec.forget_all();
+        let mut out = self.unavailable(e);
+        out.counters.extend(rec.counters);
+        out
     }
 }
 
@@ -503,8 +801,13 @@ mod tests {
 
     impl World {
         fn new() -> Self {
+            let config = crate::config::parse(
+                br#"{"sources":{"canonical":{"insecure":true}},"status":{"insecure":true}}"#,
+                &|_| None,
+            )
+            .unwrap();
             let w = Self {
-                config: Config::default(),
+                config,
                 store: MemoryStore::new(),
                 queue: MemoryQueue::default(),
             };
@@ -822,5 +1125,772 @@ mod tests {
             .intake()
             .on_body(Source::Canonical, &headers, b"[]", now());
         assert_eq!(bad.counters, vec![Counter::Refused(422)]);
+    }
+
+    // ---- Sources, authentication and status access ----------------------
+
+    use std::cell::Cell;
+
+    use crate::auth::standard_webhooks::{parse_secret, sign};
+    use crate::auth::{hub_signature, pagerduty_signature};
+
+    const PD_SECRET: &str = "pd-secret-fake-0123456789";
+    const PD_SECRET_NEXT: &str = "pd-secret-next-fake-0123456789";
+    const SN_USER: &str = "emr-servicenow";
+    const SN_PASSWORD: &str = "sn-password-fake-0123456789";
+    const JSM_SECRET: &str = "jsm-secret-fake-0123456789";
+    const OG_TOKEN: &str = "opsgenie-token-fake-0123456789";
+    const AM_TOKEN: &str = "alertmanager-token-fake-0123456789";
+    const CANONICAL_TOKEN: &str = "canonical-token-fake-0123456789";
+    const STATUS_TOKEN: &str = "status-token-fake-0123456789";
+    // The Standard Webhooks specification's example secret.
+    const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn env(k: &str) -> Option<String> {
+        let v = match k {
+            "PD_SECRET" => PD_SECRET,
+            "PD_SECRET_NEXT" => PD_SECRET_NEXT,
+            "SN_USER" => SN_USER,
+            "SN_PASSWORD" => SN_PASSWORD,
+            "JSM_SECRET" => JSM_SECRET,
+            "OG_TOKEN" => OG_TOKEN,
+            "AM_TOKEN" => AM_TOKEN,
+            "CANONICAL_TOKEN" => CANONICAL_TOKEN,
+            "STATUS_TOKEN" => STATUS_TOKEN,
+            "WHSEC" => WHSEC,
+            _ => return None,
+        };
+        Some(v.to_owned())
+    }
+
+    /// Every route configured as docs/sources.md shows it.
+    const SOURCES: &str = r#"{
+      "sources": {
+        "canonical": {"auth": [{"kind": "bearer", "token_env": "CANONICAL_TOKEN"}]},
+        "standard": {"auth": [{"kind": "standard_webhooks", "secret_env": "WHSEC"}]},
+        "pagerduty": {
+          "auth": [{"kind": "pagerduty_signature", "secret_envs": ["PD_SECRET", "PD_SECRET_NEXT"]}],
+          "rules": [
+            {"match": {"service_id": "PIJ90N7", "priority": ["P1", "P2"]},
+             "incident_type": "CARRIER_OUTAGE", "group": "eg-voice",
+             "queues": ["queue-12345", "queue-67890"], "priority": 1},
+            {"match": {"team_name": "Contact Centre Engineering", "urgency": "high"},
+             "group": "eg-voice", "queues": ["queue-12345"]}
+          ]
+        },
+        "servicenow": {
+          "auth": [{"kind": "basic", "username_env": "SN_USER", "password_env": "SN_PASSWORD"}],
+          "rules": [{"match": {"priority": ["1", "2"], "assignment_group": "Voice Platform"},
+                     "incident_type": "CARRIER_OUTAGE", "group": "eg-voice", "queues": ["queue-12345"]}]
+        },
+        "jsm": {
+          "auth": [{"kind": "hub_signature", "secret_env": "JSM_SECRET"}],
+          "rules": [{"match": {"project": "ITSM", "priority": ["Highest", "High"]},
+                     "incident_type": "MAJOR_INCIDENT", "group": "eg-voice", "queues": ["queue-12345"]}]
+        },
+        "opsgenie": {
+          "auth": [{"kind": "bearer", "token_env": "OG_TOKEN", "header": "x-emr-token"}],
+          "rules": [{"match": {"priority": ["P1", "P2"], "tags": ["voice", "sip"]},
+                     "group": "eg-voice", "queues": ["queue-12345"]}]
+        },
+        "alertmanager": {
+          "auth": [{"kind": "bearer", "token_env": "AM_TOKEN"}],
+          "rules": [{"match": {"labels": {"team": "voice", "severity": ["critical", "page"]}},
+                     "group": "eg-voice", "queues": ["queue-12345", "queue-67890"]}]
+        }
+      },
+      "status": {"auth": {"kind": "bearer", "token_env": "STATUS_TOKEN"}}
+    }"#;
+
+    macro_rules! fixture {
+        ($path:literal) => {
+            include_bytes!(concat!("../../tests/fixtures/sources/", $path)).as_slice()
+        };
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// A world with every source configured, and its own clock.
+    struct Sources {
+        w: World,
+        now: Cell<DateTime<Utc>>,
+    }
+
+    impl Sources {
+        fn new() -> Self {
+            Self::with(SOURCES)
+        }
+
+        fn with(config: &str) -> Self {
+            let mut w = World::new();
+            w.config = crate::config::parse(config.as_bytes(), &env).unwrap();
+            Self {
+                w,
+                now: Cell::new(now()),
+            }
+        }
+
+        fn handle(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Handled<Response> {
+            let mut h: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            h.push(("content-type".into(), "application/json".into()));
+            h.push(("content-length".into(), body.len().to_string()));
+            let intake = self.w.intake();
+            let out = intake.on_headers("POST", path, &h, false, self.now.get());
+            match out.value {
+                HeadersStep::ReadBody(src) => intake.on_body(src, &h, body, self.now.get()),
+                HeadersStep::Respond(r) => Handled {
+                    value: r,
+                    counters: out.counters,
+                    notes: out.notes,
+                },
+                HeadersStep::PassThrough => panic!("passed through"),
+            }
+        }
+
+        fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+            self.handle(path, headers, body).value
+        }
+
+        fn queued(&self) -> Vec<QueuedEvent> {
+            self.w
+                .queue
+                .messages
+                .borrow()
+                .iter()
+                .map(|m| serde_json::from_slice(m).unwrap())
+                .collect()
+        }
+
+        fn pagerduty(&self, body: &[u8], delivery: Option<&str>) -> Handled<Response> {
+            let sig = pagerduty_signature(PD_SECRET.as_bytes(), body);
+            let mut h = vec![("x-pagerduty-signature", sig.as_str())];
+            if let Some(d) = delivery {
+                h.push(("x-webhook-id", d));
+            }
+            self.handle("/webhooks/pagerduty", &h, body)
+        }
+
+        fn alertmanager(&self, body: &[u8]) -> Handled<Response> {
+            let bearer = format!("Bearer {AM_TOKEN}");
+            self.handle(
+                "/webhooks/alertmanager",
+                &[("authorization", &bearer)],
+                body,
+            )
+        }
+
+        fn servicenow(&self, body: &[u8]) -> Handled<Response> {
+            let basic = format!("Basic {}", base64(&format!("{SN_USER}:{SN_PASSWORD}")));
+            self.handle("/webhooks/servicenow", &[("authorization", &basic)], body)
+        }
+
+        fn standard(&self, body: &[u8], signed_at: i64) -> Response {
+            let key = parse_secret(WHSEC).unwrap();
+            let sig = sign(&key, "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", signed_at, body);
+            let ts = signed_at.to_string();
+            self.post(
+                "/webhooks/standard",
+                &[
+                    ("webhook-id", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"),
+                    ("webhook-timestamp", &ts),
+                    ("webhook-signature", &sig),
+                ],
+                body,
+            )
+        }
+
+        fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+            let h: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            match self
+                .w
+                .intake()
+                .on_headers("GET", path, &h, true, self.now.get())
+                .value
+            {
+                HeadersStep::Respond(r) => r,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    fn base64(s: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// `bytes` with `from` replaced by `to` (exactly once).
+    fn edit(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+        let s = std::str::from_utf8(bytes).unwrap();
+        assert_eq!(s.matches(from).count(), 1, "{from}");
+        s.replace(from, to).into_bytes()
+    }
+
+    fn assert_no_secret(r: &Response, also: &[&str]) {
+        let text = String::from_utf8_lossy(&r.body).to_string() + &format!("{:?}", r.headers);
+        for secret in [
+            PD_SECRET,
+            PD_SECRET_NEXT,
+            SN_PASSWORD,
+            JSM_SECRET,
+            OG_TOKEN,
+            AM_TOKEN,
+            CANONICAL_TOKEN,
+            STATUS_TOKEN,
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ]
+        .iter()
+        .chain(also)
+        {
+            assert!(!text.contains(secret), "{secret} leaked in {text}");
+        }
+    }
+
+    #[test]
+    fn every_source_is_accepted_through_the_intake() {
+        let s = Sources::new();
+        let pd = fixture!("pagerduty/incident_triggered.json");
+        let r = s.pagerduty(pd, Some("8a1d2f3e-0001")).value;
+        assert_eq!(r.status, 202, "{}", body(&r));
+        assert_eq!(
+            body(&r),
+            json!({"correlationId": "Q2UEJOMV3XYQ9N", "routingMode": "EMERGENCY_ACTIVE",
+                   "status": "PROCESSING", "statusUrl": "/emr/status/Q2UEJOMV3XYQ9N"})
+        );
+        assert_eq!(r.header("location"), Some("/emr/status/Q2UEJOMV3XYQ9N"));
+
+        let r = s.servicenow(fixture!("servicenow/incident_new.json")).value;
+        assert_eq!(
+            (r.status, &body(&r)["correlationId"]),
+            (202, &json!("INC0010023"))
+        );
+
+        let jsm = fixture!("jsm/issue_created.json");
+        let sig = hub_signature(JSM_SECRET.as_bytes(), jsm);
+        let r = s.post(
+            "/webhooks/jsm",
+            &[
+                ("x-hub-signature", &sig),
+                ("x-atlassian-webhook-identifier", "jsm-delivery-1"),
+            ],
+            jsm,
+        );
+        assert_eq!(
+            (r.status, &body(&r)["correlationId"]),
+            (202, &json!("ITSM-42"))
+        );
+
+        let r = s.post(
+            "/webhooks/opsgenie",
+            &[("x-emr-token", OG_TOKEN)],
+            fixture!("opsgenie/alert_create.json"),
+        );
+        assert_eq!(r.status, 202, "{}", body(&r));
+        assert_eq!(
+            body(&r)["correlationId"],
+            "70ea1b5b-2c5b-4dfe-a7a4-2a1a3ad0a0c5-1723731721329"
+        );
+
+        let r = s.alertmanager(fixture!("alertmanager/firing.json")).value;
+        assert_eq!(r.status, 202);
+        assert_eq!(body(&r)["items"].as_array().unwrap().len(), 2);
+
+        let r = s.standard(fixture!("standard/incident_active.json"), now().timestamp());
+        assert_eq!((r.status, &body(&r)["status"]), (202, &json!("PROCESSING")));
+
+        let bearer = format!("Bearer {CANONICAL_TOKEN}");
+        let r = s.post(
+            "/webhooks/canonical",
+            &[("authorization", &bearer)],
+            incident("INC-1", "EMERGENCY_ACTIVE").to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 202);
+
+        let queued = s.queued();
+        let sources: Vec<Source> = queued.iter().map(|q| q.event.source).collect();
+        assert_eq!(
+            sources,
+            [
+                Source::Pagerduty,
+                Source::Servicenow,
+                Source::Jsm,
+                Source::Opsgenie,
+                Source::Alertmanager,
+                Source::Alertmanager,
+                Source::Standard,
+                Source::Canonical
+            ]
+        );
+        let pd = &queued[0];
+        assert_eq!(pd.delivery_id.as_deref(), Some("8a1d2f3e-0001"));
+        assert_eq!(pd.event.incident_type.as_str(), "CARRIER_OUTAGE");
+        assert_eq!(pd.event.group.as_ref().unwrap().as_str(), "eg-voice");
+        assert_eq!(queued[2].delivery_id.as_deref(), Some("jsm-delivery-1"));
+    }
+
+    #[test]
+    fn an_ignored_event_is_202_ignored_counted_logged_and_replayed_alike() {
+        let s = Sources::new();
+        s.now.set(at("2024-08-15T14:41:00Z"));
+        // Matches no rule: the sender must not retry it, and nothing is queued.
+        let low = fixture!("servicenow/incident_low_priority.json");
+        let out = s.servicenow(low);
+        assert_eq!(out.value.status, 202);
+        assert_eq!(body(&out.value)["status"], "IGNORED");
+        assert_eq!(body(&out.value)["correlationId"], "INC0010031");
+        assert!(body(&out.value)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no mapping rule"));
+        assert_eq!(body(&out.value).get("statusUrl"), None);
+        assert_eq!(out.value.header("idempotent-replayed"), None);
+        assert_eq!(out.counters, vec![Counter::Ignored]);
+        assert_eq!(out.notes.len(), 1);
+        assert_eq!(out.notes[0].level, NoteLevel::Info);
+        assert!(
+            out.notes[0].message.contains("INC0010031 ignored"),
+            "{:?}",
+            out.notes
+        );
+
+        let again = s.servicenow(low);
+        assert_eq!(again.value.status, 202);
+        assert_eq!(again.value.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.value.body, out.value.body);
+        assert_eq!(again.counters, vec![Counter::Replayed]);
+
+        // Not about an incident at all, with a delivery id: the same.
+        let ping = fixture!("pagerduty/pagey_ping.json");
+        let out = s.pagerduty(ping, Some("ping-1"));
+        assert_eq!(body(&out.value)["status"], "IGNORED");
+        let again = s.pagerduty(ping, Some("ping-1"));
+        assert_eq!(again.value.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.value.body, out.value.body);
+        // An acknowledgement neither opens nor resolves.
+        let ack = s.pagerduty(fixture!("pagerduty/incident_acknowledged.json"), None);
+        assert_eq!(body(&ack.value)["status"], "IGNORED");
+        assert!(s.queued().is_empty());
+    }
+
+    #[test]
+    fn bad_credentials_are_401_naming_the_header_and_nothing_else() {
+        let s = Sources::new();
+        let pd = fixture!("pagerduty/incident_triggered.json");
+        let good = pagerduty_signature(PD_SECRET.as_bytes(), pd);
+
+        // Tampered body: the signature no longer matches.
+        let tampered = edit(pd, "\"urgency\": \"high\"", "\"urgency\": \"low\"");
+        let out = s.handle(
+            "/webhooks/pagerduty",
+            &[("x-pagerduty-signature", &good)],
+            &tampered,
+        );
+        let r = &out.value;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert_eq!(body(r)["errors"][0]["field"], "x-pagerduty-signature");
+        assert_eq!(out.counters, vec![Counter::Refused(401)]);
+        assert_eq!(out.notes[0].level, NoteLevel::Warn);
+        assert_no_secret(r, &[&good[3..]]);
+        assert!(!out.notes[0].message.contains(&good[3..]));
+
+        // Wrong secret.
+        let wrong = pagerduty_signature(b"not-the-secret-0123456789", pd);
+        let r = s.post(
+            "/webhooks/pagerduty",
+            &[("x-pagerduty-signature", &wrong)],
+            pd,
+        );
+        assert_eq!(r.status, 401);
+        assert!(body(&r)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"));
+        assert_no_secret(&r, &[&wrong[3..]]);
+
+        // Missing header.
+        let r = s.post("/webhooks/pagerduty", &[], pd);
+        assert_eq!(r.status, 401);
+        assert_eq!(body(&r)["errors"][0]["message"], "is missing");
+
+        // Other sources, other headers.
+        let jsm = fixture!("jsm/issue_created.json");
+        let r = s.post(
+            "/webhooks/jsm",
+            &[(
+                "x-hub-signature",
+                &hub_signature(b"wrong-jsm-secret-0123", jsm),
+            )],
+            jsm,
+        );
+        assert_eq!(
+            (r.status, &body(&r)["errors"][0]["field"]),
+            (401, &json!("x-hub-signature"))
+        );
+        let basic = format!(
+            "Basic {}",
+            base64(&format!("{SN_USER}:wrong-password-0123"))
+        );
+        let r = s.post(
+            "/webhooks/servicenow",
+            &[("authorization", &basic)],
+            fixture!("servicenow/incident_new.json"),
+        );
+        assert_eq!(r.status, 401);
+        assert!(r.header("www-authenticate").unwrap().starts_with("Basic"));
+        assert_no_secret(&r, &["wrong-password-0123"]);
+        let r = s.post(
+            "/webhooks/opsgenie",
+            &[],
+            fixture!("opsgenie/alert_create.json"),
+        );
+        assert_eq!(
+            (r.status, &body(&r)["errors"][0]["field"]),
+            (401, &json!("x-emr-token"))
+        );
+        let r = s.post(
+            "/webhooks/alertmanager",
+            &[("authorization", "Bearer wrong-token-0123456789")],
+            fixture!("alertmanager/firing.json"),
+        );
+        assert_eq!(r.status, 401);
+        assert_no_secret(&r, &["wrong-token-0123456789"]);
+        let r = s.post(
+            "/webhooks/canonical",
+            &[],
+            incident("INC-1", "EMERGENCY_ACTIVE").to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 401);
+        assert!(s.queued().is_empty());
+    }
+
+    #[test]
+    fn a_rotated_secret_is_accepted_alongside_the_old_one() {
+        let s = Sources::new();
+        let pd = fixture!("pagerduty/incident_triggered.json");
+        let next = pagerduty_signature(PD_SECRET_NEXT.as_bytes(), pd);
+        let r = s.post(
+            "/webhooks/pagerduty",
+            &[("x-pagerduty-signature", &next)],
+            pd,
+        );
+        assert_eq!(r.status, 202);
+        // During PagerDuty's rotation it sends one signature per secret.
+        let reopened = edit(pd, "incident.triggered", "incident.reopened");
+        let reopened = edit(&reopened, "14:22:01.329Z", "14:23:00.000Z");
+        let both = format!(
+            "{},{}",
+            pagerduty_signature(b"retired-secret-0123456789", &reopened),
+            pagerduty_signature(PD_SECRET_NEXT.as_bytes(), &reopened)
+        );
+        let r = s.post(
+            "/webhooks/pagerduty",
+            &[("x-pagerduty-signature", &both)],
+            &reopened,
+        );
+        assert_eq!(r.status, 202, "{}", body(&r));
+        assert_eq!(s.queued().len(), 2);
+    }
+
+    #[test]
+    fn a_route_with_no_credential_configured_refuses_everything() {
+        let s = Sources::with(r#"{"status": {"insecure": true}}"#);
+        let pd = fixture!("pagerduty/incident_triggered.json");
+        let r = s.pagerduty(pd, None).value;
+        assert_eq!(r.status, 401);
+        assert!(body(&r)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no credential configured"));
+    }
+
+    #[test]
+    fn stale_and_future_times_are_refused() {
+        let s = Sources::new();
+        let active = fixture!("standard/incident_active.json");
+        let t = now().timestamp();
+        // Standard Webhooks: the signature's time must be within 5 minutes.
+        for skewed in [t - 301, t + 301] {
+            let r = s.standard(active, skewed);
+            assert_eq!(r.status, 401);
+            assert_eq!(body(&r)["errors"][0]["field"], "webhook-timestamp");
+        }
+        assert_eq!(s.standard(active, t - 299).status, 202);
+        // A tool's event time far ahead of our clock would outrank every
+        // later event: 422 naming the field.
+        let future = edit(
+            fixture!("pagerduty/incident_triggered.json"),
+            "2024-08-15T14:22:01.329Z",
+            "2024-08-15T15:22:01.329Z",
+        );
+        let r = s.pagerduty(&future, None).value;
+        assert_eq!(r.status, 422);
+        assert_eq!(body(&r)["errors"][0]["field"], "event.occurred_at");
+        // The canonical contract keeps its replay window.
+        let mut old = incident("INC-OLD", "EMERGENCY_ACTIVE");
+        old["timestamp"] = json!("2024-08-13T14:22:01Z");
+        let bearer = format!("Bearer {CANONICAL_TOKEN}");
+        let r = s.post(
+            "/webhooks/canonical",
+            &[("authorization", &bearer)],
+            old.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 422);
+        assert_eq!(body(&r)["errors"][0]["field"], "timestamp");
+    }
+
+    #[test]
+    fn one_alertmanager_payload_answers_every_alert() {
+        let s = Sources::new();
+        s.now.set(at("2024-08-15T14:58:30Z"));
+        let am = fixture!("alertmanager/one_resolved_one_firing.json");
+        let out = s.alertmanager(am);
+        assert_eq!(out.value.status, 202);
+        assert_eq!(
+            body(&out.value),
+            json!({"items": [
+                {"correlationId": "5f3c8e2a9b1d7c40", "routingMode": "EMERGENCY_RESOLVED",
+                 "status": "PROCESSING", "statusUrl": "/emr/status/5f3c8e2a9b1d7c40"},
+                {"correlationId": "a07e61d9c2b84f35", "routingMode": "EMERGENCY_ACTIVE",
+                 "status": "PROCESSING", "statusUrl": "/emr/status/a07e61d9c2b84f35"}
+            ]})
+        );
+        assert_eq!(out.value.header("location"), None);
+        assert_eq!(out.counters, vec![Counter::Accepted, Counter::Accepted]);
+        assert_eq!(s.queued().len(), 2);
+
+        let again = s.alertmanager(am);
+        assert_eq!(again.value.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.value.body, out.value.body);
+        assert_eq!(again.counters, vec![Counter::Replayed, Counter::Replayed]);
+        assert_eq!(s.queued().len(), 2);
+
+        // A group where one alert matches no rule: that one is IGNORED.
+        let mixed = edit(
+            fixture!("alertmanager/firing.json"),
+            "\"instance\": \"sbc-man-02:9100\",\n        \"job\": \"sbc\",\n        \"severity\": \"critical\"",
+            "\"instance\": \"sbc-man-02:9100\",\n        \"job\": \"sbc\",\n        \"severity\": \"info\"",
+        );
+        let out = s.alertmanager(&mixed);
+        let b = body(&out.value);
+        assert_eq!(b["items"][0]["status"], "PROCESSING");
+        assert_eq!(b["items"][1]["status"], "IGNORED");
+        assert_eq!(b["items"][1]["correlationId"], "a07e61d9c2b84f35");
+        // Items are recorded in order, then the events queued.
+        assert_eq!(out.counters, vec![Counter::Ignored, Counter::Accepted]);
+    }
+
+    #[test]
+    fn a_repeated_delivery_id_is_a_replay_and_a_reused_one_a_conflict() {
+        let s = Sources::new();
+        let pd = fixture!("pagerduty/incident_triggered.json");
+        let first = s.pagerduty(pd, Some("delivery-1"));
+        assert_eq!(first.value.status, 202);
+        let again = s.pagerduty(pd, Some("delivery-1"));
+        assert_eq!(again.value.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.value.body, first.value.body);
+        assert_eq!(again.counters, vec![Counter::Replayed]);
+        // The same event under a new delivery id: a replay by its event key.
+        let other = s.pagerduty(pd, Some("delivery-2"));
+        assert_eq!(other.value.header("idempotent-replayed"), Some("true"));
+        // A delivery id reused for another payload.
+        let changed = edit(pd, "Ada Ndlovu", "Grace Hopper");
+        let r = s.pagerduty(&changed, Some("delivery-1")).value;
+        assert_eq!(r.status, 409);
+        assert_eq!(body(&r)["errors"][0]["field"], "x-webhook-id");
+        assert_eq!(s.queued().len(), 1);
+    }
+
+    #[test]
+    fn a_tool_sends_several_active_events_for_one_incident() {
+        let s = Sources::new();
+        let pd = fixture!("pagerduty/incident_triggered.json");
+        assert_eq!(s.pagerduty(pd, Some("d-1")).value.status, 202);
+        // Resolved, then reopened later: a genuinely new Active event.
+        let reopened = edit(pd, "incident.triggered", "incident.reopened");
+        let reopened = edit(&reopened, "14:22:01.329Z", "14:24:30.000Z");
+        let out = s.pagerduty(&reopened, Some("d-2"));
+        assert_eq!(out.value.status, 202, "{}", body(&out.value));
+        assert_eq!(out.value.header("idempotent-replayed"), None);
+        assert_eq!(out.counters, vec![Counter::Accepted]);
+        assert_eq!(s.queued().len(), 2);
+        assert_eq!(s.queued()[1].event.timestamp, at("2024-08-15T14:24:30Z"));
+        // The same incident, mode and time with another content is refused.
+        let moved = edit(pd, "\"summary\": \"P1\"", "\"summary\": \"P3\"");
+        let r = s.pagerduty(&moved, Some("d-3")).value;
+        assert_eq!(r.status, 409);
+        assert!(body(&r)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("14:22:01.329Z"));
+        assert_eq!(s.queued().len(), 2);
+    }
+
+    #[test]
+    fn a_conflict_in_a_group_refuses_the_whole_payload() {
+        let s = Sources::new();
+        let firing = fixture!("alertmanager/firing.json");
+        assert_eq!(s.alertmanager(firing).value.status, 202);
+        assert_eq!(s.queued().len(), 2);
+        // The first alert changed meaning at the same startsAt (a priority
+        // label) and a third, new alert joined the group.
+        let text = std::str::from_utf8(firing).unwrap();
+        let mut v: Value = serde_json::from_str(text).unwrap();
+        v["alerts"][0]["labels"]["priority"] = json!("P3");
+        let mut third = v["alerts"][1].clone();
+        third["fingerprint"] = json!("0000aaaabbbbcccc");
+        v["alerts"].as_array_mut().unwrap().push(third);
+        let r = s.alertmanager(v.to_string().as_bytes()).value;
+        assert_eq!(r.status, 409);
+        assert_eq!(s.queued().len(), 2);
+        // The new alert was not kept half-recorded: alone, it is new.
+        let mut alone: Value = serde_json::from_str(text).unwrap();
+        let third = v["alerts"][2].clone();
+        alone["alerts"] = json!([third]);
+        let out = s.alertmanager(alone.to_string().as_bytes());
+        assert_eq!(out.value.status, 202);
+        assert_eq!(out.counters, vec![Counter::Accepted]);
+        assert_eq!(body(&out.value)["correlationId"], "0000aaaabbbbcccc");
+    }
+
+    /// Queues `ok` messages, then refuses.
+    struct FailsAfter {
+        ok: Cell<usize>,
+        queue: MemoryQueue,
+    }
+
+    impl EventSink for FailsAfter {
+        fn enqueue(&self, message: &[u8]) -> Result<(), StoreError> {
+            if self.ok.get() == 0 {
+                return Err(StoreError::Host("queue full".into()));
+            }
+            self.ok.set(self.ok.get() - 1);
+            self.queue.enqueue(message)
+        }
+    }
+
+    #[test]
+    fn a_queue_failure_mid_payload_forgets_only_what_was_not_queued() {
+        let s = Sources::new();
+        let sink = FailsAfter {
+            ok: Cell::new(1),
+            queue: MemoryQueue::default(),
+        };
+        let intake = Intake {
+            config: &s.w.config,
+            store: &s.w.store,
+            sink: &sink,
+        };
+        let bearer = format!("Bearer {AM_TOKEN}");
+        let h = vec![
+            ("authorization".to_owned(), bearer),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ];
+        let am = fixture!("alertmanager/firing.json");
+        let out = intake.on_body(Source::Alertmanager, &h, am, now());
+        assert_eq!(out.value.status, 503);
+        assert_eq!(out.counters[0], Counter::Unavailable);
+        assert_eq!(sink.queue.messages.borrow().len(), 1);
+        // The retry replays the first alert and queues the second.
+        sink.ok.set(10);
+        let out = intake.on_body(Source::Alertmanager, &h, am, now());
+        assert_eq!(out.value.status, 202);
+        assert_eq!(out.counters, vec![Counter::Replayed, Counter::Accepted]);
+        assert_eq!(sink.queue.messages.borrow().len(), 2);
+
+        // With a delivery id, the id is forgotten too.
+        let pd = fixture!("pagerduty/incident_triggered.json");
+        let sig = pagerduty_signature(PD_SECRET.as_bytes(), pd);
+        let h = vec![
+            ("x-pagerduty-signature".to_owned(), sig),
+            ("x-webhook-id".to_owned(), "d-1".to_owned()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ];
+        sink.ok.set(0);
+        assert_eq!(
+            intake
+                .on_body(Source::Pagerduty, &h, pd, now())
+                .value
+                .status,
+            503
+        );
+        sink.ok.set(1);
+        let out = intake.on_body(Source::Pagerduty, &h, pd, now());
+        assert_eq!(out.value.status, 202);
+        assert_eq!(out.counters, vec![Counter::Accepted]);
+    }
+
+    #[test]
+    fn status_endpoints_need_their_own_credential() {
+        // Nothing configured: closed, and the answer says why.
+        let closed = Sources::with(r#"{"sources": {"canonical": {"insecure": true}}}"#);
+        for path in ["/emr/state", "/emr/status/INC-1", "/emr/nothing"] {
+            let r = closed.get(path, &[]);
+            assert_eq!(r.status, 401, "{path}");
+            assert_eq!(body(&r)["errors"][0]["field"], "authorization");
+            assert!(body(&r)["detail"]
+                .as_str()
+                .unwrap()
+                .contains("no credential configured"));
+        }
+
+        // Explicitly open.
+        let open = Sources::with(r#"{"status": {"insecure": true}}"#);
+        assert_eq!(open.get("/emr/state", &[]).status, 200);
+
+        // A bearer credential.
+        let s = Sources::new();
+        let r = s.get("/emr/state", &[]);
+        assert_eq!(r.status, 401);
+        assert_eq!(body(&r)["errors"][0]["field"], "authorization");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"emr-edge\"")
+        );
+        let r = s.get(
+            "/emr/state",
+            &[("authorization", "Bearer wrong-token-0123456789")],
+        );
+        assert_eq!(r.status, 401);
+        assert_no_secret(&r, &["wrong-token-0123456789"]);
+        let bearer = format!("Bearer {STATUS_TOKEN}");
+        assert_eq!(
+            s.get("/emr/state", &[("authorization", &bearer)]).status,
+            200
+        );
+        // Unknown paths under /emr are not revealed without it.
+        assert_eq!(s.get("/emr/nothing", &[]).status, 401);
+        assert_eq!(
+            s.get("/emr/nothing", &[("authorization", &bearer)]).status,
+            404
+        );
+        // A source's credential does not open /emr/*.
+        let other = format!("Bearer {AM_TOKEN}");
+        assert_eq!(
+            s.get("/emr/state", &[("authorization", &other)]).status,
+            401
+        );
+        // Webhooks do not need it.
+        let r = s.alertmanager(fixture!("alertmanager/firing.json")).value;
+        assert_eq!(r.status, 202);
+    }
+
+    #[test]
+    fn a_signed_standard_webhook_is_found_queued_before_the_service_records_it() {
+        let s = Sources::with(
+            r#"{"sources": {"standard": {"auth": [{"kind": "standard_webhooks", "secret_env": "WHSEC"}]}},
+                "status": {"insecure": true}}"#,
+        );
+        let r = s.standard(fixture!("standard/incident_active.json"), now().timestamp());
+        assert_eq!(r.status, 202);
+        let r = s.get("/emr/status/INC-2024-08-15-7742", &[]);
+        assert_eq!((r.status, &body(&r)["state"]), (200, &json!("QUEUED")));
     }
 }

@@ -248,10 +248,16 @@ fn spawn(options: &EnvoyOptions, dir: &Path, listen_port: u16, admin_port: u16) 
 
 /// Runs `envoy --mode validate` on a rendered config; returns its output on failure.
 pub fn validate(yaml_path: &Path) -> Result<(), String> {
+    validate_with_env(yaml_path, &[])
+}
+
+/// [`validate`] with extra environment variables (the VM's secrets).
+pub fn validate_with_env(yaml_path: &Path, env: &[(&str, &str)]) -> Result<(), String> {
     let out = Command::new(envoy_binary())
         .args(["--mode", "validate", "-c"])
         .arg(yaml_path)
         .args(["--log-level", "warn"])
+        .envs(env.iter().copied())
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
@@ -311,6 +317,12 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Now plus `secs` (may be negative) as RFC 3339: orders events in tests.
+pub fn at(secs: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(secs))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// A canonical incident body.
 pub fn incident(id: &str, mode: &str, queues: &[&str]) -> Value {
     let mut v = json!({
@@ -324,4 +336,201 @@ pub fn incident(id: &str, mode: &str, queues: &[&str]) -> Value {
         v["targetQueueIds"] = json!(queues);
     }
     v
+}
+
+/// The plugin configuration the Genesys tests start from: the sim's seeded
+/// groups, client and data table, canonical intake and status open.
+pub fn genesys_config() -> Value {
+    json!({
+        "sources": {"canonical": {"insecure": true}},
+        "status": {"insecure": true},
+        "genesys": {
+            "login_host": "login.sim.local",
+            "api_host": "api.sim.local",
+            "client_id_env": "EMR_GENESYS_CLIENT_ID",
+            "client_secret_env": "EMR_GENESYS_CLIENT_SECRET",
+            "default_group": emr_sim::DEFAULT_GROUP_ID,
+            "groups_by_incident_type": {"CARRIER_OUTAGE": emr_sim::CARRIER_OUTAGE_GROUP_ID},
+            "datatable": {"id": emr_sim::DEFAULT_DATATABLE_ID, "row_key": "{group}"},
+            "limits": {"call_timeout_ms": 2000}
+        }
+    })
+}
+
+/// Merges `patch` into `base`: objects recursively, except that an empty
+/// object replaces (so a patch can clear a map); anything else replaces.
+pub fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) if !p.is_empty() => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// The simulator and an Envoy whose Genesys clusters point at it.
+pub struct Stack {
+    pub sim: emr_sim::SimHandle,
+    pub envoy: Envoy,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts the sim with `sim_config` and Envoy with [`genesys_config`]
+    /// patched by `patch`, using the sim's emr-edge client unless
+    /// `credentials` says otherwise. Call from a multi-threaded runtime: the
+    /// in-process sim must keep serving while Envoy starts.
+    pub async fn start(sim_config: emr_sim::SimConfig, patch: Value) -> Stack {
+        Self::start_as(
+            sim_config,
+            patch,
+            (emr_sim::EMR_EDGE_CLIENT_ID, emr_sim::EMR_EDGE_CLIENT_SECRET),
+        )
+        .await
+    }
+
+    pub async fn start_as(
+        sim_config: emr_sim::SimConfig,
+        patch: Value,
+        credentials: (&str, &str),
+    ) -> Stack {
+        let sim = emr_sim::Sim::start(sim_config)
+            .await
+            .expect("sim did not start");
+        let mut config = genesys_config();
+        if patch.as_object().is_none_or(|p| !p.is_empty()) {
+            merge(&mut config, &patch);
+        }
+        let options = EnvoyOptions {
+            config,
+            sim_port: sim.addr().port(),
+            env: vec![
+                ("EMR_GENESYS_CLIENT_ID".into(), credentials.0.into()),
+                ("EMR_GENESYS_CLIENT_SECRET".into(), credentials.1.into()),
+            ],
+            ..EnvoyOptions::default()
+        };
+        let envoy = tokio::task::spawn_blocking(move || Envoy::start(options))
+            .await
+            .expect("Envoy start panicked");
+        Stack {
+            sim,
+            envoy,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Posts a canonical incident and asserts the 202.
+    pub async fn send(&self, body: &Value) -> reqwest::Response {
+        let r = self
+            .http
+            .post(self.envoy.url("/webhooks/canonical"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("intake unreachable");
+        assert_eq!(r.status().as_u16(), 202, "intake refused {body}");
+        r
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        let r = self
+            .http
+            .get(self.envoy.url(&format!("/emr/status/{id}")))
+            .send()
+            .await
+            .expect("status unreachable");
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn state(&self) -> Value {
+        let r = self
+            .http
+            .get(self.envoy.url("/emr/state"))
+            .send()
+            .await
+            .expect("state unreachable");
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    /// Whether the sim's group is enabled.
+    pub fn enabled(&self, group: &str) -> bool {
+        self.sim
+            .emergency_group(group)
+            .map(|g| g.enabled)
+            .unwrap_or(false)
+    }
+
+    /// The sim's requests with `method` whose path starts with `prefix`.
+    pub fn calls(&self, method: &str, prefix: &str) -> Vec<emr_sim::RequestRecord> {
+        self.sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.starts_with(prefix))
+            .collect()
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes; returns
+/// whether it held.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls an incident's status until its newest event's status is one of
+/// `wanted`; returns the last view either way.
+pub async fn status_becomes(stack: &Stack, id: &str, wanted: &[&str], within: Duration) -> Value {
+    status_until(stack, id, within, |v| {
+        wanted.contains(&latest_status(v).as_str())
+    })
+    .await
+}
+
+/// Polls an incident's status until `check` holds; returns the last view.
+pub async fn status_until(
+    stack: &Stack,
+    id: &str,
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = stack.status(id).await;
+        if check(&v) {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The status of an incident's newest event.
+pub fn latest_status(v: &Value) -> String {
+    v["events"]
+        .as_array()
+        .and_then(|events| {
+            events.iter().max_by_key(|e| {
+                (
+                    e["timestamp"].as_str().unwrap_or_default().to_owned(),
+                    e["receivedAt"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+        })
+        .and_then(|e| e["status"].as_str())
+        .unwrap_or_default()
+        .to_owned()
 }

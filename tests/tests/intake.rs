@@ -36,7 +36,10 @@ async fn problem(r: reqwest::Response, status: u16) -> Value {
 
 #[tokio::test]
 async fn a_valid_incident_is_accepted_and_its_status_is_visible() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = Envoy::start(EnvoyOptions {
+        config: json!({"sources": {"canonical": {"insecure": true}}, "status": {"insecure": true}}),
+        ..EnvoyOptions::default()
+    });
     let c = client();
     let r = post(
         &c,
@@ -98,7 +101,10 @@ async fn a_valid_incident_is_accepted_and_its_status_is_visible() {
 
 #[tokio::test]
 async fn each_bad_input_class_gets_its_status_and_field() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = Envoy::start(EnvoyOptions {
+        config: json!({"sources": {"canonical": {"insecure": true}}, "status": {"insecure": true}}),
+        ..EnvoyOptions::default()
+    });
     let c = client();
 
     // 400: not JSON, duplicate keys, too deep, not UTF-8.
@@ -178,7 +184,10 @@ async fn post_to(c: &reqwest::Client, envoy: &Envoy, path: &str) -> reqwest::Res
 
 #[tokio::test]
 async fn other_paths_pass_through_the_filter_untouched() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = Envoy::start(EnvoyOptions {
+        config: json!({"sources": {"canonical": {"insecure": true}}, "status": {"insecure": true}}),
+        ..EnvoyOptions::default()
+    });
     let c = client();
     let r = c.get(envoy.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -192,7 +201,10 @@ async fn other_paths_pass_through_the_filter_untouched() {
 
 #[tokio::test]
 async fn duplicates_across_workers_are_accepted_exactly_once() {
-    let envoy = Arc::new(Envoy::start(EnvoyOptions::default()));
+    let envoy = Arc::new(Envoy::start(EnvoyOptions {
+        config: json!({"sources": {"canonical": {"insecure": true}}, "status": {"insecure": true}}),
+        ..EnvoyOptions::default()
+    }));
     let c = client();
     // 40 ids × 5 copies, shuffled, sent 16 at a time through 2 workers.
     let bodies: Vec<String> = (0..40)
@@ -235,7 +247,10 @@ async fn duplicates_across_workers_are_accepted_exactly_once() {
 
 #[tokio::test]
 async fn a_key_reused_with_a_different_payload_is_409() {
-    let envoy = Envoy::start(EnvoyOptions::default());
+    let envoy = Envoy::start(EnvoyOptions {
+        config: json!({"sources": {"canonical": {"insecure": true}}, "status": {"insecure": true}}),
+        ..EnvoyOptions::default()
+    });
     let c = client();
     let first = incident("INC-409", "EMERGENCY_ACTIVE", &["q1"]);
     assert_eq!(

@@ -49,6 +49,7 @@ const TOTAL_GROWTH_KIB: u64 = 24 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_is_bounded_after_200k_unique_webhooks() {
     let envoy = Arc::new(Envoy::start(EnvoyOptions {
+        config: emr_e2e::json!({"sources": {"canonical": {"insecure": true}}, "status": {"insecure": true}}),
         log_level: "warn",
         ..EnvoyOptions::default()
     }));
