@@ -26,7 +26,7 @@ SIM_PORT    ?= 9902
 export EMR_ENVOY := $(abspath $(ENVOY))
 export EMR_WASM  := $(abspath $(WASM))
 
-.PHONY: help setup run test lint unit wasm-test e2e wasm sim bench clean
+.PHONY: help setup run test lint unit wasm-test e2e wasm sim bench bench-wrk clean
 
 help:
 	@echo "make run    - build and run Envoy + the Genesys simulator on loopback"
@@ -92,6 +92,22 @@ wasm-test: $(STAMPS)/targets $(STAMPS)/wasm-bindgen-$(WBG_VERSION)
 
 e2e: setup wasm
 	cargo test -p emr-e2e -- --test-threads 2
+
+## Bench ---------------------------------------------------------------------
+
+# Not part of `make test`: up to 10 minutes, and meant for a quiet machine.
+# Writes bench/RESULTS.md and bench/results.json (see bench/README.md).
+# BENCH_ARGS=--quick gives indicative figures in about half the time.
+BENCH_ARGS ?=
+
+bench: $(STAMPS)/targets $(ENVOY) wasm bench-wrk
+	cargo build -p emr-bench --profile tools
+	cargo build -p emr-bench-floor --target wasm32-wasip1 --release
+	taskset -c 0 target/tools/emr-bench run --envoy $(ENVOY) --wasm $(WASM) --out bench $(BENCH_ARGS)
+
+# wrk from Debian, installed when missing.
+bench-wrk:
+	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 
 clean:
 	cargo clean

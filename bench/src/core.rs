@@ -1,0 +1,123 @@
+//! `emr-bench core`: the intake's pure logic alone, natively, per workload —
+//! what `emr_core::intake` costs per request without Envoy or V8 (in-memory
+//! store and queue with Envoy's semantics). Used to find and check the
+//! optimisations of the intake path; run it under `perf` to see where the
+//! time goes.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use chrono::Utc;
+use emr_core::dedupe::Dedupe;
+use emr_core::intake::{HeadersStep, Intake};
+use emr_core::store::{MemoryQueue, MemoryStore};
+
+use crate::load::incident;
+use crate::run::TOKEN;
+
+/// Builds the `i`-th body of a workload, with this timestamp.
+type BodyFn = fn(usize, &str) -> String;
+
+pub fn main(n: usize) -> Result<()> {
+    let raw = br#"{"sources":{"canonical":{"auth":[{"kind":"bearer","token_env":"T"}]}}}"#;
+    let env = |k: &str| (k == "T").then(|| TOKEN.to_owned());
+    let config = emr_core::config::parse(raw, &env).map_err(|e| anyhow!("{e}"))?;
+    let store = MemoryStore::new();
+    Dedupe::new(config.intake.dedupe)
+        .create_keys(&store)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let queue = MemoryQueue::default();
+    let intake = Intake {
+        config: &config,
+        store: &store,
+        sink: &queue,
+    };
+    let now = Utc::now();
+    let ts = crate::run::rfc3339(now);
+    let headers = |auth: bool, len: usize| {
+        let mut h = vec![
+            (":method".to_owned(), "POST".to_owned()),
+            (":path".to_owned(), "/webhooks/canonical".to_owned()),
+            (":authority".to_owned(), "127.0.0.1".to_owned()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("content-length".to_owned(), len.to_string()),
+            ("user-agent".to_owned(), "emr-bench".to_owned()),
+        ];
+        if auth {
+            h.push(("authorization".to_owned(), format!("Bearer {TOKEN}")));
+        }
+        h
+    };
+    let workloads: [(&str, BodyFn, bool, u16); 4] = [
+        (
+            "unique",
+            |i, ts| incident(&format!("CORE-{i}"), "EMERGENCY_ACTIVE", ts),
+            true,
+            202,
+        ),
+        (
+            "duplicate",
+            |_, ts| incident("CORE-DUP", "EMERGENCY_RESOLVED", ts),
+            true,
+            202,
+        ),
+        (
+            "invalid",
+            |i, ts| incident(&format!("CORE-{i}"), "EMERGENCY_ACTIVE", ts).replace("3600", "5"),
+            true,
+            422,
+        ),
+        (
+            "unauth",
+            |i, ts| incident(&format!("CORE-{i}"), "EMERGENCY_ACTIVE", ts),
+            false,
+            401,
+        ),
+    ];
+    for (name, body, auth, want) in workloads {
+        // Five rounds of n/5 requests; the fastest round is reported, which
+        // is the figure least disturbed by whatever else the machine runs.
+        let round = (n / 5).max(1);
+        let mut best = f64::MAX;
+        let mut wrong = 0usize;
+        for r in 0..5 {
+            let bodies: Vec<String> = (r * round..(r + 1) * round).map(|i| body(i, &ts)).collect();
+            let started = Instant::now();
+            wrong += requests(&intake, &queue, &bodies, &headers, auth, want, now);
+            best = best.min(started.elapsed().as_nanos() as f64 / round as f64);
+        }
+        println!("{name:<10} {best:>8.0} ns/request  ({wrong} unexpected)");
+    }
+    Ok(())
+}
+
+/// Sends `bodies` through the intake; returns how many got another status.
+fn requests(
+    intake: &Intake,
+    queue: &MemoryQueue,
+    bodies: &[String],
+    headers: &dyn Fn(bool, usize) -> Vec<(String, String)>,
+    auth: bool,
+    want: u16,
+    now: chrono::DateTime<Utc>,
+) -> usize {
+    let mut wrong = 0usize;
+    for (i, b) in bodies.iter().enumerate() {
+        let h = headers(auth, b.len());
+        let step = intake.on_headers("POST", "/webhooks/canonical", &h, false, now);
+        let status = match step.value {
+            HeadersStep::ReadBody(source) => {
+                intake.on_body(source, &h, b.as_bytes(), now).value.status
+            }
+            HeadersStep::Respond(r) => r.status,
+            HeadersStep::PassThrough => 0,
+        };
+        if status != want {
+            wrong += 1;
+        }
+        if i % 10_000 == 0 {
+            queue.messages.borrow_mut().clear();
+        }
+    }
+    wrong
+}

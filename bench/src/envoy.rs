@@ -1,0 +1,226 @@
+//! Starting and observing Envoy for a benchmark: a template rendered with
+//! free loopback ports, the process pinned with `taskset`, `/ready` timed,
+//! admin stats and RSS read, stopped by pid.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The Envoy configurations compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `envoy/local.yaml.tmpl`: the shipped config with the emr-edge filter.
+    Edge,
+    /// `envoy/bench-ceiling.yaml.tmpl`: same listener, buffer filter, `direct_response`.
+    Ceiling,
+    /// `envoy/bench-proxy.yaml.tmpl`: same listener, buffer filter, router to the upstream service.
+    Proxy,
+    /// `envoy/bench-floor.yaml.tmpl`: same listener, a do-nothing wasm filter (`bench/floor`).
+    Floor,
+}
+
+impl Kind {
+    fn template(self) -> &'static str {
+        match self {
+            Kind::Edge => "envoy/local.yaml.tmpl",
+            Kind::Ceiling => "envoy/bench-ceiling.yaml.tmpl",
+            Kind::Proxy => "envoy/bench-proxy.yaml.tmpl",
+            Kind::Floor => "envoy/bench-floor.yaml.tmpl",
+        }
+    }
+}
+
+pub struct Spec<'a> {
+    pub kind: Kind,
+    pub envoy: &'a Path,
+    pub wasm: &'a Path,
+    pub root: &'a Path,
+    /// The plugin configuration (emr-edge only).
+    pub config: Value,
+    pub concurrency: u32,
+    /// `taskset -c` list for the whole Envoy process.
+    pub cpus: &'a str,
+    pub sim_port: u16,
+    pub upstream_port: u16,
+    pub env: Vec<(String, String)>,
+    pub scratch: PathBuf,
+}
+
+pub struct Envoy {
+    child: Child,
+    pub listen_port: u16,
+    pub admin_port: u16,
+    /// Spawn to `/ready` answering `LIVE`.
+    pub ready_after: Duration,
+    log: PathBuf,
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Envoy {
+    pub fn start(spec: &Spec) -> Result<Envoy> {
+        std::fs::create_dir_all(&spec.scratch)?;
+        let (listen_port, admin_port) = (free_port()?, free_port()?);
+        let template = std::fs::read_to_string(spec.root.join(spec.kind.template()))
+            .with_context(|| format!("reading {}", spec.kind.template()))?;
+        let mut yaml = template.replace("{{EMR_CONFIG}}", &spec.config.to_string());
+        for (k, v) in [
+            ("WASM", spec.wasm.display().to_string()),
+            ("LISTEN_PORT", listen_port.to_string()),
+            ("ADMIN_PORT", admin_port.to_string()),
+            ("SIM_PORT", spec.sim_port.to_string()),
+            ("UPSTREAM_PORT", spec.upstream_port.to_string()),
+        ] {
+            yaml = yaml.replace(&format!("{{{{{k}}}}}"), &v);
+        }
+        if yaml.contains("{{") {
+            bail!("unrendered placeholder in {}", spec.kind.template());
+        }
+        let config_path = spec.scratch.join("envoy.yaml");
+        std::fs::write(&config_path, yaml)?;
+        let log = spec.scratch.join("envoy.log");
+        let log_file = std::fs::File::create(&log)?;
+        let started = Instant::now();
+        // taskset execs Envoy: the child's pid is Envoy's.
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", spec.cpus])
+            .arg(spec.envoy)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", &spec.concurrency.to_string()])
+            .arg("--use-dynamic-base-id")
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("starting Envoy under taskset")?;
+        let mut envoy = Envoy {
+            child,
+            listen_port,
+            admin_port,
+            ready_after: Duration::ZERO,
+            log,
+        };
+        envoy.wait_ready(started)?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self, started: Instant) -> Result<()> {
+        let deadline = started + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("Envoy exited with {status}:\n{}", self.log_tail());
+            }
+            if get(self.admin_port, "/ready").is_ok_and(|b| b.trim() == "LIVE") {
+                self.ready_after = started.elapsed();
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        bail!("Envoy not ready after 30 s:\n{}", self.log_tail())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Every stat whose name matches `regex`, summed.
+    pub fn stat(&self, regex: &str) -> u64 {
+        get(self.admin_port, &format!("/stats?filter={regex}"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum()
+    }
+
+    /// A wasm filter counter (`emr.intake.accepted`).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.stat(&format!("^wasmcustom\\.{}$", name.replace('.', "\\.")))
+    }
+
+    /// Responses by class from the listener's connection manager.
+    pub fn responses(&self, class: &str) -> u64 {
+        self.stat(&format!("^http\\.emr_intake\\.downstream_rq_{class}$"))
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback, closing the connection.
+pub fn get(port: u16, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").context("no body")?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(dechunk(body));
+    }
+    Ok(body.to_owned())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(rest.get(..n).unwrap_or_default());
+        body = rest.get(n..).unwrap_or_default().trim_start_matches("\r\n");
+    }
+    out
+}

@@ -1,0 +1,67 @@
+//! `emr-bench`: measures emr-edge against Envoy's own ceiling and against the
+//! usual alternative (Envoy forwarding to a small webhook service), then its
+//! activation latency, memory and start. `make bench` runs it; see
+//! `bench/README.md` for what each figure means and how it is taken.
+//!
+//! ```text
+//! emr-bench run [--quick] [--out DIR]        every measurement; writes DIR/RESULTS.md, DIR/results.json
+//! emr-bench upstream --port P --threads N    the alternative's webhook service (started by `run`)
+//! emr-bench core [--n N]                      the intake's pure logic alone, natively, ns per request
+//! emr-bench report [--out DIR]                RESULTS.md again from DIR/results.json and DIR/NOTES.md
+//! ```
+
+mod activation;
+mod core;
+mod envoy;
+mod load;
+mod report;
+mod run;
+mod stats;
+mod upstream;
+mod wrk;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run::main(run::Options::parse(&args[1..])?),
+        Some("report") => report::rewrite(std::path::Path::new(
+            &flag(&args, "--out")?.unwrap_or_else(|| "bench".into()),
+        )),
+        Some("core") => core::main(
+            flag(&args, "--n")?
+                .map(|n| n.parse())
+                .transpose()
+                .context("--n")?
+                .unwrap_or(200_000),
+        ),
+        Some("upstream") => {
+            let port = flag(&args, "--port")?
+                .context("--port is required")?
+                .parse()
+                .context("--port")?;
+            let threads = flag(&args, "--threads")?
+                .map(|t| t.parse())
+                .transpose()
+                .context("--threads")?
+                .unwrap_or(1);
+            upstream::serve(port, threads)
+        }
+        _ => bail!(
+            "usage: emr-bench run [--quick] [--out DIR] | emr-bench upstream --port P [--threads N]"
+        ),
+    }
+}
+
+/// The value after `name`, if present.
+pub fn flag(args: &[String], name: &str) -> Result<Option<String>> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .cloned()
+            .map(Some)
+            .with_context(|| format!("{name} needs a value")),
+    }
+}

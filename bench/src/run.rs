@@ -1,0 +1,735 @@
+//! `emr-bench run`: every measurement in one run, in a fixed order, within a
+//! time budget; then the report.
+//!
+//! Cores: this process, wrk and the simulator run on core 0 (the Makefile
+//! starts it under `taskset -c 0`). With 1 worker, Envoy (worker and main
+//! thread) and, for the alternative, the upstream service share core 1: the
+//! server side gets one core in every case. With 2 workers the server side
+//! may use both cores, so it necessarily shares core 0 with the load
+//! generator.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::activation::{self, Probe, Series};
+use crate::envoy::{self, Envoy, Kind, Spec};
+use crate::load::{self, Latency};
+use crate::report;
+use crate::stats::Repeated;
+use crate::wrk::{self, Workload, WrkResult};
+
+pub const TOKEN: &str = "bench-canonical-token-0123456789";
+const LOADGEN_CPUS: &str = "0";
+/// The whole run must fit `make bench`'s 10 minutes with its build.
+const BUDGET: Duration = Duration::from_secs(500);
+
+pub struct Options {
+    pub quick: bool,
+    pub out: PathBuf,
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+    /// The floor filter (`bench/floor`).
+    pub floor_wasm: PathBuf,
+    pub root: PathBuf,
+    pub unique_target: u64,
+    /// Which parts to run (all by default): start, throughput, activation, memory.
+    pub phases: Vec<String>,
+    /// Worker counts for the throughput part.
+    pub workers: Vec<u32>,
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Options> {
+        let root = std::env::current_dir()?;
+        let quick = args.iter().any(|a| a == "--quick");
+        Ok(Options {
+            quick,
+            out: crate::flag(args, "--out")?
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("bench")),
+            envoy: crate::flag(args, "--envoy")?
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join(".venv/bin/envoy-real")),
+            wasm: crate::flag(args, "--wasm")?
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target/wasm32-wasip1/release/emr_edge.wasm")),
+            floor_wasm: crate::flag(args, "--floor-wasm")?
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target/wasm32-wasip1/release/emr_bench_floor.wasm")),
+            unique_target: crate::flag(args, "--unique")?
+                .map(|v| v.parse())
+                .transpose()
+                .context("--unique")?
+                .unwrap_or(if quick { 50_000 } else { 1_000_000 }),
+            phases: crate::flag(args, "--phases")?
+                .unwrap_or_else(|| "start,throughput,activation,memory".into())
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+            workers: crate::flag(args, "--workers")?
+                .unwrap_or_else(|| "1,2".into())
+                .split(',')
+                .map(|w| w.parse().context("--workers"))
+                .collect::<Result<_>>()?,
+            root,
+        })
+    }
+
+    fn seconds(&self) -> u32 {
+        if self.quick {
+            2
+        } else {
+            3
+        }
+    }
+
+    fn repeats(&self) -> usize {
+        3
+    }
+
+    fn probes(&self) -> usize {
+        if self.quick {
+            30
+        } else {
+            200
+        }
+    }
+}
+
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub fn now_rfc3339() -> String {
+    rfc3339(chrono::Utc::now())
+}
+
+/// The plugin configuration of the throughput runs: the canonical route
+/// behind a bearer token, no Genesys (events are recorded by the service).
+fn intake_config() -> Value {
+    json!({
+        "sources": {"canonical": {"auth": [{"kind": "bearer", "token_env": "EMR_CANONICAL_TOKEN"}]}},
+        "status": {"insecure": true}
+    })
+}
+
+/// The same, driving the simulator's Genesys (as the end-to-end tests do).
+fn genesys_config() -> Value {
+    let mut c = intake_config();
+    c["genesys"] = json!({
+        "login_host": "login.sim.local",
+        "api_host": "api.sim.local",
+        "client_id_env": "EMR_GENESYS_CLIENT_ID",
+        "client_secret_env": "EMR_GENESYS_CLIENT_SECRET",
+        "default_group": emr_sim::DEFAULT_GROUP_ID,
+        "groups_by_incident_type": {"CARRIER_OUTAGE": emr_sim::CARRIER_OUTAGE_GROUP_ID},
+        "datatable": {"id": emr_sim::DEFAULT_DATATABLE_ID, "row_key": "{group}"},
+        "limits": {"call_timeout_ms": 2000}
+    });
+    c
+}
+
+fn env() -> Vec<(String, String)> {
+    vec![
+        ("EMR_CANONICAL_TOKEN".into(), TOKEN.into()),
+        (
+            "EMR_GENESYS_CLIENT_ID".into(),
+            emr_sim::EMR_EDGE_CLIENT_ID.into(),
+        ),
+        (
+            "EMR_GENESYS_CLIENT_SECRET".into(),
+            emr_sim::EMR_EDGE_CLIENT_SECRET.into(),
+        ),
+    ]
+}
+
+/// One throughput figure: a workload against a target, repeated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Throughput {
+    pub target: String,
+    pub workload: String,
+    pub workers: u32,
+    pub rps: Repeated,
+    /// wrk's latency at saturation (32 connections), µs, per run.
+    pub p50_us: Repeated,
+    pub p99_us: Repeated,
+    /// Share of answers that had the expected status (from Envoy's stats).
+    pub expected_share: Repeated,
+    pub socket_errors: u64,
+}
+
+/// Latency at a fixed rate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FixedRate {
+    pub target: String,
+    pub workers: u32,
+    pub rate: u32,
+    pub p50_us: Repeated,
+    pub p99_us: Repeated,
+    pub p999_us: Repeated,
+    pub unexpected: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Memory {
+    pub workers: u32,
+    pub idle_kib: u64,
+    pub half_kib: u64,
+    pub full_kib: u64,
+    pub accepted_half: u64,
+    pub accepted: u64,
+    pub rate_rps: f64,
+    pub seconds: f64,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Start {
+    pub wasm_bytes: u64,
+    pub ready_edge_ms: Repeated,
+    pub ready_ceiling_ms: Repeated,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Activation {
+    pub warm: Series,
+    pub cold: Series,
+    pub flood: Series,
+    pub flood_rps: f64,
+    pub flood_expected_share: f64,
+    pub workers: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Results {
+    pub machine: Value,
+    pub quick: bool,
+    pub throughput: Vec<Throughput>,
+    pub fixed_rate: Vec<FixedRate>,
+    pub activation: Activation,
+    pub memory: Memory,
+    pub start: Start,
+    pub elapsed_s: f64,
+    pub skipped: Vec<String>,
+}
+
+struct Ctx<'a> {
+    opts: &'a Options,
+    scratch: PathBuf,
+    started: Instant,
+    runs: u32,
+}
+
+impl Ctx<'_> {
+    fn spec(&self, kind: Kind, workers: u32, cpus: &'static str, name: &str) -> Spec<'_> {
+        Spec {
+            kind,
+            envoy: &self.opts.envoy,
+            wasm: if kind == Kind::Floor {
+                &self.opts.floor_wasm
+            } else {
+                &self.opts.wasm
+            },
+            root: &self.opts.root,
+            config: if kind == Kind::Floor {
+                json!("bare")
+            } else {
+                intake_config()
+            },
+            concurrency: workers,
+            cpus,
+            sim_port: 9,
+            upstream_port: 9,
+            env: env(),
+            scratch: self.scratch.join(name),
+        }
+    }
+
+    fn prefix(&mut self, what: &str) -> String {
+        self.runs += 1;
+        format!("B{}-{what}-{}", std::process::id(), self.runs)
+    }
+
+    fn left(&self) -> Duration {
+        BUDGET.saturating_sub(self.started.elapsed())
+    }
+}
+
+fn server_cpus(workers: u32) -> &'static str {
+    if workers == 1 {
+        "1"
+    } else {
+        "0,1"
+    }
+}
+
+struct Upstream(Child);
+
+impl Upstream {
+    fn start(cpus: &str, port: u16, threads: u32) -> Result<Upstream> {
+        let exe = std::env::current_exe()?;
+        let child = Command::new("taskset")
+            .args(["-c", cpus])
+            .arg(exe)
+            .args(["upstream", "--port", &port.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .env(crate::upstream::TOKEN_ENV, TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Upstream(child));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("the upstream service did not start")
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn main(opts: Options) -> Result<()> {
+    if !wrk::available() {
+        bail!("wrk is not installed: `make bench` installs it (apt-get install -y wrk)");
+    }
+    for p in [&opts.envoy, &opts.wasm, &opts.floor_wasm] {
+        if !p.exists() {
+            bail!("{} does not exist: run `make bench`", p.display());
+        }
+    }
+    let raw = opts.out.join("raw");
+    std::fs::create_dir_all(&raw)?;
+    let mut ctx = Ctx {
+        opts: &opts,
+        scratch: raw.join(format!("run-{}", std::process::id())),
+        started: Instant::now(),
+        runs: 0,
+    };
+    let mut results = Results {
+        machine: report::machine(&opts.envoy, &opts.root),
+        quick: opts.quick,
+        ..Results::default()
+    };
+    eprintln!("emr-bench: load before: {}", report::loadavg());
+
+    let phase = |name: &str| opts.phases.iter().any(|p| p == name);
+    if phase("start") {
+        results.start = start(&mut ctx)?;
+        eprintln!(
+            "start: wasm {} bytes, /ready {:.0} ms",
+            results.start.wasm_bytes, results.start.ready_edge_ms.median
+        );
+    }
+    if phase("throughput") {
+        for &workers in &opts.workers {
+            let (t, f) = throughput(&mut ctx, workers)?;
+            results.throughput.extend(t);
+            results.fixed_rate.extend(f);
+        }
+    }
+    if phase("activation") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        results.activation = rt.block_on(activation(&mut ctx))?;
+    }
+    if phase("memory") {
+        let unique_2w = results
+            .throughput
+            .iter()
+            .find(|t| t.target == "emr-edge" && t.workload == "unique" && t.workers == 2)
+            .map_or(5_000.0, |t| t.rps.median);
+        results.memory = memory(&mut ctx, unique_2w, &mut results.skipped)?;
+    }
+    results.elapsed_s = ctx.started.elapsed().as_secs_f64();
+    results.machine["load_after"] = json!(report::loadavg());
+
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(opts.out.join("results.json"), &json)?;
+    std::fs::write(ctx.scratch.join("results.json"), &json)?;
+    report::write(&results, &opts.out)?;
+    println!("{}", report::table(&results));
+    eprintln!(
+        "emr-bench: done in {:.0} s; wrote {}/RESULTS.md and results.json",
+        results.elapsed_s,
+        opts.out.display()
+    );
+    Ok(())
+}
+
+/// `.wasm` size and spawn → `/ready`, with and without the filter.
+fn start(ctx: &mut Ctx) -> Result<Start> {
+    let wasm_bytes = std::fs::metadata(&ctx.opts.wasm)?.len();
+    let mut edge = Vec::new();
+    let mut ceiling = Vec::new();
+    for i in 0..5 {
+        let e = Envoy::start(&ctx.spec(Kind::Edge, 2, "0,1", &format!("start-edge-{i}")))?;
+        edge.push(e.ready_after.as_secs_f64() * 1000.0);
+        drop(e);
+        if i < 3 {
+            let c = Envoy::start(&ctx.spec(Kind::Ceiling, 2, "0,1", &format!("start-ceil-{i}")))?;
+            ceiling.push(c.ready_after.as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(Start {
+        wasm_bytes,
+        ready_edge_ms: Repeated::of(edge),
+        ready_ceiling_ms: Repeated::of(ceiling),
+    })
+}
+
+/// The counter that tells a workload's requests were answered as expected.
+fn expected(envoy: &Envoy, target: &str, workload: Workload) -> u64 {
+    match (target, workload) {
+        ("emr-edge", Workload::Unique) => envoy.counter("emr.intake.accepted"),
+        ("emr-edge", Workload::Duplicate) => envoy.counter("emr.intake.replayed"),
+        ("emr-edge", Workload::Invalid) => envoy.counter("emr.intake.refused.422"),
+        ("emr-edge", Workload::Unauthenticated) => envoy.counter("emr.intake.refused.401"),
+        _ => envoy.responses("2xx"),
+    }
+}
+
+fn throughput(ctx: &mut Ctx, workers: u32) -> Result<(Vec<Throughput>, Vec<FixedRate>)> {
+    let cpus = server_cpus(workers);
+    let upstream_port = envoy::free_port()?;
+    let _upstream = Upstream::start(cpus, upstream_port, workers)?;
+    let ceiling =
+        Envoy::start(&ctx.spec(Kind::Ceiling, workers, cpus, &format!("ceil-{workers}")))?;
+    let edge = Envoy::start(&ctx.spec(Kind::Edge, workers, cpus, &format!("edge-{workers}")))?;
+    let mut proxy_spec = ctx.spec(Kind::Proxy, workers, cpus, &format!("proxy-{workers}"));
+    proxy_spec.upstream_port = upstream_port;
+    let proxy = Envoy::start(&proxy_spec)?;
+    let floor = Envoy::start(&ctx.spec(Kind::Floor, workers, cpus, &format!("floor-{workers}")))?;
+    let mut read_spec = ctx.spec(Kind::Floor, workers, cpus, &format!("floor-read-{workers}"));
+    read_spec.config = json!("read");
+    let floor_read = Envoy::start(&read_spec)?;
+    let targets: [(&'static str, &Envoy, &[Workload]); 5] = [
+        ("ceiling", &ceiling, &[Workload::Unique]),
+        ("floor", &floor, &[Workload::Unique]),
+        ("floor-read", &floor_read, &[Workload::Unique]),
+        (
+            "emr-edge",
+            &edge,
+            &[
+                Workload::Unique,
+                Workload::Duplicate,
+                Workload::Invalid,
+                Workload::Unauthenticated,
+            ],
+        ),
+        ("alternative", &proxy, &[Workload::Unique]),
+    ];
+    let secs = ctx.opts.seconds();
+    let scratch = ctx.scratch.clone();
+    let wrk_run = |prefix: String, port: u16, workload: Workload, seconds: u32| {
+        wrk::Run {
+            workload,
+            port,
+            connections: 32,
+            seconds,
+            cpus: LOADGEN_CPUS,
+            prefix,
+            token: TOKEN,
+            scratch: &scratch,
+        }
+        .run()
+    };
+    // Warm every target (JIT, connection pools, first dedupe writes).
+    for (name, envoy, _) in &targets {
+        let prefix = ctx.prefix(&format!("warm-{name}"));
+        wrk_run(prefix, envoy.listen_port, Workload::Unique, 1)?;
+    }
+    let mut runs: Vec<(&'static str, Workload, Vec<WrkResult>, Vec<f64>)> = Vec::new();
+    for rep in 0..ctx.opts.repeats() {
+        for (name, envoy, workloads) in &targets {
+            for &w in workloads.iter() {
+                let before = expected(envoy, name, w);
+                let prefix = ctx.prefix(&format!("{name}-{}-w{workers}-r{rep}", w.name()));
+                let r = wrk_run(prefix, envoy.listen_port, w, secs)?;
+                let got = expected(envoy, name, w).saturating_sub(before);
+                let share = got as f64 / r.requests.max(1) as f64;
+                eprintln!(
+                    "{workers}w {name:<11} {:<9} {:>8.0} req/s  p99 {:>6} µs  expected {:.3}",
+                    w.name(),
+                    r.rps(),
+                    r.p99_us,
+                    share
+                );
+                match runs.iter_mut().find(|(n, wl, _, _)| n == name && *wl == w) {
+                    Some((_, _, rs, shares)) => {
+                        rs.push(r);
+                        shares.push(share);
+                    }
+                    None => runs.push((name, w, vec![r], vec![share])),
+                }
+            }
+        }
+    }
+    let throughput = runs
+        .into_iter()
+        .map(|(target, w, rs, shares)| Throughput {
+            target: target.to_owned(),
+            workload: w.name().to_owned(),
+            workers,
+            rps: Repeated::of(rs.iter().map(WrkResult::rps).collect()),
+            p50_us: Repeated::of(rs.iter().map(|r| r.p50_us as f64).collect()),
+            p99_us: Repeated::of(rs.iter().map(|r| r.p99_us as f64).collect()),
+            expected_share: Repeated::of(shares),
+            socket_errors: rs.iter().map(WrkResult::socket_errors).sum(),
+        })
+        .collect();
+
+    // Latency at a fixed, moderate rate: what the filter adds per request.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let rate = 2_000;
+    let mut fixed: Vec<(&'static str, Vec<Latency>)> = Vec::new();
+    for rep in 0..ctx.opts.repeats() {
+        for (name, envoy, _) in &targets {
+            if name.starts_with("floor") {
+                continue;
+            }
+            let prefix = ctx.prefix(&format!("rate-{name}-w{workers}-r{rep}"));
+            let l = rt.block_on(load::fixed_rate(
+                envoy.listen_port,
+                rate,
+                2.0,
+                8,
+                &prefix,
+                TOKEN,
+                202,
+            ))?;
+            eprintln!(
+                "{workers}w {name:<11} at {rate}/s: p50 {} µs p99 {} µs ({} unexpected)",
+                l.p50_us, l.p99_us, l.unexpected
+            );
+            match fixed.iter_mut().find(|(n, _)| n == name) {
+                Some((_, ls)) => ls.push(l),
+                None => fixed.push((name, vec![l])),
+            }
+        }
+    }
+    let fixed = fixed
+        .into_iter()
+        .map(|(target, ls)| FixedRate {
+            target: target.to_owned(),
+            workers,
+            rate,
+            p50_us: Repeated::of(ls.iter().map(|l| l.p50_us as f64).collect()),
+            p99_us: Repeated::of(ls.iter().map(|l| l.p99_us as f64).collect()),
+            p999_us: Repeated::of(ls.iter().map(|l| l.p999_us as f64).collect()),
+            unexpected: ls.iter().map(|l| l.unexpected).sum(),
+        })
+        .collect();
+    Ok((throughput, fixed))
+}
+
+async fn activation(ctx: &mut Ctx<'_>) -> Result<Activation> {
+    let workers = 1;
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig {
+        rate_limit_per_minute: 1_000_000,
+        request_log_capacity: 10_000,
+        ..emr_sim::SimConfig::default()
+    })
+    .await?;
+    let mut spec = ctx.spec(Kind::Edge, workers, server_cpus(workers), "activation");
+    spec.config = genesys_config();
+    spec.sim_port = sim.addr().port();
+    let spec = OwnedSpec::from(&spec);
+    let envoy = tokio::task::spawn_blocking(move || spec.start()).await??;
+    activation::wait_for_token(&sim, Duration::from_secs(10)).await?;
+    let n = ctx.opts.probes();
+    let budget = |ctx: &Ctx| ctx.left().saturating_sub(Duration::from_secs(150)) / 3;
+    let probe = |prefix: String| Probe {
+        sim: &sim,
+        port: envoy.listen_port,
+        token: TOKEN,
+        group: emr_sim::CARRIER_OUTAGE_GROUP_ID,
+        prefix,
+    };
+    let warm = probe(ctx.prefix("warm"))
+        .series(n, false, budget(ctx))
+        .await?;
+    eprintln!(
+        "activation warm: p50 {} ms p99 {} ms ({} missed)",
+        warm.on_ms.p50, warm.on_ms.p99, warm.missed
+    );
+    let cold = probe(ctx.prefix("cold"))
+        .series(n, true, budget(ctx))
+        .await?;
+    eprintln!(
+        "activation cold: p50 {} ms p99 {} ms ({} missed)",
+        cold.on_ms.p50, cold.on_ms.p99, cold.missed
+    );
+    // Flood: junk and replays from wrk while the probes run.
+    let before = envoy.responses("4xx") + envoy.counter("emr.intake.replayed");
+    let scratch = ctx.scratch.clone();
+    let flood = wrk::Run {
+        workload: Workload::Flood,
+        port: envoy.listen_port,
+        connections: 32,
+        seconds: 300,
+        cpus: LOADGEN_CPUS,
+        prefix: ctx.prefix("flood"),
+        token: TOKEN,
+        scratch: &scratch,
+    }
+    .spawn()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let series = probe(ctx.prefix("flooded"))
+        .series(n, false, budget(ctx))
+        .await;
+    let flood_result = flood.stop()?;
+    let series = series?;
+    let answered =
+        (envoy.responses("4xx") + envoy.counter("emr.intake.replayed")).saturating_sub(before);
+    eprintln!(
+        "activation under flood ({:.0} req/s): p50 {} ms p99 {} ms ({} missed)",
+        flood_result.rps(),
+        series.on_ms.p50,
+        series.on_ms.p99,
+        series.missed
+    );
+    drop(envoy);
+    sim.shutdown().await;
+    Ok(Activation {
+        warm,
+        cold,
+        flood: series,
+        flood_rps: flood_result.rps(),
+        flood_expected_share: answered as f64 / flood_result.requests.max(1) as f64,
+        workers,
+    })
+}
+
+/// A [`Spec`] that can move to a blocking thread.
+struct OwnedSpec {
+    kind: Kind,
+    envoy: PathBuf,
+    wasm: PathBuf,
+    root: PathBuf,
+    config: Value,
+    concurrency: u32,
+    cpus: &'static str,
+    sim_port: u16,
+    env: Vec<(String, String)>,
+    scratch: PathBuf,
+}
+
+impl OwnedSpec {
+    fn from(s: &Spec<'_>) -> OwnedSpec {
+        OwnedSpec {
+            kind: s.kind,
+            envoy: s.envoy.to_path_buf(),
+            wasm: s.wasm.to_path_buf(),
+            root: s.root.to_path_buf(),
+            config: s.config.clone(),
+            concurrency: s.concurrency,
+            cpus: if s.cpus == "1" { "1" } else { "0,1" },
+            sim_port: s.sim_port,
+            env: s.env.clone(),
+            scratch: s.scratch.clone(),
+        }
+    }
+
+    fn start(self) -> Result<Envoy> {
+        Envoy::start(&Spec {
+            kind: self.kind,
+            envoy: &self.envoy,
+            wasm: &self.wasm,
+            root: &self.root,
+            config: self.config,
+            concurrency: self.concurrency,
+            cpus: self.cpus,
+            sim_port: self.sim_port,
+            upstream_port: 9,
+            env: self.env,
+            scratch: self.scratch,
+        })
+    }
+}
+
+/// Envoy's RSS before and after `target` unique webhooks (2 workers).
+fn memory(ctx: &mut Ctx, measured_rps: f64, skipped: &mut Vec<String>) -> Result<Memory> {
+    let workers = 2;
+    let envoy = Envoy::start(&ctx.spec(Kind::Edge, workers, server_cpus(workers), "memory"))?;
+    let target = ctx.opts.unique_target;
+    // Leave time for the report; say so if the full count cannot fit.
+    let left = ctx.left().saturating_sub(Duration::from_secs(10));
+    let can = (measured_rps * left.as_secs_f64() * 0.9) as u64;
+    let target = if can < target {
+        skipped.push(format!(
+            "memory: {target} unique webhooks would not fit the time left ({:.0} s at {measured_rps:.0} req/s); sent {can}",
+            left.as_secs_f64()
+        ));
+        can
+    } else {
+        target
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = envoy.rss_kib();
+    let started = Instant::now();
+    let scratch = ctx.scratch.clone();
+    let mut half_kib = 0;
+    let mut accepted_half = 0;
+    // In two halves: the second shows whether memory still grows.
+    for (i, goal) in [target / 2, target].into_iter().enumerate() {
+        for _ in 0..4 {
+            let have = envoy.counter("emr.intake.accepted");
+            if have >= goal {
+                break;
+            }
+            let secs = (((goal - have) as f64 / measured_rps.max(1.0)) * 1.05).ceil() as u32;
+            let prefix = ctx.prefix(&format!("mem-{i}"));
+            wrk::Run {
+                workload: Workload::Unique,
+                port: envoy.listen_port,
+                connections: 32,
+                seconds: secs.clamp(1, 400),
+                cpus: LOADGEN_CPUS,
+                prefix,
+                token: TOKEN,
+                scratch: &scratch,
+            }
+            .run()?;
+        }
+        // Let the service drain its queue before reading memory.
+        std::thread::sleep(Duration::from_secs(1));
+        if i == 0 {
+            half_kib = envoy.rss_kib();
+            accepted_half = envoy.counter("emr.intake.accepted");
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let accepted = envoy.counter("emr.intake.accepted");
+    let full_kib = envoy.rss_kib();
+    eprintln!(
+        "memory: idle {idle} KiB, {accepted_half} → {half_kib} KiB, {accepted} → {full_kib} KiB in {seconds:.0} s"
+    );
+    Ok(Memory {
+        workers,
+        idle_kib: idle,
+        half_kib,
+        full_kib,
+        accepted_half,
+        accepted,
+        rate_rps: accepted as f64 / seconds.max(0.001),
+        seconds,
+        note: String::new(),
+    })
+}
