@@ -11,6 +11,7 @@
 //! Every broken field is reported at once.
 
 use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::event::{
@@ -61,6 +62,19 @@ pub fn parse_canonical(
     now: DateTime<Utc>,
     rules: &ContractRules,
 ) -> Result<IncidentEvent, Problem> {
+    match fast_path(body, now, rules) {
+        Some(event) => Ok(event),
+        None => full_path(body, now, rules),
+    }
+}
+
+/// Reads the body as a JSON tree and checks every field, collecting every
+/// problem.
+fn full_path(
+    body: &[u8],
+    now: DateTime<Utc>,
+    rules: &ContractRules,
+) -> Result<IncidentEvent, Problem> {
     let value = parse_strict(body).map_err(|e| Problem::bad_request(e.to_string()))?;
     let Value::Object(obj) = value else {
         return Err(Problem::unprocessable(vec![FieldError::new(
@@ -69,6 +83,74 @@ pub fn parse_canonical(
         )]));
     };
     check_object(&obj, now, rules).map_err(Problem::unprocessable)
+}
+
+/// The contract's fields, read straight into borrowed strings: no JSON
+/// tree, no copies. serde's derive refuses a repeated or unknown key, a
+/// string with escapes cannot be borrowed, and the shape is fixed (depth 2),
+/// so everything [`parse_strict`] would refuse fails here too.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Wire<'a> {
+    correlation_id: &'a str,
+    incident_type: &'a str,
+    #[serde(default, borrow)]
+    target_queue_ids: Option<Vec<&'a str>>,
+    routing_mode: &'a str,
+    timestamp: &'a str,
+    #[serde(default)]
+    ttl: Option<u64>,
+}
+
+/// The common case — a well-formed, valid event — without building a
+/// `serde_json::Value`. `None` for anything else (bad JSON, a broken or
+/// missing field, an unknown field, an escaped string): the caller then
+/// takes the full path, which names every problem. It only accepts what
+/// [`check_object`] accepts, and builds the same event from it.
+fn fast_path(body: &[u8], now: DateTime<Utc>, rules: &ContractRules) -> Option<IncidentEvent> {
+    let text = std::str::from_utf8(body).ok()?;
+    let w: Wire = serde_json::from_str(text).ok()?;
+    let correlation_id = CorrelationId::parse(w.correlation_id).ok()?;
+    let incident_type = IncidentType::parse(w.incident_type).ok()?;
+    let routing_mode = RoutingMode::parse(w.routing_mode)?;
+    let target_queue_ids = match w.target_queue_ids {
+        None if routing_mode == RoutingMode::Active => return None,
+        None => Vec::new(),
+        Some(items) => {
+            if (items.is_empty() && routing_mode != RoutingMode::Resolved)
+                || items.len() > MAX_QUEUES
+            {
+                return None;
+            }
+            let mut out: Vec<QueueId> = Vec::with_capacity(items.len());
+            for item in items {
+                let q = QueueId::parse(item).ok()?;
+                if out.contains(&q) {
+                    return None;
+                }
+                out.push(q);
+            }
+            out
+        }
+    };
+    let mut errors = Vec::new();
+    let timestamp = timestamp(w.timestamp, now, rules, &mut errors)?;
+    let ttl_seconds = match w.ttl {
+        None => DEFAULT_TTL_SECONDS,
+        Some(secs) if (TTL_MIN..=TTL_MAX).contains(&secs) => u32::try_from(secs).ok()?,
+        Some(_) => return None,
+    };
+    Some(IncidentEvent {
+        source: Source::Canonical,
+        correlation_id,
+        incident_type,
+        routing_mode,
+        target_queue_ids,
+        timestamp,
+        ttl_seconds,
+        priority: DEFAULT_PRIORITY,
+        group: None,
+    })
 }
 
 /// Collects every field's verdict, then builds the event only if all passed.
@@ -307,6 +389,52 @@ mod tests {
             "timestamp": "2024-08-15T14:22:01Z",
             "ttl": 3600
         })
+    }
+
+    /// The fast path never accepts what the full path refuses, and builds
+    /// the same event from what it accepts.
+    fn agrees(body: &str) -> Option<IncidentEvent> {
+        let rules = ContractRules::default();
+        let fast = fast_path(body.as_bytes(), now(), &rules);
+        if let Some(e) = &fast {
+            assert_eq!(
+                full_path(body.as_bytes(), now(), &rules).as_ref(),
+                Ok(e),
+                "{body}"
+            );
+        }
+        fast
+    }
+
+    #[test]
+    fn the_fast_path_takes_valid_events_and_nothing_else() {
+        assert!(agrees(&valid().to_string()).is_some());
+        let resolved = r#"{"correlationId":"A","incidentType":"X","routingMode":"EMERGENCY_RESOLVED","timestamp":"2024-08-15T14:22:01Z"}"#;
+        assert!(agrees(resolved).is_some());
+        let empty_resolved = r#"{"correlationId":"A","incidentType":"X","targetQueueIds":[],"routingMode":"EMERGENCY_RESOLVED","timestamp":"2024-08-15T14:22:01+02:00","ttl":null}"#;
+        assert!(agrees(empty_resolved).is_some());
+        for refused in [
+            // repeated, unknown, escaped, null, float, negative, out of range
+            r#"{"correlationId":"A","correlationId":"B","incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z"}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z","extra":1}"#,
+            r#"{"correlationId":"A\u0042","incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z"}"#,
+            r#"{"correlationId":null,"incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z"}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z","ttl":3600.0}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z","ttl":-60}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z","ttl":59}"#,
+            r#"{"correlationId":"A","incidentType":"X","routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z"}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":[],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z"}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":["q","q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z"}"#,
+            r#"{"correlationId":"A","incidentType":"x","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z"}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":["q"],"routingMode":"ACTIVE","timestamp":"2024-08-15T14:22:01Z"}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-14T14:22:01Z"}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01"}"#,
+            r#"{"correlationId":"A","incidentType":"X","targetQueueIds":["q"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"2024-08-15T14:22:01Z"} x"#,
+            r#"[{"correlationId":"A"}]"#,
+            "",
+        ] {
+            assert_eq!(agrees(refused), None, "{refused}");
+        }
     }
 
     fn parse(v: &Value) -> Result<IncidentEvent, Problem> {
@@ -571,5 +699,71 @@ mod tests {
         let p = parse_canonical(body, now(), &ContractRules::default()).unwrap_err();
         assert_eq!(p.status, 400);
         assert!(p.detail.contains("correlationId"));
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2024-08-15T14:25:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    /// A JSON value for one field: good, wrong type, edge of a bound, escaped.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(r#""INC-1""#.to_owned()),
+            Just(r#""CARRIER_OUTAGE""#.to_owned()),
+            Just(r#""EMERGENCY_ACTIVE""#.to_owned()),
+            Just(r#""EMERGENCY_RESOLVED""#.to_owned()),
+            Just(r#""2024-08-15T14:22:01Z""#.to_owned()),
+            Just(r#""2024-08-15T14:31:01Z""#.to_owned()),
+            Just(r#""A\u0042""#.to_owned()),
+            Just(r#"["q1","q2"]"#.to_owned()),
+            Just(r#"["q1","q1"]"#.to_owned()),
+            Just("[]".to_owned()),
+            Just(r#"[1]"#.to_owned()),
+            Just("null".to_owned()),
+            Just("3600".to_owned()),
+            Just("60".to_owned()),
+            Just("59".to_owned()),
+            Just("3600.0".to_owned()),
+            Just("-1".to_owned()),
+            Just("{}".to_owned()),
+            "[a-zA-Z0-9_ -]{0,8}".prop_map(|s| format!("\"{s}\"")),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = String> {
+        let names = prop_oneof![
+            Just("correlationId"),
+            Just("incidentType"),
+            Just("targetQueueIds"),
+            Just("routingMode"),
+            Just("timestamp"),
+            Just("ttl"),
+            Just("other"),
+        ];
+        proptest::collection::vec((names, piece()), 0..9).prop_map(|fields| {
+            let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", inner.join(","))
+        })
+    }
+
+    proptest! {
+        /// Whatever the body, the fast path accepts only what the full path
+        /// accepts, and builds the same event.
+        #[test]
+        fn fast_path_agrees_with_the_full_path(body in body()) {
+            let rules = ContractRules::default();
+            if let Some(fast) = fast_path(body.as_bytes(), now(), &rules) {
+                prop_assert_eq!(full_path(body.as_bytes(), now(), &rules), Ok(fast));
+            }
+        }
     }
 }

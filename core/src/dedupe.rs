@@ -35,6 +35,34 @@ pub fn digest(bytes: &[u8]) -> [u8; DIGEST_LEN] {
     out
 }
 
+/// A [`Fingerprint`] of several fields, each length-prefixed so that no two
+/// different lists of fields feed the hash the same bytes.
+pub struct FingerprintBuilder(Sha256);
+
+impl Default for FingerprintBuilder {
+    fn default() -> Self {
+        Self(Sha256::new())
+    }
+}
+
+impl FingerprintBuilder {
+    pub fn field(&mut self, bytes: &[u8]) -> &mut Self {
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.0.update(len.to_le_bytes());
+        self.0.update(bytes);
+        self
+    }
+
+    pub fn finish(self) -> Fingerprint {
+        let full = self.0.finalize();
+        let mut out = [0u8; DIGEST_LEN];
+        for (o, b) in out.iter_mut().zip(full.iter()) {
+            *o = *b;
+        }
+        out
+    }
+}
+
 /// What the first delivery of a key was answered; a replay gets the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FirstAnswer {
@@ -128,9 +156,9 @@ impl Dedupe {
         &self.cfg
     }
 
-    fn bucket_key(&self, key: &KeyDigest) -> String {
+    fn bucket_key(&self, key: &KeyDigest) -> BucketKey {
         let n = u16::from_be_bytes([key[0], key[1]]) % self.cfg.buckets.max(1);
-        format!("emr.dedupe.{n:04x}")
+        BucketKey::new(n)
     }
 
     /// Creates every bucket key so later writes are real CAS writes. Safe to
@@ -153,15 +181,15 @@ impl Dedupe {
         now: i64,
     ) -> Result<Decision, StoreError> {
         let k = digest(key.as_bytes());
-        let bucket_key = self.bucket_key(&k);
+        let bucket = self.bucket_key(&k);
         let mut retries = 0;
         loop {
-            let current = store.get(&bucket_key)?;
-            let mut entries = decode(current.value.as_deref().unwrap_or_default());
-            entries.retain(|e| e.expires > now);
-            if let Some(e) = entries.iter().find(|e| e.key == k) {
-                let outcome = if &e.fingerprint == fingerprint {
-                    Outcome::Replay(e.answer)
+            let current = store.get(bucket.as_str())?;
+            let bytes = current.value.as_deref().unwrap_or_default();
+            // Read the entries where they lie: a replay allocates nothing.
+            if let Some(e) = live(bytes, now).find(|c| key_of(c) == k) {
+                let outcome = if fingerprint_of(e) == fingerprint {
+                    Outcome::Replay(answer_of(e))
                 } else {
                     Outcome::Conflict
                 };
@@ -171,22 +199,31 @@ impl Dedupe {
                     retries,
                 });
             }
+            let mut kept: Vec<&[u8]> = live(bytes, now).collect();
             let mut evicted = 0;
-            while entries.len() >= usize::from(self.cfg.per_bucket.max(1)) {
-                if let Some((i, _)) = entries.iter().enumerate().min_by_key(|(_, e)| e.expires) {
-                    entries.swap_remove(i);
+            while kept.len() >= usize::from(self.cfg.per_bucket.max(1)) {
+                if let Some((i, _)) = kept.iter().enumerate().min_by_key(|(_, c)| expires_of(c)) {
+                    kept.swap_remove(i);
                     evicted += 1;
                 } else {
                     break;
                 }
             }
-            entries.push(Entry {
-                key: k,
-                fingerprint: *fingerprint,
-                expires: now.saturating_add(i64::from(self.cfg.window_seconds)),
-                answer,
-            });
-            match store.set(&bucket_key, &encode(&entries), current.cas) {
+            let mut out = Vec::with_capacity(1 + (kept.len() + 1) * ENTRY_LEN);
+            out.push(FORMAT_VERSION);
+            for c in kept {
+                out.extend_from_slice(c);
+            }
+            write_entry(
+                &mut out,
+                &Entry {
+                    key: k,
+                    fingerprint: *fingerprint,
+                    expires: now.saturating_add(i64::from(self.cfg.window_seconds)),
+                    answer,
+                },
+            );
+            match store.set(bucket.as_str(), &out, current.cas) {
                 Ok(()) => {
                     return Ok(Decision {
                         outcome: Outcome::New,
@@ -204,16 +241,16 @@ impl Dedupe {
     /// sender's retry is processed instead of answered as a replay.
     pub fn remove(&self, store: &dyn SharedStore, key: &str) -> Result<(), StoreError> {
         let k = digest(key.as_bytes());
-        let bucket_key = self.bucket_key(&k);
+        let bucket = self.bucket_key(&k);
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let current = store.get(&bucket_key)?;
+            let current = store.get(bucket.as_str())?;
             let mut entries = decode(current.value.as_deref().unwrap_or_default());
             let before = entries.len();
             entries.retain(|e| e.key != k);
             if entries.len() == before {
                 return Ok(());
             }
-            match store.set(&bucket_key, &encode(&entries), current.cas) {
+            match store.set(bucket.as_str(), &encode(&entries), current.cas) {
                 Err(StoreError::CasMismatch) => continue,
                 other => return other,
             }
@@ -229,23 +266,75 @@ impl Dedupe {
         now: i64,
     ) -> Result<bool, StoreError> {
         let k = digest(key.as_bytes());
-        let current = store.get(&self.bucket_key(&k))?;
-        Ok(decode(current.value.as_deref().unwrap_or_default())
-            .iter()
-            .any(|e| e.key == k && e.expires > now))
+        let current = store.get(self.bucket_key(&k).as_str())?;
+        let found = live(current.value.as_deref().unwrap_or_default(), now).any(|c| key_of(c) == k);
+        Ok(found)
     }
+}
+
+/// A bucket's shared-data key, `emr.dedupe.XXXX` (hex), built without
+/// formatting or allocating.
+struct BucketKey([u8; 15]);
+
+impl BucketKey {
+    fn new(n: u16) -> BucketKey {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut k = *b"emr.dedupe.0000";
+        for (i, slot) in k.iter_mut().skip(11).enumerate() {
+            let nibble = (n >> (12 - 4 * i)) & 0xf;
+            *slot = HEX.get(usize::from(nibble)).copied().unwrap_or(b'0');
+        }
+        BucketKey(k)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("emr.dedupe.0000")
+    }
+}
+
+fn write_entry(out: &mut Vec<u8>, e: &Entry) {
+    out.extend_from_slice(&e.key);
+    out.extend_from_slice(&e.fingerprint);
+    out.extend_from_slice(&e.expires.to_le_bytes());
+    out.push(e.answer.to_byte());
 }
 
 fn encode(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + entries.len() * ENTRY_LEN);
     out.push(FORMAT_VERSION);
     for e in entries {
-        out.extend_from_slice(&e.key);
-        out.extend_from_slice(&e.fingerprint);
-        out.extend_from_slice(&e.expires.to_le_bytes());
-        out.push(e.answer.to_byte());
+        write_entry(&mut out, e);
     }
     out
+}
+
+/// A bucket's well-formed entries that expire after `now`, as raw
+/// `ENTRY_LEN`-byte chunks; an unreadable bucket has none (as [`decode`]).
+fn live(bytes: &[u8], now: i64) -> impl Iterator<Item = &[u8]> {
+    let rest = match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => rest,
+        _ => &[],
+    };
+    rest.chunks_exact(ENTRY_LEN)
+        .filter(move |c| expires_of(c) > now)
+}
+
+fn key_of(c: &[u8]) -> &[u8] {
+    c.get(..DIGEST_LEN).unwrap_or_default()
+}
+
+fn fingerprint_of(c: &[u8]) -> &[u8] {
+    c.get(DIGEST_LEN..DIGEST_LEN * 2).unwrap_or_default()
+}
+
+fn expires_of(c: &[u8]) -> i64 {
+    c.get(DIGEST_LEN * 2..DIGEST_LEN * 2 + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(i64::MIN, i64::from_le_bytes)
+}
+
+fn answer_of(c: &[u8]) -> FirstAnswer {
+    FirstAnswer::from_byte(c.get(DIGEST_LEN * 2 + 8).copied().unwrap_or(0))
 }
 
 /// Reads a bucket. Anything unreadable (an empty key, a future format, a torn
@@ -408,13 +497,21 @@ mod tests {
     }
 
     #[test]
+    fn bucket_keys_are_the_keys_created_at_start() {
+        for n in [0u16, 1, 0xa, 0xff, 0x3ff, 0x1234, 0xffff] {
+            assert_eq!(BucketKey::new(n).as_str(), format!("emr.dedupe.{n:04x}"));
+        }
+    }
+
+    #[test]
     fn garbage_in_a_bucket_reads_as_empty() {
         let (d, s) = (small(), MemoryStore::new());
         d.create_keys(&s).unwrap();
         let key = d.bucket_key(&digest(b"k"));
-        s.set(&key, b"\x07garbage", None).unwrap();
+        s.set(key.as_str(), b"\x07garbage", None).unwrap();
         assert_eq!(outcome(&d, &s, "k", "p", 0), Outcome::New);
-        s.set(&key, &[FORMAT_VERSION, 1, 2, 3], None).unwrap();
+        s.set(key.as_str(), &[FORMAT_VERSION, 1, 2, 3], None)
+            .unwrap();
         assert_eq!(outcome(&d, &s, "k", "p", 0), Outcome::New);
     }
 }
