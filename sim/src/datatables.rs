@@ -2,7 +2,10 @@
 //! with a Data Table Lookup.
 //!
 //! A row is a flat JSON object of the table's columns; the key column is always `key`. Only rows
-//! are simulated, not table schemas: any flat object is accepted. Two deliberate differences
+//! are simulated, not table schemas: any flat object is accepted. Rows are also listed, paged, as
+//! Genesys does (`GET …/rows?pageNumber=&pageSize=&showbrief=`; `showbrief` defaults to true and
+//! then only the `key` of each row is answered — emr-edge's restart recovery must ask for
+//! `showbrief=false`). Two deliberate differences
 //! from Genesys, both documented in the README: a PUT of a row that does not exist creates it
 //! (Genesys answers 404 and wants a POST first), and a GET is allowed with either
 //! `architect:datatable:view` (what Genesys asks) or `architect:datatableRow:edit` (what the
@@ -11,13 +14,14 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use serde_json::{Map, Value};
 
 use crate::auth::Caller;
 use crate::config::{DataTableConfig, PERM_DATATABLE_VIEW, PERM_ROW_ADD, PERM_ROW_EDIT};
 use crate::errors::{ApiError, SimError};
+use crate::query::QueryParams;
 use crate::state::App;
 
 /// The key column every Genesys data table has.
@@ -165,6 +169,46 @@ pub(crate) async fn get_row(
     caller.require_any(&[PERM_DATATABLE_VIEW, PERM_ROW_EDIT])?;
     let state = app.lock();
     Ok(Json(state.tables.row(&table, &row_id)?.clone()))
+}
+
+/// `GET /api/v2/flows/datatables/{datatableId}/rows?pageNumber=&pageSize=&showbrief=`: the rows
+/// in key order, paged like every Genesys listing. `showbrief` (default `true`) answers only each
+/// row's `key`.
+pub(crate) async fn list_rows(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(table): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_any(&[PERM_DATATABLE_VIEW, PERM_ROW_EDIT])?;
+    let params = QueryParams::parse(query.as_deref())?;
+    let page_size = params.integer("pageSize", 25, 1, 500)?;
+    let page_number = params.integer("pageNumber", 1, 1, u64::from(u32::MAX))?;
+    let brief = !matches!(params.get("showbrief"), Some("false"));
+    let rows = app.lock().tables.rows(&table)?;
+    let total = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+    let page_count = total.div_ceil(page_size);
+    let skip = usize::try_from(page_number.saturating_sub(1).saturating_mul(page_size))
+        .unwrap_or(usize::MAX);
+    let take = usize::try_from(page_size).unwrap_or(usize::MAX);
+    let entities: Vec<Value> = rows
+        .into_iter()
+        .skip(skip)
+        .take(take)
+        .map(|mut row| {
+            if brief {
+                row.retain(|column, _| column == KEY_COLUMN);
+            }
+            Value::Object(row)
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "entities": entities,
+        "pageSize": page_size,
+        "pageNumber": page_number,
+        "total": total,
+        "pageCount": page_count,
+    })))
 }
 
 /// `PUT /api/v2/flows/datatables/{datatableId}/rows/{rowId}`

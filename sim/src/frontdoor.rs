@@ -60,6 +60,11 @@ pub(crate) async fn front_door(State(app): State<App>, request: Request, next: N
         client_id: None,
         correlation_id: Some(correlation.clone()),
         body: None,
+        auth_scheme: parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::requestlog::auth_scheme),
     };
     let bytes = match read_body(body).await {
         Ok(bytes) => bytes,

@@ -114,7 +114,7 @@ fn app_router(app: App) -> Router {
         )
         .route(
             "/api/v2/flows/datatables/{table}/rows",
-            post(datatables::create_row),
+            get(datatables::list_rows).post(datatables::create_row),
         )
         .route(
             "/api/v2/flows/datatables/{table}/rows/{row}",

@@ -37,6 +37,17 @@ pub struct RequestRecord {
     pub correlation_id: Option<String>,
     /// The body of a write (POST, PUT, PATCH, DELETE): JSON when it parses, else text.
     pub body: Option<Value>,
+    /// The scheme of the `Authorization` header (`Bearer`, `Basic`, PagerDuty's `Token`), never
+    /// the credential: tests check how a caller authenticates without the log holding secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_scheme: Option<String>,
+}
+
+/// The scheme word of an `Authorization` value (at most 16 characters).
+pub(crate) fn auth_scheme(value: &str) -> Option<String> {
+    let scheme = value.split_whitespace().next()?;
+    (scheme.len() <= 16 && scheme.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| scheme.to_owned())
 }
 
 /// Turns a request body into what the log keeps.
@@ -107,7 +118,16 @@ mod tests {
             client_id: None,
             correlation_id: None,
             body: None,
+            auth_scheme: None,
         }
+    }
+
+    #[test]
+    fn only_the_scheme_of_a_credential_is_kept() {
+        assert_eq!(auth_scheme("Token token=s3cr3t").as_deref(), Some("Token"));
+        assert_eq!(auth_scheme("Basic ZW1yOnB3").as_deref(), Some("Basic"));
+        assert_eq!(auth_scheme("s3cr3t=").as_deref(), None);
+        assert_eq!(auth_scheme(""), None);
     }
 
     #[test]

@@ -102,3 +102,46 @@ async fn rows_need_permissions() {
         .unwrap()
         .contains("architect:datatable:view"));
 }
+
+#[tokio::test]
+async fn rows_are_listed_in_pages_in_brief_unless_asked() {
+    let api = Api::seeded().await;
+    let token = api.emr_token().await;
+    for key in ["a", "b", "c"] {
+        api.put(
+            &row_path(key),
+            &token,
+            json!({"key": key, "openIncidents": "{}"}),
+        )
+        .await;
+    }
+    let rows = format!("/api/v2/flows/datatables/{DEFAULT_DATATABLE_ID}/rows");
+    // Genesys's default: keys only.
+    let brief = api.get(&rows, &token).await;
+    assert_eq!(brief.status, StatusCode::OK);
+    assert_eq!(brief.body["total"], 3);
+    assert_eq!(brief.body["entities"][0], json!({"key": "a"}));
+    let full = api
+        .get(
+            &format!("{rows}?pageSize=2&pageNumber=2&showbrief=false"),
+            &token,
+        )
+        .await;
+    assert_eq!(full.body["pageCount"], 2);
+    assert_eq!(full.body["pageNumber"], 2);
+    assert_eq!(
+        full.body["entities"],
+        json!([{"key": "c", "openIncidents": "{}"}])
+    );
+    api.get(&format!("{rows}?pageSize=0"), &token)
+        .await
+        .assert_genesys_error(400, "bad.request");
+    api.get("/api/v2/flows/datatables/nope/rows", &token)
+        .await
+        .assert_genesys_error(404, "not.found");
+    let no_perms = api.token(NO_PERMS_CLIENT_ID, NO_PERMS_CLIENT_SECRET).await;
+    assert_eq!(
+        api.get(&rows, &no_perms).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
