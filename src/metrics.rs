@@ -56,6 +56,7 @@ pub struct IntakeMetrics {
     dedupe_evicted: Metric,
     cas_retries: Metric,
     status_served: Metric,
+    resumes_queued: Metric,
 }
 
 impl IntakeMetrics {
@@ -82,6 +83,7 @@ impl IntakeMetrics {
             dedupe_evicted: Metric::counter("emr.intake.dedupe_evicted"),
             cas_retries: Metric::counter("emr.intake.cas_retries"),
             status_served: Metric::counter("emr.status.served"),
+            resumes_queued: Metric::counter("emr.intake.resumes_queued"),
         }
     }
 
@@ -102,6 +104,7 @@ impl IntakeMetrics {
                 Counter::DedupeEvicted(n) => self.dedupe_evicted.add(u64::from(n)),
                 Counter::CasRetries(n) => self.cas_retries.add(u64::from(n)),
                 Counter::StatusServed => self.status_served.add(1),
+                Counter::ResumeQueued => self.resumes_queued.add(1),
             }
         }
     }

@@ -1,16 +1,24 @@
 //! The singleton service (`envoy.bootstrap.wasm`, main thread): drains the
 //! event queue into the incident ledger, drives Genesys through the
-//! reconciler, expires incidents, and publishes status for the filters.
+//! reconciler (and its watchdog), polls the ITSM tools for lost resolutions,
+//! expires incidents, and publishes status for the filters.
 //!
 //! Upstream work lives here, not in the filter: a callout made from a stream
-//! that was already answered never gets its response.
+//! that was already answered never gets its response. Both state machines
+//! (the reconciler and the ITSM poller) hand out calls with their own op
+//! ids; one map from host token to a tagged op routes every answer.
+//!
+//! At start the reconciler recovers first (restart safety, see
+//! `emr_core::recovery`): nothing is written to Genesys before the data
+//! table's rows have been read back into the ledger.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use emr_core::config::Config;
-use emr_core::event::{GroupId, QueuedEvent};
+use emr_core::event::{Control, GroupId, IncidentKey, QueueMessage, QueuedEvent};
+use emr_core::itsm::{PollEffect, PollMetric, Poller};
 use emr_core::ledger::{Applied, IncidentState, Ledger};
 use emr_core::reconcile::{
     CallResult, Effect, HttpCall, Metric as ReconcileMetric, OpId, Reconciler,
@@ -44,39 +52,64 @@ struct ServiceMetrics {
     expired: Metric,
     full: Metric,
     open: Metric,
-    /// The reconciler's metrics, defined on first use (`emr.genesys.*`).
-    genesys: BTreeMap<&'static str, Metric>,
+    resumes: Metric,
+    /// The reconciler's and the poller's metrics, defined on first use
+    /// (`emr.genesys.*`, `emr.watchdog.*`, `emr.recovery.*`, `emr.itsm.*`).
+    defined: BTreeMap<&'static str, Metric>,
 }
 
 impl ServiceMetrics {
-    fn reconcile(&mut self, m: &ReconcileMetric) {
-        let name = m.name();
-        let metric = *self.genesys.entry(name).or_insert_with(|| {
-            // genesys_failures_forbidden → emr.genesys.failures.forbidden
+    /// `watchdog_skipped_overridden` → `emr.watchdog.skipped_overridden`,
+    /// `genesys_failures_forbidden` → `emr.genesys.failures.forbidden`.
+    fn sample(&mut self, name: &'static str, histogram: Option<u64>) {
+        let metric = *self.defined.entry(name).or_insert_with(|| {
             let full = format!(
                 "emr.{}",
-                name.replacen("genesys_", "genesys.", 1)
+                name.replacen('_', ".", 1)
                     .replacen("failures_", "failures.", 1)
             );
-            match m {
-                ReconcileMetric::CalloutLatencyMs(_) => Metric::histogram(&full),
-                _ => Metric::counter(&full),
+            if histogram.is_some() {
+                Metric::histogram(&full)
+            } else {
+                Metric::counter(&full)
             }
         });
-        match m {
-            ReconcileMetric::CalloutLatencyMs(ms) => metric.record(*ms),
-            _ => metric.add(1),
+        match histogram {
+            Some(v) => metric.record(v),
+            None => metric.add(1),
         }
+    }
+
+    fn reconcile(&mut self, m: &ReconcileMetric) {
+        let value = match m {
+            ReconcileMetric::CalloutLatencyMs(ms) => Some(*ms),
+            _ => None,
+        };
+        self.sample(m.name(), value);
+    }
+
+    fn poll(&mut self, m: &PollMetric) {
+        let value = match m {
+            PollMetric::LatencyMs(ms) => Some(*ms),
+            _ => None,
+        };
+        self.sample(m.name(), value);
     }
 }
 
-/// The reconciler and its callouts in flight.
+/// Which state machine a callout belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Callout {
+    Genesys(OpId),
+    Itsm(OpId),
+}
+
+/// The reconciler.
 struct Genesys {
     reconciler: Reconciler,
-    /// Host callout token → reconciler op.
-    pending: BTreeMap<u32, OpId>,
-    /// The first poll waits for the first tick or event: Envoy creates the
-    /// main-thread root twice, and only the live one gets ticks and events.
+    /// The first poll (and recovery) waits for the first tick or event:
+    /// Envoy creates the main-thread root twice, and only the live one gets
+    /// ticks and events.
     started: bool,
 }
 
@@ -87,6 +120,9 @@ pub struct ServiceRoot {
     config: Config,
     default_group: GroupId,
     genesys: Option<Genesys>,
+    poller: Option<Poller>,
+    /// Host callout token → the op of the state machine that made it.
+    pending: BTreeMap<u32, Callout>,
     /// Desired or observed state may have changed since the state view was
     /// published.
     state_dirty: bool,
@@ -125,10 +161,23 @@ impl ServiceRoot {
             }
             Genesys {
                 reconciler,
-                pending: BTreeMap::new(),
                 started: false,
             }
         });
+        let poller = config.itsm.as_ref().map(|s| Poller::new(s.clone()));
+        if let Some(open) = poller
+            .as_ref()
+            .map(Poller::insecure_tools)
+            .filter(|t| !t.is_empty())
+        {
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "ITSM status APIs polled without a credential (insecure): {}",
+                    open.join(", ")
+                ),
+            );
+        }
         host::log(
             LogLevel::Info,
             &format!(
@@ -147,6 +196,8 @@ impl ServiceRoot {
             config,
             default_group,
             genesys,
+            poller,
+            pending: BTreeMap::new(),
             state_dirty: true,
             last_prune: DateTime::<Utc>::MIN_UTC,
             last_expire: DateTime::<Utc>::MIN_UTC,
@@ -159,7 +210,8 @@ impl ServiceRoot {
                 expired: Metric::counter("emr.service.expired"),
                 full: Metric::counter("emr.service.ledger_full"),
                 open: Metric::gauge("emr.service.open_incidents"),
-                genesys: BTreeMap::new(),
+                resumes: Metric::counter("emr.service.resumes"),
+                defined: BTreeMap::new(),
             },
         })
     }
@@ -178,8 +230,9 @@ impl ServiceRoot {
                     break;
                 }
             };
-            match serde_json::from_slice::<QueuedEvent>(&message) {
-                Ok(q) => self.record(&q, now),
+            match QueueMessage::decode(&message) {
+                Ok(QueueMessage::Event(q)) => self.record(&q, now),
+                Ok(QueueMessage::Control(c)) => self.control(c, now),
                 Err(e) => {
                     self.metrics.decode_errors.add(1);
                     host::log(
@@ -217,7 +270,18 @@ impl ServiceRoot {
         if !matches!(applied, Applied::Duplicate | Applied::Stale | Applied::Full) {
             self.state_dirty = true;
             if let Some(g) = &mut self.genesys {
-                g.reconciler.mark_dirty(&group);
+                if applied == Applied::ResolvedUnknown {
+                    // Changes nothing wanted: no say over a person's change.
+                    g.reconciler.mark_dirty(&group);
+                } else {
+                    // An incident event: it also ends a person's override.
+                    g.reconciler.mark_event(&group, now);
+                }
+            }
+        }
+        if matches!(applied, Applied::Opened | Applied::Updated) {
+            if let Some(p) = &mut self.poller {
+                p.watch(&q.event.incident_key(), &self.ledger, now);
             }
         }
         audit(json!({
@@ -232,6 +296,25 @@ impl ServiceRoot {
         }));
     }
 
+    /// A control message from the intake.
+    fn control(&mut self, c: Control, now: DateTime<Utc>) {
+        match c {
+            Control::Resume { group, .. } => {
+                self.metrics.resumes.add(1);
+                let Some(g) = &mut self.genesys else {
+                    audit(
+                        json!({"audit": "resume", "at": now.to_rfc3339(), "group": group,
+                                 "outcome": "ignored: no genesys section, nothing is driven"}),
+                    );
+                    return;
+                };
+                let effects = g.reconciler.resume(&group, &self.ledger, now);
+                self.apply_effects(effects, now);
+                self.state_dirty = true;
+            }
+        }
+    }
+
     pub fn on_tick(&mut self) {
         let now = host::now();
         self.drive(now);
@@ -242,19 +325,29 @@ impl ServiceRoot {
     /// passed), and carries it out. Polling when nothing is due is harmless,
     /// and the tick is short enough to serve as its timer.
     fn drive(&mut self, now: DateTime<Utc>) {
-        let Some(g) = &mut self.genesys else { return };
-        if !g.started {
-            g.started = true;
-            g.reconciler.mark_all(&self.ledger);
+        if let Some(g) = &mut self.genesys {
+            if !g.started {
+                g.started = true;
+                // Restart safety: read what survived in Genesys (the rows)
+                // before any write; without rows, check the configured
+                // groups for one our client left enabled.
+                let groups = g.reconciler.settings().configured_groups();
+                g.reconciler.start_recovery(&groups);
+                g.reconciler.mark_all(&self.ledger);
+                self.state_dirty = true;
+            }
+            let effects = g.reconciler.poll(&self.ledger, now);
+            self.apply_effects(effects, now);
         }
-        let effects = g.reconciler.poll(&self.ledger, now);
-        self.apply_effects(effects, now);
+        if let Some(p) = &mut self.poller {
+            let effects = p.poll(&self.ledger, now);
+            self.apply_poll_effects(effects, now);
+        }
     }
 
     pub fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize) {
         let now = host::now();
-        let Some(g) = &mut self.genesys else { return };
-        let Some(op) = g.pending.remove(&token_id) else {
+        let Some(op) = self.pending.remove(&token_id) else {
             host::log(
                 LogLevel::Warn,
                 &format!("emr-edge: answer for unknown callout {token_id}"),
@@ -278,8 +371,20 @@ impl ServiceRoot {
             },
             None => CallResult::Failed,
         };
-        let effects = g.reconciler.on_result(op, result, &self.ledger, now);
-        self.apply_effects(effects, now);
+        match op {
+            Callout::Genesys(op) => {
+                if let Some(g) = &mut self.genesys {
+                    let effects = g.reconciler.on_result(op, result, &self.ledger, now);
+                    self.apply_effects(effects, now);
+                }
+            }
+            Callout::Itsm(op) => {
+                if let Some(p) = &mut self.poller {
+                    let effects = p.on_result(op, result, &self.ledger, now);
+                    self.apply_poll_effects(effects, now);
+                }
+            }
+        }
         self.state_dirty = true;
         // Settles change incidents' status: publish promptly.
         self.maintain(now, false);
@@ -295,7 +400,7 @@ impl ServiceRoot {
             for effect in work {
                 match effect {
                     Effect::Call(call) => {
-                        if let Err(failed_op) = self.dispatch(&call) {
+                        if let Err(failed_op) = self.dispatch(&call, Callout::Genesys(call.op)) {
                             if let Some(g) = &mut self.genesys {
                                 next.extend(g.reconciler.on_result(
                                     failed_op,
@@ -316,6 +421,25 @@ impl ServiceRoot {
                         }
                         self.state_dirty = true;
                     }
+                    Effect::Restore { group, incidents } => {
+                        for p in &incidents {
+                            if let Some(key) = self.ledger.restore(p, group.clone(), now) {
+                                self.watched(&key, now);
+                            }
+                        }
+                        self.state_dirty = true;
+                    }
+                    Effect::Adopt {
+                        group,
+                        key,
+                        expires_at,
+                        detail,
+                    } => {
+                        if let Some(key) = self.ledger.adopt(key, group, detail, expires_at, now) {
+                            self.board.mark(&key);
+                        }
+                        self.state_dirty = true;
+                    }
                     Effect::Audit(line) => audit(line),
                     Effect::Metric(m) => {
                         if m == ReconcileMetric::TokenRefresh {
@@ -332,10 +456,51 @@ impl ServiceRoot {
         }
     }
 
-    fn dispatch(&mut self, call: &HttpCall) -> Result<(), OpId> {
-        let Some(g) = &mut self.genesys else {
-            return Err(call.op);
-        };
+    /// A rebuilt incident: published, and polled if its tool has a status API.
+    fn watched(&mut self, key: &IncidentKey, now: DateTime<Utc>) {
+        self.board.mark(key);
+        if let Some(p) = &mut self.poller {
+            p.watch(key, &self.ledger, now);
+        }
+    }
+
+    /// Carries out the poller's effects. A resolution it found is recorded
+    /// in the ledger and reconciled like a resolution webhook.
+    fn apply_poll_effects(&mut self, effects: Vec<PollEffect>, now: DateTime<Utc>) {
+        let mut work = effects;
+        while !work.is_empty() {
+            let mut next = Vec::new();
+            for effect in work {
+                match effect {
+                    PollEffect::Call(call) => {
+                        if let Err(op) = self.dispatch(&call, Callout::Itsm(call.op)) {
+                            if let Some(p) = &mut self.poller {
+                                next.extend(p.on_result(op, CallResult::Failed, &self.ledger, now));
+                            }
+                        }
+                    }
+                    PollEffect::Resolved { key, detail } => {
+                        let group = self.ledger.resolve_by_poll(&key, detail, now);
+                        self.board.mark(&key);
+                        if let (Some(group), Some(g)) = (group, &mut self.genesys) {
+                            g.reconciler.mark_event(&group, now);
+                        }
+                        self.state_dirty = true;
+                    }
+                    PollEffect::Audit(line) => audit(line),
+                    PollEffect::Metric(m) => self.metrics.poll(&m),
+                }
+            }
+            work = next;
+        }
+        // A resolution found: reconcile it now, not at the next tick.
+        if let Some(g) = &mut self.genesys {
+            let effects = g.reconciler.poll(&self.ledger, now);
+            self.apply_effects(effects, now);
+        }
+    }
+
+    fn dispatch(&mut self, call: &HttpCall, callout: Callout) -> Result<(), OpId> {
         let mut headers: Vec<(&str, &str)> = vec![
             (":method", call.method),
             (":path", call.path.as_str()),
@@ -350,7 +515,7 @@ impl ServiceRoot {
             Duration::from_millis(call.timeout_ms),
         ) {
             Ok(token) => {
-                g.pending.insert(token, call.op);
+                self.pending.insert(token, callout);
                 Ok(())
             }
             Err(s) => {
@@ -399,9 +564,15 @@ impl ServiceRoot {
                 self.metrics.expired.add(1);
                 self.board.mark(key);
                 self.state_dirty = true;
-                audit(
-                    json!({"audit": "expired", "at": now.to_rfc3339(), "incident": key.to_string()}),
-                );
+                let inc = self.ledger.get(key);
+                audit(json!({
+                    "audit": "expired",
+                    "decision": "expired",
+                    "at": now.to_rfc3339(),
+                    "incident": key.to_string(),
+                    "group": inc.map(|i| i.group.as_str()),
+                    "expiresAt": inc.map(|i| i.expires_at.to_rfc3339()),
+                }));
             }
             if !expired.is_empty() {
                 if let Some(g) = &mut self.genesys {
@@ -441,7 +612,7 @@ impl ServiceRoot {
         self.metrics
             .open
             .set(u64::try_from(open).unwrap_or(u64::MAX));
-        let state = match &self.genesys {
+        let mut state = match &self.genesys {
             Some(g) => g.reconciler.state_view(&self.ledger, now),
             None => {
                 let groups: Vec<_> = self
@@ -453,6 +624,9 @@ impl ServiceRoot {
                 json!({"updatedAt": now.to_rfc3339(), "genesys": null, "groups": groups})
             }
         };
+        if let (Some(obj), Some(p)) = (state.as_object_mut(), &self.poller) {
+            obj.insert("itsm".into(), p.view(now));
+        }
         if let Err(e) = Shared.set(status::STATE_KEY, state.to_string().as_bytes(), None) {
             host::log(
                 LogLevel::Error,

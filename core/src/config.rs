@@ -16,6 +16,7 @@ use crate::auth::{Credential, CredentialConfig};
 use crate::contract::{ContractRules, DEFAULT_REPLAY_WINDOW_SECONDS};
 use crate::dedupe::DedupeConfig;
 use crate::genesys::{GenesysConfig, GenesysSettings};
+use crate::itsm::{ItsmConfig, ItsmSettings};
 use crate::ledger::Retention;
 use crate::sources::{CompiledSources, SourcesConfig};
 
@@ -62,6 +63,8 @@ struct RawConfig {
     status: RawStatus,
     #[serde(default)]
     genesys: Option<GenesysConfig>,
+    #[serde(default)]
+    itsm: Option<ItsmConfig>,
 }
 
 /// Who may read `/emr/*`.
@@ -147,6 +150,9 @@ pub struct Config {
     /// `None` when no `genesys` section is given: incidents are recorded and
     /// served, but Genesys is never called.
     pub genesys: Option<Arc<GenesysSettings>>,
+    /// The ITSM status APIs polled for lost resolution webhooks; `None`
+    /// when no `itsm` section is given.
+    pub itsm: Option<Arc<ItsmSettings>>,
 }
 
 /// Reads an environment variable (in the VM: `vm_config.environment_variables`).
@@ -285,10 +291,17 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         })?)),
         None => None,
     };
+    let itsm = match raw.itsm {
+        Some(i) => Some(Arc::new(i.compile(env).map_err(|e| {
+            ConfigError::new(format!("itsm.{}", e.field), e.message)
+        })?)),
+        None => None,
+    };
     Ok(Config {
         sources,
         status,
         genesys,
+        itsm,
         intake: Intake {
             max_body_bytes: usize::try_from(max_body).unwrap_or(65_536),
             contract,
@@ -360,6 +373,21 @@ mod tests {
         let e = parse(br#"{"sources":{"pagerduty":{"auth":[{"kind":"pagerduty_signature","secret_env":"NOPE"}]}}}"#).unwrap_err();
         assert!(e.field.starts_with("sources.pagerduty"), "{e}");
         let e = parse(br#"{"genesys":{"region":"mypurecloud.ie"}}"#).unwrap_err();
+        assert!(e.field.starts_with("genesys"), "{e}");
+    }
+
+    #[test]
+    fn the_itsm_section_is_compiled_with_its_errors_named() {
+        let c = parse(br#"{"itsm":{"pagerduty":{"insecure":true,"poll_seconds":2}}}"#).unwrap();
+        let itsm = c.itsm.unwrap();
+        assert_eq!(itsm.tools.len(), 1);
+        assert!(parse(b"{}").unwrap().itsm.is_none());
+        let e = parse(br#"{"itsm":{"servicenow":{"insecure":true}}}"#).unwrap_err();
+        assert_eq!(e.field, "itsm.servicenow.authority");
+        let e = parse(br#"{"itsm":{"jira":{}}}"#).unwrap_err();
+        assert_eq!(e.field, "itsm.jira");
+        let e = parse(br#"{"genesys":{"region":"mypurecloud.ie","default_group":"g","watchdog":{"period_seconds":1}}}"#);
+        let e = e.unwrap_err();
         assert!(e.field.starts_with("genesys"), "{e}");
     }
 

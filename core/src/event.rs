@@ -326,6 +326,46 @@ pub struct QueuedEvent {
     pub delivery_id: Option<String>,
 }
 
+/// An instruction from the intake to the service, on the same queue as the
+/// events (the filter cannot call Genesys itself). Serialised as
+/// `{"control": {"resume": {"group": "…", "receivedMs": …}}}`, which no
+/// [`QueuedEvent`] can be mistaken for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlMessage {
+    pub control: Control,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Control {
+    /// `POST /emr/groups/{id}/resume`: stop holding the group for a person's
+    /// change and drive it to what the incidents want.
+    #[serde(rename_all = "camelCase")]
+    Resume { group: GroupId, received_ms: i64 },
+}
+
+/// What the service takes off the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueMessage {
+    Event(QueuedEvent),
+    Control(Control),
+}
+
+impl QueueMessage {
+    /// Reads a queued message: an event (by far the most common, tried
+    /// first), else a control message. The error is the event's, which is
+    /// what a broken message most likely meant to be.
+    pub fn decode(bytes: &[u8]) -> Result<QueueMessage, serde_json::Error> {
+        match serde_json::from_slice::<QueuedEvent>(bytes) {
+            Ok(e) => Ok(QueueMessage::Event(e)),
+            Err(e) => serde_json::from_slice::<ControlMessage>(bytes)
+                .map(|c| QueueMessage::Control(c.control))
+                .map_err(|_| e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
@@ -404,6 +444,48 @@ mod tests {
             ignored_key(Source::Opsgenie, "x", "00ff"),
             "opsgenie#ignored#x#00ff"
         );
+    }
+
+    #[test]
+    fn control_messages_share_the_queue_with_events() {
+        let c = ControlMessage {
+            control: Control::Resume {
+                group: GroupId::parse("G1").unwrap(),
+                received_ms: 7,
+            },
+        };
+        let bytes = serde_json::to_vec(&c).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            r#"{"control":{"resume":{"group":"G1","receivedMs":7}}}"#
+        );
+        assert_eq!(
+            QueueMessage::decode(&bytes).unwrap(),
+            QueueMessage::Control(c.control)
+        );
+        let ev = QueuedEvent {
+            event: IncidentEvent {
+                source: Source::Canonical,
+                correlation_id: CorrelationId::parse("INC-1").unwrap(),
+                incident_type: IncidentType::parse("X").unwrap(),
+                routing_mode: RoutingMode::Active,
+                target_queue_ids: vec![],
+                timestamp: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+                ttl_seconds: 60,
+                priority: 3,
+                group: None,
+            },
+            received_ms: 1,
+            delivery_id: None,
+        };
+        let bytes = serde_json::to_vec(&ev).unwrap();
+        assert_eq!(
+            QueueMessage::decode(&bytes).unwrap(),
+            QueueMessage::Event(ev)
+        );
+        assert!(QueueMessage::decode(br#"{"event": 1}"#).is_err());
+        assert!(QueueMessage::decode(br#"{"control":{"explode":{}}}"#).is_err());
+        assert!(QueueMessage::decode(br#"{"control":{"resume":{"group":""}}}"#).is_err());
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! Routes: `POST /webhooks/{source}` takes incidents from each source
 //! (`canonical`, `standard`, `pagerduty`, `servicenow`, `jsm`, `opsgenie`,
 //! `alertmanager`); `GET /emr/status/{id}` and `GET /emr/state` answer from
-//! what the service published, behind the status credential (`status` in
-//! config). Anything else passes through the filter untouched. The filter
+//! what the service published, and `POST /emr/groups/{id}/resume` queues a
+//! control message for the service (the filter cannot call Genesys: it ends
+//! a person's override of that group, see `crate::watchdog`) — all behind the
+//! status credential (`status` in config). Anything else passes through the
+//! filter untouched. The filter
 //! calls [`Intake::on_headers`] and, when a body is needed,
 //! [`Intake::on_body`] at end of stream; both return the response to send,
 //! the counters to bump and the lines to log.
@@ -39,7 +42,10 @@ use serde::Serialize;
 use crate::auth::{self, hex};
 use crate::config::{Config, StatusAccess};
 use crate::dedupe::{digest, Dedupe, Fingerprint, FingerprintBuilder, FirstAnswer, Outcome};
-use crate::event::{self, CorrelationId, IncidentEvent, QueuedEvent, RoutingMode, Source};
+use crate::event::{
+    self, Control, ControlMessage, CorrelationId, GroupId, IncidentEvent, QueuedEvent, RoutingMode,
+    Source,
+};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::sources::{self, Delivery, Item, Parsed};
 use crate::status;
@@ -48,6 +54,8 @@ use crate::store::{EventSink, SharedStore, StoreError};
 pub const WEBHOOK_PREFIX: &str = "/webhooks/";
 pub const STATUS_PREFIX: &str = "/emr/status/";
 pub const STATE_PATH: &str = "/emr/state";
+pub const GROUPS_PREFIX: &str = "/emr/groups/";
+const RESUME_SUFFIX: &str = "/resume";
 
 /// A response for the filter to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +115,8 @@ pub enum Counter {
     DedupeEvicted(u32),
     CasRetries(u32),
     StatusServed,
+    /// A resume request queued for the service.
+    ResumeQueued,
 }
 
 /// How loud a [`Note`] is.
@@ -195,6 +205,8 @@ enum Route<'a> {
 enum EmrRoute<'a> {
     Status(&'a str),
     State,
+    /// `POST /emr/groups/{id}/resume`.
+    Resume(&'a str),
     Unknown,
 }
 
@@ -208,6 +220,12 @@ fn route(path: &str) -> Route<'_> {
         Route::Emr(EmrRoute::Status(rest))
     } else if path == STATE_PATH {
         Route::Emr(EmrRoute::State)
+    } else if let Some(id) = path
+        .strip_prefix(GROUPS_PREFIX)
+        .and_then(|rest| rest.strip_suffix(RESUME_SUFFIX))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+    {
+        Route::Emr(EmrRoute::Resume(id))
     } else if path == "/emr" || path.starts_with("/emr/") {
         Route::Emr(EmrRoute::Unknown)
     } else {
@@ -462,8 +480,12 @@ impl Intake<'_> {
                     {
                         refused(&Problem::method_not_allowed("GET, HEAD"))
                     }
+                    EmrRoute::Resume(_) if method != "POST" => {
+                        refused(&Problem::method_not_allowed("POST"))
+                    }
                     EmrRoute::Status(id) => self.status(id, now),
                     EmrRoute::State => self.state(),
+                    EmrRoute::Resume(id) => self.resume(id, now),
                 }
             }
         }
@@ -581,6 +603,47 @@ impl Intake<'_> {
             }
             Err(e) => self.unavailable(&e),
         }
+    }
+
+    /// Queues a resume for the service; answered at once (the body, if any,
+    /// is not read). Whether the group is known is for the service to say
+    /// (`GET /emr/state`, audit line): a filter only sees shared data.
+    fn resume(&self, id: &str, now: DateTime<Utc>) -> Handled<HeadersStep> {
+        let group = match GroupId::parse(id) {
+            Ok(g) => g,
+            Err(e) => {
+                return refused(
+                    &Problem::new(422, format!("{id:?} is not a group id"))
+                        .with_error("group", e.0),
+                )
+            }
+        };
+        let message = ControlMessage {
+            control: Control::Resume {
+                group: group.clone(),
+                received_ms: now.timestamp_millis(),
+            },
+        };
+        let bytes = match serde_json::to_vec(&message) {
+            Ok(b) => b,
+            Err(e) => return self.unavailable(&StoreError::Host(e.to_string())),
+        };
+        if let Err(e) = self.sink.enqueue(&bytes) {
+            return self.unavailable(&e);
+        }
+        let body = serde_json::json!({
+            "group": group,
+            "status": "RESUME_QUEUED",
+            "stateUrl": STATE_PATH,
+        });
+        Handled::new(
+            HeadersStep::Respond(Response::json(202, body.to_string().into_bytes())),
+            vec![Counter::ResumeQueued],
+        )
+        .note(
+            NoteLevel::Info,
+            format!("resume of emergency group {group} queued for the service"),
+        )
     }
 
     fn status(&self, id: &str, now: DateTime<Utc>) -> Handled<HeadersStep> {
@@ -1910,6 +1973,65 @@ mod tests {
         // Webhooks do not need it.
         let r = s.alertmanager(fixture!("alertmanager/firing.json")).value;
         assert_eq!(r.status, 202);
+    }
+
+    #[test]
+    fn resume_is_queued_for_the_service_behind_the_status_credential() {
+        let s = Sources::new();
+        let post = |path: &str, headers: &[(&str, &str)]| {
+            let h: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            s.w.intake().on_headers("POST", path, &h, true, now())
+        };
+        let path = "/emr/groups/3c3f7a3e-2f5c-4f3a-9b1e-000000000001/resume";
+        let HeadersStep::Respond(r) = post(path, &[]).value else {
+            panic!()
+        };
+        assert_eq!(r.status, 401);
+        assert!(s.w.queue.messages.borrow().is_empty());
+        let bearer = format!("Bearer {STATUS_TOKEN}");
+        let out = post(path, &[("authorization", &bearer)]);
+        let HeadersStep::Respond(r) = out.value else {
+            panic!()
+        };
+        assert_eq!(r.status, 202);
+        assert_eq!(out.counters, vec![Counter::ResumeQueued]);
+        assert_eq!(
+            body(&r),
+            json!({"group": "3c3f7a3e-2f5c-4f3a-9b1e-000000000001", "status": "RESUME_QUEUED", "stateUrl": "/emr/state"})
+        );
+        let queued = s.w.queue.messages.borrow().clone();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(
+            event::QueueMessage::decode(&queued[0]).unwrap(),
+            event::QueueMessage::Control(Control::Resume {
+                group: GroupId::parse("3c3f7a3e-2f5c-4f3a-9b1e-000000000001").unwrap(),
+                received_ms: now().timestamp_millis(),
+            })
+        );
+        // Only POST.
+        let r = s.get(path, &[("authorization", &bearer)]);
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("allow"), Some("POST"));
+        // Anything else under /emr/groups is unknown.
+        for other in [
+            "/emr/groups/x",
+            "/emr/groups//resume",
+            "/emr/groups/a/b/resume",
+        ] {
+            let HeadersStep::Respond(r) = post(other, &[("authorization", &bearer)]).value else {
+                panic!()
+            };
+            assert_eq!(r.status, 404, "{other}");
+        }
+        // A broken queue: 503, retry.
+        *s.w.queue.broken.borrow_mut() = true;
+        let HeadersStep::Respond(r) = post(path, &[("authorization", &bearer)]).value else {
+            panic!()
+        };
+        assert_eq!(r.status, 503);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::event::{
     GroupId, IncidentKey, IncidentType, Priority, QueueId, QueuedEvent, RoutingMode,
 };
+use crate::recovery::PersistedIncident;
 
 /// Where an incident stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,6 +66,26 @@ pub struct EventRecord {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_id: Option<String>,
+    /// Where an event that no webhook delivered came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
+    /// What that source said (e.g. the ITSM's status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// How an event reached the ledger other than by a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Via {
+    /// The tool's status API said the incident is resolved (its resolution
+    /// webhook never came).
+    StatusPoll,
+    /// Rebuilt at start from the data-table row (after a restart).
+    Recovery,
+    /// A group found enabled by our own client at start, with nothing
+    /// persisted to explain it: kept on until it expires.
+    Adopted,
 }
 
 /// What Genesys answered when it last acted for this incident.
@@ -265,6 +286,8 @@ impl Ledger {
             status: EventStatus::Processing,
             reason: None,
             delivery_id: q.delivery_id.clone(),
+            via: None,
+            detail: None,
         };
         self.groups.insert(group.clone());
 
@@ -499,6 +522,170 @@ impl Ledger {
         touched
     }
 
+    /// The open incidents of `group`, most urgent (then oldest) first: what
+    /// the data-table row persists for a restart.
+    pub fn open_incidents_of(&self, group: &GroupId) -> Vec<&Incident> {
+        let mut open: Vec<&Incident> = self
+            .incidents
+            .values()
+            .filter(|i| i.is_open() && &i.group == group)
+            .collect();
+        open.sort_by_key(|i| (i.priority, i.seq));
+        open
+    }
+
+    /// The tool's status API says the open incident `key` is resolved: records
+    /// a resolution (`via: STATUS_POLL`, `detail` saying what the tool said)
+    /// ordered just after the newest event we had. Returns its group, to
+    /// reconcile, or `None` when the incident is not open (anymore).
+    pub fn resolve_by_poll(
+        &mut self,
+        key: &IncidentKey,
+        detail: String,
+        now: DateTime<Utc>,
+    ) -> Option<GroupId> {
+        let inc = self.incidents.get_mut(key).filter(|i| i.is_open())?;
+        // Our clock, unless the tool's own event time is ahead of it: the
+        // resolution must be the newest event, and a reopening the tool sends
+        // later (with its later time) must still win over it.
+        let timestamp = now.max(inc.last_event_at + chrono::Duration::milliseconds(1));
+        self.expiries.remove(&(inc.expires_at, key.clone()));
+        if let Some(prev) = inc.latest_mut() {
+            if prev.status == EventStatus::Processing {
+                prev.status = EventStatus::Superseded;
+                prev.reason = Some("a newer event for this incident arrived".into());
+            }
+        }
+        inc.state = IncidentState::Resolved;
+        inc.routing_mode = RoutingMode::Resolved;
+        inc.last_event_at = timestamp;
+        inc.updated_at = now;
+        push_event(
+            &mut inc.events,
+            EventRecord {
+                routing_mode: RoutingMode::Resolved,
+                timestamp,
+                received_at: now,
+                status: EventStatus::Processing,
+                reason: None,
+                delivery_id: None,
+                via: Some(Via::StatusPoll),
+                detail: Some(detail),
+            },
+        );
+        Some(inc.group.clone())
+    }
+
+    /// Puts back an open incident persisted before a restart. Nothing happens
+    /// when the ledger already knows the incident (an event for it arrived
+    /// first and decides), when it has expired meanwhile, or when the ledger
+    /// is full. Returns its key when restored.
+    pub fn restore(
+        &mut self,
+        p: &PersistedIncident,
+        group: GroupId,
+        now: DateTime<Utc>,
+    ) -> Option<IncidentKey> {
+        let key = p.key();
+        let (timestamp, expires_at) = (p.timestamp()?, p.expires_at()?);
+        if self.incidents.contains_key(&key)
+            || expires_at <= now
+            || self.expiries.len() >= self.retention.max_open
+        {
+            return None;
+        }
+        self.insert_open(
+            key,
+            group,
+            OpenIncident {
+                incident_type: p.2.clone(),
+                queues: p.3.clone(),
+                priority: p.4,
+                timestamp,
+                expires_at,
+            },
+            Via::Recovery,
+            None,
+            now,
+        )
+    }
+
+    /// Adopts a group found enabled by our own client at start, with nothing
+    /// persisted to explain it: a synthetic open incident `key` until
+    /// `expires_at`. Returns the key when adopted.
+    pub fn adopt(
+        &mut self,
+        key: IncidentKey,
+        group: GroupId,
+        detail: String,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<IncidentKey> {
+        let incident_type = IncidentType::parse(crate::recovery::ADOPTED_TYPE).ok()?;
+        if self.incidents.get(&key).is_some_and(Incident::is_open)
+            || expires_at <= now
+            || self.expiries.len() >= self.retention.max_open
+        {
+            return None;
+        }
+        self.incidents.remove(&key);
+        self.insert_open(
+            key,
+            group,
+            OpenIncident {
+                incident_type,
+                queues: Vec::new(),
+                priority: crate::event::DEFAULT_PRIORITY,
+                timestamp: now,
+                expires_at,
+            },
+            Via::Adopted,
+            Some(detail),
+            now,
+        )
+    }
+
+    fn insert_open(
+        &mut self,
+        key: IncidentKey,
+        group: GroupId,
+        o: OpenIncident,
+        via: Via,
+        detail: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Option<IncidentKey> {
+        self.seq += 1;
+        self.groups.insert(group.clone());
+        let inc = Incident {
+            id: key.id.as_str().to_owned(),
+            source: key.source,
+            incident_type: o.incident_type,
+            group,
+            queues: o.queues,
+            priority: o.priority,
+            state: IncidentState::Open,
+            routing_mode: RoutingMode::Active,
+            last_event_at: o.timestamp,
+            expires_at: o.expires_at,
+            updated_at: now,
+            seq: self.seq,
+            events: vec![EventRecord {
+                routing_mode: RoutingMode::Active,
+                timestamp: o.timestamp,
+                received_at: now,
+                status: EventStatus::Processing,
+                reason: None,
+                delivery_id: None,
+                via: Some(via),
+                detail,
+            }],
+            genesys: None,
+        };
+        self.expiries.insert((inc.expires_at, key.clone()));
+        self.incidents.insert(key.clone(), inc);
+        Some(key)
+    }
+
     /// Drops closed incidents past retention, oldest first. Called from the
     /// service's tick, not per event: it walks every incident.
     ///
@@ -526,6 +713,15 @@ impl Ledger {
         }
         dropped
     }
+}
+
+/// What an incident rebuilt or adopted at start is made of.
+struct OpenIncident {
+    incident_type: IncidentType,
+    queues: Vec<QueueId>,
+    priority: Priority,
+    timestamp: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
 }
 
 /// The result of a reconcile, as the ledger records it.
@@ -837,6 +1033,127 @@ mod tests {
         assert_eq!(v["events"][0]["status"], "PROCESSING");
         assert!(v.get("seq").is_none());
     }
+
+    #[test]
+    fn a_status_poll_resolves_an_open_incident_after_its_newest_event() {
+        let mut l = Ledger::default();
+        l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
+        let group = l.resolve_by_poll(&key("I1"), "PagerDuty: resolved".into(), t(300));
+        assert_eq!(group, Some(g("G")));
+        assert!(!l.desired_for(&g("G")).enabled);
+        let inc = l.get(&key("I1")).unwrap();
+        assert_eq!(inc.state, IncidentState::Resolved);
+        let e = inc.latest().unwrap();
+        assert_eq!(e.routing_mode, R);
+        assert_eq!(e.via, Some(Via::StatusPoll));
+        assert_eq!(e.detail.as_deref(), Some("PagerDuty: resolved"));
+        assert_eq!(e.timestamp, t(300));
+        assert_eq!(e.status, EventStatus::Processing);
+        let shown = serde_json::to_value(inc).unwrap();
+        assert_eq!(shown["events"][1]["via"], "STATUS_POLL");
+        // Once resolved, the poll has nothing to do.
+        assert_eq!(l.resolve_by_poll(&key("I1"), "again".into(), t(301)), None);
+        assert_eq!(l.expire(t(10_000)), vec![]);
+        // A reopening the tool sends later still wins.
+        assert_eq!(
+            l.apply(&event("I1", A, 400, &["q1"]), g("G"), t(401)),
+            Applied::Opened
+        );
+        assert!(l.desired_for(&g("G")).enabled);
+    }
+
+    #[test]
+    fn a_status_poll_resolution_is_newer_than_a_future_dated_event() {
+        let mut l = Ledger::default();
+        l.apply(&event("I1", A, 100, &["q1"]), g("G"), t(1));
+        l.resolve_by_poll(&key("I1"), "done".into(), t(50));
+        let e = l.get(&key("I1")).unwrap().latest().unwrap().clone();
+        assert_eq!(e.routing_mode, R);
+        assert!(e.timestamp > t(100));
+        // A redelivered activation is older: it stays resolved.
+        assert_eq!(
+            l.apply(&event("I1", A, 100, &["q1"]), g("G"), t(60)),
+            Applied::Duplicate
+        );
+        assert!(!l.desired_for(&g("G")).enabled);
+    }
+
+    #[test]
+    fn persisted_incidents_are_restored_unless_known_or_expired() {
+        let mut before = Ledger::default();
+        before.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
+        before.apply(&event("I2", A, 0, &["q2"]), g("G"), t(1));
+        let doc = crate::recovery::decode(&crate::recovery::encode(
+            &g("G"),
+            &before.open_incidents_of(&g("G")),
+        ))
+        .unwrap();
+
+        let mut after = Ledger::default();
+        // I2's resolution arrived before the rows were read: it decides.
+        after.apply(&event("I2", R, 10, &[]), g("G"), t(11));
+        let restored: Vec<_> = doc
+            .o
+            .iter()
+            .filter_map(|p| after.restore(p, doc.g.clone(), t(12)))
+            .collect();
+        assert_eq!(restored, vec![key("I1")]);
+        let d = after.desired_for(&g("G"));
+        assert!(d.enabled);
+        assert_eq!(d.incidents, vec![key("I1")]);
+        let inc = after.get(&key("I1")).unwrap();
+        assert_eq!(inc.expires_at, t(3600));
+        assert_eq!(inc.events[0].via, Some(Via::Recovery));
+        // The resolution webhook for a rebuilt incident still resolves it.
+        assert_eq!(
+            after.apply(&event("I1", R, 20, &[]), g("G"), t(21)),
+            Applied::Resolved
+        );
+        assert!(!after.desired_for(&g("G")).enabled);
+        // Nothing expired is restored.
+        let mut late = Ledger::default();
+        assert_eq!(late.restore(&doc.o[0], g("G"), t(3600)), None);
+        assert!(late.is_empty());
+    }
+
+    #[test]
+    fn an_adopted_group_stays_on_until_its_synthetic_incident_expires() {
+        let mut l = Ledger::default();
+        let k = crate::recovery::adopted_key(&g("G")).unwrap();
+        let adopted = l.adopt(
+            k.clone(),
+            g("G"),
+            "found enabled by emr-edge".into(),
+            t(100),
+            t(0),
+        );
+        assert_eq!(adopted, Some(k.clone()));
+        assert!(l.desired_for(&g("G")).enabled);
+        assert_eq!(l.get(&k).unwrap().events[0].via, Some(Via::Adopted));
+        // Adopting again while it is open does nothing.
+        assert_eq!(l.adopt(k.clone(), g("G"), "x".into(), t(200), t(1)), None);
+        assert_eq!(l.expire(t(100)), vec![k.clone()]);
+        assert!(!l.desired_for(&g("G")).enabled);
+        assert_eq!(l.get(&k).unwrap().state, IncidentState::Expired);
+        // Expired already: nothing to adopt.
+        assert_eq!(l.adopt(k, g("G"), "x".into(), t(100), t(100)), None);
+    }
+
+    #[test]
+    fn open_incidents_of_a_group_are_most_urgent_first() {
+        let mut l = Ledger::default();
+        l.apply(&event("LOW", A, 0, &["q"]), g("G"), t(1));
+        let mut urgent = event("HIGH", A, 1, &["q"]);
+        urgent.event.priority = 1;
+        l.apply(&urgent, g("G"), t(2));
+        l.apply(&event("OTHER", A, 2, &["q"]), g("H"), t(3));
+        let ids: Vec<&str> = l
+            .open_incidents_of(&g("G"))
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, ["HIGH", "LOW"]);
+    }
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -887,6 +1204,37 @@ mod props {
             let mut ia = da.incidents.clone(); ia.sort();
             let mut ib = db.incidents.clone(); ib.sort();
             prop_assert_eq!(ia, ib);
+        }
+
+        /// Expiry is monotonic: once an incident has expired it stays closed
+        /// as time goes on, and what is open at a later time was open (and
+        /// unexpired) at every earlier time of the same run.
+        #[test]
+        fn expiry_is_monotonic(
+            ttls in proptest::collection::vec(60u32..600, 1..12),
+            steps in proptest::collection::vec(1i64..120, 1..20),
+        ) {
+            let g = GroupId::parse("G").unwrap();
+            let mut l = Ledger::default();
+            for (i, ttl) in ttls.iter().enumerate() {
+                let mut e = event(&format!("I{i}"), RoutingMode::Active, 0, &["q"]);
+                e.event.ttl_seconds = *ttl;
+                l.apply(&e, g.clone(), t(0));
+            }
+            let mut now = 0;
+            let mut closed: std::collections::BTreeSet<String> = Default::default();
+            for step in steps {
+                now += step;
+                for k in l.expire(t(now)) {
+                    prop_assert!(closed.insert(k.to_string()), "{} expired twice", k);
+                }
+                for inc in l.incidents() {
+                    let open = inc.state == IncidentState::Open;
+                    prop_assert_eq!(open, inc.expires_at > t(now), "{} at {}", inc.id, now);
+                    prop_assert_eq!(!open, closed.contains(&format!("canonical:{}", inc.id)));
+                }
+                prop_assert_eq!(l.desired_for(&g).enabled, closed.len() < ttls.len());
+            }
         }
 
         /// Replaying any event changes nothing.

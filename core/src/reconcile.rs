@@ -28,15 +28,32 @@
 //! row is written before the group, so a flow that sees the emergency path
 //! already finds the queues; when switching off, after.
 //!
-//! Kept per group for the watchdog (issue 4): what was last observed
-//! (`version`, `modifiedByApp`, `dateModified`), what we last wrote, and the
-//! `modifiedByApp` Genesys stamps on our own writes.
+//! **The watchdog** (rules in [`crate::watchdog`]): every group that ended a
+//! cycle is read again after `watchdog.period` (`watchdog.converging` after
+//! a write of ours). A read that differs from the target is judged: an
+//! incident event or a resume writes at once; a change by someone else marks
+//! the group *overridden* and it is not written until the next incident event
+//! ([`Reconciler::mark_event`]) or [`Reconciler::resume`]; drift by our own
+//! client is timed and corrected once it outlasted `watchdog.grace`. A read
+//! that finds Genesys as wanted ends drift and any override.
+//!
+//! **The request budget** ([`crate::genesys::budget`]): every call spends
+//! from one token bucket; routine checks only start while a reserve is left.
+//!
+//! **Recovery** ([`crate::recovery`]): after [`Reconciler::start_recovery`]
+//! nothing is written until the data table's rows have been read and their
+//! open incidents handed to the glue ([`Effect::Restore`]); the first read of
+//! every configured group may adopt a group our client left enabled
+//! ([`Effect::Adopt`]) rather than switch it off.
 //!
 //! How the glue drives it:
 //! 1. `on_configure`: `Reconciler::new(Arc::new(settings))`, optionally
-//!    `import_token` from shared data, `mark_all(&ledger)`, `poll`.
-//! 2. For each dequeued event: `ledger.apply(..)`, then `mark_dirty(group)`
-//!    when the desired state may have changed; one `poll` per batch.
+//!    `import_token` from shared data, `start_recovery(..)`, `mark_all(&ledger)`,
+//!    `poll`.
+//! 2. For each dequeued event: `ledger.apply(..)`, then `mark_event(group)`
+//!    when the desired state may have changed (`mark_dirty` for changes that
+//!    are no incident event, like an expiry); one `poll` per batch. A resume
+//!    request: `resume(group)`.
 //! 3. Each `Effect::Call`: `dispatch_http_call` with `:method`, `:path`,
 //!    `:authority` from the call, its headers, body and `timeout_ms`; keep
 //!    host token → `op`. If dispatching fails, hand `CallResult::Failed` to
@@ -44,7 +61,10 @@
 //! 4. `on_http_call_response`: read `:status` (absent → `Failed`), headers
 //!    and body; `on_result(op, …)`.
 //! 5. Each `Effect::Settle`: `ledger.settle_group(..)` and refresh the
-//!    published status of the incidents it returns. `Audit`: log one line.
+//!    published status of the incidents it returns. `Restore`/`Adopt`: put
+//!    the incidents into the ledger (the reconciler has queued their groups
+//!    already; their reads are answered only after the effect is applied).
+//!    `Audit`: log one line.
 //!    `Metric`: bump the counter / record the histogram named by `name()`.
 //! 6. Tick: set the tick period so `poll` runs at `next_wakeup()` (or
 //!    earlier; extra polls are harmless). After an answer that emitted
@@ -59,20 +79,39 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::event::GroupId;
+use crate::event::{GroupId, IncidentKey};
 use crate::genesys::answer::{Answer, AnswerClass, RateLimit};
+use crate::genesys::budget::Budget;
 use crate::genesys::config::GenesysSettings;
 use crate::genesys::driver::{driver_for, row_request, Decision, Driver, Observed, Target};
-use crate::genesys::models::QueueRow;
+use crate::genesys::models::{QueueRow, TokenInfo};
 use crate::genesys::token::{backoff, StoredToken, TokenManager, TokenOutcome};
 use crate::genesys::{Request, USER_AGENT};
 use crate::ledger::{GenesysRef, Ledger, Settle};
+use crate::recovery::{self, PersistedIncident};
+use crate::watchdog::{self, Facts, Verdict};
 
 pub use crate::genesys::{CallResult, HttpCall, OpId};
 
 /// Extra time past a call's timeout before the reconciler gives up on it by
 /// itself (the host should have reported a failure by then).
 const OP_GRACE_MS: i64 = 2_000;
+/// Rows pages tried this many times (5xx, timeouts) before recovery goes on
+/// without them (adopting what our client left enabled).
+const MAX_ROWS_ATTEMPTS: u32 = 5;
+/// After a failed `tokens/me`, ask again no sooner.
+const IDENTITY_RETRY_S: i64 = 30;
+/// A change by someone else stamped (Genesys's `dateModified`) this long
+/// after an incident event was made after it: the person wins. The margin
+/// absorbs clock differences between Envoy's host and Genesys.
+const AFTER_EVENT_MARGIN: Duration = Duration::seconds(1);
+
+/// Whether `date_modified` (RFC 3339) is after `t`; unreadable means no.
+fn modified_after(date_modified: Option<&str>, t: DateTime<Utc>) -> bool {
+    date_modified
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+        .is_some_and(|d| d.with_timezone(&Utc) > t)
+}
 
 /// What the glue must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +124,21 @@ pub enum Effect {
         group: GroupId,
         outcome: Settle,
         genesys: Option<GenesysRef>,
+    },
+    /// Recovery at start: `ledger.restore(p, group, now)` for each incident
+    /// (the ledger skips those it knows already), and refresh their status.
+    Restore {
+        group: GroupId,
+        incidents: Vec<PersistedIncident>,
+    },
+    /// Recovery at start: the group was found enabled by our own client with
+    /// nothing persisted to explain it. `ledger.adopt(key, group, detail,
+    /// expires_at, now)`.
+    Adopt {
+        group: GroupId,
+        key: IncidentKey,
+        expires_at: DateTime<Utc>,
+        detail: String,
     },
     /// One JSON audit line (a decision: incident ids, before, after, what
     /// Genesys answered).
@@ -145,6 +199,26 @@ pub enum Metric {
     /// `mark_dirty` found the backlog full.
     BacklogFull,
     CalloutLatencyMs(u64),
+    /// A watchdog read.
+    Checked,
+    /// A watchdog read found Genesys as wanted.
+    CheckInSync,
+    /// Drift by our own client seen (timed against the grace).
+    DriftSeen,
+    /// Drift corrected after the grace period.
+    Corrected,
+    /// A change by someone else: the group is held (overridden).
+    Overridden,
+    /// A held group was not written.
+    SkippedOverridden,
+    /// A held group given back by an incident event or a resume.
+    Resumed,
+    /// An incident persisted in a row, handed back at start.
+    Restored,
+    /// A group adopted at start.
+    Adopted,
+    /// A call waited for the request budget.
+    BudgetWait,
 }
 
 impl Metric {
@@ -171,6 +245,16 @@ impl Metric {
             Metric::RateLimitPause => "genesys_rate_limit_pauses",
             Metric::BacklogFull => "genesys_backlog_full",
             Metric::CalloutLatencyMs(_) => "genesys_callout_latency_ms",
+            Metric::Checked => "watchdog_checked",
+            Metric::CheckInSync => "watchdog_in_sync",
+            Metric::DriftSeen => "watchdog_drift",
+            Metric::Corrected => "watchdog_corrected",
+            Metric::Overridden => "watchdog_overridden",
+            Metric::SkippedOverridden => "watchdog_skipped_overridden",
+            Metric::Resumed => "watchdog_resumed",
+            Metric::Restored => "recovery_restored",
+            Metric::Adopted => "recovery_adopted",
+            Metric::BudgetWait => "genesys_budget_waits",
         }
     }
 }
@@ -199,6 +283,18 @@ struct Cycle {
     pending_reads: u32,
     /// What Genesys said last that the settle should carry.
     genesys: Option<GenesysRef>,
+    /// Started by the watchdog (for the metrics).
+    check: bool,
+    /// An incident event or a resume started it: it may write over a change
+    /// that was not ours.
+    authorized: bool,
+    /// It wrote the group's switch (the next check comes sooner).
+    wrote_group: bool,
+    /// Reads so far, and the version the first one saw.
+    reads: u32,
+    first_version: Option<u64>,
+    /// When the incident event (or resume) behind `authorized` came.
+    authorized_at: Option<DateTime<Utc>>,
 }
 
 /// Where a group stands.
@@ -216,6 +312,14 @@ enum Phase {
     },
     /// A call of this group is out.
     InFlight(OpId),
+    /// A write that followed a read waits for the request budget (a moment):
+    /// it goes out as soon as there is a call to spend, before any new read,
+    /// so a read is never wasted on a write that cannot follow.
+    Deferred {
+        cycle: Cycle,
+        step: Step,
+        req: Request,
+    },
 }
 
 /// One write a cycle still has to make.
@@ -240,11 +344,34 @@ struct Act {
     target: Target,
     /// The read it follows, for the audit line.
     before: Value,
+    /// How the cycle ends once the writes are done.
+    then: Then,
+}
+
+/// How a cycle ends after its writes.
+#[derive(Debug, Clone, PartialEq)]
+enum Then {
+    /// Genesys now shows the target.
+    Settle,
+    /// The group is held for a person: only the row was written.
+    Hold(String),
+    /// Drift by our client is being timed: read again then.
+    Grace(DateTime<Utc>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum OpKind {
     Token,
+    /// `GET /api/v2/tokens/me`: our client's name.
+    Identity {
+        token_generation: u64,
+    },
+    /// A page of the data table's rows, at start.
+    Rows {
+        page: u32,
+        attempts: u32,
+        token_generation: u64,
+    },
     Group {
         group: GroupId,
         cycle: Cycle,
@@ -268,6 +395,50 @@ struct WriteRecord {
     version: Option<u64>,
     date_modified: Option<String>,
     modified_by_app: Option<String>,
+}
+
+/// A change to a group that was not ours, which we do not write over.
+#[derive(Debug, Clone, PartialEq)]
+struct OverrideInfo {
+    since: DateTime<Utc>,
+    enabled: bool,
+    version: Option<u64>,
+    date_modified: Option<String>,
+    modified_by: Option<String>,
+    modified_by_app: Option<String>,
+}
+
+/// Where recovery at start stands.
+#[derive(Debug, Clone, PartialEq)]
+enum Recovery {
+    /// Next: read page `page` of the rows (not before `not_before`).
+    Rows {
+        page: u32,
+        attempts: u32,
+        not_before: Option<DateTime<Utc>>,
+    },
+    /// A page read is out.
+    Reading,
+    /// Finished (or never asked for): reconciles may write.
+    Done,
+}
+
+/// What recovery found, for the state view.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct RecoveryReport {
+    started: bool,
+    persisted_incidents: usize,
+    groups: usize,
+    adopted: usize,
+    detail: Option<String>,
+}
+
+/// Our OAuth client's name, when it must be learned from `tokens/me`.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Identity {
+    wanted: bool,
+    fetching: bool,
+    retry_at: Option<DateTime<Utc>>,
 }
 
 /// How the latest cycle (or its latest step) ended.
@@ -295,6 +466,19 @@ struct GroupState {
     synced: Option<Target>,
     /// Transient failures in a row, for the backoff.
     failures: u32,
+    /// The watchdog reads it again at this time (when idle).
+    next_check: Option<DateTime<Utc>>,
+    /// Drift by our own client first seen at this time.
+    drift_since: Option<DateTime<Utc>>,
+    /// Held for a person until an incident event or a resume.
+    overridden: Option<OverrideInfo>,
+    /// An incident event or resume came (at this time): the next read may
+    /// write over a change that was not ours, made before it.
+    authorized: Option<DateTime<Utc>>,
+    /// The newest version we wrote or read and accepted.
+    known_version: Option<u64>,
+    /// Its first read since start may adopt it (recovery).
+    adopt_check: bool,
 }
 
 impl Default for GroupState {
@@ -309,6 +493,12 @@ impl Default for GroupState {
             row_written: None,
             synced: None,
             failures: 0,
+            next_check: None,
+            drift_since: None,
+            overridden: None,
+            authorized: None,
+            known_version: None,
+            adopt_check: false,
         }
     }
 }
@@ -346,11 +536,22 @@ pub struct Reconciler {
     overflowed: bool,
     /// `BacklogFull` metrics not yet emitted.
     backlog_full_pending: u64,
+    budget: Budget,
+    /// A call waits for the budget until then.
+    budget_wait: Option<DateTime<Utc>>,
+    /// Groups in `Phase::Deferred`, oldest first.
+    deferred: VecDeque<GroupId>,
+    recovery: Recovery,
+    report: RecoveryReport,
+    /// The configured groups, checked for adoption if the rows cannot be read.
+    fallback_groups: Vec<GroupId>,
+    identity: Identity,
 }
 
 impl Reconciler {
     pub fn new(cfg: Arc<GenesysSettings>) -> Self {
         let driver = driver_for(cfg.driver, &cfg.guide);
+        let budget = Budget::new(cfg.limits.requests_per_minute, cfg.limits.burst);
         Self {
             cfg,
             driver,
@@ -364,6 +565,13 @@ impl Reconciler {
             our_app: None,
             overflowed: false,
             backlog_full_pending: 0,
+            budget,
+            budget_wait: None,
+            deferred: VecDeque::new(),
+            recovery: Recovery::Done,
+            report: RecoveryReport::default(),
+            fallback_groups: Vec::new(),
+            identity: Identity::default(),
         }
     }
 
@@ -390,11 +598,105 @@ impl Reconciler {
             }
             // Its next read sees the change.
             Phase::Queued(_) | Phase::Waiting { .. } => Marked::Coalesced,
-            Phase::InFlight(_) => {
+            Phase::InFlight(_) | Phase::Deferred { .. } => {
                 st.dirty = true;
                 Marked::Coalesced
             }
         }
+    }
+
+    /// An incident event changed the ledger for `group`: like
+    /// [`Reconciler::mark_dirty`], and its next read may write over a change
+    /// that was not ours (correction resumes at the next incident event).
+    pub fn mark_event(&mut self, group: &GroupId, now: DateTime<Utc>) -> Marked {
+        let st = self.groups.entry(group.clone()).or_default();
+        st.authorized = Some(st.authorized.map_or(now, |a| a.max(now)));
+        // Waiting out a grace or for our identity: the event decides now.
+        if let Phase::Waiting {
+            why: "grace" | "identity",
+            cycle,
+            ..
+        } = &st.phase
+        {
+            st.phase = Phase::Queued(cycle.clone());
+            self.ready.push_back(group.clone());
+            return Marked::Queued;
+        }
+        self.mark_dirty(group)
+    }
+
+    /// An explicit, authenticated `POST /emr/groups/{id}/resume`: the group
+    /// is no longer held and its next read writes what the incidents want.
+    /// Returns `false` for a group the reconciler has never driven (nothing
+    /// is kept for it, so requests cannot grow memory).
+    pub fn resume(&mut self, group: &GroupId, ledger: &Ledger, now: DateTime<Utc>) -> Vec<Effect> {
+        let mut cx = Cx {
+            ledger,
+            now,
+            fx: Vec::new(),
+        };
+        if !self.groups.contains_key(group) {
+            self.audit(
+                group,
+                "resume-unknown-group",
+                None,
+                json!({"detail": "no such group is driven; nothing to resume"}),
+                &mut cx,
+            );
+            return cx.fx;
+        }
+        let was = self
+            .groups
+            .get_mut(group)
+            .and_then(|st| st.overridden.take());
+        cx.metric(Metric::Resumed);
+        self.audit(
+            group,
+            "resumed",
+            None,
+            json!({"by": "POST /emr/groups/{id}/resume", "wasOverridden": was.is_some()}),
+            &mut cx,
+        );
+        self.mark_event(group, now);
+        self.pump(&mut cx);
+        cx.fx
+    }
+
+    /// Recovery at start (restart safety): nothing is written until the data
+    /// table's rows have been read (with `datatable.persist_incidents`); the
+    /// first read of every group a row names may adopt a group our client
+    /// left enabled. Without rows to read — no table, or the rows could not
+    /// be read — each of `groups` (the configured ones) is checked that way
+    /// instead. Call before the first `poll`.
+    pub fn start_recovery(&mut self, groups: &[GroupId]) {
+        self.report = RecoveryReport {
+            started: true,
+            ..RecoveryReport::default()
+        };
+        if self.cfg.persists_incidents() {
+            self.recovery = Recovery::Rows {
+                page: 1,
+                attempts: 0,
+                not_before: None,
+            };
+            self.fallback_groups = groups.to_vec();
+        } else {
+            self.recovery = Recovery::Done;
+            self.adopt_checks(groups);
+        }
+    }
+
+    /// The first read of each of `groups` may adopt it.
+    fn adopt_checks(&mut self, groups: &[GroupId]) {
+        for g in groups {
+            self.groups.entry(g.clone()).or_default().adopt_check = true;
+            self.mark_dirty(g);
+        }
+    }
+
+    /// Whether recovery still holds every write back.
+    pub fn is_recovering(&self) -> bool {
+        self.recovery != Recovery::Done
     }
 
     /// Marks every group the ledger knows (at start, or for a full check).
@@ -460,7 +762,7 @@ impl Reconciler {
     /// 429 pause ending, the token's refresh time, a call's deadline. `None`:
     /// nothing is scheduled (answers and `mark_dirty` drive it).
     pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
-        let has_work = !self.ready.is_empty();
+        let has_work = !self.ready.is_empty() || self.is_recovering() || self.identity.wanted;
         let waits = self.groups.values().filter_map(|st| match st.phase {
             Phase::Waiting { until, .. } => Some(until),
             _ => None,
@@ -468,16 +770,40 @@ impl Reconciler {
         let deadlines = self.ops.values().map(|op| op.deadline);
         // With every slot taken the token waits for an answer (which pumps);
         // during a pause, for the pause's end.
-        let token = if self.ops.len() < self.cfg.limits.max_in_flight && self.paused_until.is_none()
-        {
+        let free = self.ops.len() < self.cfg.limits.max_in_flight && self.paused_until.is_none();
+        let token = if free {
             self.token.wakeup(has_work)
         } else {
             None
         };
+        // Checks wait for the recovery and the pause (which wake us anyway).
+        let checks = self
+            .groups
+            .values()
+            .filter(|st| st.phase == Phase::Idle)
+            .filter_map(|st| st.next_check)
+            .filter(|_| !self.is_recovering() && self.paused_until.is_none())
+            .min();
+        let rows = match self.recovery {
+            Recovery::Rows {
+                not_before: Some(t),
+                ..
+            } => Some(t),
+            _ => None,
+        };
+        let identity = self
+            .identity
+            .retry_at
+            .filter(|_| self.identity.wanted && !self.identity.fetching);
+        let budget = self.budget_wait.filter(|_| free);
         waits
             .chain(deadlines)
             .chain(self.paused_until)
             .chain(token)
+            .chain(checks)
+            .chain(rows)
+            .chain(identity)
+            .chain(budget)
             .min()
     }
 
@@ -538,7 +864,31 @@ impl Reconciler {
             "backlog": self.ready.len(),
             "rateLimit": self.rate_limit,
             "ourApp": self.our_app,
+            "budget": {
+                "perMinute": self.cfg.limits.requests_per_minute,
+                "burst": self.cfg.limits.burst,
+                "windowMax": self.budget.window_max(),
+                "available": self.budget.available(now),
+                "waitUntil": self.budget_wait.filter(|w| *w > now).map(rfc3339),
+            },
+            "watchdog": self.cfg.watchdog.view(),
+            "recovery": self.recovery_view(),
             "groups": groups,
+        })
+    }
+
+    fn recovery_view(&self) -> Value {
+        let phase = match (&self.recovery, self.report.started) {
+            (Recovery::Done, false) => "not-needed",
+            (Recovery::Done, true) => "done",
+            (Recovery::Rows { .. } | Recovery::Reading, _) => "reading-rows",
+        };
+        json!({
+            "phase": phase,
+            "rowGroups": self.report.groups,
+            "persistedIncidents": self.report.persisted_incidents,
+            "adoptedGroups": self.report.adopted,
+            "detail": self.report.detail,
         })
     }
 
@@ -559,6 +909,7 @@ impl Reconciler {
             "openIncidents": incidents,
             "queues": d.queues,
             "phase": "idle",
+            "overridden": false,
         });
         let (Some(obj), Some(st)) = (v.as_object_mut(), st) else {
             return v;
@@ -576,9 +927,35 @@ impl Reconciler {
                 }
                 "in-flight"
             }
+            Phase::Deferred { .. } => "deferred",
         };
         obj.insert("phase".into(), phase.into());
         obj.insert("dirty".into(), st.dirty.into());
+        obj.insert("overridden".into(), st.overridden.is_some().into());
+        if let Some(o) = &st.overridden {
+            obj.insert(
+                "override".into(),
+                json!({
+                    "since": rfc3339(o.since),
+                    "enabled": o.enabled,
+                    "version": o.version,
+                    "dateModified": o.date_modified,
+                    "modifiedBy": o.modified_by,
+                    "modifiedByApp": o.modified_by_app,
+                    "resume": format!("POST /emr/groups/{g}/resume, or the next incident event for this group"),
+                }),
+            );
+        }
+        if let Some(since) = st.drift_since {
+            let correct_at = since + self.cfg.watchdog.grace;
+            obj.insert(
+                "drift".into(),
+                json!({"since": rfc3339(since), "correctAt": rfc3339(correct_at)}),
+            );
+        }
+        if let Some(next) = st.next_check {
+            obj.insert("nextCheck".into(), rfc3339(next).into());
+        }
         obj.insert(
             "observed".into(),
             st.observed.as_ref().map_or(Value::Null, |o| {
@@ -678,8 +1055,12 @@ impl Reconciler {
             }
             self.paused_until = None;
         }
+        if self.budget_wait.is_some_and(|w| w <= now) {
+            self.budget_wait = None;
+        }
         let max = self.cfg.limits.max_in_flight;
-        if self.ops.len() < max && self.token.needs_fetch(now, !self.ready.is_empty()) {
+        let has_work = !self.ready.is_empty() || self.is_recovering() || self.identity.wanted;
+        if self.ops.len() < max && self.token.needs_fetch(now, has_work) && self.take_budget(cx) {
             let op = self.alloc_op();
             let call = self.token.start(op, &self.cfg);
             self.insert_op(op, OpKind::Token, now);
@@ -693,14 +1074,62 @@ impl Reconciler {
             }
             return;
         }
-        while self.ops.len() < max && self.token.bearer(now).is_some() {
+        if self.token.bearer(now).is_none() {
+            return;
+        }
+        if let Recovery::Rows {
+            page,
+            attempts,
+            not_before,
+        } = self.recovery
+        {
+            if not_before.is_none_or(|t| t <= now) && self.ops.len() < max {
+                self.send_rows(page, attempts, cx);
+            }
+        }
+        let identity_due = self.identity.wanted
+            && !self.identity.fetching
+            && self.identity.retry_at.is_none_or(|t| t <= now);
+        if identity_due && self.ops.len() < max {
+            self.send_identity(cx);
+        }
+        if self.is_recovering() {
+            // Nothing is written (or read for a decision) before the rows.
+            return;
+        }
+        // Writes that wait for the budget go before any new read.
+        while self.ops.len() < max && self.budget_wait.is_none() {
+            let Some(g) = self.deferred.pop_front() else {
+                break;
+            };
+            let Some(st) = self.groups.get_mut(&g) else {
+                continue;
+            };
+            let (cycle, step, req) = match std::mem::replace(&mut st.phase, Phase::Idle) {
+                Phase::Deferred { cycle, step, req } => (cycle, step, req),
+                other => {
+                    st.phase = other;
+                    continue;
+                }
+            };
+            self.send(&g, cycle, step, req, cx);
+            if matches!(self.phase(&g), Some(Phase::Deferred { .. })) {
+                // Still no budget: keep its place.
+                if let Some(back) = self.deferred.pop_back() {
+                    self.deferred.push_front(back);
+                }
+                break;
+            }
+        }
+        self.schedule_checks(now);
+        while self.ops.len() < max && self.budget_wait.is_none() && self.deferred.is_empty() {
             let Some(g) = self.ready.pop_front() else {
                 break;
             };
             let Some(st) = self.groups.get_mut(&g) else {
                 continue;
             };
-            let cycle = match std::mem::replace(&mut st.phase, Phase::Idle) {
+            let mut cycle = match std::mem::replace(&mut st.phase, Phase::Idle) {
                 Phase::Queued(c) => c,
                 other => {
                     // A stale entry: the group moved on already.
@@ -708,12 +1137,183 @@ impl Reconciler {
                     continue;
                 }
             };
+            // An incident event or resume since the last read: this cycle
+            // may write over a change that was not ours. Later ones are for
+            // the next cycle.
+            if let Some(at) = st.authorized.take() {
+                cycle.authorized = true;
+                cycle.authorized_at = Some(cycle.authorized_at.map_or(at, |a| a.max(at)));
+            }
             self.send_read(&g, cycle, cx);
             if matches!(self.phase(&g), Some(Phase::Queued(_))) {
                 // It could not go out after all; try again on the next pump.
                 break;
             }
         }
+    }
+
+    /// Queues the watchdog's due checks, while the budget keeps its reserve
+    /// for transitions and the backlog has room; a check that cannot start
+    /// now is pushed back rather than left due.
+    fn schedule_checks(&mut self, now: DateTime<Utc>) {
+        let reserve = self.check_reserve();
+        let mut queued_checks = self
+            .ready
+            .iter()
+            .filter(|g| matches!(self.phase(g), Some(Phase::Queued(c)) if c.check))
+            .count();
+        let due: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, st)| st.phase == Phase::Idle && st.next_check.is_some_and(|t| t <= now))
+            .map(|(g, _)| g.clone())
+            .collect();
+        for g in due {
+            let available = usize::try_from(self.budget.available(now)).unwrap_or(0);
+            let later = if self.ready.len() >= self.cfg.limits.max_backlog {
+                Some(now + self.cfg.watchdog.converging)
+            } else if available < reserve + queued_checks {
+                let need = u32::try_from(reserve + queued_checks).unwrap_or(u32::MAX);
+                Some(
+                    self.budget
+                        .ready_at(now, need)
+                        .unwrap_or(now + self.cfg.watchdog.period),
+                )
+            } else {
+                None
+            };
+            let Some(st) = self.groups.get_mut(&g) else {
+                continue;
+            };
+            match later {
+                Some(t) => st.next_check = Some(t.max(now + Duration::milliseconds(1))),
+                None => {
+                    st.next_check = None;
+                    st.phase = Phase::Queued(Cycle {
+                        check: true,
+                        ..Cycle::default()
+                    });
+                    self.ready.push_back(g);
+                    queued_checks += 1;
+                }
+            }
+        }
+    }
+
+    /// Calls a routine check leaves in the bucket for transitions: half the
+    /// burst (at least one).
+    fn check_reserve(&self) -> usize {
+        usize::try_from(self.cfg.limits.burst / 2)
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Spends one call from the budget, or notes when the next one comes.
+    fn take_budget(&mut self, cx: &mut Cx<'_>) -> bool {
+        if self.budget.try_take(cx.now) {
+            return true;
+        }
+        if self.budget_wait.is_none() {
+            cx.metric(Metric::BudgetWait);
+        }
+        self.budget_wait = Some(
+            self.budget
+                .ready_at(cx.now, 1)
+                .unwrap_or(cx.now + Duration::seconds(1)),
+        );
+        false
+    }
+
+    /// The headers of every API call.
+    fn api_call(&self, op: OpId, req: Request, authorization: String) -> HttpCall {
+        HttpCall {
+            op,
+            cluster: self.cfg.api.cluster.clone(),
+            method: req.method,
+            path: req.path,
+            authority: self.cfg.api.authority.clone(),
+            headers: vec![
+                ("authorization".to_owned(), authorization),
+                ("content-type".to_owned(), "application/json".to_owned()),
+                ("accept".to_owned(), "application/json".to_owned()),
+                ("user-agent".to_owned(), USER_AGENT.to_owned()),
+            ],
+            body: req.body,
+            timeout_ms: self.cfg.limits.call_timeout_ms,
+        }
+    }
+
+    /// Reads a page of the data table's rows (recovery).
+    fn send_rows(&mut self, page: u32, attempts: u32, cx: &mut Cx<'_>) {
+        let Some(dt) = &self.cfg.datatable else {
+            self.recovery = Recovery::Done;
+            return;
+        };
+        let path = recovery::rows_path(&dt.id, page);
+        let Some((authorization, generation)) = self
+            .token
+            .bearer(cx.now)
+            .map(|b| (b.header_value(), b.generation))
+        else {
+            return;
+        };
+        if !self.take_budget(cx) {
+            return;
+        }
+        let op = self.alloc_op();
+        let call = self.api_call(
+            op,
+            Request {
+                method: "GET",
+                path,
+                body: None,
+            },
+            authorization,
+        );
+        self.insert_op(
+            op,
+            OpKind::Rows {
+                page,
+                attempts,
+                token_generation: generation,
+            },
+            cx.now,
+        );
+        self.recovery = Recovery::Reading;
+        cx.fx.push(Effect::Call(call));
+    }
+
+    /// Asks Genesys for our OAuth client's name (`GET /api/v2/tokens/me`).
+    fn send_identity(&mut self, cx: &mut Cx<'_>) {
+        let Some((authorization, generation)) = self
+            .token
+            .bearer(cx.now)
+            .map(|b| (b.header_value(), b.generation))
+        else {
+            return;
+        };
+        if !self.take_budget(cx) {
+            return;
+        }
+        let op = self.alloc_op();
+        let call = self.api_call(
+            op,
+            Request {
+                method: "GET",
+                path: "/api/v2/tokens/me".to_owned(),
+                body: None,
+            },
+            authorization,
+        );
+        self.insert_op(
+            op,
+            OpKind::Identity {
+                token_generation: generation,
+            },
+            cx.now,
+        );
+        self.identity.fetching = true;
+        cx.fx.push(Effect::Call(call));
     }
 
     fn phase(&self, g: &GroupId) -> Option<&Phase> {
@@ -768,22 +1368,19 @@ impl Reconciler {
         }
         let authorization = bearer.header_value();
         let generation = bearer.generation;
+        if !self.take_budget(cx) {
+            match step {
+                Step::Read => self.requeue_front(g, cycle),
+                Step::Act(_) => {
+                    self.groups.entry(g.clone()).or_default().phase =
+                        Phase::Deferred { cycle, step, req };
+                    self.deferred.push_back(g.clone());
+                }
+            }
+            return;
+        }
         let op = self.alloc_op();
-        let call = HttpCall {
-            op,
-            cluster: self.cfg.api.cluster.clone(),
-            method: req.method,
-            path: req.path,
-            authority: self.cfg.api.authority.clone(),
-            headers: vec![
-                ("authorization".to_owned(), authorization),
-                ("content-type".to_owned(), "application/json".to_owned()),
-                ("accept".to_owned(), "application/json".to_owned()),
-                ("user-agent".to_owned(), USER_AGENT.to_owned()),
-            ],
-            body: req.body,
-            timeout_ms: self.cfg.limits.call_timeout_ms,
-        };
+        let call = self.api_call(op, req, authorization);
         self.insert_op(
             op,
             OpKind::Group {
@@ -811,6 +1408,14 @@ impl Reconciler {
         };
         match op.kind {
             OpKind::Token => self.token_answered(&answer, body, op.sent_at, cx),
+            OpKind::Identity { token_generation } => {
+                self.identity_answered(token_generation, &answer, body, cx);
+            }
+            OpKind::Rows {
+                page,
+                attempts,
+                token_generation,
+            } => self.rows_answered(page, attempts, token_generation, &answer, body, cx),
             OpKind::Group {
                 group,
                 cycle,
@@ -864,6 +1469,170 @@ impl Reconciler {
                 })));
             }
         }
+    }
+
+    fn identity_answered(
+        &mut self,
+        token_generation: u64,
+        answer: &Answer,
+        body: &[u8],
+        cx: &mut Cx<'_>,
+    ) {
+        self.identity.fetching = false;
+        let name = match answer.class {
+            AnswerClass::Success => serde_json::from_slice::<TokenInfo>(body)
+                .ok()
+                .and_then(|i| i.oauth_client)
+                .and_then(|c| c.name)
+                .filter(|n| !n.trim().is_empty()),
+            AnswerClass::Unauthorized => {
+                cx.metric(Metric::Failure(FailureKind::Unauthorized));
+                self.token.invalidate(token_generation);
+                return;
+            }
+            AnswerClass::RateLimited => {
+                cx.metric(Metric::Failure(FailureKind::RateLimited));
+                self.pause(answer, cx);
+                return;
+            }
+            other => {
+                cx.metric(Metric::Failure(FailureKind::of(other)));
+                None
+            }
+        };
+        match name {
+            Some(name) => {
+                self.identity = Identity::default();
+                self.our_app = Some(name.clone());
+                cx.fx.push(Effect::Audit(json!({
+                    "kind": "emr.genesys.identity",
+                    "at": rfc3339(cx.now),
+                    "decision": "identity",
+                    "ourApp": name,
+                    "genesys": answer.to_json(),
+                })));
+            }
+            None => {
+                // Groups that need it wait until the next try; without it a
+                // change by an unknown app is never written over.
+                self.identity.retry_at = Some(cx.now + Duration::seconds(IDENTITY_RETRY_S));
+                cx.fx.push(Effect::Audit(json!({
+                    "kind": "emr.genesys.identity",
+                    "at": rfc3339(cx.now),
+                    "decision": "identity-unknown",
+                    "detail": "GET /api/v2/tokens/me did not name our OAuth client",
+                    "genesys": answer.to_json(),
+                })));
+            }
+        }
+    }
+
+    fn rows_answered(
+        &mut self,
+        page: u32,
+        attempts: u32,
+        token_generation: u64,
+        answer: &Answer,
+        body: &[u8],
+        cx: &mut Cx<'_>,
+    ) {
+        if answer.class != AnswerClass::Success {
+            cx.metric(Metric::Failure(FailureKind::of(answer.class)));
+        }
+        let retry = |attempts: u32, not_before: Option<DateTime<Utc>>| Recovery::Rows {
+            page,
+            attempts,
+            not_before,
+        };
+        match answer.class {
+            AnswerClass::Success => match recovery::parse_rows_page(body) {
+                Ok(rows) => {
+                    for bad in &rows.unreadable {
+                        cx.fx.push(Effect::Audit(json!({
+                            "kind": "emr.recovery",
+                            "at": rfc3339(cx.now),
+                            "decision": "row-unreadable",
+                            "detail": bad,
+                        })));
+                    }
+                    let more = rows.has_more();
+                    for doc in rows.groups {
+                        self.report.groups += 1;
+                        self.report.persisted_incidents += doc.o.len();
+                        for _ in &doc.o {
+                            cx.metric(Metric::Restored);
+                        }
+                        cx.fx.push(Effect::Audit(json!({
+                            "kind": "emr.recovery",
+                            "at": rfc3339(cx.now),
+                            "decision": "restore",
+                            "group": doc.g,
+                            "incidents": doc.o.iter().map(|p| p.key().to_string()).collect::<Vec<_>>(),
+                            "omitted": doc.m,
+                        })));
+                        self.groups.entry(doc.g.clone()).or_default().adopt_check = true;
+                        self.mark_dirty(&doc.g);
+                        cx.fx.push(Effect::Restore {
+                            group: doc.g,
+                            incidents: doc.o,
+                        });
+                    }
+                    if more {
+                        self.recovery = Recovery::Rows {
+                            page: page + 1,
+                            attempts: 0,
+                            not_before: None,
+                        };
+                    } else {
+                        self.finish_recovery(None, cx);
+                    }
+                }
+                Err(e) => self.finish_recovery(Some(e), cx),
+            },
+            AnswerClass::Unauthorized if attempts + 1 < MAX_ROWS_ATTEMPTS => {
+                self.token.invalidate(token_generation);
+                self.recovery = retry(attempts + 1, None);
+            }
+            AnswerClass::RateLimited => {
+                self.pause(answer, cx);
+                self.recovery = retry(attempts, None);
+            }
+            AnswerClass::ServerError | AnswerClass::Transport | AnswerClass::VersionConflict
+                if attempts + 1 < MAX_ROWS_ATTEMPTS =>
+            {
+                let until = cx.now + backoff(&self.cfg, attempts + 1);
+                self.recovery = retry(attempts + 1, Some(until));
+            }
+            _ => {
+                let detail = format!(
+                    "could not read the data table's rows: {}",
+                    answer.describe()
+                );
+                self.finish_recovery(Some(detail), cx);
+            }
+        }
+    }
+
+    /// Recovery is over: reconciles may write from now on. Without the rows,
+    /// the configured groups are checked for adoption instead.
+    fn finish_recovery(&mut self, problem: Option<String>, cx: &mut Cx<'_>) {
+        self.recovery = Recovery::Done;
+        let fallback = std::mem::take(&mut self.fallback_groups);
+        if problem.is_some() {
+            self.adopt_checks(&fallback);
+        }
+        let detail = problem.map(|p| {
+            format!("{p}; going on without them (groups our client left enabled are adopted)")
+        });
+        self.report.detail.clone_from(&detail);
+        cx.fx.push(Effect::Audit(json!({
+            "kind": "emr.recovery",
+            "at": rfc3339(cx.now),
+            "decision": "recovered",
+            "groups": self.report.groups,
+            "persistedIncidents": self.report.persisted_incidents,
+            "detail": detail,
+        })));
     }
 
     /// Pauses every call until the 429's `Retry-After` (or the default).
@@ -1015,15 +1784,23 @@ impl Reconciler {
             }
         };
         cycle.genesys = Some(genesys_ref(answer, &observed));
+        if cycle.check && cycle.reads == 0 {
+            cx.metric(Metric::Checked);
+        }
+        let changed_in_cycle = cycle.reads > 0 && observed.version != cycle.first_version;
+        if cycle.reads == 0 {
+            cycle.first_version = observed.version;
+        }
+        cycle.reads = cycle.reads.saturating_add(1);
         let before = observed_json(&observed);
         let target = self.target(g, cx.ledger);
         let decision = self.driver.decide(g, &observed, &target);
         {
             let st = self.groups.entry(g.clone()).or_default();
-            st.observed = Some(observed);
+            st.observed = Some(observed.clone());
             st.observed_at = Some(cx.now);
         }
-        let group_write = match decision {
+        let (group_write, then) = match decision {
             Decision::Refuse(reason) => {
                 self.fail(g, reason, Some(answer), cx);
                 return;
@@ -1043,10 +1820,28 @@ impl Reconciler {
                 }
                 return;
             }
-            Decision::InSync => None,
-            Decision::Write(req) => Some(req),
+            Decision::InSync => {
+                self.accept_in_sync(g, &observed, cx);
+                (None, Then::Settle)
+            }
+            Decision::Write(req) => {
+                match self.judge_read(
+                    g,
+                    cycle.clone(),
+                    changed_in_cycle,
+                    &observed,
+                    &target,
+                    answer,
+                    cx,
+                ) {
+                    Some(Then::Settle) => (Some(req), Then::Settle),
+                    Some(then) => (None, then),
+                    // Adopted, or waiting to learn whose change it is.
+                    None => return,
+                }
+            }
         };
-        let row = self.row_to_write(g, &target, cx.now);
+        let row = self.row_to_write(g, &target, cx.ledger, cx.now);
         let mut actions = Vec::new();
         if target.enabled {
             // Queues first, so a flow on the emergency path finds them.
@@ -1056,35 +1851,368 @@ impl Reconciler {
             actions.extend(group_write.map(Action::Group));
             actions.extend(row.map(|row| Action::Row { row, create: false }));
         }
-        let decision = match (
-            actions.len(),
-            actions.iter().any(|a| matches!(a, Action::Group(_))),
-        ) {
-            (0, _) => "in-sync",
-            (_, true) => "write",
-            (_, false) => "write-row",
+        let writes_group = actions.iter().any(|a| matches!(a, Action::Group(_)));
+        let decision = match (&then, actions.len(), writes_group) {
+            (Then::Settle, 0, _) => Some("in-sync"),
+            (_, 0, _) => None,
+            (_, _, true) => Some("write"),
+            (_, _, false) => Some("write-row"),
         };
-        self.audit(
-            g,
-            decision,
-            Some(answer),
-            json!({"before": before, "target": target_json(&target)}),
-            cx,
-        );
+        if let Some(decision) = decision {
+            self.audit(
+                g,
+                decision,
+                Some(answer),
+                json!({"before": before, "target": target_json(&target)}),
+                cx,
+            );
+        }
         let mut actions = actions.into_iter();
         match actions.next() {
-            None => {
-                cx.metric(Metric::InSync);
-                self.settle_applied(g, cycle, target, "in-sync", cx);
-            }
+            None => self.finish(g, cycle, target, then, "in-sync", cx),
             Some(action) => {
                 let act = Act {
                     action,
                     rest: actions.collect(),
                     target,
                     before,
+                    then,
                 };
                 self.act(g, cycle, act, cx);
+            }
+        }
+    }
+
+    /// A read found Genesys as the incidents want it: any drift is over, any
+    /// override has nothing left to protect, and the version is accepted.
+    fn accept_in_sync(&mut self, g: &GroupId, observed: &Observed, cx: &mut Cx<'_>) {
+        let (drift, held) = {
+            let st = self.groups.entry(g.clone()).or_default();
+            st.known_version = observed.version;
+            st.adopt_check = false;
+            (st.drift_since.take(), st.overridden.take())
+        };
+        if let Some(since) = drift {
+            self.audit(
+                g,
+                "drift-ended",
+                None,
+                json!({"driftSince": rfc3339(since), "detail": "Genesys is back as wanted without a write"}),
+                cx,
+            );
+        }
+        if held.is_some() {
+            self.audit(
+                g,
+                "override-ended",
+                None,
+                json!({"detail": "Genesys matches what the incidents want again"}),
+                cx,
+            );
+        }
+    }
+
+    /// A read differs from the target: [`watchdog::judge`] decides. `Some`
+    /// says how the cycle ends (with the group write only for
+    /// `Then::Settle`); `None` means it was handled here (adopted, or
+    /// waiting to learn our client's name).
+    #[allow(clippy::too_many_arguments)]
+    fn judge_read(
+        &mut self,
+        g: &GroupId,
+        cycle: Cycle,
+        changed_in_cycle: bool,
+        observed: &Observed,
+        target: &Target,
+        answer: &Answer,
+        cx: &mut Cx<'_>,
+    ) -> Option<Then> {
+        let writer = watchdog::writer(
+            observed.modified_by_app.as_deref(),
+            &self.cfg.client_id,
+            self.our_app.as_deref(),
+        );
+        let tracks_queues = self.driver.tracks_queues();
+        let grace = self.cfg.watchdog.grace;
+        let mut authorized = cycle.authorized;
+        if authorized {
+            // The event (or resume) decides only over changes made before it.
+            // A change by someone else after it — seen as a version that
+            // moved during this cycle (a 409), or stamped later than the
+            // event — is that person's last word.
+            let known = self.groups.get(g).and_then(|st| st.known_version);
+            let stamped_after = cycle.authorized_at.is_some_and(|at| {
+                observed.version != known
+                    && modified_after(observed.date_modified.as_deref(), at + AFTER_EVENT_MARGIN)
+            });
+            if changed_in_cycle || stamped_after {
+                match writer {
+                    watchdog::Writer::Ours => {}
+                    watchdog::Writer::Foreign => {
+                        authorized = false;
+                        self.audit(
+                            g,
+                            "authority-void",
+                            Some(answer),
+                            json!({"detail": "changed by someone else after the incident event; that change is not written over"}),
+                            cx,
+                        );
+                    }
+                    watchdog::Writer::Unknown => {
+                        return self.wait_for_identity(g, cycle, answer, cx);
+                    }
+                }
+            }
+        }
+        let (verdict, was_held) = {
+            let st = self.groups.entry(g.clone()).or_default();
+            let transition = st.synced.as_ref().is_none_or(|s| {
+                s.enabled != target.enabled || (tracks_queues && s.queues != target.queues)
+            });
+            let facts = Facts {
+                authorized,
+                adopt_check: st.adopt_check,
+                overridden: st.overridden.is_some(),
+                transition,
+                observed_enabled: observed.enabled,
+                target_enabled: target.enabled,
+                new_version: observed.version.is_some() && observed.version != st.known_version,
+                writer,
+                drift_since: st.drift_since,
+                now: cx.now,
+                grace,
+            };
+            let verdict = watchdog::judge(&facts);
+            if verdict != Verdict::NeedIdentity {
+                st.adopt_check = false;
+            }
+            (verdict, st.overridden.is_some())
+        };
+        let who = observed
+            .modified_by_app
+            .clone()
+            .unwrap_or_else(|| "a person (no modifiedByApp)".to_owned());
+        let held_reason = format!(
+            "held: emergency group {g} was changed in Genesys by {who}; emr-edge does not \
+             write over it until the next incident event or POST /emr/groups/{g}/resume"
+        );
+        match verdict {
+            Verdict::Write { corrects_drift } => {
+                let drift = {
+                    let st = self.groups.entry(g.clone()).or_default();
+                    st.overridden = None;
+                    st.drift_since.take()
+                };
+                if was_held {
+                    cx.metric(Metric::Resumed);
+                    self.audit(
+                        g,
+                        "override-lifted",
+                        Some(answer),
+                        json!({"by": "incident event"}),
+                        cx,
+                    );
+                }
+                if corrects_drift {
+                    cx.metric(Metric::Corrected);
+                    self.audit(
+                        g,
+                        "correct-drift",
+                        Some(answer),
+                        json!({
+                            "driftSince": drift.map(rfc3339),
+                            "graceSeconds": grace.num_seconds(),
+                            "observed": observed_json(observed),
+                            "target": target_json(target),
+                        }),
+                        cx,
+                    );
+                }
+                Some(Then::Settle)
+            }
+            Verdict::Override => {
+                {
+                    let st = self.groups.entry(g.clone()).or_default();
+                    st.drift_since = None;
+                    st.overridden = Some(OverrideInfo {
+                        since: cx.now,
+                        enabled: observed.enabled,
+                        version: observed.version,
+                        date_modified: observed.date_modified.clone(),
+                        modified_by: observed.modified_by.clone(),
+                        modified_by_app: observed.modified_by_app.clone(),
+                    });
+                }
+                cx.metric(Metric::Overridden);
+                self.audit(
+                    g,
+                    "overridden",
+                    Some(answer),
+                    json!({
+                        "observed": observed_json(observed),
+                        "modifiedBy": observed.modified_by,
+                        "target": target_json(target),
+                        "detail": held_reason,
+                    }),
+                    cx,
+                );
+                Some(Then::Hold(held_reason))
+            }
+            Verdict::Hold => {
+                cx.metric(Metric::SkippedOverridden);
+                self.audit(
+                    g,
+                    "skipped-overridden",
+                    Some(answer),
+                    json!({"observed": observed_json(observed), "target": target_json(target)}),
+                    cx,
+                );
+                Some(Then::Hold(held_reason))
+            }
+            Verdict::Drift { since, correct_at } => {
+                let first = {
+                    let st = self.groups.entry(g.clone()).or_default();
+                    let first = st.drift_since.is_none();
+                    st.drift_since = Some(since);
+                    first
+                };
+                if first {
+                    cx.metric(Metric::DriftSeen);
+                    self.audit(
+                        g,
+                        "drift-seen",
+                        Some(answer),
+                        json!({
+                            "observed": observed_json(observed),
+                            "target": target_json(target),
+                            "correctAt": rfc3339(correct_at),
+                        }),
+                        cx,
+                    );
+                }
+                Some(Then::Grace(correct_at))
+            }
+            Verdict::Adopt => {
+                let Some(key) = recovery::adopted_key(g) else {
+                    return Some(Then::Hold(held_reason));
+                };
+                let expires_at =
+                    recovery::adopted_expiry(observed.date_modified.as_deref(), cx.now);
+                let detail = format!(
+                    "found enabled by {who} at start with no open incident persisted for it; \
+                     kept on until {}",
+                    rfc3339(expires_at)
+                );
+                self.report.adopted += 1;
+                cx.metric(Metric::Adopted);
+                self.audit(
+                    g,
+                    "adopted",
+                    Some(answer),
+                    json!({"incident": key.to_string(), "expiresAt": rfc3339(expires_at), "observed": observed_json(observed)}),
+                    cx,
+                );
+                cx.fx.push(Effect::Adopt {
+                    group: g.clone(),
+                    key,
+                    expires_at,
+                    detail,
+                });
+                // Read again once the glue has put the incident in the ledger.
+                let st = self.groups.entry(g.clone()).or_default();
+                st.phase = Phase::Queued(Cycle::default());
+                st.dirty = false;
+                self.ready.push_back(g.clone());
+                None
+            }
+            Verdict::NeedIdentity => self.wait_for_identity(g, cycle, answer, cx),
+        }
+    }
+
+    /// Whose change a read shows depends on our client's name: learn it
+    /// (`tokens/me`), then read again.
+    fn wait_for_identity(
+        &mut self,
+        g: &GroupId,
+        cycle: Cycle,
+        answer: &Answer,
+        cx: &mut Cx<'_>,
+    ) -> Option<Then> {
+        self.identity.wanted = true;
+        let until = self
+            .identity
+            .retry_at
+            .filter(|t| *t > cx.now)
+            .unwrap_or(cx.now + Duration::seconds(1));
+        let st = self.groups.entry(g.clone()).or_default();
+        st.phase = Phase::Waiting {
+            until,
+            cycle,
+            why: "identity",
+        };
+        st.dirty = false;
+        self.note(
+            g,
+            "identity",
+            Some("learning our OAuth client's name to tell whose change this is".into()),
+            Some(answer),
+            cx.now,
+        );
+        None
+    }
+
+    /// Ends a cycle once its writes (if any) are done.
+    fn finish(
+        &mut self,
+        g: &GroupId,
+        cycle: Cycle,
+        target: Target,
+        then: Then,
+        result: &'static str,
+        cx: &mut Cx<'_>,
+    ) {
+        match then {
+            Then::Settle => {
+                if result == "in-sync" {
+                    cx.metric(Metric::InSync);
+                    if cycle.check {
+                        cx.metric(Metric::CheckInSync);
+                    }
+                }
+                self.settle_applied(g, cycle, target, result, cx);
+            }
+            Then::Hold(reason) => {
+                self.note(g, "overridden", Some(reason.clone()), None, cx.now);
+                cx.fx.push(Effect::Settle {
+                    group: g.clone(),
+                    outcome: Settle::Failed(reason),
+                    genesys: cycle.genesys.clone(),
+                });
+                self.end_cycle(g, cx.now, cycle.wrote_group);
+            }
+            Then::Grace(at) => {
+                let st = self.groups.entry(g.clone()).or_default();
+                if std::mem::take(&mut st.dirty) {
+                    // The ledger changed meanwhile: reconcile again now.
+                    st.phase = Phase::Queued(Cycle::default());
+                    self.ready.push_back(g.clone());
+                } else {
+                    st.phase = Phase::Waiting {
+                        until: at,
+                        cycle: Cycle {
+                            check: true,
+                            ..Cycle::default()
+                        },
+                        why: "grace",
+                    };
+                }
+                self.note(
+                    g,
+                    "drift",
+                    Some(format!("corrected at {} unless it ends first", rfc3339(at))),
+                    None,
+                    cx.now,
+                );
             }
         }
     }
@@ -1124,7 +2252,7 @@ impl Reconciler {
                 Some(dt) => row_request(&dt.id, row, *create),
                 None => {
                     // Cannot happen: rows are only planned with a table.
-                    self.settle_applied(g, cycle, act.target, "applied", cx);
+                    self.finish(g, cycle, act.target, act.then, "applied", cx);
                     return;
                 }
             },
@@ -1146,6 +2274,7 @@ impl Reconciler {
             rest,
             target,
             before,
+            then,
         } = act;
         match action {
             Action::Group(_) => {
@@ -1170,7 +2299,11 @@ impl Reconciler {
                 if o.modified_by_app.is_some() {
                     self.our_app.clone_from(&o.modified_by_app);
                 }
+                cycle.wrote_group = true;
                 let st = self.groups.entry(g.clone()).or_default();
+                // Ours: the watchdog must not take it for someone else's.
+                st.known_version = o.version;
+                st.drift_since = None;
                 st.last_written = Some(WriteRecord {
                     at: cx.now,
                     enabled: target.enabled,
@@ -1207,10 +2340,11 @@ impl Reconciler {
                     rest: rest.collect(),
                     target,
                     before,
+                    then,
                 };
                 self.act(g, cycle, act, cx);
             }
-            None => self.settle_applied(g, cycle, target, "applied", cx),
+            None => self.finish(g, cycle, target, then, "applied", cx),
         }
     }
 
@@ -1252,7 +2386,7 @@ impl Reconciler {
             outcome: Settle::Applied,
             genesys,
         });
-        self.end_cycle(g);
+        self.end_cycle(g, cx.now, cycle.wrote_group);
     }
 
     /// The cycle failed for good: settle `Failed` with `reason`.
@@ -1274,12 +2408,15 @@ impl Reconciler {
             outcome: Settle::Failed(reason),
             genesys,
         });
-        self.end_cycle(g);
+        self.end_cycle(g, cx.now, false);
     }
 
-    /// Idle, or — if the ledger changed during the cycle — queued again.
-    fn end_cycle(&mut self, g: &GroupId) {
+    /// Idle until the watchdog's next check, or — if the ledger changed
+    /// during the cycle — queued again.
+    fn end_cycle(&mut self, g: &GroupId, now: DateTime<Utc>, wrote_group: bool) {
+        let next = self.cfg.watchdog.next_check(now, wrote_group);
         let st = self.groups.entry(g.clone()).or_default();
+        st.next_check = Some(next);
         if std::mem::take(&mut st.dirty) {
             st.phase = Phase::Queued(Cycle::default());
             self.ready.push_back(g.clone());
@@ -1392,7 +2529,13 @@ impl Reconciler {
     }
 
     /// The row to write for `target`, unless the last one written matches.
-    fn row_to_write(&self, g: &GroupId, target: &Target, now: DateTime<Utc>) -> Option<QueueRow> {
+    fn row_to_write(
+        &self,
+        g: &GroupId,
+        target: &Target,
+        ledger: &Ledger,
+        now: DateTime<Utc>,
+    ) -> Option<QueueRow> {
         let key = self.cfg.row_key_for(g)?;
         let row = QueueRow {
             key,
@@ -1400,6 +2543,10 @@ impl Reconciler {
             incident_ids: target.incidents.join(","),
             enabled: target.enabled,
             updated_at: rfc3339(now),
+            open_incidents: self
+                .cfg
+                .persists_incidents()
+                .then(|| recovery::encode(g, &ledger.open_incidents_of(g))),
         };
         let written = self.groups.get(g).and_then(|st| st.row_written.as_ref());
         match written {
@@ -1441,6 +2588,8 @@ fn target_json(t: &Target) -> Value {
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod watch;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod props;

@@ -87,6 +87,8 @@ impl Default for EnvoyOptions {
 /// A running Envoy.
 pub struct Envoy {
     child: Child,
+    /// The thread that started it, alive as long as Envoy runs (see [`Keeper`]).
+    keeper: Keeper,
     pub listen_port: u16,
     pub admin_port: u16,
     pub dir: PathBuf,
@@ -108,9 +110,10 @@ impl Envoy {
     pub fn start(options: EnvoyOptions) -> Envoy {
         let dir = scratch_dir();
         let (listen_port, admin_port) = (free_port(), free_port());
-        let child = spawn(&options, &dir, listen_port, admin_port);
+        let (child, keeper) = spawn(&options, &dir, listen_port, admin_port);
         let mut envoy = Envoy {
             child,
+            keeper,
             listen_port,
             admin_port,
             dir,
@@ -124,7 +127,9 @@ impl Envoy {
     /// same ports.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = spawn(&self.options, &self.dir, self.listen_port, self.admin_port);
+        let (child, keeper) = spawn(&self.options, &self.dir, self.listen_port, self.admin_port);
+        self.child = child;
+        self.keeper = keeper;
         self.wait_ready();
     }
 
@@ -212,7 +217,36 @@ impl Drop for Envoy {
     }
 }
 
-fn spawn(options: &EnvoyOptions, dir: &Path, listen_port: u16, admin_port: u16) -> Child {
+/// Keeps alive the thread that started Envoy. Envoy was seen to get SIGTERM
+/// when that thread ends (a parent-death signal is tied to the forking
+/// thread): a tokio blocking-pool thread ends after 10 s idle, which killed
+/// Envoy in the middle of longer tests. Dropping the keeper lets it end.
+pub struct Keeper(Option<std::sync::mpsc::Sender<()>>);
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        // Closing the channel wakes the thread, which then returns.
+        self.0.take();
+    }
+}
+
+fn spawn(options: &EnvoyOptions, dir: &Path, listen_port: u16, admin_port: u16) -> (Child, Keeper) {
+    let mut cmd = command(options, dir, listen_port, admin_port);
+    let (child_tx, child_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = child_tx.send(cmd.spawn());
+        // Parked until the keeper is dropped.
+        let _ = stop_rx.recv();
+    });
+    let child = child_rx
+        .recv()
+        .expect("the Envoy starter thread died")
+        .expect("cannot start Envoy");
+    (child, Keeper(Some(stop_tx)))
+}
+
+fn command(options: &EnvoyOptions, dir: &Path, listen_port: u16, admin_port: u16) -> Command {
     let template = std::fs::read_to_string(&options.template).expect("cannot read template");
     let yaml = render(
         &template,
@@ -243,7 +277,7 @@ fn spawn(options: &EnvoyOptions, dir: &Path, listen_port: u16, admin_port: u16) 
     for (k, v) in &options.env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("cannot start Envoy")
+    cmd
 }
 
 /// Runs `envoy --mode validate` on a rendered config; returns its output on failure.
@@ -370,6 +404,9 @@ pub fn merge(base: &mut Value, patch: &Value) {
     }
 }
 
+/// The value of every fake ITSM credential the harness passes to Envoy.
+pub const ITSM_FAKE_SECRET: &str = "e2e-itsm-secret-not-real";
+
 /// The simulator and an Envoy whose Genesys clusters point at it.
 pub struct Stack {
     pub sim: emr_sim::SimHandle,
@@ -409,6 +446,16 @@ impl Stack {
             env: vec![
                 ("EMR_GENESYS_CLIENT_ID".into(), credentials.0.into()),
                 ("EMR_GENESYS_CLIENT_SECRET".into(), credentials.1.into()),
+                // The ITSM status APIs' credentials: fake, for an `itsm`
+                // section a test may add (the sim does not check them).
+                ("EMR_PAGERDUTY_API_TOKEN".into(), ITSM_FAKE_SECRET.into()),
+                ("EMR_SERVICENOW_API_USER".into(), "emr-edge".into()),
+                (
+                    "EMR_SERVICENOW_API_PASSWORD".into(),
+                    ITSM_FAKE_SECRET.into(),
+                ),
+                ("EMR_JIRA_API_USER".into(), "emr-edge@example.com".into()),
+                ("EMR_JIRA_API_TOKEN".into(), ITSM_FAKE_SECRET.into()),
             ],
             ..EnvoyOptions::default()
         };
@@ -446,6 +493,44 @@ impl Stack {
         r.json().await.unwrap_or(Value::Null)
     }
 
+    /// Posts `body` to `path` (any intake route) and returns the answer.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.envoy.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("intake unreachable")
+    }
+
+    /// `POST /emr/groups/{group}/resume`; returns the status and the body.
+    pub async fn resume(&self, group: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.envoy.url(&format!("/emr/groups/{group}/resume")))
+            .send()
+            .await
+            .expect("resume unreachable");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// One group's entry of `GET /emr/state` (`Null` when absent).
+    pub async fn group_state(&self, group: &str) -> Value {
+        self.state().await["groups"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|g| g["id"] == group).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Kills Envoy (every bit of shared data and VM memory is gone) and
+    /// starts it again on the same ports; the sim keeps running.
+    pub fn restart_envoy(&mut self) {
+        let envoy = &mut self.envoy;
+        tokio::task::block_in_place(|| envoy.restart());
+    }
+
     pub async fn state(&self) -> Value {
         let r = self
             .http
@@ -472,6 +557,11 @@ impl Stack {
             .filter(|r| r.method == method && r.path.starts_with(prefix))
             .collect()
     }
+}
+
+/// Milliseconds since the UNIX epoch, as the sim's request log stamps them.
+pub fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
 }
 
 /// Polls `check` every 20 ms until it holds or `within` passes; returns

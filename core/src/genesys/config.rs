@@ -28,6 +28,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{GroupId, IncidentEvent, IncidentType};
+use crate::watchdog::{WatchdogConfig, WatchdogSettings, MIN_PERIOD_SECONDS};
 
 /// Which API drives the emergency switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -91,6 +92,9 @@ pub struct GenesysConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub guide: GuideConfig,
+    /// Re-reads, drift correction and people-win ([`crate::watchdog`]).
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
 }
 
 fn default_login_cluster() -> String {
@@ -118,6 +122,15 @@ pub struct DatatableConfig {
     /// Explicit row keys for some groups.
     #[serde(default)]
     pub rows_by_group: BTreeMap<String, String>,
+    /// Keep each group's open incidents in the row's `openIncidents` column
+    /// so a restart can rebuild them ([`crate::recovery`]). Turn off only for
+    /// a table without that column.
+    #[serde(default = "yes")]
+    pub persist_incidents: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Limits on what the reconciler does toward Genesys.
@@ -143,6 +156,10 @@ pub struct LimitsConfig {
     pub token_refresh_percent: u8,
     /// After the login host refuses the credentials, ask again no sooner.
     pub bad_credentials_retry_s: u64,
+    /// The request budget ([`super::budget`]): calls a minute, sustained…
+    pub requests_per_minute: u32,
+    /// …and at once. No 60-second window holds more than the sum.
+    pub burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -158,6 +175,8 @@ impl Default for LimitsConfig {
             retry_after_max_s: 900,
             token_refresh_percent: 85,
             bad_credentials_retry_s: 300,
+            requests_per_minute: 120,
+            burst: 20,
         }
     }
 }
@@ -285,6 +304,8 @@ pub struct Limits {
     pub retry_after_max_s: u64,
     pub token_refresh_percent: u8,
     pub bad_credentials_retry_s: u64,
+    pub requests_per_minute: u32,
+    pub burst: u32,
 }
 
 /// The guide driver's settings, validated.
@@ -301,6 +322,7 @@ pub struct DatatableSettings {
     pub id: String,
     pub row_key: String,
     pub rows_by_group: BTreeMap<GroupId, String>,
+    pub persist_incidents: bool,
 }
 
 /// The compiled `genesys` section. Immutable; shared as `Arc<GenesysSettings>`.
@@ -316,6 +338,7 @@ pub struct GenesysSettings {
     pub datatable: Option<DatatableSettings>,
     pub limits: Limits,
     pub guide: GuideSettings,
+    pub watchdog: WatchdogSettings,
 }
 
 /// Reads an environment variable for the compile step.
@@ -353,6 +376,26 @@ impl GenesysSettings {
             return Some(dt.row_key.replace("{group}", group.as_str()));
         }
         (group == &self.default_group).then(|| dt.row_key.clone())
+    }
+
+    /// Every group the config names: the default, the incident types'
+    /// explicit rows and `watchdog.groups`. They are read at start (restart
+    /// recovery) and watched from then on.
+    pub fn configured_groups(&self) -> Vec<GroupId> {
+        let mut groups = vec![self.default_group.clone()];
+        groups.extend(self.groups_by_incident_type.values().cloned());
+        if let Some(dt) = &self.datatable {
+            groups.extend(dt.rows_by_group.keys().cloned());
+        }
+        groups.extend(self.watchdog.groups.iter().cloned());
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
+    /// Whether rows carry the open incidents for a restart.
+    pub fn persists_incidents(&self) -> bool {
+        self.datatable.as_ref().is_some_and(|d| d.persist_incidents)
     }
 
     /// `Basic base64(id:secret)` for the token request.
@@ -454,6 +497,7 @@ impl GenesysConfig {
                     id: dt.id,
                     row_key: dt.row_key,
                     rows_by_group,
+                    persist_incidents: dt.persist_incidents,
                 })
             }
         };
@@ -494,10 +538,40 @@ impl GenesysConfig {
             1,
             86_400,
         )?;
+        in_range("limits.requests_per_minute", l.requests_per_minute, 1, 300)?;
+        in_range("limits.burst", l.burst, 1, 300)?;
         let g = self.guide;
         in_range("guide.priority", g.priority, 1, 1_000)?;
         in_range("guide.pending_poll_ms", g.pending_poll_ms, 10, 60_000)?;
         in_range("guide.max_pending_reads", g.max_pending_reads, 1, 1_000)?;
+        let w = self.watchdog;
+        in_range(
+            "watchdog.period_seconds",
+            w.period_seconds,
+            MIN_PERIOD_SECONDS,
+            86_400,
+        )?;
+        in_range(
+            "watchdog.converging_seconds",
+            w.converging_seconds,
+            1,
+            w.period_seconds,
+        )?;
+        in_range("watchdog.grace_seconds", w.grace_seconds, 0, 3_600)?;
+        if w.groups.len() > 256 {
+            return Err(ConfigError::new("watchdog.groups", "at most 256 groups"));
+        }
+        let mut watched = Vec::new();
+        for (i, group) in w.groups.iter().enumerate() {
+            let field = format!("watchdog.groups[{i}]");
+            watched.push(GroupId::parse(group).map_err(|e| ConfigError::new(&field, e.0))?);
+        }
+        let watchdog = WatchdogSettings {
+            period: chrono::Duration::seconds(i64::from(w.period_seconds)),
+            converging: chrono::Duration::seconds(i64::from(w.converging_seconds)),
+            grace: chrono::Duration::seconds(i64::from(w.grace_seconds)),
+            groups: watched,
+        };
 
         Ok(GenesysSettings {
             login: Endpoint {
@@ -525,12 +599,15 @@ impl GenesysConfig {
                 retry_after_max_s: l.retry_after_max_s,
                 token_refresh_percent: l.token_refresh_percent,
                 bad_credentials_retry_s: l.bad_credentials_retry_s,
+                requests_per_minute: l.requests_per_minute,
+                burst: l.burst,
             },
             guide: GuideSettings {
                 priority: g.priority,
                 pending_poll_ms: g.pending_poll_ms,
                 max_pending_reads: g.max_pending_reads,
             },
+            watchdog,
         })
     }
 }
@@ -545,7 +622,7 @@ fn resolve_region(r: &str) -> Option<&'static str> {
 }
 
 /// `host[:port]` with no scheme, path or credentials.
-fn check_authority(h: &str) -> Result<(), String> {
+pub(crate) fn check_authority(h: &str) -> Result<(), String> {
     if h.contains("://") {
         return Err("give a host name (`api.mypurecloud.com`), without a scheme".to_owned());
     }
@@ -769,6 +846,67 @@ pub(crate) mod tests {
         };
         let e = GenesysSettings::from_json(&base(), &bad_id).unwrap_err();
         assert_eq!(e.field, "client_id_env");
+    }
+
+    #[test]
+    fn watchdog_budget_and_persistence_have_safe_defaults_and_bounds() {
+        let s = compile(base()).unwrap();
+        assert_eq!(s.watchdog.period, chrono::Duration::seconds(30));
+        assert_eq!(s.watchdog.converging, chrono::Duration::seconds(5));
+        assert_eq!(s.watchdog.grace, chrono::Duration::seconds(10));
+        assert_eq!(s.limits.requests_per_minute, 120);
+        assert_eq!(s.limits.burst, 20);
+        assert!(
+            s.limits.requests_per_minute + s.limits.burst < 150,
+            "the defaults stay under half of Genesys's 300 a minute"
+        );
+        assert!(!s.persists_incidents());
+        let e = compile(with(base(), "watchdog", json!({"period_seconds": 4}))).unwrap_err();
+        assert_eq!(e.field, "watchdog.period_seconds");
+        assert!(e.message.contains("between 5 and"), "{e}");
+        let e = compile(with(
+            base(),
+            "watchdog",
+            json!({"period_seconds": 10, "converging_seconds": 11}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "watchdog.converging_seconds");
+        let e = compile(with(base(), "watchdog", json!({"grace_seconds": 3601}))).unwrap_err();
+        assert_eq!(e.field, "watchdog.grace_seconds");
+        let e = compile(with(base(), "watchdog", json!({"groups": ["ok", ""]}))).unwrap_err();
+        assert_eq!(e.field, "watchdog.groups[1]");
+        let e = compile(with(base(), "limits", json!({"requests_per_minute": 301}))).unwrap_err();
+        assert_eq!(e.field, "limits.requests_per_minute");
+        let e = compile(with(base(), "limits", json!({"burst": 0}))).unwrap_err();
+        assert_eq!(e.field, "limits.burst");
+        let w = compile(with(
+            base(),
+            "watchdog",
+            json!({"period_seconds": 5, "grace_seconds": 0, "groups": ["G-EXTRA"]}),
+        ))
+        .unwrap();
+        assert_eq!(w.watchdog.grace, chrono::Duration::zero());
+        assert_eq!(
+            w.configured_groups()
+                .iter()
+                .map(GroupId::as_str)
+                .collect::<Vec<_>>(),
+            ["G-CARRIER", "G-DEFAULT", "G-EXTRA"]
+        );
+        let dt = compile(with(
+            base(),
+            "datatable",
+            json!({"id": "t1", "row_key": "{group}"}),
+        ))
+        .unwrap();
+        assert!(dt.persists_incidents());
+        let off = compile(with(
+            base(),
+            "datatable",
+            json!({"id": "t1", "row_key": "{group}", "persist_incidents": false}),
+        ))
+        .unwrap();
+        assert!(!off.persists_incidents());
     }
 
     #[test]

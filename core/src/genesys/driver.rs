@@ -426,6 +426,7 @@ mod tests {
             incident_ids: "INC-1".into(),
             enabled: true,
             updated_at: "2024-08-15T14:22:01Z".into(),
+            open_incidents: None,
         };
         let put = row_request("t1", &row, false);
         assert_eq!(put.method, "PUT");

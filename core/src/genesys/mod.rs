@@ -9,6 +9,7 @@
 //! - [`answer`]: an HTTP answer sorted into DESIGN §7's classes, with
 //!   `Retry-After`, `ININ-Correlation-Id` and rate-limit headers read;
 //! - [`token`]: the client-credentials token and when to refresh it;
+//! - [`budget`]: the token bucket every call to Genesys spends from;
 //! - [`driver`]: how one group is read, compared and written — the real
 //!   emergency-group API or the guide's contract, behind one trait.
 //!
@@ -18,6 +19,7 @@
 use std::fmt;
 
 pub mod answer;
+pub mod budget;
 pub mod config;
 pub mod driver;
 pub mod models;

@@ -147,6 +147,9 @@ pub struct QueueRow {
     pub enabled: bool,
     /// RFC 3339 time of the write.
     pub updated_at: String,
+    /// The group's open incidents for a restart ([`crate::recovery`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_incidents: Option<String>,
 }
 
 impl QueueRow {
@@ -156,7 +159,25 @@ impl QueueRow {
             && self.queue_ids == other.queue_ids
             && self.incident_ids == other.incident_ids
             && self.enabled == other.enabled
+            && self.open_incidents == other.open_incidents
     }
+}
+
+/// `GET /api/v2/tokens/me`: who the token belongs to. Only the OAuth
+/// client's name is read (it is what Genesys stamps as `modifiedByApp` on
+/// the client's writes).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TokenInfo {
+    #[serde(rename = "OAuthClient", default)]
+    pub oauth_client: Option<TokenClient>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TokenClient {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// The routing state of the guide's contract.
@@ -314,6 +335,7 @@ pub(crate) mod tests {
             incident_ids: "INC-1".into(),
             enabled: true,
             updated_at: "2024-08-15T14:22:01Z".into(),
+            open_incidents: None,
         };
         let v = serde_json::to_value(&row).unwrap();
         assert_eq!(
@@ -325,6 +347,29 @@ pub(crate) mod tests {
             ..row.clone()
         };
         assert!(row.same_content(&later));
+        let persisted = QueueRow {
+            open_incidents: Some("{}".into()),
+            ..row.clone()
+        };
+        assert!(!row.same_content(&persisted));
+        assert_eq!(
+            serde_json::to_value(&persisted).unwrap()["openIncidents"],
+            "{}"
+        );
+    }
+
+    #[test]
+    fn token_info_names_the_oauth_client() {
+        let info: TokenInfo = serde_json::from_value(json!({
+            "organization": {"id": "o"}, "homeOrganization": {"id": "o"}, "authorizedScope": [],
+            "OAuthClient": {"id": "cid", "name": "emr-edge", "organization": {"id": "o"}}
+        }))
+        .unwrap();
+        let c = info.oauth_client.unwrap();
+        assert_eq!(c.name.as_deref(), Some("emr-edge"));
+        assert_eq!(c.id.as_deref(), Some("cid"));
+        let user: TokenInfo = serde_json::from_value(json!({"name": "a person"})).unwrap();
+        assert!(user.oauth_client.is_none());
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub(crate) enum Kind {
     Row,
     GuideGet,
     GuidePost,
+    /// `GET /api/v2/tokens/me`.
+    Me,
+    /// `GET …/datatables/{id}/rows` (recovery).
+    RowsList,
 }
 
 /// A scripted answer.
@@ -49,8 +53,12 @@ pub(crate) enum Fault {
     },
     /// Reset / timeout.
     Failed,
-    /// Another writer changes the group just before this request.
+    /// Another writer of ours (a replica) changes the group just before this
+    /// request, without flipping it.
     ConcurrentWrite,
+    /// A person edits the group in the admin UI just before this request,
+    /// without flipping it.
+    PersonWrite,
     /// The request is never answered.
     Lost,
 }
@@ -121,6 +129,8 @@ pub(crate) struct FakeGenesys {
     pub faults: BTreeMap<Kind, VecDeque<Fault>>,
     pub log: Vec<Logged>,
     correlation: u64,
+    /// The time writes behind the reconciler's back are stamped with.
+    pub clock: DateTime<Utc>,
 }
 
 impl FakeGenesys {
@@ -146,6 +156,7 @@ impl FakeGenesys {
             faults: BTreeMap::new(),
             log: Vec::new(),
             correlation: 0,
+            clock: t(0),
         }
     }
 
@@ -173,6 +184,17 @@ impl FakeGenesys {
         self.tokens.clear();
     }
 
+    /// Our own OAuth client (another replica, a script with our
+    /// credentials) flips the group behind the reconciler's back.
+    pub(crate) fn own_write(&mut self, id: &str, enabled: bool) {
+        let grp = self.groups.get_mut(id).unwrap();
+        let v = grp["version"].as_u64().unwrap();
+        grp["version"] = json!(v + 1);
+        grp["enabled"] = json!(enabled);
+        grp["modifiedByApp"] = json!("emr-edge");
+        grp["dateModified"] = json!(self.clock.to_rfc3339());
+    }
+
     /// A person flips the group in the admin UI.
     pub(crate) fn ui_write(&mut self, id: &str, enabled: bool) {
         let grp = self.groups.get_mut(id).unwrap();
@@ -180,6 +202,7 @@ impl FakeGenesys {
         grp["version"] = json!(v + 1);
         grp["enabled"] = json!(enabled);
         grp["modifiedByApp"] = json!("Genesys Cloud Admin UI");
+        grp["dateModified"] = json!(self.clock.to_rfc3339());
     }
 
     fn kind_of(call: &HttpCall) -> Kind {
@@ -187,6 +210,8 @@ impl FakeGenesys {
             ("POST", "/oauth/token") => Kind::Token,
             ("GET", "/api/v2/telephony/emergencyrouting") => Kind::GuideGet,
             ("POST", "/api/v2/telephony/emergencyrouting") => Kind::GuidePost,
+            ("GET", "/api/v2/tokens/me") => Kind::Me,
+            ("GET", p) if p.starts_with("/api/v2/flows/datatables/") => Kind::RowsList,
             (_, p) if p.starts_with("/api/v2/flows/datatables/") => Kind::Row,
             ("GET", _) => Kind::GetGroup,
             _ => Kind::PutGroup,
@@ -227,6 +252,7 @@ impl FakeGenesys {
 
     /// Answers `call` at `now`; `None` for a call that is never answered.
     pub(crate) fn answer(&mut self, call: &HttpCall, now: DateTime<Utc>) -> Option<CallResult> {
+        self.clock = self.clock.max(now);
         let kind = Self::kind_of(call);
         let body: Option<Value> = call
             .body
@@ -255,11 +281,15 @@ impl FakeGenesys {
                 }
                 Fault::Failed => return Some(CallResult::Failed),
                 Fault::Lost => return None,
-                Fault::ConcurrentWrite => {
+                Fault::ConcurrentWrite | Fault::PersonWrite => {
                     let id = call.path.rsplit('/').next().unwrap().to_owned();
                     if self.groups.contains_key(&id) {
                         let enabled = self.enabled(&id);
-                        self.ui_write(&id, enabled);
+                        if matches!(fault, Fault::PersonWrite) {
+                            self.ui_write(&id, enabled);
+                        } else {
+                            self.own_write(&id, enabled);
+                        }
                     }
                 }
             }
@@ -360,6 +390,22 @@ impl FakeGenesys {
                 }
                 self.ok(200, v)
             }
+            Kind::Me => self.ok(
+                200,
+                json!({"organization": {"id": "org"}, "OAuthClient": {"id": "emr-edge-client", "name": "emr-edge"}}),
+            ),
+            Kind::RowsList => {
+                let table = call.path.split('?').next().unwrap();
+                let prefix = format!("{table}/");
+                let entities: Vec<Value> = self
+                    .rows
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                let total = entities.len();
+                self.ok(200, json!({"entities": entities, "pageNumber": 1, "pageSize": 100, "pageCount": 1, "total": total}))
+            }
             Kind::Token => unreachable!(),
         }
     }
@@ -414,6 +460,8 @@ pub(crate) struct World {
     /// Calls the fake will never answer.
     pub lost: Vec<HttpCall>,
     pub max_out: usize,
+    /// Groups adopted at start.
+    pub adopted: Vec<GroupId>,
     seq: i64,
 }
 
@@ -421,6 +469,9 @@ pub(crate) fn settings(extra: Value) -> Arc<GenesysSettings> {
     let mut cfg = crate::genesys::config::tests::base();
     cfg["groups_by_incident_type"] = json!({"CARRIER_OUTAGE": "G-CARRIER"});
     cfg["default_group"] = json!("G1");
+    // The scenarios of the answer classes run without routine checks; the
+    // watchdog's own tests set it.
+    cfg["watchdog"] = json!({"period_seconds": 86_400, "converging_seconds": 86_400});
     if let Value::Object(m) = extra {
         for (k, v) in m {
             cfg[k] = v;
@@ -442,6 +493,7 @@ impl World {
             out: VecDeque::new(),
             lost: Vec::new(),
             max_out: 0,
+            adopted: Vec::new(),
             seq: 0,
         }
     }
@@ -466,7 +518,7 @@ impl World {
             delivery_id: None,
         };
         self.ledger.apply(&ev, g(group), self.now);
-        self.rec.mark_dirty(&g(group));
+        self.rec.mark_event(&g(group), self.now);
     }
 
     /// The next event gets the same timestamp as the first one did.
@@ -501,6 +553,21 @@ impl World {
                     self.ledger
                         .settle_group(&group, outcome.clone(), genesys.clone(), self.now);
                     self.settles.push((group, outcome, genesys));
+                }
+                Effect::Restore { group, incidents } => {
+                    for p in &incidents {
+                        self.ledger.restore(p, group.clone(), self.now);
+                    }
+                }
+                Effect::Adopt {
+                    group,
+                    key,
+                    expires_at,
+                    detail,
+                } => {
+                    self.ledger
+                        .adopt(key, group.clone(), detail, expires_at, self.now);
+                    self.adopted.push(group);
                 }
                 Effect::Audit(v) => self.audits.push(v),
                 Effect::Metric(m) => self.metrics.push(m),

@@ -57,11 +57,16 @@ fn check_not_stranded(w: &World, settled_since_mark: &BTreeMap<String, bool>) {
                 "{id} idle without a settle"
             ),
             "queued" => assert!(
-                paused || w.rec.in_flight() > 0 || token == "retrying" || token == "fetching",
+                paused
+                    || w.rec.in_flight() > 0
+                    || token == "retrying"
+                    || token == "fetching"
+                    || v["budget"]["waitUntil"].is_string(),
                 "{id} queued with nothing to wait for: {v}"
             ),
             "in-flight" => assert!(w.rec.in_flight() > 0),
-            "backoff" | "pending" => assert!(grp["retryAt"].is_string()),
+            "deferred" => assert!(v["budget"]["waitUntil"].is_string() || paused),
+            "backoff" | "pending" | "grace" | "identity" => assert!(grp["retryAt"].is_string()),
             other => panic!("unknown phase {other}"),
         }
     }
@@ -141,6 +146,123 @@ proptest! {
                 let want = w.ledger.desired_for(&super::fake::g(id)).enabled;
                 prop_assert_eq!(w.fake.enabled(id), want, "{} faults {:?}", id, faults);
             }
+        }
+    }
+}
+
+/// One thing that happens in the watchdog property.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Time passes (ms), the reconciler follows its wake-ups.
+    Wait(i64),
+    /// A person flips group `g` in the admin UI.
+    Person(usize, bool),
+    /// Our own client flips it behind the reconciler's back.
+    Ours(usize, bool),
+    /// An incident event for group `g`: open (true) or resolve its incident.
+    Event(usize, bool),
+    /// `POST /emr/groups/{g}/resume`.
+    Resume(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (1i64..40_000).prop_map(Step::Wait),
+        (0usize..3, any::<bool>()).prop_map(|(g, on)| Step::Person(g, on)),
+        (0usize..3, any::<bool>()).prop_map(|(g, on)| Step::Ours(g, on)),
+        (0usize..3, any::<bool>()).prop_map(|(g, on)| Step::Event(g, on)),
+        (0usize..3).prop_map(Step::Resume),
+    ]
+}
+
+const GROUPS: [&str; 3] = ["G1", "G2", "G-CARRIER"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// People win: after a person's change, the reconciler never writes the
+    /// group until an incident event or a resume for it. Drift by our own
+    /// client is corrected no sooner than the grace after it. And whatever
+    /// happens, no minute holds more calls than the budget allows.
+    #[test]
+    fn people_win_and_the_budget_holds(steps in proptest::collection::vec(step(), 1..40)) {
+        let mut w = World::new(json!({
+            "watchdog": {"period_seconds": 5, "converging_seconds": 5, "grace_seconds": 3},
+            "limits": {"requests_per_minute": 60, "burst": 6}
+        }));
+        // Per group: the person's change not yet answered by an event/resume.
+        let mut held: [bool; 3] = [false; 3];
+        // Per group: when our own client last changed it, and the length of
+        // the call log then.
+        let mut own_at: [Option<(chrono::DateTime<chrono::Utc>, usize)>; 3] = [None; 3];
+        for s in steps {
+            match s {
+                Step::Wait(ms) => {
+                    let deadline = (w.now - t(0)).num_milliseconds() + ms;
+                    w.run_until(deadline);
+                    w.now = w.now.max(t(deadline));
+                    w.poll();
+                }
+                Step::Person(g, on) => {
+                    // A person acts a moment after whatever came before.
+                    let later = (w.now - t(0)).num_milliseconds() + 2_000;
+                    w.run_until(later);
+                    w.now = w.now.max(t(later));
+                    w.fake.clock = w.now;
+                    w.fake.ui_write(GROUPS[g], on);
+                    held[g] = true;
+                    own_at[g] = None;
+                }
+                Step::Ours(g, on) => {
+                    w.fake.clock = w.now;
+                    w.fake.own_write(GROUPS[g], on);
+                    held[g] = false;
+                    // Timed from here only when the group is settled: a
+                    // write an event decided earlier may still be on its way.
+                    let v = w.rec.state_view(&w.ledger, w.now);
+                    let settled = v["groups"].as_array().unwrap().iter()
+                        .find(|x| x["id"] == GROUPS[g])
+                        .is_none_or(|x| x["phase"] == "idle");
+                    own_at[g] = settled.then_some((w.now, w.fake.log.len()));
+                }
+                Step::Event(g, on) => {
+                    let id = format!("INC-{g}");
+                    let mode = if on { RoutingMode::Active } else { RoutingMode::Resolved };
+                    w.event(&id, mode, &["q1"], GROUPS[g]);
+                    w.poll();
+                    held[g] = false;
+                    own_at[g] = None;
+                }
+                Step::Resume(g) => {
+                    let fx = w.rec.resume(&super::fake::g(GROUPS[g]), &w.ledger, w.now);
+                    w.apply(fx);
+                    held[g] = false;
+                    own_at[g] = None;
+                }
+            }
+            w.drain();
+            for (i, id) in GROUPS.iter().enumerate() {
+                let app = w.fake.groups[*id]["modifiedByApp"].as_str().unwrap_or("").to_owned();
+                if held[i] {
+                    prop_assert_eq!(app, "Genesys Cloud Admin UI", "{} written over a person", id);
+                }
+            }
+            // A correction of our own client's change comes after the grace.
+            for (idx, l) in w.fake.log.iter().enumerate() {
+                if l.kind != Kind::PutGroup { continue; }
+                for (i, id) in GROUPS.iter().enumerate() {
+                    if let Some((at, from)) = own_at[i] {
+                        if l.path.ends_with(id) && idx >= from {
+                            prop_assert!(l.at >= at + chrono::Duration::seconds(3), "{} corrected {} after our client's change", id, l.at - at);
+                        }
+                    }
+                }
+            }
+        }
+        let times: Vec<_> = w.fake.log.iter().map(|l| l.at).collect();
+        for (i, start) in times.iter().enumerate() {
+            let in_minute = times[i..].iter().take_while(|x| **x < *start + chrono::Duration::seconds(60)).count();
+            prop_assert!(in_minute <= 66, "{} calls in a minute", in_minute);
         }
     }
 }

@@ -1,0 +1,392 @@
+//! Restart safety: what survives an Envoy restart, and how the ledger is
+//! rebuilt from it.
+//!
+//! Shared data and the singleton's memory are gone after a restart (or a VM
+//! reload). What survives is Genesys itself, so the open incidents of each
+//! group travel with the data-table row the driver already writes: the
+//! `openIncidents` column holds a compact JSON document —
+//!
+//! ```json
+//! {"v":1,"g":"<group>","o":[["pagerduty","Q2UEJOMV3XYQ9N","CARRIER_OUTAGE",["q1"],1,1723731721000,1723735321000]],"m":0}
+//! ```
+//!
+//! — one array per open incident (source, id, incident type, queues,
+//! priority, event time and expiry in ms), most urgent first, at most
+//! [`MAX_CHARS`] characters; `m` counts the incidents left out to stay inside
+//! that bound (the group is still held on by the ones kept). The row names
+//! its group itself, so recovery needs no mapping back from row keys.
+//!
+//! At start the reconciler lists the table's rows before it writes anything,
+//! the glue puts the incidents back into the ledger (unless an event for the
+//! same incident arrived meanwhile), and only then do reconciles run. A later
+//! resolution webhook for a rebuilt incident finds it under the same source
+//! and id, so it still switches routing off.
+//!
+//! Without a data table (or for a group whose row holds nothing), a group
+//! found enabled by our own client while the ledger wants it off is adopted
+//! as a synthetic incident ([`adopted_key`]) that expires `ttl` after the
+//! group's `dateModified`: routing stays on across the restart, and cannot
+//! stay on forever.
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::{
+    CorrelationId, GroupId, IncidentKey, IncidentType, Priority, QueueId, Source,
+    DEFAULT_TTL_SECONDS,
+};
+use crate::ledger::Incident;
+
+/// The row column that carries the open incidents.
+pub const COLUMN: &str = "openIncidents";
+/// Bound of the column's value, in characters (a data-table string cell is
+/// not meant for documents; this keeps well inside any sane limit).
+pub const MAX_CHARS: usize = 4_000;
+/// Format version.
+const VERSION: u8 = 1;
+/// Rows read per page at start, and pages read at most.
+pub const PAGE_SIZE: u32 = 100;
+pub const MAX_PAGES: u32 = 20;
+/// Incident type of an adopted group's synthetic incident.
+pub const ADOPTED_TYPE: &str = "RECOVERED_ROUTING";
+/// How long an adopted group stays on after its `dateModified`.
+pub const ADOPT_TTL_SECONDS: i64 = DEFAULT_TTL_SECONDS as i64;
+
+/// One open incident, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedIncident(
+    pub Source,
+    pub CorrelationId,
+    pub IncidentType,
+    pub Vec<QueueId>,
+    pub Priority,
+    /// Its newest event's time, ms since the epoch.
+    pub i64,
+    /// Its expiry, ms since the epoch.
+    pub i64,
+);
+
+impl PersistedIncident {
+    pub fn of(inc: &Incident) -> Option<Self> {
+        let key = inc.key()?;
+        Some(Self(
+            key.source,
+            key.id,
+            inc.incident_type.clone(),
+            inc.queues.clone(),
+            inc.priority,
+            inc.last_event_at.timestamp_millis(),
+            inc.expires_at.timestamp_millis(),
+        ))
+    }
+
+    pub fn key(&self) -> IncidentKey {
+        IncidentKey {
+            source: self.0,
+            id: self.1.clone(),
+        }
+    }
+
+    pub fn timestamp(&self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_millis(self.5)
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_millis(self.6)
+    }
+}
+
+/// A group's persisted open incidents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    pub v: u8,
+    pub g: GroupId,
+    pub o: Vec<PersistedIncident>,
+    /// Incidents left out to stay within [`MAX_CHARS`].
+    #[serde(default)]
+    pub m: u32,
+}
+
+/// The column value for `group` with its open incidents `open` (most urgent
+/// first), within [`MAX_CHARS`]: incidents that do not fit are counted in
+/// `m`, not written.
+pub fn encode(group: &GroupId, open: &[&Incident]) -> String {
+    let mut doc = Persisted {
+        v: VERSION,
+        g: group.clone(),
+        o: Vec::new(),
+        m: 0,
+    };
+    for inc in open {
+        let Some(p) = PersistedIncident::of(inc) else {
+            doc.m += 1;
+            continue;
+        };
+        doc.o.push(p);
+        if serde_json::to_string(&doc).map_or(true, |s| s.len() > MAX_CHARS) {
+            doc.o.pop();
+            doc.m += 1;
+        }
+    }
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
+/// Reads a column value back.
+pub fn decode(s: &str) -> Result<Persisted, String> {
+    let doc: Persisted =
+        serde_json::from_str(s).map_err(|e| format!("unreadable {COLUMN}: {e}"))?;
+    if doc.v != VERSION {
+        return Err(format!(
+            "{COLUMN} has format version {}, not {VERSION}",
+            doc.v
+        ));
+    }
+    Ok(doc)
+}
+
+/// One page of `GET /api/v2/flows/datatables/{id}/rows?showbrief=false`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RowsPage {
+    /// Rows that carry our column, decoded.
+    pub groups: Vec<Persisted>,
+    /// Rows whose column could not be read (reported, skipped).
+    pub unreadable: Vec<String>,
+    pub page_number: u32,
+    pub page_count: u32,
+}
+
+impl RowsPage {
+    pub fn has_more(&self) -> bool {
+        self.page_number < self.page_count && self.page_number < MAX_PAGES
+    }
+}
+
+/// Reads a page of rows. Rows without [`COLUMN`] (other users of the table,
+/// or rows written before this column existed) are not ours to rebuild from.
+pub fn parse_rows_page(body: &[u8]) -> Result<RowsPage, String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("unreadable rows page: {e}"))?;
+    let entities = v
+        .get("entities")
+        .and_then(Value::as_array)
+        .ok_or("the rows page has no `entities`")?;
+    let number = |name: &str| {
+        v.get(name)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    let mut page = RowsPage {
+        page_number: number("pageNumber").unwrap_or(1),
+        page_count: number("pageCount").unwrap_or(1),
+        ..RowsPage::default()
+    };
+    for row in entities {
+        let Some(cell) = row.get(COLUMN).and_then(Value::as_str) else {
+            continue;
+        };
+        if cell.trim().is_empty() {
+            continue;
+        }
+        let key = row
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .chars()
+            .take(256)
+            .collect::<String>();
+        match decode(cell) {
+            Ok(doc) => page.groups.push(doc),
+            Err(e) => page.unreadable.push(format!("row {key}: {e}")),
+        }
+    }
+    Ok(page)
+}
+
+/// The path of page `page` of the table's rows, full rows (`showbrief=false`:
+/// Genesys otherwise answers only the keys).
+pub fn rows_path(datatable_id: &str, page: u32) -> String {
+    format!(
+        "/api/v2/flows/datatables/{}/rows?pageNumber={page}&pageSize={PAGE_SIZE}&showbrief=false",
+        crate::genesys::encode_segment(datatable_id)
+    )
+}
+
+/// The synthetic incident that stands for an adopted group: `recovered:`
+/// and the group id (hashed like any tool id when that is no valid id).
+pub fn adopted_key(group: &GroupId) -> Option<IncidentKey> {
+    let id = crate::sources::ids::correlation_id(&format!("recovered:{}", group.as_str()))?;
+    Some(IncidentKey {
+        source: Source::Canonical,
+        id,
+    })
+}
+
+/// When an adopted group's synthetic incident expires: `ttl` after the
+/// group's last change (its `dateModified`), or after `now` when that is
+/// unreadable.
+pub fn adopted_expiry(date_modified: Option<&str>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let since = date_modified
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .filter(|d| *d <= now)
+        .unwrap_or(now);
+    since + Duration::seconds(ADOPT_TTL_SECONDS)
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::{IncidentEvent, QueuedEvent, RoutingMode};
+    use crate::ledger::Ledger;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_723_731_721 + s, 0).unwrap()
+    }
+
+    fn g(s: &str) -> GroupId {
+        GroupId::parse(s).unwrap()
+    }
+
+    fn open(l: &mut Ledger, id: &str, source: Source, queues: &[&str], priority: u8) {
+        let q = QueuedEvent {
+            event: IncidentEvent {
+                source,
+                correlation_id: CorrelationId::parse(id).unwrap(),
+                incident_type: IncidentType::parse("CARRIER_OUTAGE").unwrap(),
+                routing_mode: RoutingMode::Active,
+                target_queue_ids: queues.iter().map(|q| QueueId::parse(q).unwrap()).collect(),
+                timestamp: t(0),
+                ttl_seconds: 600,
+                priority,
+                group: None,
+            },
+            received_ms: t(0).timestamp_millis(),
+            delivery_id: None,
+        };
+        l.apply(&q, g("G1"), t(1));
+    }
+
+    #[test]
+    fn open_incidents_round_trip_through_the_column() {
+        let mut l = Ledger::default();
+        open(
+            &mut l,
+            "Q2UEJOMV3XYQ9N",
+            Source::Pagerduty,
+            &["q1", "q2"],
+            2,
+        );
+        open(&mut l, "INC-1", Source::Canonical, &["q3"], 1);
+        let incidents = l.open_incidents_of(&g("G1"));
+        let s = encode(&g("G1"), &incidents);
+        let doc = decode(&s).unwrap();
+        assert_eq!(doc.g, g("G1"));
+        assert_eq!(doc.m, 0);
+        assert_eq!(doc.o.len(), 2);
+        // Most urgent first.
+        assert_eq!(doc.o[0].1.as_str(), "INC-1");
+        let pd = &doc.o[1];
+        assert_eq!(pd.0, Source::Pagerduty);
+        assert_eq!(pd.3.len(), 2);
+        assert_eq!(pd.4, 2);
+        assert_eq!(pd.timestamp(), Some(t(0)));
+        assert_eq!(pd.expires_at(), Some(t(600)));
+        let raw: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(
+            raw["o"][1],
+            json!([
+                "pagerduty",
+                "Q2UEJOMV3XYQ9N",
+                "CARRIER_OUTAGE",
+                ["q1", "q2"],
+                2,
+                t(0).timestamp_millis(),
+                t(600).timestamp_millis()
+            ])
+        );
+    }
+
+    #[test]
+    fn the_column_is_bounded_and_counts_what_it_left_out() {
+        let mut l = Ledger::default();
+        let queues: Vec<String> = (0..50).map(|i| format!("queue-{i:0>40}")).collect();
+        let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+        for i in 0..10 {
+            open(&mut l, &format!("INC-{i}"), Source::Canonical, &queues, 3);
+        }
+        let s = encode(&g("G1"), &l.open_incidents_of(&g("G1")));
+        assert!(s.len() <= MAX_CHARS, "{}", s.len());
+        let doc = decode(&s).unwrap();
+        assert!(!doc.o.is_empty());
+        assert_eq!(doc.o.len() + doc.m as usize, 10);
+        // An empty group is a valid, small document.
+        let empty = encode(&g("G1"), &[]);
+        assert_eq!(decode(&empty).unwrap().o, vec![]);
+    }
+
+    #[test]
+    fn unreadable_or_foreign_rows_are_skipped() {
+        let good = encode(&g("G1"), &[]);
+        let body = json!({
+            "pageNumber": 1, "pageSize": 100, "pageCount": 2, "total": 104,
+            "entities": [
+                {"key": "G1", "queueIds": "", "openIncidents": good},
+                {"key": "someone-elses", "colour": "blue"},
+                {"key": "G2", "openIncidents": "{not json"},
+                {"key": "G3", "openIncidents": "{\"v\":9,\"g\":\"G3\",\"o\":[]}"},
+                {"key": "G4", "openIncidents": ""}
+            ]
+        });
+        let page = parse_rows_page(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(page.groups.len(), 1);
+        assert_eq!(page.unreadable.len(), 2);
+        assert!(page.unreadable[0].starts_with("row G2"));
+        assert!(page.has_more());
+        assert!(parse_rows_page(b"{}").is_err());
+        assert!(parse_rows_page(b"nope").is_err());
+        let last =
+            parse_rows_page(br#"{"entities": [], "pageNumber": 2, "pageCount": 2}"#).unwrap();
+        assert!(!last.has_more());
+    }
+
+    #[test]
+    fn rows_are_listed_in_full() {
+        assert_eq!(
+            rows_path("emr table", 2),
+            "/api/v2/flows/datatables/emr%20table/rows?pageNumber=2&pageSize=100&showbrief=false"
+        );
+    }
+
+    #[test]
+    fn adopted_groups_get_a_stable_synthetic_incident_that_expires() {
+        let k = adopted_key(&g("3c3f7a3e-2f5c-4f3a-9b1e-000000000001")).unwrap();
+        assert_eq!(
+            k.id.as_str(),
+            "recovered:3c3f7a3e-2f5c-4f3a-9b1e-000000000001"
+        );
+        assert_eq!(
+            Some(k),
+            adopted_key(&g("3c3f7a3e-2f5c-4f3a-9b1e-000000000001"))
+        );
+        let odd = adopted_key(&g("group with spaces")).unwrap();
+        assert!(odd.id.as_str().starts_with("sha256:"));
+        assert_eq!(
+            adopted_expiry(Some("2024-08-15T14:22:01.000Z"), t(100)),
+            DateTime::parse_from_rfc3339("2024-08-15T15:22:01Z").unwrap()
+        );
+        // A missing, unreadable or future date counts from now.
+        assert_eq!(adopted_expiry(None, t(0)), t(3600));
+        assert_eq!(adopted_expiry(Some("yesterday"), t(0)), t(3600));
+        assert_eq!(adopted_expiry(Some("2099-01-01T00:00:00Z"), t(0)), t(3600));
+    }
+}
