@@ -150,6 +150,24 @@ impl Envoy {
             .unwrap_or(0)
     }
 
+    /// CPU time used so far (user + system), in clock ticks: the whole
+    /// process, and its main thread alone (where the emr-edge service runs).
+    pub fn cpu_ticks(&self) -> (u64, u64) {
+        let pid = self.pid();
+        let mut total = 0;
+        let mut main = 0;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let ticks = stat_ticks(&t.path().join("stat"));
+                total += ticks;
+                if t.file_name().to_string_lossy() == pid.to_string() {
+                    main = ticks;
+                }
+            }
+        }
+        (total, main)
+    }
+
     /// Every stat whose name matches `regex`, summed.
     pub fn stat(&self, regex: &str) -> u64 {
         get(self.admin_port, &format!("/stats?filter={regex}"))
@@ -223,4 +241,30 @@ fn dechunk(mut body: &str) -> String {
         body = rest.get(n..).unwrap_or_default().trim_start_matches("\r\n");
     }
     out
+}
+
+/// utime + stime of a `/proc/.../stat` file, in clock ticks.
+pub fn stat_ticks(path: &Path) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // The command name may hold spaces: count fields after its ')'.
+    let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After ')': state is field 0, utime field 11, stime field 12.
+    field(11) + field(12)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), 100 when unknown.
+pub fn ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
 }

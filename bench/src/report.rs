@@ -118,6 +118,15 @@ fn ratio(a: Option<&Throughput>, b: Option<&Throughput>) -> Option<f64> {
     }
 }
 
+/// How many more requests a CPU-second serves through `b` than through
+/// `a`: `a`'s CPU per request ÷ `b`'s.
+fn cpu_ratio(a: Option<&Throughput>, b: Option<&Throughput>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.cpu_us.median > 0.0 => Some(a.cpu_us.median / b.cpu_us.median),
+        _ => None,
+    }
+}
+
 fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("–".into(), |r| format!("{r:.2}×"))
 }
@@ -210,6 +219,40 @@ pub fn table(res: &Results) -> String {
             find(res, "alternative", "unique", 2)
         )),
     );
+    let _ = writeln!(
+        s,
+        "\n### Server CPU per request (µs, median (min–max) of the same runs)\n"
+    );
+    let _ = writeln!(s, "Envoy's user + system CPU time (and, for the alternative, its webhook service's) over each run, divided by the requests served. Unlike req/s this barely moves with the machine's load, and its inverse is the capacity of a dedicated core: the `÷` columns are ceiling CPU ÷ this CPU, the throughput ratio a quiet machine would show. `main` is Envoy's main thread, where the emr-edge service consumes the queue.\n");
+    let _ = writeln!(
+        s,
+        "| workload | 1 worker | (main) | ÷ | 2 workers | (main) | ÷ |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (target, workload, label) in rows {
+        let mut cells = Vec::new();
+        for w in [1, 2] {
+            let t = find(res, target, workload, w);
+            let c = find(res, "ceiling", "unique", w);
+            cells.push(t.map_or("–".into(), |t| rate(&t.cpu_us)));
+            cells.push(t.map_or("–".into(), |t| format!("{:.0}", t.main_cpu_us.median)));
+            cells.push(fmt_ratio(cpu_ratio(c, t)));
+        }
+        let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(
+        s,
+        "| **emr-edge ÷ alternative** (CPU, unique) | {} | | | {} | | |",
+        fmt_ratio(cpu_ratio(
+            find(res, "alternative", "unique", 1),
+            find(res, "emr-edge", "unique", 1)
+        )),
+        fmt_ratio(cpu_ratio(
+            find(res, "alternative", "unique", 2),
+            find(res, "emr-edge", "unique", 2)
+        )),
+    );
+
     let _ = writeln!(
         s,
         "\nwrk's latency at saturation (32 connections), p50 / p99 µs, median of runs:\n"
@@ -356,6 +399,19 @@ fn goals(res: &Results) -> String {
         }
     }
     for w in [1, 2] {
+        let r = cpu_ratio(
+            find(res, "ceiling", "unique", w),
+            find(res, "emr-edge", "unique", w),
+        );
+        if let Some(r) = r {
+            let _ = writeln!(
+                s,
+                "| the same by server CPU per request, {w} worker(s) | {r:.2}× | {} |",
+                verdict(r >= 0.8)
+            );
+        }
+    }
+    for w in [1, 2] {
         if let Some(v) = added_p99(res, w) {
             let _ = writeln!(
                 s,
@@ -373,6 +429,17 @@ fn goals(res: &Results) -> String {
             let _ = writeln!(
                 s,
                 "| ≥ 1.5 × the alternative, {w} worker(s) | {r:.2}× | {} |",
+                verdict(r >= 1.5)
+            );
+        }
+        let r = cpu_ratio(
+            find(res, "alternative", "unique", w),
+            find(res, "emr-edge", "unique", w),
+        );
+        if let Some(r) = r {
+            let _ = writeln!(
+                s,
+                "| the same by server CPU per request, {w} worker(s) | {r:.2}× | {} |",
                 verdict(r >= 1.5)
             );
         }

@@ -41,6 +41,8 @@ pub struct Options {
     pub phases: Vec<String>,
     /// Worker counts for the throughput part.
     pub workers: Vec<u32>,
+    /// Throughput targets to run (all by default).
+    pub targets: Option<Vec<String>>,
 }
 
 impl Options {
@@ -76,6 +78,8 @@ impl Options {
                 .split(',')
                 .map(|w| w.parse().context("--workers"))
                 .collect::<Result<_>>()?,
+            targets: crate::flag(args, "--targets")?
+                .map(|t| t.split(',').map(str::to_owned).collect()),
             root,
         })
     }
@@ -161,6 +165,14 @@ pub struct Throughput {
     /// Share of answers that had the expected status (from Envoy's stats).
     pub expected_share: Repeated,
     pub socket_errors: u64,
+    /// Server-side CPU time per request, µs: Envoy (and, for the
+    /// alternative, its webhook service). Robust to a busy machine where
+    /// req/s is not: it is what a dedicated core would be divided by.
+    #[serde(default)]
+    pub cpu_us: Repeated,
+    /// Of which Envoy's main thread (for emr-edge: the service).
+    #[serde(default)]
+    pub main_cpu_us: Repeated,
 }
 
 /// Latency at a fixed rate.
@@ -269,6 +281,12 @@ fn server_cpus(workers: u32) -> &'static str {
 }
 
 struct Upstream(Child);
+
+impl Upstream {
+    fn cpu_ticks(&self) -> u64 {
+        envoy::stat_ticks(std::path::Path::new(&format!("/proc/{}/stat", self.0.id())))
+    }
+}
 
 impl Upstream {
     fn start(cpus: &str, port: u16, threads: u32) -> Result<Upstream> {
@@ -406,7 +424,8 @@ fn expected(envoy: &Envoy, target: &str, workload: Workload) -> u64 {
 fn throughput(ctx: &mut Ctx, workers: u32) -> Result<(Vec<Throughput>, Vec<FixedRate>)> {
     let cpus = server_cpus(workers);
     let upstream_port = envoy::free_port()?;
-    let _upstream = Upstream::start(cpus, upstream_port, workers)?;
+    let upstream = Upstream::start(cpus, upstream_port, workers)?;
+    let hz = envoy::ticks_per_second() as f64;
     let ceiling =
         Envoy::start(&ctx.spec(Kind::Ceiling, workers, cpus, &format!("ceil-{workers}")))?;
     let edge = Envoy::start(&ctx.spec(Kind::Edge, workers, cpus, &format!("edge-{workers}")))?;
@@ -453,35 +472,74 @@ fn throughput(ctx: &mut Ctx, workers: u32) -> Result<(Vec<Throughput>, Vec<Fixed
         let prefix = ctx.prefix(&format!("warm-{name}"));
         wrk_run(prefix, envoy.listen_port, Workload::Unique, 1)?;
     }
-    let mut runs: Vec<(&'static str, Workload, Vec<WrkResult>, Vec<f64>)> = Vec::new();
+    // Per target and workload: wrk's results, the expected share, and CPU
+    // µs per request (all, main thread).
+    type Runs = Vec<(
+        &'static str,
+        Workload,
+        Vec<WrkResult>,
+        Vec<f64>,
+        Vec<(f64, f64)>,
+    )>;
+    let mut runs: Runs = Vec::new();
+    let wanted = |name: &str| {
+        ctx.opts
+            .targets
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|x| x == name))
+    };
     for rep in 0..ctx.opts.repeats() {
         for (name, envoy, workloads) in &targets {
+            if !wanted(name) {
+                continue;
+            }
             for &w in workloads.iter() {
                 let before = expected(envoy, name, w);
+                let side = |e: &Envoy| {
+                    let (all, main) = e.cpu_ticks();
+                    let up = if *name == "alternative" {
+                        upstream.cpu_ticks()
+                    } else {
+                        0
+                    };
+                    (all + up, main)
+                };
+                let (cpu0, main0) = side(envoy);
                 let prefix = ctx.prefix(&format!("{name}-{}-w{workers}-r{rep}", w.name()));
                 let r = wrk_run(prefix, envoy.listen_port, w, secs)?;
+                let (cpu1, main1) = side(envoy);
                 let got = expected(envoy, name, w).saturating_sub(before);
                 let share = got as f64 / r.requests.max(1) as f64;
+                let per = |ticks: u64| ticks as f64 / hz * 1e6 / r.requests.max(1) as f64;
+                let cpu = (
+                    per(cpu1.saturating_sub(cpu0)),
+                    per(main1.saturating_sub(main0)),
+                );
                 eprintln!(
-                    "{workers}w {name:<11} {:<9} {:>8.0} req/s  p99 {:>6} µs  expected {:.3}",
+                    "{workers}w {name:<11} {:<9} {:>8.0} req/s  p99 {:>6} µs  expected {:.3}  cpu {:>5.0} µs/req (main {:>4.0})",
                     w.name(),
                     r.rps(),
                     r.p99_us,
-                    share
+                    share,
+                    cpu.0,
+                    cpu.1
                 );
-                match runs.iter_mut().find(|(n, wl, _, _)| n == name && *wl == w) {
-                    Some((_, _, rs, shares)) => {
+                match runs.iter_mut().find(|(n, wl, ..)| n == name && *wl == w) {
+                    Some((_, _, rs, shares, cpus)) => {
                         rs.push(r);
                         shares.push(share);
+                        cpus.push(cpu);
                     }
-                    None => runs.push((name, w, vec![r], vec![share])),
+                    None => runs.push((name, w, vec![r], vec![share], vec![cpu])),
                 }
             }
         }
     }
     let throughput = runs
         .into_iter()
-        .map(|(target, w, rs, shares)| Throughput {
+        .map(|(target, w, rs, shares, cpus)| Throughput {
+            cpu_us: Repeated::of(cpus.iter().map(|c| c.0).collect()),
+            main_cpu_us: Repeated::of(cpus.iter().map(|c| c.1).collect()),
             target: target.to_owned(),
             workload: w.name().to_owned(),
             workers,
@@ -501,7 +559,7 @@ fn throughput(ctx: &mut Ctx, workers: u32) -> Result<(Vec<Throughput>, Vec<Fixed
     let mut fixed: Vec<(&'static str, Vec<Latency>)> = Vec::new();
     for rep in 0..ctx.opts.repeats() {
         for (name, envoy, _) in &targets {
-            if name.starts_with("floor") {
+            if name.starts_with("floor") || !wanted(name) {
                 continue;
             }
             let prefix = ctx.prefix(&format!("rate-{name}-w{workers}-r{rep}"));
