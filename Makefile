@@ -26,13 +26,15 @@ SIM_PORT    ?= 9902
 export EMR_ENVOY := $(abspath $(ENVOY))
 export EMR_WASM  := $(abspath $(WASM))
 
-.PHONY: help setup run test lint unit wasm-test e2e wasm sim bench bench-wrk clean
+.PHONY: help setup run test lint unit wasm-test e2e wasm sim bench bench-wrk fuzz clean
 
 help:
 	@echo "make run    - build and run Envoy + the Genesys simulator on loopback"
 	@echo "make test   - set up, lint and run every test (unit, wasm, end to end)"
 	@echo "make wasm   - build $(WASM)"
 	@echo "make lint   - rustfmt --check and clippy -D warnings"
+	@echo "make bench  - benchmarks; writes bench/RESULTS.md"
+	@echo "make fuzz   - run every fuzz target for FUZZ_SECONDS (nightly)"
 
 ## Setup ---------------------------------------------------------------------
 
@@ -108,6 +110,21 @@ bench: $(STAMPS)/targets $(ENVOY) wasm bench-wrk
 # wrk from Debian, installed when missing.
 bench-wrk:
 	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+
+## Fuzz -----------------------------------------------------------------------
+# `make test` replays every corpus on stable (core/tests/fuzz_replay.rs);
+# this runs each libFuzzer target in turn for FUZZ_SECONDS (nightly).
+
+FUZZ_SECONDS ?= 60
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	@for t in $$(cargo +nightly fuzz list); do \
+		mkdir -p target/fuzz-corpus/$$t; \
+		echo "== $$t ($(FUZZ_SECONDS) s)"; \
+		cargo +nightly fuzz run $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 || exit 1; \
+	done
 
 clean:
 	cargo clean
