@@ -34,6 +34,26 @@ pub struct Series {
     /// Probes whose PUT did not arrive within the wait limit.
     pub missed: usize,
     pub incidents: usize,
+    /// Fresh Envoys (full request budgets) the series was spread over.
+    #[serde(default)]
+    pub envoys: usize,
+    #[serde(skip)]
+    on_raw: Vec<f64>,
+    #[serde(skip)]
+    off_raw: Vec<f64>,
+}
+
+impl Series {
+    /// Adds another chunk's probes.
+    pub fn merge(&mut self, other: Series) {
+        self.on_raw.extend(other.on_raw);
+        self.off_raw.extend(other.off_raw);
+        self.missed += other.missed;
+        self.incidents += other.incidents;
+        self.envoys += 1;
+        self.on_ms = Percentiles::of(&self.on_raw);
+        self.off_ms = Percentiles::of(&self.off_raw);
+    }
 }
 
 pub fn wall_ms() -> f64 {
@@ -121,6 +141,9 @@ impl Probe<'_> {
             off_ms: Percentiles::of(&off),
             missed,
             incidents: done,
+            envoys: 1,
+            on_raw: on,
+            off_raw: off,
         })
     }
 }

@@ -302,10 +302,10 @@ pub fn table(res: &Results) -> String {
     );
 
     let a = &res.activation;
-    let _ = writeln!(s, "\n### Activation latency: webhook sent → simulator receives the group `PUT` (ms, ±1; {} worker)\n", a.workers);
+    let _ = writeln!(s, "\n### Activation latency: webhook sent → simulator receives the group `PUT` (ms, ±1; {} worker; request budget at its maximum, 300/min and burst 300, and a fresh Envoy per series, so every probe fits the burst)\n", a.workers);
     let _ = writeln!(
         s,
-        "| series | incidents | on p50 | on p90 | on p99 | on max | off p50 | off p99 | missed |"
+        "| series | incidents (Envoys) | on p50 | on p90 | on p99 | on max | off p50 | off p99 | missed |"
     );
     let _ = writeln!(
         s,
@@ -324,8 +324,9 @@ pub fn table(res: &Results) -> String {
     ] {
         let _ = writeln!(
             s,
-            "| {label} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            "| {label} | {} ({}) | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
             series.incidents,
+            series.envoys,
             series.on_ms.p50,
             series.on_ms.p90,
             series.on_ms.p99,
@@ -527,8 +528,14 @@ pub fn markdown(res: &Results, out: &Path) -> String {
     let _ = writeln!(s, "| emr-edge | git {} |", field("git"));
     let _ = writeln!(
         s,
-        "| run | {:.0} s{} |",
-        res.elapsed_s,
+        "| run | {}{} |",
+        match (m["first_run_s"].as_f64(), m["merged"].as_str()) {
+            (Some(first), Some(merged)) => format!(
+                "{first:.0} s; then {merged} (`--merge`, {:.0} s)",
+                res.elapsed_s
+            ),
+            _ => format!("{:.0} s", res.elapsed_s),
+        },
         if res.quick {
             ", `--quick` (shorter runs: indicative only)"
         } else {

@@ -43,6 +43,8 @@ pub struct Options {
     pub workers: Vec<u32>,
     /// Throughput targets to run (all by default).
     pub targets: Option<Vec<String>>,
+    /// Replace only the phases run in the existing results.json.
+    pub merge: bool,
 }
 
 impl Options {
@@ -78,6 +80,7 @@ impl Options {
                 .split(',')
                 .map(|w| w.parse().context("--workers"))
                 .collect::<Result<_>>()?,
+            merge: args.iter().any(|a| a == "--merge"),
             targets: crate::flag(args, "--targets")?
                 .map(|t| t.split(',').map(str::to_owned).collect()),
             root,
@@ -94,14 +97,6 @@ impl Options {
 
     fn repeats(&self) -> usize {
         3
-    }
-
-    fn probes(&self) -> usize {
-        if self.quick {
-            30
-        } else {
-            200
-        }
     }
 }
 
@@ -341,6 +336,21 @@ pub fn main(opts: Options) -> Result<()> {
         quick: opts.quick,
         ..Results::default()
     };
+    // --merge: keep the figures of the phases not run from the last results.
+    if opts.merge {
+        let old: Results =
+            serde_json::from_str(&std::fs::read_to_string(opts.out.join("results.json"))?)?;
+        results = Results {
+            skipped: Vec::new(),
+            ..old
+        };
+        results.machine["first_run_s"] = json!(results.elapsed_s.round());
+        results.machine["merged"] = json!(format!(
+            "{} re-run at {}",
+            opts.phases.join(","),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
     eprintln!("emr-bench: load before: {}", report::loadavg());
 
     let phase = |name: &str| opts.phases.iter().any(|p| p == name);
@@ -621,6 +631,17 @@ fn throughput(ctx: &mut Ctx, workers: u32) -> Result<(Vec<Throughput>, Vec<Fixed
     Ok((throughput, fixed))
 }
 
+/// Probes per series: as many transitions as the request budget lets
+/// through at once (see [`activation`]). A warm incident is 6 calls (read,
+/// row, group; read, group, row), a cold one 10 (a 401 and a login each way).
+const WARM_PROBES: usize = 45;
+const COLD_PROBES: usize = 27;
+
+/// Activation latency. emr-edge spends every Genesys call from a token
+/// bucket (README, "The request budget"); the bench sets it to the most the
+/// config allows (300 a minute, burst 300) and starts a fresh Envoy — a full
+/// bucket — for each series, sized to fit in it. More probes back to back
+/// would measure the budget (a call every 0.2 s), not the reaction time.
 async fn activation(ctx: &mut Ctx<'_>) -> Result<Activation> {
     let workers = 1;
     let sim = emr_sim::Sim::start(emr_sim::SimConfig {
@@ -629,76 +650,110 @@ async fn activation(ctx: &mut Ctx<'_>) -> Result<Activation> {
         ..emr_sim::SimConfig::default()
     })
     .await?;
+    let prefixes: Vec<String> = ["warm", "cold", "flooded", "flood"]
+        .iter()
+        .map(|k| ctx.prefix(k))
+        .collect();
+    let scratch = ctx.scratch.clone();
     let mut spec = ctx.spec(Kind::Edge, workers, server_cpus(workers), "activation");
     spec.config = genesys_config();
+    spec.config["genesys"]["limits"]["requests_per_minute"] = json!(300);
+    spec.config["genesys"]["limits"]["burst"] = json!(300);
     spec.sim_port = sim.addr().port();
-    // Started from this thread, not a blocking-pool one: Envoy asks for
-    // SIGTERM when the thread that started it ends (a pool thread ends
-    // after 10 s idle). The simulator keeps serving on the runtime's workers.
-    let envoy = Envoy::start(&spec)?;
-    activation::wait_for_token(&sim, Duration::from_secs(10)).await?;
-    let n = ctx.opts.probes();
-    let budget = |ctx: &Ctx| ctx.left().saturating_sub(Duration::from_secs(150)) / 3;
-    let probe = |prefix: String| Probe {
-        sim: &sim,
-        port: envoy.listen_port,
-        token: TOKEN,
-        group: emr_sim::CARRIER_OUTAGE_GROUP_ID,
-        prefix,
-    };
-    let warm = probe(ctx.prefix("warm"))
-        .series(n, false, budget(ctx))
-        .await?;
-    eprintln!(
-        "activation warm: p50 {} ms p99 {} ms ({} missed)",
-        warm.on_ms.p50, warm.on_ms.p99, warm.missed
-    );
-    let cold = probe(ctx.prefix("cold"))
-        .series(n, true, budget(ctx))
-        .await?;
-    eprintln!(
-        "activation cold: p50 {} ms p99 {} ms ({} missed)",
-        cold.on_ms.p50, cold.on_ms.p99, cold.missed
-    );
-    // Flood: junk and replays from wrk while the probes run.
-    let before = envoy.responses("4xx") + envoy.counter("emr.intake.replayed");
-    let scratch = ctx.scratch.clone();
-    let flood = wrk::Run {
-        workload: Workload::Flood,
-        port: envoy.listen_port,
-        connections: 32,
-        seconds: 300,
-        cpus: LOADGEN_CPUS,
-        prefix: ctx.prefix("flood"),
-        token: TOKEN,
-        scratch: &scratch,
-    }
-    .spawn()?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let series = probe(ctx.prefix("flooded"))
-        .series(n, false, budget(ctx))
-        .await;
-    let flood_result = flood.stop()?;
-    let series = series?;
-    let answered =
-        (envoy.responses("4xx") + envoy.counter("emr.intake.replayed")).saturating_sub(before);
-    eprintln!(
-        "activation under flood ({:.0} req/s): p50 {} ms p99 {} ms ({} missed)",
-        flood_result.rps(),
-        series.on_ms.p50,
-        series.on_ms.p99,
-        series.missed
-    );
-    drop(envoy);
-    sim.shutdown().await;
-    Ok(Activation {
-        warm,
-        cold,
-        flood: series,
-        flood_rps: flood_result.rps(),
-        flood_expected_share: answered as f64 / flood_result.requests.max(1) as f64,
+    // At least 200 incidents per series (20 with --quick), over as many
+    // fresh Envoys as the budget needs.
+    let target: usize = if ctx.opts.quick { 20 } else { 200 };
+    let budget = Duration::from_secs(60);
+    let mut out = Activation {
         workers,
-    })
+        ..Activation::default()
+    };
+    let (mut flood_requests, mut flood_seconds, mut flood_answered) = (0u64, 0f64, 0u64);
+    let mut chunk = 0;
+    for (i, kind) in ["warm", "cold", "flood"]
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, kind)| {
+            let per = if kind == "cold" {
+                COLD_PROBES
+            } else {
+                WARM_PROBES
+            };
+            std::iter::repeat_n((i, kind), target.div_ceil(per.min(target)))
+        })
+    {
+        chunk += 1;
+        let per = if kind == "cold" {
+            COLD_PROBES
+        } else {
+            WARM_PROBES
+        };
+        let n = per.min(target);
+        let prefix = |k: usize| format!("{}-{chunk}", prefixes.get(k).cloned().unwrap_or_default());
+        // Started from this thread, not a blocking-pool one: Envoy asks for
+        // SIGTERM when the thread that started it ends (a pool thread ends
+        // after 10 s idle). The simulator keeps serving on the runtime's
+        // workers.
+        spec.scratch = scratch.join(format!("activation-{kind}-{chunk}"));
+        let envoy = Envoy::start(&spec)?;
+        sim.clear_requests();
+        activation::wait_for_token(&sim, Duration::from_secs(10)).await?;
+        // Let the start-up reads (recovery, first watchdog check) settle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let probe = Probe {
+            sim: &sim,
+            port: envoy.listen_port,
+            token: TOKEN,
+            group: emr_sim::CARRIER_OUTAGE_GROUP_ID,
+            prefix: prefix(i),
+        };
+        let series = match kind {
+            "warm" => probe.series(n, false, budget).await?,
+            "cold" => probe.series(n, true, budget).await?,
+            _ => {
+                // Junk and replays from wrk while the probes run.
+                let before = envoy.responses("4xx") + envoy.counter("emr.intake.replayed");
+                let flood = wrk::Run {
+                    workload: Workload::Flood,
+                    port: envoy.listen_port,
+                    connections: 32,
+                    seconds: 120,
+                    cpus: LOADGEN_CPUS,
+                    prefix: prefix(3),
+                    token: TOKEN,
+                    scratch: &scratch,
+                }
+                .spawn()?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let series = probe.series(n, false, budget).await;
+                let flood_result = flood.stop()?;
+                let answered = (envoy.responses("4xx") + envoy.counter("emr.intake.replayed"))
+                    .saturating_sub(before);
+                // The flood's rate and answers, over all its chunks.
+                flood_requests += flood_result.requests;
+                flood_seconds += flood_result.duration_us as f64 / 1e6;
+                flood_answered += answered;
+                series?
+            }
+        };
+        eprintln!(
+            "activation {kind}: p50 {} ms p99 {} ms ({} incidents, {} missed, budget waits {})",
+            series.on_ms.p50,
+            series.on_ms.p99,
+            series.incidents,
+            series.missed,
+            envoy.counter("emr.genesys.budget_waits")
+        );
+        match kind {
+            "warm" => out.warm.merge(series),
+            "cold" => out.cold.merge(series),
+            _ => out.flood.merge(series),
+        }
+    }
+    out.flood_rps = flood_requests as f64 / flood_seconds.max(0.001);
+    out.flood_expected_share = flood_answered as f64 / flood_requests.max(1) as f64;
+    sim.shutdown().await;
+    Ok(out)
 }
 
 /// Envoy's RSS before and after `target` unique webhooks (2 workers).
