@@ -30,6 +30,14 @@ pub fn canonical_contract(data: &[u8]) {
             "lenient rules refused or changed it"
         );
     }
+    // An accepted body may take the reader's fast path; the same body with
+    // one unknown field (allowed) must take the full one, to the same event.
+    if let (Ok(ev), Some(rest)) = (&s, data.trim_ascii_start().strip_prefix(b"{")) {
+        let mut slow = br#"{"zzUnknownField":0,"#.to_vec();
+        slow.extend_from_slice(rest);
+        let full = parse_canonical(&slow, now(), &lenient);
+        assert_eq!(full.as_ref(), Ok(ev), "fast and full paths disagree");
+    }
     for (result, rules) in [(&s, &strict), (&l, &lenient)] {
         match result {
             Ok(ev) => check_canonical_event(ev, rules),

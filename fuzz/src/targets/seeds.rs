@@ -531,6 +531,7 @@ fn intake_seeds(out: &mut Vec<SeedFile>) {
     }
     let status_bucket = json!([{"correlationId": "INC-1", "state": "ACTIVE"}]).to_string();
     let basic = format!("Basic {}", STANDARD.encode("x:y"));
+    let resume = path_index("/emr/groups/eg-voice/resume");
     let singles: Vec<(&str, u8, Vec<u8>, Vec<u8>)> = vec![
         (
             "status",
@@ -549,6 +550,18 @@ fn intake_seeds(out: &mut Vec<SeedFile>) {
             1,
             Vec::new(),
             request(1, path_index("/emr/state"), 4, 0, &[(0, &basic)], 0, b""),
+        ),
+        (
+            "resume",
+            1,
+            Vec::new(),
+            request(0, resume, 4, 0, &[], i::SIGN | i::TWICE, b""),
+        ),
+        (
+            "resume_get",
+            0,
+            Vec::new(),
+            request(1, resume, 4, 0, &[], 0, b""),
         ),
         (
             "wrong_method",
