@@ -26,7 +26,7 @@ SIM_PORT    ?= 9902
 export EMR_ENVOY := $(abspath $(ENVOY))
 export EMR_WASM  := $(abspath $(WASM))
 
-.PHONY: help setup run test lint unit wasm-test e2e wasm sim bench bench-wrk fuzz clean
+.PHONY: help setup run test lint unit wasm-test e2e wasm wasm-crash-test sim bench bench-wrk fuzz clean
 
 help:
 	@echo "make run    - build and run Envoy + the Genesys simulator on loopback"
@@ -85,6 +85,7 @@ lint: $(STAMPS)/targets
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p emr-edge --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p emr-edge --target wasm32-wasip1 --features crash-test -- -D warnings
 
 unit:
 	cargo test --workspace --exclude emr-e2e
@@ -92,7 +93,16 @@ unit:
 wasm-test: $(STAMPS)/targets $(STAMPS)/wasm-bindgen-$(WBG_VERSION)
 	cargo test -p emr-core --target wasm32-unknown-unknown
 
-e2e: setup wasm
+# The fault suite also needs the filter built with its crash tripwires
+# (feature `crash-test`), kept apart in target/crash-test/ so it can never be
+# mistaken for the release .wasm.
+CRASH_WASM := target/crash-test/wasm32-wasip1/release/emr_edge.wasm
+export EMR_CRASH_WASM := $(abspath $(CRASH_WASM))
+
+wasm-crash-test: $(STAMPS)/targets
+	cargo build -p emr-edge --target wasm32-wasip1 --release --features crash-test --target-dir target/crash-test
+
+e2e: setup wasm wasm-crash-test
 	cargo test -p emr-e2e -- --test-threads 2
 
 ## Bench ---------------------------------------------------------------------

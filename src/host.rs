@@ -3,6 +3,7 @@
 //! (the SDK's trait helpers `unwrap` them, so they are not used).
 
 use chrono::{DateTime, Utc};
+use emr_core::liveness::{self, Liveness};
 use emr_core::store::{EventSink, SharedStore, StoreError, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, Status};
@@ -76,9 +77,34 @@ impl SharedStore for Shared {
 /// The shared queue, resolved lazily: the singleton registers it.
 pub struct Queue<'a> {
     pub id: &'a std::cell::Cell<Option<u32>>,
+    /// The VM's last look at the service's heartbeat.
+    pub service: &'a std::cell::Cell<liveness::Watch>,
 }
 
 impl Queue<'_> {
+    /// Refuses to queue for a service that has stopped: nobody would ever
+    /// process the event, so the sender must keep it (503, retried).
+    fn check_service(&self) -> Result<(), StoreError> {
+        let now = now();
+        let mut watch = self.service.get();
+        let verdict = match watch.cached(now) {
+            Some(v) => v,
+            None => {
+                let stored = hostcalls::get_shared_data(liveness::HEARTBEAT_KEY)
+                    .ok()
+                    .and_then(|(v, _)| v);
+                let v = Liveness::assess(stored.as_deref(), now);
+                watch.record(now, v);
+                self.service.set(watch);
+                v
+            }
+        };
+        match verdict {
+            Liveness::Stalled { age_ms } => Err(StoreError::Host(Liveness::stalled_detail(age_ms))),
+            Liveness::Alive { .. } | Liveness::NotStarted => Ok(()),
+        }
+    }
+
     fn resolve(&self) -> Result<u32, StoreError> {
         if let Some(id) = self.id.get() {
             return Ok(id);
@@ -98,6 +124,7 @@ impl Queue<'_> {
 
 impl EventSink for Queue<'_> {
     fn enqueue(&self, message: &[u8]) -> Result<(), StoreError> {
+        self.check_service()?;
         let id = self.resolve()?;
         hostcalls::enqueue_shared_queue(id, Some(message)).map_err(|s| {
             // A stale id (service restarted): resolve again next time.

@@ -27,6 +27,7 @@ struct StreamShared {
     config: Config,
     metrics: IntakeMetrics,
     queue_id: Cell<Option<u32>>,
+    service: Cell<emr_core::liveness::Watch>,
 }
 
 impl IntakeRoot {
@@ -35,6 +36,7 @@ impl IntakeRoot {
             config,
             metrics: IntakeMetrics::define(),
             queue_id: Cell::new(None),
+            service: Cell::new(emr_core::liveness::Watch::default()),
         });
         // Buckets must exist before the first CAS write; the service creates
         // them too, whichever starts first.
@@ -77,6 +79,13 @@ pub struct Stream {
 }
 
 impl Stream {
+    fn queue(&self) -> Queue<'_> {
+        Queue {
+            id: &self.root.queue_id,
+            service: &self.root.service,
+        }
+    }
+
     fn intake<'a>(&'a self, queue: &'a Queue<'a>) -> Intake<'a> {
         Intake {
             config: &self.root.config,
@@ -116,9 +125,9 @@ impl HttpContext for Stream {
                 .unwrap_or_default()
         };
         let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let queue = Queue {
-            id: &self.root.queue_id,
-        };
+        #[cfg(feature = "crash-test")]
+        crate::crash::intake(path);
+        let queue = self.queue();
         let out =
             self.intake(&queue)
                 .on_headers(method, path, &headers, end_of_stream, host::now());
@@ -142,9 +151,7 @@ impl HttpContext for Stream {
             // Refuse early rather than buffer past the limit.
             if body_size > self.root.config.intake.max_body_bytes {
                 self.waiting = None;
-                let queue = Queue {
-                    id: &self.root.queue_id,
-                };
+                let queue = self.queue();
                 let out = self.intake(&queue).refuse_too_large();
                 self.record(&out);
                 return self.respond(&out.value);
@@ -156,9 +163,7 @@ impl HttpContext for Stream {
             .flatten()
             .unwrap_or_default();
         let headers = self.waiting.take().map(|(_, h)| h).unwrap_or_default();
-        let queue = Queue {
-            id: &self.root.queue_id,
-        };
+        let queue = self.queue();
         let out = self
             .intake(&queue)
             .on_body(source, &headers, &body, host::now());

@@ -8,6 +8,8 @@
 //! Every decision lives in `emr-core`; this crate only moves bytes between the
 //! host and the core. Host access is in [`host`].
 
+#[cfg(feature = "crash-test")]
+mod crash;
 mod host;
 mod intake;
 mod metrics;

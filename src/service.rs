@@ -20,6 +20,7 @@ use emr_core::config::Config;
 use emr_core::event::{Control, GroupId, IncidentKey, QueueMessage, QueuedEvent};
 use emr_core::itsm::{PollEffect, PollMetric, Poller};
 use emr_core::ledger::{Applied, IncidentState, Ledger};
+use emr_core::liveness;
 use emr_core::reconcile::{
     CallResult, Effect, HttpCall, Metric as ReconcileMetric, OpId, Reconciler,
 };
@@ -130,6 +131,7 @@ pub struct ServiceRoot {
     last_expire: DateTime<Utc>,
     last_status: DateTime<Utc>,
     last_state: DateTime<Utc>,
+    last_beat: DateTime<Utc>,
     metrics: ServiceMetrics,
 }
 
@@ -203,6 +205,7 @@ impl ServiceRoot {
             last_expire: DateTime::<Utc>::MIN_UTC,
             last_status: DateTime::<Utc>::MIN_UTC,
             last_state: DateTime::<Utc>::MIN_UTC,
+            last_beat: DateTime::<Utc>::MIN_UTC,
             metrics: ServiceMetrics {
                 events: Metric::counter("emr.service.events"),
                 decode_errors: Metric::counter("emr.service.decode_errors"),
@@ -248,6 +251,8 @@ impl ServiceRoot {
     }
 
     fn record(&mut self, q: &QueuedEvent, now: DateTime<Utc>) {
+        #[cfg(feature = "crash-test")]
+        crate::crash::service(q.event.correlation_id.as_str());
         let group = match &self.config.genesys {
             Some(settings) => settings.group_for(&q.event),
             None => q
@@ -551,6 +556,15 @@ impl ServiceRoot {
     /// timer, so nothing bounded or timely may depend on the tick alone.
     fn maintain(&mut self, now: DateTime<Utc>, from_tick: bool) {
         let due = |last: DateTime<Utc>, every_ms: i64| (now - last).num_milliseconds() >= every_ms;
+        if due(self.last_beat, liveness::BEAT_EVERY_MS) {
+            self.last_beat = now;
+            if let Err(e) = Shared.set(liveness::HEARTBEAT_KEY, &liveness::beat(now), None) {
+                host::log(
+                    LogLevel::Error,
+                    &format!("emr-edge: cannot write the service heartbeat: {e:?}"),
+                );
+            }
+        }
         if due(self.last_prune, PRUNE_EVERY_MS) {
             self.last_prune = now;
             for key in self.ledger.prune(now) {

@@ -3,7 +3,8 @@
 //! Routes: `POST /webhooks/{source}` takes incidents from each source
 //! (`canonical`, `standard`, `pagerduty`, `servicenow`, `jsm`, `opsgenie`,
 //! `alertmanager`); `GET /emr/status/{id}` and `GET /emr/state` answer from
-//! what the service published, and `POST /emr/groups/{id}/resume` queues a
+//! what the service published, `GET /emr/health` says whether the service
+//! is alive ([`crate::liveness`]), and `POST /emr/groups/{id}/resume` queues a
 //! control message for the service (the filter cannot call Genesys: it ends
 //! a person's override of that group, see `crate::watchdog`) — all behind the
 //! status credential (`status` in config). Anything else passes through the
@@ -46,6 +47,7 @@ use crate::event::{
     self, Control, ControlMessage, CorrelationId, GroupId, IncidentEvent, QueuedEvent, RoutingMode,
     Source,
 };
+use crate::liveness::{self, Liveness};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::sources::{self, Delivery, Item, Parsed};
 use crate::status;
@@ -54,6 +56,7 @@ use crate::store::{EventSink, SharedStore, StoreError};
 pub const WEBHOOK_PREFIX: &str = "/webhooks/";
 pub const STATUS_PREFIX: &str = "/emr/status/";
 pub const STATE_PATH: &str = "/emr/state";
+pub const HEALTH_PATH: &str = "/emr/health";
 pub const GROUPS_PREFIX: &str = "/emr/groups/";
 const RESUME_SUFFIX: &str = "/resume";
 
@@ -205,6 +208,8 @@ enum Route<'a> {
 enum EmrRoute<'a> {
     Status(&'a str),
     State,
+    /// Whether the service is alive: for liveness probes.
+    Health,
     /// `POST /emr/groups/{id}/resume`.
     Resume(&'a str),
     Unknown,
@@ -220,6 +225,8 @@ fn route(path: &str) -> Route<'_> {
         Route::Emr(EmrRoute::Status(rest))
     } else if path == STATE_PATH {
         Route::Emr(EmrRoute::State)
+    } else if path == HEALTH_PATH {
+        Route::Emr(EmrRoute::Health)
     } else if let Some(id) = path
         .strip_prefix(GROUPS_PREFIX)
         .and_then(|rest| rest.strip_suffix(RESUME_SUFFIX))
@@ -475,7 +482,7 @@ impl Intake<'_> {
                     EmrRoute::Unknown => refused(&Problem::not_found(format!(
                         "no emr-edge resource at {path}"
                     ))),
-                    EmrRoute::Status(_) | EmrRoute::State
+                    EmrRoute::Status(_) | EmrRoute::State | EmrRoute::Health
                         if method != "GET" && method != "HEAD" =>
                     {
                         refused(&Problem::method_not_allowed("GET, HEAD"))
@@ -485,6 +492,7 @@ impl Intake<'_> {
                     }
                     EmrRoute::Status(id) => self.status(id, now),
                     EmrRoute::State => self.state(),
+                    EmrRoute::Health => self.health(now),
                     EmrRoute::Resume(id) => self.resume(id, now),
                 }
             }
@@ -603,6 +611,30 @@ impl Intake<'_> {
             }
             Err(e) => self.unavailable(&e),
         }
+    }
+
+    /// `GET /emr/health`: 200 while the service beats, 503 when it has
+    /// stopped or not started (see [`crate::liveness`]).
+    fn health(&self, now: DateTime<Utc>) -> Handled<HeadersStep> {
+        let stored = match self.store.get(liveness::HEARTBEAT_KEY) {
+            Ok(v) => v.value,
+            Err(e) => return self.unavailable(&e),
+        };
+        let problem = match Liveness::assess(stored.as_deref(), now) {
+            Liveness::Alive { age_ms } => {
+                let body = serde_json::json!({"status": "ok", "heartbeatAgeMs": age_ms});
+                return Handled::new(
+                    HeadersStep::Respond(Response::json(200, body.to_string().into_bytes())),
+                    vec![Counter::StatusServed],
+                );
+            }
+            Liveness::NotStarted => Problem::new(503, "the emr-edge service has not started"),
+            Liveness::Stalled { age_ms } => Problem::new(503, Liveness::stalled_detail(age_ms)),
+        };
+        Handled::new(
+            HeadersStep::Respond(Response::problem(&problem)),
+            vec![Counter::StatusServed],
+        )
     }
 
     /// Queues a resume for the service; answered at once (the body, if any,
@@ -1199,6 +1231,48 @@ mod tests {
             panic!()
         };
         assert_eq!(body(&r)["groups"][0]["id"], "G");
+    }
+
+    #[test]
+    fn health_follows_the_service_heartbeat() {
+        let w = World::new();
+        let health = |w: &World| {
+            let HeadersStep::Respond(r) = w.get(HEALTH_PATH) else {
+                panic!()
+            };
+            r
+        };
+        // No beat yet: not started.
+        let r = health(&w);
+        assert_eq!(r.status, 503);
+        assert!(body(&r)["detail"].as_str().unwrap().contains("not started"));
+        // A beat 2 s ago: alive, and says how old.
+        let two_s_ago = now() - chrono::Duration::seconds(2);
+        w.store
+            .set(liveness::HEARTBEAT_KEY, &liveness::beat(two_s_ago), None)
+            .unwrap();
+        let r = health(&w);
+        assert_eq!(r.status, 200);
+        assert_eq!(body(&r), json!({"status": "ok", "heartbeatAgeMs": 2000}));
+        // A beat a minute old: stopped.
+        let old = now() - chrono::Duration::seconds(60);
+        w.store
+            .set(liveness::HEARTBEAT_KEY, &liveness::beat(old), None)
+            .unwrap();
+        let r = health(&w);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("content-type"), Some(PROBLEM_CONTENT_TYPE));
+        assert!(
+            body(&r)["detail"].as_str().unwrap().contains("60 s"),
+            "{}",
+            body(&r)
+        );
+        // Only GET and HEAD.
+        let out = w.intake().on_headers("POST", HEALTH_PATH, &[], true, now());
+        let HeadersStep::Respond(r) = out.value else {
+            panic!()
+        };
+        assert_eq!(r.status, 405);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod intake;
 pub mod itsm;
 pub mod json;
 pub mod ledger;
+pub mod liveness;
 pub mod mapping;
 pub mod problem;
 pub mod reconcile;

@@ -41,6 +41,19 @@ pub fn wasm_path() -> PathBuf {
     required_path("EMR_WASM", "target/wasm32-wasip1/release/emr_edge.wasm")
 }
 
+/// A request to this path crashes the intake VM that reads it (crash-test build).
+pub const CRASH_INTAKE_PATH: &str = "/webhooks/__crash";
+/// A canonical incident with this id crashes the service (crash-test build).
+pub const CRASH_SERVICE_INCIDENT: &str = "__crash_service__";
+
+/// The filter built with the `crash-test` tripwires (`make e2e` builds it).
+pub fn crash_wasm_path() -> PathBuf {
+    required_path(
+        "EMR_CRASH_WASM",
+        "target/crash-test/wasm32-wasip1/release/emr_edge.wasm",
+    )
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -69,6 +82,8 @@ pub struct EnvoyOptions {
     pub env: Vec<(String, String)>,
     /// Envoy's log level; `warn` hides the per-event audit lines.
     pub log_level: &'static str,
+    /// The filter to load.
+    pub wasm: PathBuf,
 }
 
 impl Default for EnvoyOptions {
@@ -80,6 +95,7 @@ impl Default for EnvoyOptions {
             sim_port: 9,
             env: Vec::new(),
             log_level: "info",
+            wasm: wasm_path(),
         }
     }
 }
@@ -188,6 +204,16 @@ impl Envoy {
         std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
 
+    /// The service's JSON audit lines, in the order Envoy logged them.
+    pub fn audit_lines(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once("wasm log emr_service emr-edge: "))
+            .filter_map(|(_, json)| serde_json::from_str::<Value>(json).ok())
+            .filter(|v| v.get("audit").is_some() || v.get("kind").is_some())
+            .collect()
+    }
+
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
@@ -252,7 +278,7 @@ fn command(options: &EnvoyOptions, dir: &Path, listen_port: u16, admin_port: u16
         &template,
         &options.config,
         &[
-            ("WASM", wasm_path().display().to_string()),
+            ("WASM", options.wasm.display().to_string()),
             ("LISTEN_PORT", listen_port.to_string()),
             ("ADMIN_PORT", admin_port.to_string()),
             ("SIM_PORT", options.sim_port.to_string()),
@@ -433,6 +459,16 @@ impl Stack {
         patch: Value,
         credentials: (&str, &str),
     ) -> Stack {
+        Self::start_with(sim_config, patch, credentials, wasm_path()).await
+    }
+
+    /// [`Stack::start_as`] loading `wasm` (e.g. [`crash_wasm_path`]).
+    pub async fn start_with(
+        sim_config: emr_sim::SimConfig,
+        patch: Value,
+        credentials: (&str, &str),
+        wasm: PathBuf,
+    ) -> Stack {
         let sim = emr_sim::Sim::start(sim_config)
             .await
             .expect("sim did not start");
@@ -457,6 +493,7 @@ impl Stack {
                 ("EMR_JIRA_API_USER".into(), "emr-edge@example.com".into()),
                 ("EMR_JIRA_API_TOKEN".into(), ITSM_FAKE_SECRET.into()),
             ],
+            wasm,
             ..EnvoyOptions::default()
         };
         let envoy = tokio::task::spawn_blocking(move || Envoy::start(options))
@@ -623,4 +660,124 @@ pub fn latest_status(v: &Value) -> String {
         .and_then(|e| e["status"].as_str())
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Where the fault suite's closing check found things (see [`Stack::account`]).
+#[derive(Debug, Default)]
+pub struct Accounting {
+    /// Events on the status endpoint, over every incident checked.
+    pub events: usize,
+    /// Successful `PUT`s of emergency groups the sim answered.
+    pub transitions: usize,
+    /// Everything found wrong; empty when the books balance.
+    pub problems: Vec<String>,
+}
+
+impl Stack {
+    /// The fault suite's closing check, after a scenario: every incident in
+    /// `ids` (canonical correlation ids whose events were answered 202) has
+    /// only terminal events on the status endpoint, each of them has its
+    /// audit line, every successful emergency-group `PUT` the sim answered
+    /// has exactly one `written` audit line with its correlation id (and no
+    /// `written` line lacks its `PUT`), and each group the incidents map to
+    /// is enabled exactly when one of them is open. Polls until the books
+    /// balance or `within` passes.
+    pub async fn account(&self, ids: &[String], within: Duration) -> Accounting {
+        let deadline = Instant::now() + within;
+        loop {
+            let a = self.account_once(ids).await;
+            if a.problems.is_empty() || Instant::now() >= deadline {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// [`Stack::account`], asserting that the books balance.
+    pub async fn assert_accounted(&self, ids: &[String], within: Duration) -> Accounting {
+        let a = self.account(ids, within).await;
+        assert!(
+            a.problems.is_empty(),
+            "not accounted for after {within:?}:\n{}\n--- log tail ---\n{}",
+            a.problems.join("\n"),
+            self.envoy.log_tail(30)
+        );
+        a
+    }
+
+    async fn account_once(&self, ids: &[String]) -> Accounting {
+        let mut a = Accounting::default();
+        let audit = self.envoy.audit_lines();
+        let ts = |v: &Value| {
+            v.as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis())
+        };
+        // group -> whether some incident holds it on
+        let mut wanted: std::collections::BTreeMap<String, bool> = Default::default();
+        for id in ids {
+            let status = self.status(id).await;
+            let Some(events) = status["events"].as_array() else {
+                a.problems.push(format!("{id}: no status ({status})"));
+                continue;
+            };
+            let key = format!("canonical:{id}");
+            for e in events {
+                a.events += 1;
+                if e["status"] == "PROCESSING" {
+                    a.problems.push(format!("{id}: event not terminal: {e}"));
+                }
+                let audited = match e["via"].as_str() {
+                    None => audit.iter().any(|l| {
+                        l["audit"] == "event"
+                            && l["incident"] == key.as_str()
+                            && ts(&l["timestamp"]) == ts(&e["timestamp"])
+                    }),
+                    Some(via) => audit
+                        .iter()
+                        .any(|l| l["incident"] == key.as_str() || l.to_string().contains(via)),
+                };
+                if !audited {
+                    a.problems
+                        .push(format!("{id}: no audit line for event {e}"));
+                }
+            }
+            if let Some(group) = status["group"].as_str() {
+                *wanted.entry(group.to_owned()).or_default() |= status["state"] == "OPEN";
+            }
+        }
+        for (group, on) in &wanted {
+            if self.enabled(group) != *on {
+                a.problems
+                    .push(format!("group {group}: enabled should be {on}"));
+            }
+        }
+        let put_ids: Vec<String> = self
+            .calls("PUT", "/api/v2/architect/emergencygroups/")
+            .into_iter()
+            .filter(|r| r.status.is_some_and(|s| (200..300).contains(&s)))
+            .filter_map(|r| r.correlation_id)
+            .collect();
+        a.transitions = put_ids.len();
+        let written: Vec<&str> = audit
+            .iter()
+            .filter(|l| l["decision"] == "written")
+            .filter_map(|l| l["genesys"]["correlationId"].as_str())
+            .collect();
+        for id in &put_ids {
+            let n = written.iter().filter(|w| **w == id.as_str()).count();
+            if n != 1 {
+                a.problems.push(format!(
+                    "PUT answered with correlation id {id}: {n} `written` audit lines"
+                ));
+            }
+        }
+        for w in &written {
+            if !put_ids.iter().any(|p| p == w) {
+                a.problems
+                    .push(format!("`written` audit line {w} without a successful PUT"));
+            }
+        }
+        a
+    }
 }

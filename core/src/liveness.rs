@@ -1,0 +1,161 @@
+//! Whether the singleton service is alive, as the filters can tell.
+//!
+//! Envoy reloads a crashed filter VM (`FAIL_RELOAD`) but never a crashed
+//! bootstrap service: if the service's VM dies, the filters would go on
+//! answering 202 to events nobody will ever process. So the service stamps
+//! a heartbeat into shared data while it runs, and the filters stop
+//! accepting (503 + `Retry-After`, which every incident tool retries) once
+//! it is stale; `GET /emr/health` answers 503 too, for the orchestrator's
+//! liveness probe to restart Envoy, after which the service recovers the
+//! open incidents (README, "Restart recovery").
+
+use chrono::{DateTime, Utc};
+
+/// The shared-data key holding the service's last beat (ms since the epoch,
+/// decimal ASCII).
+pub const HEARTBEAT_KEY: &str = "emr.service.heartbeat";
+
+/// How often the service beats. Its tick is 100 ms and it also beats after
+/// each queue batch, so a live service is never more than this late.
+pub const BEAT_EVERY_MS: i64 = 500;
+
+/// A heartbeat older than this means the service has stopped. Ten beats:
+/// long enough that a main thread busy with a burst of work, or a loaded
+/// machine, is not taken for a dead one.
+pub const STALLED_AFTER_MS: i64 = 5_000;
+
+/// How long a filter trusts its last look at the heartbeat, so that a flood
+/// costs one shared-data read per worker per interval, not one per event.
+pub const RECHECK_EVERY_MS: i64 = 250;
+
+/// The bytes the service stores for a beat at `now`.
+pub fn beat(now: DateTime<Utc>) -> Vec<u8> {
+    now.timestamp_millis().to_string().into_bytes()
+}
+
+/// What a filter concludes from the heartbeat key's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// No beat yet: the service has not started (the event queue's absence
+    /// says the same, and is what refuses events then).
+    NotStarted,
+    Alive {
+        age_ms: i64,
+    },
+    Stalled {
+        age_ms: i64,
+    },
+}
+
+impl Liveness {
+    pub fn assess(stored: Option<&[u8]>, now: DateTime<Utc>) -> Liveness {
+        let Some(at) = stored
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
+            return Liveness::NotStarted;
+        };
+        // A beat from the future (clock stepped back) counts as fresh.
+        let age_ms = (now.timestamp_millis() - at).max(0);
+        if age_ms > STALLED_AFTER_MS {
+            Liveness::Stalled { age_ms }
+        } else {
+            Liveness::Alive { age_ms }
+        }
+    }
+
+    pub fn is_stalled(self) -> bool {
+        matches!(self, Liveness::Stalled { .. })
+    }
+
+    /// Why events are refused, for the 503's detail.
+    pub fn stalled_detail(age_ms: i64) -> String {
+        format!(
+            "the emr-edge service has stopped (no heartbeat for {} s); events cannot be processed",
+            age_ms / 1000
+        )
+    }
+}
+
+/// A filter's cached look at the heartbeat.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watch {
+    last: Option<(i64, Liveness)>,
+}
+
+impl Watch {
+    /// The cached verdict if it is recent enough, else `None`: read the key
+    /// and [`Watch::record`] what it said.
+    pub fn cached(&self, now: DateTime<Utc>) -> Option<Liveness> {
+        self.last
+            .filter(|(at, _)| (now.timestamp_millis() - at).abs() < RECHECK_EVERY_MS)
+            .map(|(_, l)| l)
+    }
+
+    pub fn record(&mut self, now: DateTime<Utc>, l: Liveness) {
+        self.last = Some((now.timestamp_millis(), l));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp_millis(1_800_000_000_000 + ms).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_fresh_beat_is_alive_and_an_old_one_stalled() {
+        let b = beat(t(0));
+        assert_eq!(
+            Liveness::assess(Some(&b), t(1_000)),
+            Liveness::Alive { age_ms: 1_000 }
+        );
+        assert_eq!(
+            Liveness::assess(Some(&b), t(STALLED_AFTER_MS)),
+            Liveness::Alive {
+                age_ms: STALLED_AFTER_MS
+            }
+        );
+        let stalled = Liveness::assess(Some(&b), t(STALLED_AFTER_MS + 1));
+        assert!(stalled.is_stalled(), "{stalled:?}");
+    }
+
+    #[test]
+    fn no_beat_or_garbage_is_not_started_never_stalled() {
+        assert_eq!(Liveness::assess(None, t(0)), Liveness::NotStarted);
+        assert_eq!(Liveness::assess(Some(b""), t(0)), Liveness::NotStarted);
+        assert_eq!(
+            Liveness::assess(Some(b"\xff\x00"), t(0)),
+            Liveness::NotStarted
+        );
+        assert_eq!(Liveness::assess(Some(b"soon"), t(0)), Liveness::NotStarted);
+    }
+
+    #[test]
+    fn a_beat_from_the_future_is_fresh() {
+        let b = beat(t(10_000));
+        assert_eq!(
+            Liveness::assess(Some(&b), t(0)),
+            Liveness::Alive { age_ms: 0 }
+        );
+    }
+
+    #[test]
+    fn the_watch_trusts_a_verdict_only_briefly() {
+        let mut w = Watch::default();
+        assert_eq!(w.cached(t(0)), None);
+        let alive = Liveness::Alive { age_ms: 3 };
+        w.record(t(0), alive);
+        assert_eq!(w.cached(t(RECHECK_EVERY_MS - 1)), Some(alive));
+        assert_eq!(w.cached(t(RECHECK_EVERY_MS)), None);
+        // A clock that stepped back does not pin an old verdict forever.
+        assert_eq!(w.cached(t(-RECHECK_EVERY_MS)), None);
+    }
+
+    #[test]
+    fn the_detail_says_how_long_in_seconds() {
+        assert!(Liveness::stalled_detail(12_345).contains("12 s"));
+    }
+}
