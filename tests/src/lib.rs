@@ -733,9 +733,13 @@ impl Stack {
                             && l["incident"] == key.as_str()
                             && ts(&l["timestamp"]) == ts(&e["timestamp"])
                     }),
-                    Some(via) => audit
-                        .iter()
-                        .any(|l| l["incident"] == key.as_str() || l.to_string().contains(via)),
+                    // Events no webhook delivered: the line that made them.
+                    Some(via) => audit.iter().any(|l| {
+                        l["incident"] == key.as_str()
+                            || l.to_string().contains(&format!("\"{id}\""))
+                            || (via == "RECOVERY" && l["kind"] == "emr.recovery")
+                            || (via == "ADOPTED" && l["decision"] == "adopted")
+                    }),
                 };
                 if !audited {
                     a.problems

@@ -286,6 +286,7 @@ async fn an_incident_whose_ttl_runs_out_switches_routing_off() {
     assert_eq!(latest_status(&st), "EXPIRED", "{st}");
     assert_eq!(s.envoy.counter("emr.service.expired"), 1);
     assert!(s.envoy.log().contains("\"decision\":\"expired\""));
+    s.assert_accounted(&["INC-TTL".to_owned()], SOON).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,6 +329,7 @@ async fn a_restart_mid_incident_keeps_routing_on_and_the_resolution_still_works(
     })
     .await;
     assert_eq!(latest_status(&st), "APPLIED", "{st}");
+    s.assert_accounted(&["INC-RESTART".to_owned()], SOON).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,4 +396,5 @@ async fn after_genesys_is_down_routing_converges_once_it_returns() {
     let failures = s.envoy.counter("emr.genesys.failures.transport")
         + s.envoy.counter("emr.genesys.failures.server_error");
     assert!(failures >= 1, "no failed call counted");
+    s.assert_accounted(&["INC-DOWN".to_owned()], SOON).await;
 }
