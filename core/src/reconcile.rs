@@ -1250,15 +1250,42 @@ impl Reconciler {
             return;
         };
         let path = recovery::rows_path(&dt.id, page);
+        let kind = |token_generation| OpKind::Rows {
+            page,
+            attempts,
+            token_generation,
+        };
+        if self.send_get(path, kind, cx) {
+            self.recovery = Recovery::Reading;
+        }
+    }
+
+    /// Asks Genesys for our OAuth client's name (`GET /api/v2/tokens/me`).
+    fn send_identity(&mut self, cx: &mut Cx<'_>) {
+        let kind = |token_generation| OpKind::Identity { token_generation };
+        if self.send_get("/api/v2/tokens/me".to_owned(), kind, cx) {
+            self.identity.fetching = true;
+        }
+    }
+
+    /// Sends a `GET` that belongs to no group's cycle (recovery, identity)
+    /// when a token and the budget allow; returns whether it went. One that
+    /// did not is tried again by the next pump.
+    fn send_get(
+        &mut self,
+        path: String,
+        kind: impl FnOnce(u64) -> OpKind,
+        cx: &mut Cx<'_>,
+    ) -> bool {
         let Some((authorization, generation)) = self
             .token
             .bearer(cx.now)
             .map(|b| (b.header_value(), b.generation))
         else {
-            return;
+            return false;
         };
         if !self.take_budget(cx) {
-            return;
+            return false;
         }
         let op = self.alloc_op();
         let call = self.api_call(
@@ -1270,50 +1297,9 @@ impl Reconciler {
             },
             authorization,
         );
-        self.insert_op(
-            op,
-            OpKind::Rows {
-                page,
-                attempts,
-                token_generation: generation,
-            },
-            cx.now,
-        );
-        self.recovery = Recovery::Reading;
+        self.insert_op(op, kind(generation), cx.now);
         cx.fx.push(Effect::Call(call));
-    }
-
-    /// Asks Genesys for our OAuth client's name (`GET /api/v2/tokens/me`).
-    fn send_identity(&mut self, cx: &mut Cx<'_>) {
-        let Some((authorization, generation)) = self
-            .token
-            .bearer(cx.now)
-            .map(|b| (b.header_value(), b.generation))
-        else {
-            return;
-        };
-        if !self.take_budget(cx) {
-            return;
-        }
-        let op = self.alloc_op();
-        let call = self.api_call(
-            op,
-            Request {
-                method: "GET",
-                path: "/api/v2/tokens/me".to_owned(),
-                body: None,
-            },
-            authorization,
-        );
-        self.insert_op(
-            op,
-            OpKind::Identity {
-                token_generation: generation,
-            },
-            cx.now,
-        );
-        self.identity.fetching = true;
-        cx.fx.push(Effect::Call(call));
+        true
     }
 
     fn phase(&self, g: &GroupId) -> Option<&Phase> {
