@@ -7,8 +7,8 @@
 //! `fuzz/corpus/<target>/` and every crash kept in
 //! `fuzz/regressions/<target>/`.
 //!
-//! `cargo test -p emr-core --test fuzz_replay -- --ignored write_seeds`
-//! writes the built-in seeds into the corpus folders.
+//! `cargo run -p emr-core --example write_fuzz_seeds` writes the built-in
+//! seeds into the corpus folders.
 
 // Reads files: native only (the wasm test run has no filesystem).
 #![cfg(not(target_arch = "wasm32"))]
@@ -101,16 +101,5 @@ fn every_target_has_a_corpus() {
             !files(&dir).is_empty(),
             "fuzz/corpus/{name} is empty or missing"
         );
-    }
-}
-
-/// Writes the built-in seeds to `fuzz/corpus/<target>/seed-<name>`.
-#[test]
-#[ignore = "writes files: run by hand when the seeds change"]
-fn write_seeds() {
-    for (target, name, data) in targets::seeds::seeds() {
-        let dir = fuzz_dir().join("corpus").join(target);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join(format!("seed-{name}")), data).unwrap();
     }
 }
