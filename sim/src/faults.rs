@@ -32,6 +32,9 @@ pub struct Fault {
     pub body: Option<Value>,
     /// Wait this long first, then answer normally (or as `status`/`reset` say).
     pub delay_ms: Option<u64>,
+    /// Run the real handler (the change is made, the request logged), then
+    /// hold the answer this long: a write whose answer the caller gives up on.
+    pub answer_delay_ms: Option<u64>,
     /// Close the connection without answering (a TCP reset).
     pub reset: bool,
     /// Apply to this many matching requests, then disappear (forever when absent).
@@ -80,6 +83,14 @@ impl Fault {
         self
     }
 
+    /// Make the change, then hold the answer for `delay` (see `answer_delay_ms`).
+    pub fn answer_late(delay: Duration) -> Self {
+        Self {
+            answer_delay_ms: Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+            ..Self::default()
+        }
+    }
+
     /// Wait `delay` before acting.
     pub fn after(mut self, delay: Duration) -> Self {
         self.delay_ms = Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
@@ -104,8 +115,18 @@ impl Fault {
                 return Err(format!("status {status} is not 200-599"));
             }
         }
-        if self.status.is_none() && !self.reset && self.delay_ms.is_none() {
-            return Err("a fault needs status, reset or delay_ms".to_owned());
+        if self.status.is_none()
+            && !self.reset
+            && self.delay_ms.is_none()
+            && self.answer_delay_ms.is_none()
+        {
+            return Err("a fault needs status, reset, delay_ms or answer_delay_ms".to_owned());
+        }
+        if self.answer_delay_ms.is_some() && (self.status.is_some() || self.reset) {
+            return Err(
+                "answer_delay_ms holds the real handler's answer: not with status or reset"
+                    .to_owned(),
+            );
         }
         if self.status.is_some() && self.reset {
             return Err("a fault cannot both answer a status and reset".to_owned());
@@ -124,6 +145,11 @@ impl Fault {
                 .path_prefix
                 .as_deref()
                 .is_none_or(|prefix| path.starts_with(prefix))
+    }
+
+    /// How long to hold the real handler's answer.
+    pub(crate) fn answer_delay(&self) -> Option<Duration> {
+        self.answer_delay_ms.map(Duration::from_millis)
     }
 
     /// How long to wait before acting.

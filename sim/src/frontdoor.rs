@@ -85,7 +85,9 @@ pub(crate) async fn front_door(State(app): State<App>, request: Request, next: N
     }
 
     let fault = app.lock().faults.take(&record.method, &record.path);
+    let mut answer_delay = None;
     if let Some(fault) = fault {
+        answer_delay = fault.answer_delay();
         if let Some(pause) = fault.pause() {
             tokio::time::sleep(pause).await;
         }
@@ -102,7 +104,14 @@ pub(crate) async fn front_door(State(app): State<App>, request: Request, next: N
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
-    finish(&app, record, started, response)
+    let Some(hold) = answer_delay else {
+        return finish(&app, record, started, response);
+    };
+    // Logged now: the change is made whether or not the caller waits.
+    record.injected = true;
+    let response = finish(&app, record, started, response);
+    tokio::time::sleep(hold).await;
+    response
 }
 
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {

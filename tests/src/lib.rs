@@ -756,11 +756,14 @@ impl Stack {
                     .push(format!("group {group}: enabled should be {on}"));
             }
         }
-        let put_ids: Vec<String> = self
+        let puts: Vec<emr_sim::RequestRecord> = self
             .calls("PUT", "/api/v2/architect/emergencygroups/")
             .into_iter()
             .filter(|r| r.status.is_some_and(|s| (200..300).contains(&s)))
-            .filter_map(|r| r.correlation_id)
+            .collect();
+        let put_ids: Vec<String> = puts
+            .iter()
+            .filter_map(|r| r.correlation_id.clone())
             .collect();
         a.transitions = put_ids.len();
         let written: Vec<&str> = audit
@@ -768,11 +771,33 @@ impl Stack {
             .filter(|l| l["decision"] == "written")
             .filter_map(|l| l["genesys"]["correlationId"].as_str())
             .collect();
-        for id in &put_ids {
-            let n = written.iter().filter(|w| **w == id.as_str()).count();
-            if n != 1 {
+        // A write Genesys made but whose answer never reached us (the sim
+        // held it past our timeout) cannot have its `written` line; its
+        // attempt must be audited as failed instead (Envoy's 504 or a
+        // transport failure), and the next read then finds it done.
+        let group_of = |path: &str| path.rsplit('/').next().unwrap_or_default().to_owned();
+        let mut lost: std::collections::BTreeMap<String, usize> = Default::default();
+        for r in &puts {
+            let id = r.correlation_id.as_deref().unwrap_or_default();
+            let n = written.iter().filter(|w| **w == id).count();
+            if n == 0 && r.injected {
+                *lost.entry(group_of(&r.path)).or_default() += 1;
+            } else if n != 1 {
                 a.problems.push(format!(
                     "PUT answered with correlation id {id}: {n} `written` audit lines"
+                ));
+            }
+        }
+        for (group, n) in lost {
+            let failed_attempts = audit
+                .iter()
+                .filter(|l| l["group"] == group.as_str())
+                .filter(|l| l["decision"] == "retry-after-backoff" || l["decision"] == "failed")
+                .filter(|l| l["genesys"]["status"] == 504 || l["genesys"]["class"] == "transport")
+                .count();
+            if failed_attempts < n {
+                a.problems.push(format!(
+                    "group {group}: {n} writes whose answer was lost, {failed_attempts} failed attempts audited"
                 ));
             }
         }

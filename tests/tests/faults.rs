@@ -462,3 +462,38 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_is_lost_to_a_timeout_is_found_done_by_the_next_read() {
+    let s = Stack::start(
+        SimConfig::default(),
+        json!({"genesys": {"limits": {"call_timeout_ms": 500, "backoff_initial_ms": 100}}}),
+    )
+    .await;
+    // Genesys applies the write but answers after our timeout.
+    s.sim
+        .add_fault(
+            Fault::answer_late(Duration::from_millis(1500))
+                .on_method("PUT")
+                .on_path("/api/v2/architect/emergencygroups")
+                .times(1),
+        )
+        .unwrap();
+    s.send(&event("INC-LOST", "EMERGENCY_ACTIVE", &["q1"], -2))
+        .await;
+    assert!(eventually(Duration::from_secs(10), || s.enabled(CARRIER)).await);
+    let a = s.assert_accounted(&["INC-LOST".to_owned()], SETTLE).await;
+    assert_eq!(a.transitions, 1);
+    // The next read found the write done: no second PUT, and it says so.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(group_puts(&s).len(), 1, "written twice");
+    let audit = s.envoy.audit_lines();
+    assert!(
+        audit.iter().any(|l| l["decision"] == "in-sync"
+            && l["before"]["enabled"] == true
+            && l["before"]["modifiedByApp"] == emr_sim::EMR_EDGE_CLIENT_NAME),
+        "no in-sync line after the lost answer"
+    );
+    let status = s.status("INC-LOST").await;
+    assert_eq!(emr_e2e::latest_status(&status), "APPLIED", "{status}");
+}

@@ -136,6 +136,39 @@ async fn a_delay_fault_delays_then_answers() {
 }
 
 #[tokio::test]
+async fn a_late_answer_makes_the_change_then_holds_the_answer() {
+    let api = Api::seeded().await;
+    let token = api.emr_token().await;
+    let before = api.sim.emergency_group(DEFAULT_GROUP_ID).unwrap();
+    api.sim
+        .add_fault(
+            Fault::answer_late(Duration::from_secs(5))
+                .on_method("PUT")
+                .times(1),
+        )
+        .unwrap();
+    let mut body = serde_json::to_value(&before).unwrap();
+    body["enabled"] = json!(true);
+    // The caller gives up long before the answer comes.
+    let gave_up = api
+        .http
+        .put(api.url(&group_path()))
+        .bearer_auth(&token)
+        .json(&body)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "answered before the hold: {gave_up:?}");
+    let after = api.sim.emergency_group(DEFAULT_GROUP_ID).unwrap();
+    assert!(after.enabled, "the change was made");
+    assert_eq!(after.version, before.version + 1);
+    let logged = api.sim.requests();
+    let put = logged.iter().find(|r| r.method == "PUT").unwrap();
+    assert_eq!(put.status, Some(200));
+    assert!(put.injected);
+}
+
+#[tokio::test]
 async fn faults_can_be_cleared_and_bad_ones_are_refused() {
     let api = Api::seeded().await;
     let token = api.emr_token().await;
@@ -152,6 +185,8 @@ async fn faults_can_be_cleared_and_bad_ones_are_refused() {
         json!({}),
         json!({"status": 42}),
         json!({"status": 503, "reset": true}),
+        json!({"status": 503, "answer_delay_ms": 100}),
+        json!({"reset": true, "answer_delay_ms": 100}),
         json!({"status": 503, "count": 0}),
         json!({"status": 503, "colour": "red"}),
     ] {
