@@ -623,15 +623,9 @@ async fn slow_clients_are_cut_off_by_the_shipped_timeouts() {
     within("trickled body", slow_body.0, REQUEST_TIMEOUT);
     within("stalled body", stalled_body.0, REQUEST_TIMEOUT);
     within("no TLS handshake", no_handshake, TLS_HANDSHAKE_TIMEOUT);
-    // Envoy answers a timed-out request 408 when it has a stream to answer on.
     for (what, r) in [
         ("slowloris headers", &slowloris.1),
         ("stalled headers", &stalled_headers.1),
-    ] {
-        assert!(matches!(r.status, 0 | 408), "{what}: {r:?}");
-        eprintln!("MEASURED {what}: answer {}", r.status);
-    }
-    for (what, r) in [
         ("trickled body", &slow_body.1),
         ("stalled body", &stalled_body.1),
     ] {
