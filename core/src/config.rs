@@ -167,7 +167,13 @@ pub fn parse(bytes: &[u8], env: Env<'_>) -> Result<Config, ConfigError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "$".to_owned() } else { path };
+        // The root, and an unknown key `""` (serde_path_to_error names it by
+        // its empty segment), are `$`: an error always names a field.
+        let field = if path == "." || path.is_empty() {
+            "$".to_owned()
+        } else {
+            path
+        };
         ConfigError::new(field, strip_position(&e.into_inner().to_string()))
     })?;
     compile(raw, env)
@@ -332,6 +338,16 @@ mod tests {
 
     fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         super::parse(bytes, &no_env)
+    }
+
+    #[test]
+    fn an_unknown_empty_key_is_named_as_the_root() {
+        // fuzz/regressions/plugin_config/unknown-empty-key
+        for body in [&br#"{"": 1}"#[..], br#"{"intake": {"": 1}}"#, b"[1]"] {
+            let e = parse(body).unwrap_err();
+            assert!(!e.field.is_empty(), "{e:?}");
+        }
+        assert_eq!(parse(br#"{"": 1}"#).unwrap_err().field, "$");
     }
 
     #[test]

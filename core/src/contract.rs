@@ -163,10 +163,14 @@ fn check_object(
 
     if !rules.allow_unknown_fields {
         for key in obj.keys().filter(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-            errors.push(FieldError::new(
-                key.clone(),
-                "is not a field of the contract",
-            ));
+            // The key is the sender's text: bounded and printable, and the
+            // key `""` named as JSONPath does, so `field` is never empty.
+            let field = if key.is_empty() {
+                "$[\"\"]".to_owned()
+            } else {
+                crate::mapping::printable(key)
+            };
+            errors.push(FieldError::new(field, "is not a field of the contract"));
         }
     }
 
@@ -634,6 +638,19 @@ mod tests {
             ..ContractRules::default()
         };
         assert!(parse_canonical(v.to_string().as_bytes(), now(), &lenient).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_by_a_non_empty_bounded_field() {
+        // fuzz/regressions/canonical_contract/empty-key
+        assert_eq!(fields(&with("", json!(60.5))), ["$[\"\"]"]);
+        let long = format!("x\u{0}{}", "y".repeat(10_000));
+        let named = fields(&with(&long, json!(1)));
+        assert_eq!(named.len(), 1);
+        assert!(
+            named[0].starts_with("x?y") && named[0].len() == 64,
+            "{named:?}"
+        );
     }
 
     #[test]

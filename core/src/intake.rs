@@ -521,9 +521,16 @@ impl Intake<'_> {
             Some(ct) if is_json(ct) => {}
             Some(ct) => {
                 return refused(
-                    &Problem::new(415, format!("expected application/json, got {ct:?}"))
-                        .with_error("content-type", "must be application/json"),
-                )
+                    &Problem::new(
+                        415,
+                        // The sender's header, bounded: it may be of any length.
+                        format!(
+                            "expected application/json, got {:?}",
+                            crate::mapping::printable(ct)
+                        ),
+                    )
+                    .with_error("content-type", "must be application/json"),
+                );
             }
             None => {
                 return refused(
@@ -1094,6 +1101,18 @@ mod tests {
         assert!(is_json("Application/JSON"));
         assert!(is_json("application/cloudevents+json"));
         assert!(!is_json("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn a_415_shows_a_bounded_printable_content_type() {
+        let w = World::new();
+        let ct = format!("text/\u{7f}{}", "x".repeat(20_000));
+        let r = w.post("/webhooks/canonical", &ct, b"{}");
+        assert_eq!(r.status, 415);
+        let detail = body(&r)["detail"].as_str().unwrap().to_owned();
+        assert!(detail.len() < 128, "{detail}");
+        assert!(detail.contains("text/?xxx"), "{detail}");
+        assert!(detail.is_ascii() && !detail.contains('\u{7f}'), "{detail}");
     }
 
     #[test]

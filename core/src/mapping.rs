@@ -47,6 +47,9 @@ use crate::sources::{Item, SourceConfig};
 /// Most urgent and least urgent priority a rule may set.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<Priority> = 1..=5;
 
+/// How far ahead of our clock a tool's event time may be, unless configured.
+pub const DEFAULT_MAX_FUTURE_SKEW_SECONDS: u32 = 300;
+
 /// What a `modes` entry turns a source event into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -242,13 +245,26 @@ impl Mapping {
             Some(t) => check_ttl(t, &format!("{base}.default_ttl_seconds"), errors),
             None => DEFAULT_TTL_SECONDS,
         };
-        let max_future_skew_seconds = cfg.max_future_skew_seconds.unwrap_or(300);
-        if max_future_skew_seconds > 3600 {
-            errors.push(FieldError::new(
-                format!("{base}.max_future_skew_seconds"),
-                "must be at most 3600",
-            ));
-        }
+        let max_future_skew_seconds = match cfg.max_future_skew_seconds {
+            // The contract bounds its own timestamps (a fixed skew and the
+            // replay window): a setting here would be silently ignored.
+            Some(_) if vocab.canonical => {
+                errors.push(FieldError::new(
+                    format!("{base}.max_future_skew_seconds"),
+                    "does not apply: this route's timestamps are bounded by the canonical contract",
+                ));
+                DEFAULT_MAX_FUTURE_SKEW_SECONDS
+            }
+            Some(s) if s > 3600 => {
+                errors.push(FieldError::new(
+                    format!("{base}.max_future_skew_seconds"),
+                    "must be at most 3600",
+                ));
+                s
+            }
+            Some(s) => s,
+            None => DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+        };
         let default_type = IncidentType::parse(&format!(
             "{}_INCIDENT",
             source.as_str().to_ascii_uppercase()
@@ -846,6 +862,30 @@ mod tests {
             &mut errors,
         );
         assert_eq!(errors.len(), 4, "{errors:?}");
+    }
+
+    #[test]
+    fn future_skew_is_refused_where_the_contract_bounds_timestamps() {
+        let canonical = Vocabulary {
+            facts: &["incident_type"],
+            labels: false,
+            modes: false,
+            canonical: true,
+        };
+        let cfg: SourceConfig = serde_json::from_str(r#"{"max_future_skew_seconds": 60}"#).unwrap();
+        for (source, base) in [
+            (Source::Canonical, "sources.canonical"),
+            (Source::Standard, "sources.standard"),
+        ] {
+            let mut errors = Vec::new();
+            Mapping::compile(source, &cfg, &canonical, base, &mut errors);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].field, format!("{base}.max_future_skew_seconds"));
+            assert!(errors[0].message.contains("does not apply"), "{errors:?}");
+        }
+        // Tool routes keep it.
+        let m = compile(r#"{"max_future_skew_seconds": 60}"#).unwrap();
+        assert_eq!(m.max_future_skew_seconds(), 60);
     }
 
     #[test]
