@@ -32,6 +32,7 @@ mod config;
 mod dedupe;
 mod genesys;
 mod intake;
+mod itsm;
 mod json;
 pub mod seeds;
 mod signature;
@@ -42,6 +43,7 @@ pub use config::plugin_config;
 pub use dedupe::dedupe_buckets;
 pub use genesys::genesys_answers;
 pub use intake::intake;
+pub use itsm::itsm_answers;
 pub use json::json_strict;
 pub use signature::signature_headers;
 pub use sources::sources;
@@ -56,6 +58,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sources", sources),
     ("signature_headers", signature_headers),
     ("genesys_answers", genesys_answers),
+    ("itsm_answers", itsm_answers),
     ("dedupe_buckets", dedupe_buckets),
     ("plugin_config", plugin_config),
     ("intake", intake),

@@ -137,6 +137,7 @@ pub fn seeds() -> Vec<SeedFile> {
     source_seeds(&mut out);
     signature_seeds(&mut out);
     genesys_seeds(&mut out);
+    itsm_seeds(&mut out);
     dedupe_seeds(&mut out);
     config_seeds(&mut out);
     intake_seeds(&mut out);
@@ -377,6 +378,52 @@ fn genesys_seeds(out: &mut Vec<SeedFile>) {
         out.push(("genesys_answers", name.to_owned(), seed.rest(body)));
     }
     out.push(("genesys_answers", "failed".into(), vec![0]));
+}
+
+fn itsm_seeds(out: &mut Vec<SeedFile>) {
+    let cases: [(&str, u8, serde_json::Value); 10] = [
+        (
+            "pd_triggered",
+            0,
+            json!({"incident": {"id": "Q1", "status": "triggered"}}),
+        ),
+        (
+            "pd_resolved",
+            0,
+            json!({"incident": {"id": "Q1", "status": "resolved"}}),
+        ),
+        ("pd_unknown", 0, json!({"incident": {"status": "snoozed"}})),
+        ("sn_number", 1, json!({"result": [{"state": 6}]})),
+        ("sn_string", 1, json!({"result": [{"state": "2"}]})),
+        (
+            "sn_label",
+            1,
+            json!({"result": [{"state": {"value": "7", "display_value": "Closed"}}]}),
+        ),
+        ("sn_empty", 1, json!({"result": []})),
+        (
+            "jira_done",
+            2,
+            json!({"fields": {"status": {"name": "Done", "statusCategory": {"key": "done"}}}}),
+        ),
+        (
+            "jira_open",
+            2,
+            json!({"fields": {"status": {"name": "In Progress", "statusCategory": {"key": "indeterminate"}}}}),
+        ),
+        (
+            "jira_no_category",
+            2,
+            json!({"fields": {"status": {"name": "Open"}}}),
+        ),
+    ];
+    for (name, tool, body) in cases {
+        out.push((
+            "itsm_answers",
+            name.to_owned(),
+            Seed::new().byte(tool).rest(body.to_string()),
+        ));
+    }
 }
 
 fn dedupe_seeds(out: &mut Vec<SeedFile>) {
