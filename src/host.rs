@@ -2,6 +2,8 @@
 //! clock, logs and plugin properties. Every host call's error is handled here
 //! (the SDK's trait helpers `unwrap` them, so they are not used).
 
+use std::cell::Cell;
+
 use chrono::{DateTime, Utc};
 use emr_core::liveness::{self, Liveness};
 use emr_core::store::{EventSink, SharedStore, StoreError, Versioned};
@@ -16,6 +18,27 @@ pub const DEFAULT_VM_ID: &str = "emr-edge";
 pub fn log(level: LogLevel, message: &str) {
     // Nothing useful to do when logging itself fails.
     let _ = hostcalls::log(level, message);
+}
+
+thread_local! {
+    /// The host's log level as last read; `Trace` (log everything) until
+    /// then. A VM lives on one thread, so this is per VM.
+    static LOG_LEVEL: Cell<LogLevel> = const { Cell::new(LogLevel::Trace) };
+}
+
+/// Reads the host's log level again: it can change at run time (Envoy's
+/// `/logging`), and one host call per batch of work is cheap where one per
+/// line is not.
+pub fn refresh_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        LOG_LEVEL.with(|l| l.set(level));
+    }
+}
+
+/// Whether the host would write a line at `level` (as of the last
+/// [`refresh_log_level`]): lines it would drop need not be built.
+pub fn logs(level: LogLevel) -> bool {
+    LOG_LEVEL.with(|l| level as u32 >= l.get() as u32)
 }
 
 pub fn now() -> DateTime<Utc> {

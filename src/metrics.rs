@@ -31,7 +31,8 @@ impl Metric {
     }
 
     pub fn add(self, n: u64) {
-        if let Some(id) = self.0 {
+        // Adding nothing is not worth a host call.
+        if let Some(id) = self.0.filter(|_| n > 0) {
             let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }

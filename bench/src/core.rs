@@ -121,3 +121,90 @@ fn requests(
     }
     wrong
 }
+
+/// `emr-bench core --service`: what the singleton does per queued event,
+/// natively and without host calls, stage by stage (each line adds one
+/// stage to the one above): decode, ledger and board marks, the audit line,
+/// and publishing the dirty status buckets every `publish_every` events.
+pub fn service(n: usize, publish_every: usize) -> Result<()> {
+    use emr_core::event::{GroupId, QueueMessage};
+    use emr_core::ledger::Ledger;
+    use emr_core::status::{self, Board};
+
+    let now = Utc::now();
+    let ts = crate::run::rfc3339(now);
+    let rules = emr_core::contract::ContractRules::default();
+    let messages: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let body = incident(&format!("SVC-{i}"), "EMERGENCY_ACTIVE", &ts);
+            let ev = emr_core::contract::parse_canonical(body.as_bytes(), now, &rules)
+                .map_err(|p| anyhow!("{}", p.detail))?;
+            let q = emr_core::event::QueuedEvent {
+                event: ev,
+                received_ms: now.timestamp_millis(),
+                delivery_id: None,
+            };
+            Ok(serde_json::to_vec(&q)?)
+        })
+        .collect::<Result<_>>()?;
+    let group = GroupId::parse("default").map_err(|e| anyhow!("{}", e.0))?;
+    for stage in 0..4 {
+        let store = MemoryStore::new();
+        status::create_keys(&store).map_err(|e| anyhow!("{e:?}"))?;
+        let mut ledger = Ledger::default();
+        let mut board = Board::default();
+        let mut sink = 0usize;
+        let mut written = 0usize;
+        let started = Instant::now();
+        for (i, m) in messages.iter().enumerate() {
+            let Ok(QueueMessage::Event(q)) = QueueMessage::decode(m) else {
+                return Err(anyhow!("undecodable"));
+            };
+            if stage >= 1 {
+                let applied = ledger.apply(&q, group.clone(), now);
+                board.mark(&q.event.incident_key());
+                for key in ledger.take_dropped() {
+                    board.forget(&key);
+                }
+                if stage >= 2 {
+                    let line = serde_json::json!({
+                        "audit": "event",
+                        "at": now.to_rfc3339(),
+                        "incident": q.event.incident_key().to_string(),
+                        "routingMode": q.event.routing_mode,
+                        "timestamp": q.event.timestamp.to_rfc3339(),
+                        "group": group,
+                        "deliveryId": q.delivery_id,
+                        "outcome": format!("{applied:?}"),
+                    })
+                    .to_string();
+                    sink += line.len();
+                }
+                if stage >= 3 && i % publish_every == 0 {
+                    // The service sweeps removals once a second: at
+                    // ~5,000 events a second, every 50th publish.
+                    written += if i % (publish_every * 50) == 0 {
+                        board.publish_removals(&ledger, &store)
+                    } else {
+                        board.publish(&ledger, &store)
+                    }
+                    .map_err(|e| anyhow!("{e:?}"))?;
+                }
+            }
+        }
+        let ns = started.elapsed().as_nanos() as f64 / n as f64;
+        let what = [
+            "decode",
+            "+ ledger, board marks",
+            "+ audit line",
+            "+ publish",
+        ];
+        println!(
+            "{:<24} {ns:>8.0} ns/event  ({} incidents, {sink} audit bytes, {written} buckets written, {} bytes published)",
+            what.get(stage).unwrap_or(&""),
+            ledger.len(),
+            store.bytes()
+        );
+    }
+    Ok(())
+}

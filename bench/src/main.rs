@@ -29,6 +29,18 @@ fn main() -> Result<()> {
         Some("report") => report::rewrite(std::path::Path::new(
             &flag(&args, "--out")?.unwrap_or_else(|| "bench".into()),
         )),
+        Some("core") if args.iter().any(|a| a == "--service") => core::service(
+            flag(&args, "--n")?
+                .map(|n| n.parse())
+                .transpose()
+                .context("--n")?
+                .unwrap_or(200_000),
+            flag(&args, "--publish-every")?
+                .map(|n| n.parse())
+                .transpose()
+                .context("--publish-every")?
+                .unwrap_or(100),
+        ),
         Some("core") => core::main(
             flag(&args, "--n")?
                 .map(|n| n.parse())

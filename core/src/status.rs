@@ -6,7 +6,8 @@
 //! incidents changed. The bucket count and per-bucket cap are fixed, and the
 //! ledger's retention bounds what is published: shared data stays bounded.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
@@ -40,23 +41,50 @@ pub fn create_keys(store: &dyn SharedStore) -> Result<(), StoreError> {
 
 /// Which incidents live in which bucket, and which buckets wait to be
 /// republished. Publishing touches only dirty buckets, so its cost does not
-/// grow with the ledger.
+/// grow with the ledger; and each incident's JSON is kept until it changes,
+/// so a bucket rewritten for one incident does not re-serialise the others.
 #[derive(Debug, Default)]
 pub struct Board {
     members: BTreeMap<u16, BTreeSet<IncidentKey>>,
     dirty: BTreeSet<u16>,
+    /// Buckets that only lost incidents (pruned from the ledger). Under a
+    /// flood of unique ids the ledger drops one incident per new one, which
+    /// would double the buckets written; these wait for
+    /// [`Board::publish_removals`] (or a change of their own).
+    shrunk: BTreeSet<u16>,
+    /// Each published incident's JSON, until [`Board::mark`] says it changed.
+    cache: HashMap<IncidentKey, Vec<u8>>,
 }
 
 impl Board {
-    /// Notes that `key`'s incident changed.
+    /// Notes that `key`'s incident changed (or was created).
     pub fn mark(&mut self, key: &IncidentKey) {
         let n = bucket_of(key.id.as_str());
+        self.cache.remove(key);
         self.members.entry(n).or_default().insert(key.clone());
         self.dirty.insert(n);
     }
 
+    /// Notes that the ledger dropped `key`'s incident: its bucket loses it
+    /// at the next [`Board::publish_removals`], or sooner if the bucket is
+    /// rewritten for another reason.
+    pub fn forget(&mut self, key: &IncidentKey) {
+        let n = bucket_of(key.id.as_str());
+        self.cache.remove(key);
+        if let Some(members) = self.members.get_mut(&n) {
+            if members.remove(key) {
+                self.shrunk.insert(n);
+            }
+        }
+    }
+
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// Whether some bucket still shows an incident the ledger dropped.
+    pub fn has_removals(&self) -> bool {
+        !self.shrunk.is_empty()
     }
 
     /// Rewrites every dirty bucket from the ledger. The singleton is the only
@@ -67,23 +95,70 @@ impl Board {
         store: &dyn SharedStore,
     ) -> Result<usize, StoreError> {
         let dirty = std::mem::take(&mut self.dirty);
+        self.write(dirty, ledger, store)
+    }
+
+    /// Rewrites the dirty buckets and those that only lost incidents.
+    pub fn publish_removals(
+        &mut self,
+        ledger: &Ledger,
+        store: &dyn SharedStore,
+    ) -> Result<usize, StoreError> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.append(&mut self.shrunk);
+        self.write(dirty, ledger, store)
+    }
+
+    fn write(
+        &mut self,
+        buckets: BTreeSet<u16>,
+        ledger: &Ledger,
+        store: &dyn SharedStore,
+    ) -> Result<usize, StoreError> {
         let mut written = 0;
-        for n in dirty {
+        let mut body = Vec::new();
+        let mut pending = buckets.into_iter();
+        while let Some(n) = pending.next() {
+            self.shrunk.remove(&n);
             let members = self.members.entry(n).or_default();
             // Incidents the ledger pruned leave the bucket.
             members.retain(|k| ledger.get(k).is_some());
-            let mut incidents: Vec<&Incident> =
-                members.iter().filter_map(|k| ledger.get(k)).collect();
-            incidents.sort_by_key(|i| std::cmp::Reverse(i.updated_at));
+            let mut incidents: Vec<(&IncidentKey, &Incident)> = members
+                .iter()
+                .filter_map(|k| ledger.get(k).map(|i| (k, i)))
+                .collect();
+            incidents.sort_by_key(|(_, i)| std::cmp::Reverse(i.updated_at));
             incidents.truncate(MAX_PER_BUCKET);
-            let body =
-                serde_json::to_vec(&incidents).map_err(|e| StoreError::Host(e.to_string()))?;
+            // The same bytes `serde_json::to_vec(&incidents)` would give.
+            body.clear();
+            body.push(b'[');
+            for (i, (key, incident)) in incidents.into_iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                let json = match self.cache.entry(key.clone()) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => e.insert(
+                        serde_json::to_vec(incident)
+                            .map_err(|e| StoreError::Host(e.to_string()))?,
+                    ),
+                };
+                body.extend_from_slice(json);
+            }
+            body.push(b']');
             if let Err(e) = store.set(&bucket_key(n), &body, None) {
-                // Keep it dirty so the next publish retries it.
+                // Keep it (and those not reached) dirty so the next publish
+                // retries them.
                 self.dirty.insert(n);
+                self.dirty.extend(pending);
                 return Err(e);
             }
             written += 1;
+        }
+        // Entries of incidents that left every bucket go too: the cache
+        // never outgrows what is published.
+        if self.cache.len() > ledger.len() {
+            self.cache.retain(|k, _| ledger.get(k).is_some());
         }
         Ok(written)
     }
@@ -176,5 +251,87 @@ mod tests {
         }
         board.publish(&ledger, &store).unwrap();
         assert_eq!(store.len(), before);
+    }
+
+    /// What a bucket held before incidents' JSON was cached: every member
+    /// serialised afresh, newest first.
+    fn uncached(ledger: &Ledger, id: &str) -> Vec<u8> {
+        let n = bucket_of(id);
+        let mut incidents: Vec<&Incident> = ledger
+            .incidents()
+            .filter(|i| bucket_of(&i.id) == n)
+            .collect();
+        // The board's members are ordered by key; ties in time keep it.
+        incidents.sort_by_key(|i| i.key());
+        incidents.sort_by_key(|i| std::cmp::Reverse(i.updated_at));
+        incidents.truncate(MAX_PER_BUCKET);
+        serde_json::to_vec(&incidents).unwrap()
+    }
+
+    #[test]
+    fn cached_incidents_publish_the_bytes_a_fresh_serialisation_gives() {
+        let store = MemoryStore::new();
+        create_keys(&store).unwrap();
+        let mut ledger = Ledger::default();
+        let mut board = Board::default();
+        let g = GroupId::parse("G").unwrap();
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_001 + s, 0).unwrap();
+        for i in 0..3000 {
+            let q = ev(&format!("I{i}"));
+            ledger.apply(&q, g.clone(), t(0));
+            board.mark(&q.event.incident_key());
+        }
+        board.publish(&ledger, &store).unwrap();
+        // Change some incidents after they were cached: a resolution, and
+        // a settle of the group, each marked as the service marks them.
+        for i in (0..3000).step_by(7) {
+            let mut q = ev(&format!("I{i}"));
+            q.event.routing_mode = RoutingMode::Resolved;
+            q.event.timestamp = t(5);
+            ledger.apply(&q, g.clone(), t(6));
+            board.mark(&q.event.incident_key());
+        }
+        for key in ledger.settle_group(&g, crate::ledger::Settle::Applied, None, t(7)) {
+            board.mark(&key);
+        }
+        board.publish(&ledger, &store).unwrap();
+        for i in (0..3000).step_by(13) {
+            let id = format!("I{i}");
+            let stored = store.get(&bucket_key(bucket_of(&id))).unwrap().value;
+            assert_eq!(stored.unwrap(), uncached(&ledger, &id), "{id}");
+        }
+        let v = lookup(&store, "I7").unwrap().unwrap();
+        assert_eq!(v["state"], "RESOLVED");
+        assert_eq!(v["events"][1]["status"], "APPLIED");
+    }
+
+    #[test]
+    fn pruned_incidents_leave_their_bucket_with_the_removal_sweep() {
+        let store = MemoryStore::new();
+        create_keys(&store).unwrap();
+        let mut ledger = Ledger::default();
+        let mut board = Board::default();
+        let now = DateTime::from_timestamp(1_700_000_001, 0).unwrap();
+        let q = ev("GONE-1");
+        ledger.apply(&q, GroupId::parse("G").unwrap(), now);
+        let key = q.event.incident_key();
+        board.mark(&key);
+        board.publish(&ledger, &store).unwrap();
+        assert!(lookup(&store, "GONE-1").unwrap().is_some());
+        // As if the ledger had pruned it.
+        let mut empty = Ledger::default();
+        std::mem::swap(&mut ledger, &mut empty);
+        board.forget(&key);
+        assert!(!board.is_dirty());
+        assert!(board.has_removals());
+        assert_eq!(board.publish(&ledger, &store).unwrap(), 0);
+        assert!(lookup(&store, "GONE-1").unwrap().is_some());
+        assert_eq!(board.publish_removals(&ledger, &store).unwrap(), 1);
+        assert!(!board.has_removals());
+        assert_eq!(lookup(&store, "GONE-1").unwrap(), None);
+        assert_eq!(
+            store.get(&bucket_key(bucket_of("GONE-1"))).unwrap().value,
+            Some(b"[]".to_vec())
+        );
     }
 }
