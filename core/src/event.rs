@@ -119,8 +119,23 @@ macro_rules! validated_string {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                $name::parse(&s).map_err(|e| serde::de::Error::custom(e.0))
+                // Checked where the deserializer holds the text, then copied
+                // once (or taken, when it hands over a `String`): the
+                // service decodes five of these per queued event.
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        $name::parse(s).map_err(|e| E::custom(e.0))
+                    }
+                    fn visit_string<E: serde::de::Error>(self, s: String) -> Result<$name, E> {
+                        $check(&s).map(|()| $name(s)).map_err(|e| E::custom(e.0))
+                    }
+                }
+                d.deserialize_string(Visitor)
             }
         }
     };
@@ -215,6 +230,7 @@ pub struct IncidentEvent {
     /// Ordered, without repeats.
     pub target_queue_ids: Vec<QueueId>,
     /// When the source says the event happened; orders events of one incident.
+    #[serde(with = "crate::rfc3339")]
     pub timestamp: DateTime<Utc>,
     pub ttl_seconds: u32,
     pub priority: Priority,

@@ -59,7 +59,9 @@ impl EventStatus {
 #[serde(rename_all = "camelCase")]
 pub struct EventRecord {
     pub routing_mode: RoutingMode,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub timestamp: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub received_at: DateTime<Utc>,
     pub status: EventStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,8 +122,11 @@ pub struct Incident {
     pub state: IncidentState,
     /// The newest event's routing mode and timestamp.
     pub routing_mode: RoutingMode,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub last_event_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub expires_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
     /// Arrival order, for queue ordering among equal priorities.
     #[serde(skip)]

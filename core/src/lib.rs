@@ -20,6 +20,7 @@ pub mod mapping;
 pub mod problem;
 pub mod reconcile;
 pub mod recovery;
+pub mod rfc3339;
 pub mod sources;
 pub mod status;
 pub mod store;

@@ -138,10 +138,14 @@ impl Board {
                 }
                 let json = match self.cache.entry(key.clone()) {
                     Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => e.insert(
-                        serde_json::to_vec(incident)
-                            .map_err(|e| StoreError::Host(e.to_string()))?,
-                    ),
+                    Entry::Vacant(e) => {
+                        let mut json = serde_json::to_vec(incident)
+                            .map_err(|e| StoreError::Host(e.to_string()))?;
+                        // Kept for every incident in the ledger (a few
+                        // thousand under a flood): not twice its size.
+                        json.shrink_to_fit();
+                        e.insert(json)
+                    }
                 };
                 body.extend_from_slice(json);
             }
