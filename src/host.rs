@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use chrono::{DateTime, Utc};
 use emr_core::liveness::{self, Liveness};
-use emr_core::store::{EventSink, SharedStore, StoreError, Versioned};
+use emr_core::store::{Backlog, EventSink, SharedStore, StoreError, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, Status};
 
@@ -102,6 +102,10 @@ pub struct Queue<'a> {
     pub id: &'a std::cell::Cell<Option<u32>>,
     /// The VM's last look at the service's heartbeat.
     pub service: &'a std::cell::Cell<liveness::Watch>,
+    /// Refuses events while the service is too far behind.
+    pub backlog: &'a Backlog,
+    /// (accepted, processed), for the backlog.
+    pub counts: &'a dyn Fn() -> Option<(u64, u64)>,
 }
 
 impl Queue<'_> {
@@ -148,6 +152,7 @@ impl Queue<'_> {
 impl EventSink for Queue<'_> {
     fn enqueue(&self, message: &[u8]) -> Result<(), StoreError> {
         self.check_service()?;
+        self.backlog.admit(self.counts)?;
         let id = self.resolve()?;
         hostcalls::enqueue_shared_queue(id, Some(message)).map_err(|s| {
             // A stale id (service restarted): resolve again next time.

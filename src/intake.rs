@@ -11,6 +11,7 @@ use std::rc::Rc;
 use emr_core::config::{Config, StatusAccess};
 use emr_core::event::Source;
 use emr_core::intake::{Handled, HeadersStep, Intake, Note, NoteLevel, Response};
+use emr_core::store::Backlog;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
@@ -28,6 +29,7 @@ struct StreamShared {
     metrics: IntakeMetrics,
     queue_id: Cell<Option<u32>>,
     service: Cell<emr_core::liveness::Watch>,
+    backlog: Backlog,
 }
 
 impl IntakeRoot {
@@ -37,6 +39,7 @@ impl IntakeRoot {
             metrics: IntakeMetrics::define(),
             queue_id: Cell::new(None),
             service: Cell::new(emr_core::liveness::Watch::default()),
+            backlog: Backlog::default(),
         });
         // Buckets must exist before the first CAS write; the service creates
         // them too, whichever starts first.
@@ -79,18 +82,20 @@ pub struct Stream {
 }
 
 impl Stream {
-    fn queue(&self) -> Queue<'_> {
-        Queue {
-            id: &self.root.queue_id,
-            service: &self.root.service,
-        }
-    }
-
     fn intake<'a>(&'a self, queue: &'a Queue<'a>) -> Intake<'a> {
         Intake {
             config: &self.root.config,
             store: &Shared,
             sink: queue,
+        }
+    }
+
+    fn queue<'a>(&'a self, counts: &'a dyn Fn() -> Option<(u64, u64)>) -> Queue<'a> {
+        Queue {
+            id: &self.root.queue_id,
+            service: &self.root.service,
+            backlog: &self.root.backlog,
+            counts,
         }
     }
 
@@ -127,7 +132,8 @@ impl HttpContext for Stream {
         let (method, path) = (pseudo(":method"), pseudo(":path"));
         #[cfg(feature = "crash-test")]
         crate::crash::intake(path);
-        let queue = self.queue();
+        let counts = || self.root.metrics.queue_counts();
+        let queue = self.queue(&counts);
         let out =
             self.intake(&queue)
                 .on_headers(method, path, &headers, end_of_stream, host::now());
@@ -151,7 +157,8 @@ impl HttpContext for Stream {
             // Refuse early rather than buffer past the limit.
             if body_size > self.root.config.intake.max_body_bytes {
                 self.waiting = None;
-                let queue = self.queue();
+                let counts = || self.root.metrics.queue_counts();
+                let queue = self.queue(&counts);
                 let out = self.intake(&queue).refuse_too_large();
                 self.record(&out);
                 return self.respond(&out.value);
@@ -163,7 +170,8 @@ impl HttpContext for Stream {
             .flatten()
             .unwrap_or_default();
         let headers = self.waiting.take().map(|(_, h)| h).unwrap_or_default();
-        let queue = self.queue();
+        let counts = || self.root.metrics.queue_counts();
+        let queue = self.queue(&counts);
         let out = self
             .intake(&queue)
             .on_body(source, &headers, &body, host::now());

@@ -37,6 +37,11 @@ impl Metric {
         }
     }
 
+    /// The metric's value, summed over every VM that defined the name.
+    pub fn value(self) -> Option<u64> {
+        self.0.and_then(|id| hostcalls::get_metric(id).ok())
+    }
+
     pub fn set(self, v: u64) {
         if let Some(id) = self.0 {
             let _ = hostcalls::record_metric(id, v);
@@ -58,6 +63,9 @@ pub struct IntakeMetrics {
     cas_retries: Metric,
     status_served: Metric,
     resumes_queued: Metric,
+    /// The service's: with `accepted`, the shared queue's backlog.
+    processed: Metric,
+    decode_errors: Metric,
 }
 
 impl IntakeMetrics {
@@ -85,7 +93,16 @@ impl IntakeMetrics {
             cas_retries: Metric::counter("emr.intake.cas_retries"),
             status_served: Metric::counter("emr.status.served"),
             resumes_queued: Metric::counter("emr.intake.resumes_queued"),
+            processed: Metric::counter("emr.service.events"),
+            decode_errors: Metric::counter("emr.service.decode_errors"),
         }
+    }
+
+    /// Events accepted by every filter, and taken off the queue by the
+    /// service (recorded or unreadable).
+    pub fn queue_counts(&self) -> Option<(u64, u64)> {
+        let processed = self.processed.value()? + self.decode_errors.value().unwrap_or(0);
+        Some((self.accepted.value()?, processed))
     }
 
     pub fn count(&self, counters: &[Counter]) {

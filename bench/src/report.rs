@@ -356,6 +356,14 @@ pub fn table(res: &Results) -> String {
         m.rate_rps,
         m.seconds
     );
+    if m.peak_kib > 0 {
+        let _ = writeln!(
+            s,
+            "\nDuring the flood (sampled every 250 ms): peak RSS {:.1} MiB; peak backlog {} events accepted by the intake and not yet recorded by the service.",
+            m.peak_kib as f64 / 1024.0,
+            m.peak_backlog
+        );
+    }
 
     let st = &res.start;
     let _ = writeln!(s, "\n### Start\n");

@@ -193,6 +193,14 @@ pub struct Memory {
     pub rate_rps: f64,
     pub seconds: f64,
     pub note: String,
+    /// The most events accepted by the intake but not yet recorded by the
+    /// service (`emr.intake.accepted` − `emr.service.events`), sampled
+    /// every 250 ms during the flood: the shared queue's backlog.
+    #[serde(default)]
+    pub peak_backlog: u64,
+    /// The highest RSS sampled during the flood.
+    #[serde(default)]
+    pub peak_kib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -779,7 +787,71 @@ fn memory(ctx: &mut Ctx, measured_rps: f64, skipped: &mut Vec<String>) -> Result
     let scratch = ctx.scratch.clone();
     let mut half_kib = 0;
     let mut accepted_half = 0;
-    // In two halves: the second shows whether memory still grows.
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let peaks = std::thread::scope(|scope| -> Result<(u64, u64)> {
+        let sampler = scope.spawn(|| sample_backlog(&envoy, &sampling));
+        let flooded = flood_in_halves(
+            ctx,
+            &envoy,
+            target,
+            measured_rps,
+            &scratch,
+            &mut half_kib,
+            &mut accepted_half,
+        );
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let peaks = sampler.join().unwrap_or_default();
+        flooded.map(|()| peaks)
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let accepted = envoy.counter("emr.intake.accepted");
+    let full_kib = envoy.rss_kib();
+    eprintln!(
+        "memory: idle {idle} KiB, {accepted_half} → {half_kib} KiB, {accepted} → {full_kib} KiB in {seconds:.0} s; peak backlog {} events, peak RSS {} KiB",
+        peaks.0, peaks.1
+    );
+    Ok(Memory {
+        workers,
+        idle_kib: idle,
+        half_kib,
+        full_kib,
+        accepted_half,
+        accepted,
+        rate_rps: accepted as f64 / seconds.max(0.001),
+        seconds,
+        note: String::new(),
+        peak_backlog: peaks.0,
+        peak_kib: peaks.1,
+    })
+}
+
+/// Samples the queue's backlog and RSS until `on` goes false; returns the
+/// peaks (events, KiB).
+fn sample_backlog(envoy: &Envoy, on: &std::sync::atomic::AtomicBool) -> (u64, u64) {
+    let (mut backlog, mut rss) = (0, 0);
+    while on.load(std::sync::atomic::Ordering::Relaxed) {
+        // Processed first: read the other way round a burst between the
+        // two reads would show as backlog.
+        let processed = envoy.counter("emr.service.events");
+        let accepted = envoy.counter("emr.intake.accepted");
+        backlog = backlog.max(accepted.saturating_sub(processed));
+        rss = rss.max(envoy.rss_kib());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    (backlog, rss)
+}
+
+/// Sends unique webhooks until `target` are accepted, in two halves (the
+/// second shows whether memory still grows).
+fn flood_in_halves(
+    ctx: &mut Ctx,
+    envoy: &Envoy,
+    target: u64,
+    measured_rps: f64,
+    scratch: &std::path::Path,
+    half_kib: &mut u64,
+    accepted_half: &mut u64,
+) -> Result<()> {
     for (i, goal) in [target / 2, target].into_iter().enumerate() {
         for _ in 0..4 {
             let have = envoy.counter("emr.intake.accepted");
@@ -796,32 +868,16 @@ fn memory(ctx: &mut Ctx, measured_rps: f64, skipped: &mut Vec<String>) -> Result
                 cpus: LOADGEN_CPUS,
                 prefix,
                 token: TOKEN,
-                scratch: &scratch,
+                scratch,
             }
             .run()?;
         }
         // Let the service drain its queue before reading memory.
         std::thread::sleep(Duration::from_secs(1));
         if i == 0 {
-            half_kib = envoy.rss_kib();
-            accepted_half = envoy.counter("emr.intake.accepted");
+            *half_kib = envoy.rss_kib();
+            *accepted_half = envoy.counter("emr.intake.accepted");
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let accepted = envoy.counter("emr.intake.accepted");
-    let full_kib = envoy.rss_kib();
-    eprintln!(
-        "memory: idle {idle} KiB, {accepted_half} → {half_kib} KiB, {accepted} → {full_kib} KiB in {seconds:.0} s"
-    );
-    Ok(Memory {
-        workers,
-        idle_kib: idle,
-        half_kib,
-        full_kib,
-        accepted_half,
-        accepted,
-        rate_rps: accepted as f64 / seconds.max(0.001),
-        seconds,
-        note: String::new(),
-    })
+    Ok(())
 }

@@ -6,7 +6,7 @@
 //! including the blind write on a key that does not exist yet — so the dedupe
 //! and status logic is tested against the behaviour it meets in production.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 /// Why a shared-data operation failed.
@@ -142,6 +142,47 @@ mod tests {
     }
 }
 
+/// The most events the intake lets wait for the service. Envoy's shared
+/// queue has no bound of its own and its allocator keeps the peak, so a
+/// main thread that falls behind the workers would grow RSS for good
+/// (~0.5 KB an event); past this, new events are answered 503 with
+/// `Retry-After` — before anything is recorded, so nothing accepted is lost
+/// and the sender's retry is processed in full.
+pub const MAX_BACKLOG: u64 = 10_000;
+/// Enqueues between two reads of the backlog (two host calls), per VM.
+const BACKLOG_CHECK_EVERY: u32 = 32;
+
+/// Decides whether one more event may be queued, from the counts of events
+/// accepted by every filter and recorded by the service. The counts are
+/// read every few enqueues, and on every attempt while over the bound so
+/// that the intake reopens as soon as the service catches up.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    since_check: Cell<u32>,
+    over: Cell<bool>,
+}
+
+impl Backlog {
+    /// `read` gives (accepted, processed); `None` (counts unavailable)
+    /// keeps the last verdict.
+    pub fn admit(&self, read: impl FnOnce() -> Option<(u64, u64)>) -> Result<(), StoreError> {
+        let n = self.since_check.get();
+        if n == 0 || self.over.get() {
+            if let Some((accepted, processed)) = read() {
+                self.over
+                    .set(accepted.saturating_sub(processed) >= MAX_BACKLOG);
+            }
+        }
+        self.since_check.set((n + 1) % BACKLOG_CHECK_EVERY);
+        if self.over.get() {
+            return Err(StoreError::Host(format!(
+                "the service is {MAX_BACKLOG} or more events behind"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The queue from the intake filters to the singleton service.
 pub trait EventSink {
     fn enqueue(&self, message: &[u8]) -> Result<(), StoreError>;
@@ -162,5 +203,56 @@ impl EventSink for MemoryQueue {
         }
         self.messages.borrow_mut().push(message.to_vec());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn the_backlog_is_read_every_few_enqueues_and_bounds_them() {
+        let b = Backlog::default();
+        let reads = Cell::new(0);
+        let counts = Cell::new((100u64, 100u64));
+        let admit = || {
+            b.admit(|| {
+                reads.set(reads.get() + 1);
+                Some(counts.get())
+            })
+        };
+        for _ in 0..BACKLOG_CHECK_EVERY {
+            assert!(admit().is_ok());
+        }
+        assert_eq!(reads.get(), 1);
+        // Far behind: refused from the next read on, and read on every
+        // attempt while refused.
+        counts.set((100 + MAX_BACKLOG, 100));
+        let mut refused = 0;
+        for _ in 0..BACKLOG_CHECK_EVERY {
+            if admit().is_err() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, BACKLOG_CHECK_EVERY);
+        assert_eq!(reads.get(), 1 + BACKLOG_CHECK_EVERY);
+        // Caught up: the next attempt is admitted.
+        counts.set((100 + MAX_BACKLOG, 101));
+        assert!(admit().is_ok());
+        assert!(admit().is_ok());
+    }
+
+    #[test]
+    fn unreadable_counts_keep_the_last_verdict() {
+        let b = Backlog::default();
+        assert!(b.admit(|| None).is_ok());
+        assert!(b.admit(|| Some((MAX_BACKLOG, 0))).is_ok());
+        let b = Backlog::default();
+        assert!(b.admit(|| Some((MAX_BACKLOG, 0))).is_err());
+        assert!(b.admit(|| None).is_err());
+        assert!(b.admit(|| Some((0, 0))).is_ok());
     }
 }
