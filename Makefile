@@ -118,9 +118,11 @@ e2e: setup wasm wasm-crash-test
 # BENCH_ARGS=--quick gives indicative figures in about half the time.
 BENCH_ARGS ?=
 
-bench: $(STAMPS)/targets $(ENVOY) wasm bench-wrk
+# The filter and the floor in one cargo run (they share the wasm build).
+bench: $(STAMPS)/targets $(ENVOY) bench-wrk
+	cargo build -p emr-edge -p emr-bench-floor --target wasm32-wasip1 --release
+	@ls -l $(WASM) | awk '{print "emr_edge.wasm: " $$5 " bytes"}'
 	cargo build -p emr-bench --profile tools
-	cargo build -p emr-bench-floor --target wasm32-wasip1 --release
 	taskset -c 0 target/tools/emr-bench run --envoy $(ENVOY) --wasm $(WASM) --out bench $(BENCH_ARGS)
 
 # wrk from Debian, installed when missing.
