@@ -311,16 +311,7 @@ impl ServiceRoot {
         if !host::logs(LogLevel::Info) {
             return;
         }
-        audit(json!({
-            "audit": "event",
-            "at": now.to_rfc3339(),
-            "incident": q.event.incident_key().to_string(),
-            "routingMode": q.event.routing_mode,
-            "timestamp": q.event.timestamp.to_rfc3339(),
-            "group": group,
-            "deliveryId": q.delivery_id,
-            "outcome": format!("{applied:?}"),
-        }));
+        audit(applied.audit_line(q, &group, now));
     }
 
     /// A control message from the intake.

@@ -167,17 +167,7 @@ pub fn service(n: usize, publish_every: usize) -> Result<()> {
                     board.forget(&key);
                 }
                 if stage >= 2 {
-                    let line = serde_json::json!({
-                        "audit": "event",
-                        "at": now.to_rfc3339(),
-                        "incident": q.event.incident_key().to_string(),
-                        "routingMode": q.event.routing_mode,
-                        "timestamp": q.event.timestamp.to_rfc3339(),
-                        "group": group,
-                        "deliveryId": q.delivery_id,
-                        "outcome": format!("{applied:?}"),
-                    })
-                    .to_string();
+                    let line = applied.audit_line(&q, &group, now).to_string();
                     sink += line.len();
                 }
                 if stage >= 3 && i % publish_every == 0 {

@@ -188,6 +188,28 @@ pub enum Applied {
     Full,
 }
 
+impl Applied {
+    /// The audit line for one recorded event (`"audit": "event"`): what
+    /// arrived, for which group, and what it did. Holds no secret.
+    pub fn audit_line(
+        self,
+        q: &QueuedEvent,
+        group: &GroupId,
+        now: DateTime<Utc>,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "audit": "event",
+            "at": now.to_rfc3339(),
+            "incident": q.event.incident_key().to_string(),
+            "routingMode": q.event.routing_mode,
+            "timestamp": q.event.timestamp.to_rfc3339(),
+            "group": group,
+            "deliveryId": q.delivery_id,
+            "outcome": format!("{self:?}"),
+        })
+    }
+}
+
 /// Desired state of one emergency group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -811,6 +833,26 @@ mod tests {
         assert!(!l.desired_for(&g("G")).enabled);
         // The group stays known so it is driven back off.
         assert!(l.desired().contains_key(&g("G")));
+    }
+
+    #[test]
+    fn the_audit_line_says_what_arrived_and_what_it_did() {
+        let mut q = event("I1", A, 0, &["q1"]);
+        q.delivery_id = Some("d-1".into());
+        let line = Applied::Opened.audit_line(&q, &g("G"), t(1));
+        assert_eq!(
+            line,
+            serde_json::json!({
+                "audit": "event",
+                "at": t(1).to_rfc3339(),
+                "incident": "canonical:I1",
+                "routingMode": "EMERGENCY_ACTIVE",
+                "timestamp": t(0).to_rfc3339(),
+                "group": "G",
+                "deliveryId": "d-1",
+                "outcome": "Opened",
+            })
+        );
     }
 
     #[test]
