@@ -252,14 +252,10 @@ async fn deliver(s: &Stack, body: &Value, within: Duration) -> (u16, u32) {
     }
 }
 
-fn crash_stack_patch() -> Value {
-    json!({})
-}
-
 async fn crash_stack() -> Stack {
     Stack::start_with(
         SimConfig::default(),
-        crash_stack_patch(),
+        json!({}),
         (emr_sim::EMR_EDGE_CLIENT_ID, emr_sim::EMR_EDGE_CLIENT_SECRET),
         crash_wasm_path(),
     )
