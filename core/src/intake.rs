@@ -1334,59 +1334,23 @@ mod tests {
 
     fn env(k: &str) -> Option<String> {
         let v = match k {
-            "PD_SECRET" => PD_SECRET,
-            "PD_SECRET_NEXT" => PD_SECRET_NEXT,
-            "SN_USER" => SN_USER,
-            "SN_PASSWORD" => SN_PASSWORD,
-            "JSM_SECRET" => JSM_SECRET,
-            "OG_TOKEN" => OG_TOKEN,
-            "AM_TOKEN" => AM_TOKEN,
-            "CANONICAL_TOKEN" => CANONICAL_TOKEN,
-            "STATUS_TOKEN" => STATUS_TOKEN,
-            "WHSEC" => WHSEC,
+            "EMR_PAGERDUTY_SECRET" => PD_SECRET,
+            "EMR_PAGERDUTY_SECRET_NEXT" => PD_SECRET_NEXT,
+            "EMR_SERVICENOW_USER" => SN_USER,
+            "EMR_SERVICENOW_PASSWORD" => SN_PASSWORD,
+            "EMR_JSM_SECRET" => JSM_SECRET,
+            "EMR_OPSGENIE_TOKEN" => OG_TOKEN,
+            "EMR_ALERTMANAGER_TOKEN" => AM_TOKEN,
+            "EMR_CANONICAL_TOKEN" => CANONICAL_TOKEN,
+            "EMR_STATUS_TOKEN" => STATUS_TOKEN,
+            "EMR_STANDARD_WHSEC" => WHSEC,
             _ => return None,
         };
         Some(v.to_owned())
     }
 
     /// Every route configured as docs/sources.md shows it.
-    const SOURCES: &str = r#"{
-      "sources": {
-        "canonical": {"auth": [{"kind": "bearer", "token_env": "CANONICAL_TOKEN"}]},
-        "standard": {"auth": [{"kind": "standard_webhooks", "secret_env": "WHSEC"}]},
-        "pagerduty": {
-          "auth": [{"kind": "pagerduty_signature", "secret_envs": ["PD_SECRET", "PD_SECRET_NEXT"]}],
-          "rules": [
-            {"match": {"service_id": "PIJ90N7", "priority": ["P1", "P2"]},
-             "incident_type": "CARRIER_OUTAGE", "group": "eg-voice",
-             "queues": ["queue-12345", "queue-67890"], "priority": 1},
-            {"match": {"team_name": "Contact Centre Engineering", "urgency": "high"},
-             "group": "eg-voice", "queues": ["queue-12345"]}
-          ]
-        },
-        "servicenow": {
-          "auth": [{"kind": "basic", "username_env": "SN_USER", "password_env": "SN_PASSWORD"}],
-          "rules": [{"match": {"priority": ["1", "2"], "assignment_group": "Voice Platform"},
-                     "incident_type": "CARRIER_OUTAGE", "group": "eg-voice", "queues": ["queue-12345"]}]
-        },
-        "jsm": {
-          "auth": [{"kind": "hub_signature", "secret_env": "JSM_SECRET"}],
-          "rules": [{"match": {"project": "ITSM", "priority": ["Highest", "High"]},
-                     "incident_type": "MAJOR_INCIDENT", "group": "eg-voice", "queues": ["queue-12345"]}]
-        },
-        "opsgenie": {
-          "auth": [{"kind": "bearer", "token_env": "OG_TOKEN", "header": "x-emr-token"}],
-          "rules": [{"match": {"priority": ["P1", "P2"], "tags": ["voice", "sip"]},
-                     "group": "eg-voice", "queues": ["queue-12345"]}]
-        },
-        "alertmanager": {
-          "auth": [{"kind": "bearer", "token_env": "AM_TOKEN"}],
-          "rules": [{"match": {"labels": {"team": "voice", "severity": ["critical", "page"]}},
-                     "group": "eg-voice", "queues": ["queue-12345", "queue-67890"]}]
-        }
-      },
-      "status": {"auth": {"kind": "bearer", "token_env": "STATUS_TOKEN"}}
-    }"#;
+    const SOURCES: &str = include_str!("../../tests/fixtures/configs/every-source.json");
 
     macro_rules! fixture {
         ($path:literal) => {
@@ -2130,7 +2094,7 @@ mod tests {
     #[test]
     fn a_signed_standard_webhook_is_found_queued_before_the_service_records_it() {
         let s = Sources::with(
-            r#"{"sources": {"standard": {"auth": [{"kind": "standard_webhooks", "secret_env": "WHSEC"}]}},
+            r#"{"sources": {"standard": {"auth": [{"kind": "standard_webhooks", "secret_env": "EMR_STANDARD_WHSEC"}]}},
                 "status": {"insecure": true}}"#,
         );
         let r = s.standard(fixture!("standard/incident_active.json"), now().timestamp());

@@ -24,45 +24,11 @@ const STATUS_TOKEN: &str = "e2e-status-token-not-real";
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Every route configured as docs/sources.md describes, the status
-/// endpoints behind their own bearer token.
+/// endpoints behind their own bearer token — the same file the core's
+/// intake tests and the intake fuzz target read.
 fn config() -> Value {
-    json!({
-        "sources": {
-            "canonical": {"auth": [{"kind": "bearer", "token_env": "EMR_CANONICAL_TOKEN"}]},
-            "standard": {"auth": [{"kind": "standard_webhooks", "secret_env": "EMR_STANDARD_WHSEC"}]},
-            "pagerduty": {
-                "auth": [{"kind": "pagerduty_signature",
-                          "secret_envs": ["EMR_PAGERDUTY_SECRET", "EMR_PAGERDUTY_SECRET_NEXT"]}],
-                "rules": [{"match": {"service_id": "PIJ90N7", "priority": ["P1", "P2"]},
-                           "incident_type": "CARRIER_OUTAGE", "group": "eg-voice",
-                           "queues": ["queue-12345", "queue-67890"], "priority": 1}]
-            },
-            "servicenow": {
-                "auth": [{"kind": "basic", "username_env": "EMR_SERVICENOW_USER",
-                          "password_env": "EMR_SERVICENOW_PASSWORD"}],
-                "rules": [{"match": {"priority": ["1", "2"], "assignment_group": "Voice Platform"},
-                           "incident_type": "CARRIER_OUTAGE", "group": "eg-voice",
-                           "queues": ["queue-12345"]}]
-            },
-            "jsm": {
-                "auth": [{"kind": "hub_signature", "secret_env": "EMR_JSM_SECRET"}],
-                "rules": [{"match": {"project": "ITSM", "priority": ["Highest", "High"]},
-                           "incident_type": "MAJOR_INCIDENT", "group": "eg-voice",
-                           "queues": ["queue-12345"]}]
-            },
-            "opsgenie": {
-                "auth": [{"kind": "bearer", "token_env": "EMR_OPSGENIE_TOKEN", "header": "x-emr-token"}],
-                "rules": [{"match": {"priority": ["P1", "P2"], "tags": ["voice", "sip"]},
-                           "group": "eg-voice", "queues": ["queue-12345"]}]
-            },
-            "alertmanager": {
-                "auth": [{"kind": "bearer", "token_env": "EMR_ALERTMANAGER_TOKEN"}],
-                "rules": [{"match": {"labels": {"team": "voice", "severity": ["critical", "page"]}},
-                           "group": "eg-voice", "queues": ["queue-12345", "queue-67890"]}]
-            }
-        },
-        "status": {"auth": {"kind": "bearer", "token_env": "EMR_STATUS_TOKEN"}}
-    })
+    serde_json::from_str(include_str!("../fixtures/configs/every-source.json"))
+        .expect("tests/fixtures/configs/every-source.json")
 }
 
 fn start() -> Envoy {

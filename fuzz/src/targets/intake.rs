@@ -36,6 +36,7 @@ use super::{check_problem_body, check_queued_round_trip, holds_secret, now, Inpu
 
 pub const CANONICAL_TOKEN: &str = "intake-canonical-token-fake-0123";
 pub const PD_SECRET: &str = "intake-pd-secret-fake-0123456789";
+pub const PD_SECRET_NEXT: &str = "intake-pd-next-secret-fake-012345";
 pub const SN_USER: &str = "servicenow";
 pub const SN_PASSWORD: &str = "intake-sn-password-fake-0123456789";
 pub const JSM_SECRET: &str = "intake-jsm-secret-fake-0123456789";
@@ -44,9 +45,10 @@ pub const AM_TOKEN: &str = "intake-am-token-fake-0123456789";
 pub const STATUS_TOKEN: &str = "intake-status-token-fake-0123456789";
 pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-const SECRETS: [&str; 8] = [
+const SECRETS: [&str; 9] = [
     CANONICAL_TOKEN,
     PD_SECRET,
+    PD_SECRET_NEXT,
     SN_PASSWORD,
     JSM_SECRET,
     OG_TOKEN,
@@ -57,15 +59,16 @@ const SECRETS: [&str; 8] = [
 
 fn env(k: &str) -> Option<String> {
     let v = match k {
-        "CANONICAL_TOKEN" => CANONICAL_TOKEN,
-        "PD_SECRET" => PD_SECRET,
-        "SN_USER" => SN_USER,
-        "SN_PASSWORD" => SN_PASSWORD,
-        "JSM_SECRET" => JSM_SECRET,
-        "OG_TOKEN" => OG_TOKEN,
-        "AM_TOKEN" => AM_TOKEN,
-        "STATUS_TOKEN" => STATUS_TOKEN,
-        "WHSEC" => WHSEC,
+        "EMR_CANONICAL_TOKEN" => CANONICAL_TOKEN,
+        "EMR_PAGERDUTY_SECRET" => PD_SECRET,
+        "EMR_PAGERDUTY_SECRET_NEXT" => PD_SECRET_NEXT,
+        "EMR_SERVICENOW_USER" => SN_USER,
+        "EMR_SERVICENOW_PASSWORD" => SN_PASSWORD,
+        "EMR_JSM_SECRET" => JSM_SECRET,
+        "EMR_OPSGENIE_TOKEN" => OG_TOKEN,
+        "EMR_ALERTMANAGER_TOKEN" => AM_TOKEN,
+        "EMR_STATUS_TOKEN" => STATUS_TOKEN,
+        "EMR_STANDARD_WHSEC" => WHSEC,
         _ => return None,
     };
     Some(v.to_owned())
@@ -88,43 +91,7 @@ const OPEN: &str = r#"{
 }"#;
 
 /// Every route behind the credential docs/sources.md shows.
-const SECURED: &str = r#"{
-  "sources": {
-    "canonical": {"auth": [{"kind": "bearer", "token_env": "CANONICAL_TOKEN"}]},
-    "standard": {"auth": [{"kind": "standard_webhooks", "secret_env": "WHSEC"}]},
-    "pagerduty": {
-      "auth": [{"kind": "pagerduty_signature", "secret_envs": ["PD_SECRET"]}],
-      "rules": [
-        {"match": {"service_id": "PIJ90N7", "priority": ["P1", "P2"]},
-         "incident_type": "CARRIER_OUTAGE", "group": "eg-voice",
-         "queues": ["queue-12345", "queue-67890"], "priority": 1},
-        {"match": {"team_name": "Contact Centre Engineering", "urgency": "high"},
-         "group": "eg-voice", "queues": ["queue-12345"]}
-      ]
-    },
-    "servicenow": {
-      "auth": [{"kind": "basic", "username_env": "SN_USER", "password_env": "SN_PASSWORD"}],
-      "rules": [{"match": {"priority": ["1", "2"], "assignment_group": "Voice Platform"},
-                 "incident_type": "CARRIER_OUTAGE", "group": "eg-voice", "queues": ["queue-12345"]}]
-    },
-    "jsm": {
-      "auth": [{"kind": "hub_signature", "secret_env": "JSM_SECRET"}],
-      "rules": [{"match": {"project": "ITSM", "priority": ["Highest", "High"]},
-                 "incident_type": "MAJOR_INCIDENT", "group": "eg-voice", "queues": ["queue-12345"]}]
-    },
-    "opsgenie": {
-      "auth": [{"kind": "bearer", "token_env": "OG_TOKEN", "header": "x-emr-token"}],
-      "rules": [{"match": {"priority": ["P1", "P2"], "tags": ["voice", "sip"]},
-                 "group": "eg-voice", "queues": ["queue-12345"]}]
-    },
-    "alertmanager": {
-      "auth": [{"kind": "bearer", "token_env": "AM_TOKEN"}],
-      "rules": [{"match": {"labels": {"team": "voice", "severity": ["critical", "page"]}},
-                 "group": "eg-voice", "queues": ["queue-12345", "queue-67890"]}]
-    }
-  },
-  "status": {"auth": {"kind": "bearer", "token_env": "STATUS_TOKEN"}}
-}"#;
+const SECURED: &str = include_str!("../../../tests/fixtures/configs/every-source.json");
 
 pub const CONFIGS: [&str; 2] = [OPEN, SECURED];
 
