@@ -5,8 +5,10 @@
 use std::cell::Cell;
 
 use chrono::{DateTime, Utc};
-use emr_core::liveness::{self, Liveness};
+use emr_core::liveness;
 use emr_core::store::{Backlog, EventSink, SharedStore, StoreError, Versioned};
+
+use crate::metrics::IntakeMetrics;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, Status};
 
@@ -97,41 +99,21 @@ impl SharedStore for Shared {
     }
 }
 
-/// The shared queue, resolved lazily: the singleton registers it.
+/// The shared queue, resolved lazily: the singleton registers it. Before
+/// queueing it checks that the service is alive and keeping up.
 pub struct Queue<'a> {
-    pub id: &'a std::cell::Cell<Option<u32>>,
-    /// The VM's last look at the service's heartbeat.
-    pub service: &'a std::cell::Cell<liveness::Watch>,
+    pub id: &'a Cell<Option<u32>>,
+    /// The VM's look at the service's heartbeat.
+    pub service: &'a liveness::Watch,
     /// Refuses events while the service is too far behind.
     pub backlog: &'a Backlog,
-    /// (accepted, processed), for the backlog.
-    pub counts: &'a dyn Fn() -> Option<(u64, u64)>,
+    /// Accepted and processed counts, for the backlog.
+    pub metrics: &'a IntakeMetrics,
+    /// The request's time, as the intake was given it.
+    pub now: DateTime<Utc>,
 }
 
 impl Queue<'_> {
-    /// Refuses to queue for a service that has stopped: nobody would ever
-    /// process the event, so the sender must keep it (503, retried).
-    fn check_service(&self) -> Result<(), StoreError> {
-        let now = now();
-        let mut watch = self.service.get();
-        let verdict = match watch.cached(now) {
-            Some(v) => v,
-            None => {
-                let stored = hostcalls::get_shared_data(liveness::HEARTBEAT_KEY)
-                    .ok()
-                    .and_then(|(v, _)| v);
-                let v = Liveness::assess(stored.as_deref(), now);
-                watch.record(now, v);
-                self.service.set(watch);
-                v
-            }
-        };
-        match verdict {
-            Liveness::Stalled { age_ms } => Err(StoreError::Host(Liveness::stalled_detail(age_ms))),
-            Liveness::Alive { .. } | Liveness::NotStarted => Ok(()),
-        }
-    }
-
     fn resolve(&self) -> Result<u32, StoreError> {
         if let Some(id) = self.id.get() {
             return Ok(id);
@@ -151,8 +133,14 @@ impl Queue<'_> {
 
 impl EventSink for Queue<'_> {
     fn enqueue(&self, message: &[u8]) -> Result<(), StoreError> {
-        self.check_service()?;
-        self.backlog.admit(self.counts)?;
+        // Nobody would ever process an event for a stopped service: the
+        // sender must keep it (503, retried).
+        self.service.admit(self.now, || {
+            hostcalls::get_shared_data(liveness::HEARTBEAT_KEY)
+                .ok()
+                .and_then(|(v, _)| v)
+        })?;
+        self.backlog.admit(|| self.metrics.queue_counts())?;
         let id = self.resolve()?;
         hostcalls::enqueue_shared_queue(id, Some(message)).map_err(|s| {
             // A stale id (service restarted): resolve again next time.

@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use chrono::{DateTime, Utc};
 use emr_core::config::{Config, StatusAccess};
 use emr_core::event::Source;
 use emr_core::intake::{Handled, HeadersStep, Intake, Note, NoteLevel, Response};
@@ -28,7 +29,7 @@ struct StreamShared {
     config: Config,
     metrics: IntakeMetrics,
     queue_id: Cell<Option<u32>>,
-    service: Cell<emr_core::liveness::Watch>,
+    service: emr_core::liveness::Watch,
     backlog: Backlog,
 }
 
@@ -38,7 +39,7 @@ impl IntakeRoot {
             config,
             metrics: IntakeMetrics::define(),
             queue_id: Cell::new(None),
-            service: Cell::new(emr_core::liveness::Watch::default()),
+            service: emr_core::liveness::Watch::default(),
             backlog: Backlog::default(),
         });
         // Buckets must exist before the first CAS write; the service creates
@@ -90,12 +91,13 @@ impl Stream {
         }
     }
 
-    fn queue<'a>(&'a self, counts: &'a dyn Fn() -> Option<(u64, u64)>) -> Queue<'a> {
+    fn queue(&self, now: DateTime<Utc>) -> Queue<'_> {
         Queue {
             id: &self.root.queue_id,
             service: &self.root.service,
             backlog: &self.root.backlog,
-            counts,
+            metrics: &self.root.metrics,
+            now,
         }
     }
 
@@ -132,11 +134,11 @@ impl HttpContext for Stream {
         let (method, path) = (pseudo(":method"), pseudo(":path"));
         #[cfg(feature = "crash-test")]
         crate::crash::intake(path);
-        let counts = || self.root.metrics.queue_counts();
-        let queue = self.queue(&counts);
-        let out =
-            self.intake(&queue)
-                .on_headers(method, path, &headers, end_of_stream, host::now());
+        let now = host::now();
+        let queue = self.queue(now);
+        let out = self
+            .intake(&queue)
+            .on_headers(method, path, &headers, end_of_stream, now);
         self.record(&out);
         match out.value {
             HeadersStep::PassThrough => Action::Continue,
@@ -157,8 +159,7 @@ impl HttpContext for Stream {
             // Refuse early rather than buffer past the limit.
             if body_size > self.root.config.intake.max_body_bytes {
                 self.waiting = None;
-                let counts = || self.root.metrics.queue_counts();
-                let queue = self.queue(&counts);
+                let queue = self.queue(host::now());
                 let out = self.intake(&queue).refuse_too_large();
                 self.record(&out);
                 return self.respond(&out.value);
@@ -170,11 +171,9 @@ impl HttpContext for Stream {
             .flatten()
             .unwrap_or_default();
         let headers = self.waiting.take().map(|(_, h)| h).unwrap_or_default();
-        let counts = || self.root.metrics.queue_counts();
-        let queue = self.queue(&counts);
-        let out = self
-            .intake(&queue)
-            .on_body(source, &headers, &body, host::now());
+        let now = host::now();
+        let queue = self.queue(now);
+        let out = self.intake(&queue).on_body(source, &headers, &body, now);
         self.record(&out);
         self.respond(&out.value)
     }

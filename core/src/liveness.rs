@@ -9,7 +9,11 @@
 //! liveness probe to restart Envoy, after which the service recovers the
 //! open incidents (README, "Restart recovery").
 
+use std::cell::Cell;
+
 use chrono::{DateTime, Utc};
+
+use crate::store::StoreError;
 
 /// The shared-data key holding the service's last beat (ms since the epoch,
 /// decimal ASCII).
@@ -77,23 +81,40 @@ impl Liveness {
     }
 }
 
-/// A filter's cached look at the heartbeat.
-#[derive(Debug, Clone, Copy, Default)]
+/// A filter's cached look at the heartbeat: it refuses to queue for a
+/// service that has stopped, reading the key at most every
+/// [`RECHECK_EVERY_MS`] (interior mutability, like the filter's other
+/// per-VM gate, [`crate::store::Backlog`]).
+#[derive(Debug, Default)]
 pub struct Watch {
-    last: Option<(i64, Liveness)>,
+    last: Cell<Option<(i64, Liveness)>>,
 }
 
 impl Watch {
-    /// The cached verdict if it is recent enough, else `None`: read the key
-    /// and [`Watch::record`] what it said.
-    pub fn cached(&self, now: DateTime<Utc>) -> Option<Liveness> {
-        self.last
-            .filter(|(at, _)| (now.timestamp_millis() - at).abs() < RECHECK_EVERY_MS)
-            .map(|(_, l)| l)
-    }
-
-    pub fn record(&mut self, now: DateTime<Utc>, l: Liveness) {
-        self.last = Some((now.timestamp_millis(), l));
+    /// `Ok` unless the service has stopped; `read` gives the heartbeat key's
+    /// value and is called only when the last verdict is too old.
+    pub fn admit(
+        &self,
+        now: DateTime<Utc>,
+        read: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let now_ms = now.timestamp_millis();
+        let verdict = match self
+            .last
+            .get()
+            .filter(|(at, _)| (now_ms - at).abs() < RECHECK_EVERY_MS)
+        {
+            Some((_, v)) => v,
+            None => {
+                let v = Liveness::assess(read().as_deref(), now);
+                self.last.set(Some((now_ms, v)));
+                v
+            }
+        };
+        match verdict {
+            Liveness::Stalled { age_ms } => Err(StoreError::Host(Liveness::stalled_detail(age_ms))),
+            Liveness::Alive { .. } | Liveness::NotStarted => Ok(()),
+        }
     }
 }
 
@@ -143,15 +164,40 @@ mod tests {
     }
 
     #[test]
-    fn the_watch_trusts_a_verdict_only_briefly() {
-        let mut w = Watch::default();
-        assert_eq!(w.cached(t(0)), None);
-        let alive = Liveness::Alive { age_ms: 3 };
-        w.record(t(0), alive);
-        assert_eq!(w.cached(t(RECHECK_EVERY_MS - 1)), Some(alive));
-        assert_eq!(w.cached(t(RECHECK_EVERY_MS)), None);
+    fn the_watch_refuses_a_stopped_service_and_trusts_a_verdict_only_briefly() {
+        let w = Watch::default();
+        let reads = Cell::new(0);
+        let stored = std::cell::RefCell::new(beat(t(0)));
+        let admit = |at: i64| {
+            w.admit(t(at), || {
+                reads.set(reads.get() + 1);
+                Some(stored.borrow().clone())
+            })
+        };
+        assert!(admit(1_000).is_ok());
+        assert!(admit(1_000 + RECHECK_EVERY_MS - 1).is_ok());
+        assert_eq!(reads.get(), 1, "the verdict is reused");
+        // Stopped: refused at the next read, and while that verdict holds.
+        let stalled_at = STALLED_AFTER_MS + 10;
+        let e = admit(stalled_at).unwrap_err();
+        assert!(format!("{e:?}").contains("stopped"), "{e:?}");
+        assert!(admit(stalled_at + RECHECK_EVERY_MS - 1).is_err());
+        assert_eq!(reads.get(), 2);
+        // Beating again: admitted at the next read.
+        let back = stalled_at + RECHECK_EVERY_MS;
+        *stored.borrow_mut() = beat(t(back));
+        assert!(admit(back).is_ok());
+        assert_eq!(reads.get(), 3);
         // A clock that stepped back does not pin an old verdict forever.
-        assert_eq!(w.cached(t(-RECHECK_EVERY_MS)), None);
+        let before = reads.get();
+        assert!(admit(0).is_ok());
+        assert_eq!(reads.get(), before + 1);
+    }
+
+    #[test]
+    fn no_beat_yet_never_refuses() {
+        let w = Watch::default();
+        assert!(w.admit(t(0), || None).is_ok());
     }
 
     #[test]
