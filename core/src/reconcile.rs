@@ -1392,6 +1392,11 @@ impl Reconciler {
             CallResult::Response { body, .. } => body,
             CallResult::Failed => &[],
         };
+        // The token manager names its own failures (bad credentials are not
+        // a 401 on a call); every other call's failure is its class.
+        if answer.class != AnswerClass::Success && !matches!(op.kind, OpKind::Token) {
+            cx.metric(Metric::Failure(FailureKind::of(answer.class)));
+        }
         match op.kind {
             OpKind::Token => self.token_answered(&answer, body, op.sent_at, cx),
             OpKind::Identity { token_generation } => {
@@ -1472,19 +1477,14 @@ impl Reconciler {
                 .and_then(|c| c.name)
                 .filter(|n| !n.trim().is_empty()),
             AnswerClass::Unauthorized => {
-                cx.metric(Metric::Failure(FailureKind::Unauthorized));
                 self.token.invalidate(token_generation);
                 return;
             }
             AnswerClass::RateLimited => {
-                cx.metric(Metric::Failure(FailureKind::RateLimited));
                 self.pause(answer, cx);
                 return;
             }
-            other => {
-                cx.metric(Metric::Failure(FailureKind::of(other)));
-                None
-            }
+            _ => None,
         };
         match name {
             Some(name) => {
@@ -1522,9 +1522,6 @@ impl Reconciler {
         body: &[u8],
         cx: &mut Cx<'_>,
     ) {
-        if answer.class != AnswerClass::Success {
-            cx.metric(Metric::Failure(FailureKind::of(answer.class)));
-        }
         let retry = |attempts: u32, not_before: Option<DateTime<Utc>>| Recovery::Rows {
             page,
             attempts,
@@ -1652,7 +1649,6 @@ impl Reconciler {
         cx: &mut Cx<'_>,
     ) {
         if answer.class != AnswerClass::Success {
-            cx.metric(Metric::Failure(FailureKind::of(answer.class)));
             cycle.genesys = Some(answer.genesys_ref());
         }
         match answer.class {
