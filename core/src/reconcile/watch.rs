@@ -24,6 +24,14 @@ fn watched(extra: Value) -> World {
     World::new(cfg)
 }
 
+/// [`watched`] with one incident, `INC-1` on `G1`, switched on.
+fn watched_incident() -> World {
+    let mut w = watched(json!({}));
+    w.activate("INC-1", &["q1"], "G1");
+    w.drain();
+    w
+}
+
 fn puts_since(w: &World, from_ms: i64) -> Vec<DateTime<Utc>> {
     w.fake
         .log
@@ -55,9 +63,7 @@ fn group<'a>(v: &'a Value, id: &str) -> &'a Value {
 
 #[test]
 fn groups_are_read_again_every_period_and_sooner_after_a_write() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     assert_eq!(w.fake.kinds(), [Token, Get, Put]);
     w.run_until(66_000);
     let reads: Vec<i64> = w
@@ -79,9 +85,7 @@ fn groups_are_read_again_every_period_and_sooner_after_a_write() {
 
 #[test]
 fn drift_by_our_own_client_is_corrected_after_the_grace_not_before() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     w.run_until(20_000);
     // Our own client (a replica, a script) switches it off at 20 s.
     w.now = t(20_000);
@@ -118,9 +122,7 @@ fn drift_by_our_own_client_is_corrected_after_the_grace_not_before() {
 
 #[test]
 fn drift_that_ends_by_itself_needs_no_write() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     w.run_until(20_000);
     w.now = t(20_000);
     w.fake.own_write("G1", false);
@@ -133,9 +135,7 @@ fn drift_that_ends_by_itself_needs_no_write() {
 
 #[test]
 fn a_person_wins_until_the_next_incident_event() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     // A person switches it off in the admin UI at 1 s.
     w.now = t(1_000);
     w.fake.ui_write("G1", false);
@@ -173,9 +173,7 @@ fn a_person_wins_until_the_next_incident_event() {
 
 #[test]
 fn an_explicit_resume_corrects_a_held_group() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     w.now = t(1_000);
     w.fake.ui_write("G1", false);
     w.run_until(10_000);
@@ -222,9 +220,7 @@ fn a_resolution_is_an_incident_event_and_resumes_correction() {
 
 #[test]
 fn a_persons_change_that_matches_the_incidents_is_no_override() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     // A person touches it but leaves it on.
     w.now = t(1_000);
     w.fake.ui_write("G1", true);
@@ -245,9 +241,7 @@ fn a_persons_change_that_matches_the_incidents_is_no_override() {
 
 #[test]
 fn a_person_enabling_a_quiet_group_is_not_switched_off() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     w.resolve("INC-1", "G1");
     w.drain();
     assert!(!w.fake.enabled("G1"));
@@ -260,9 +254,7 @@ fn a_person_enabling_a_quiet_group_is_not_switched_off() {
 
 #[test]
 fn expiry_turns_routing_off_at_once_when_nobody_else_touched_it() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     // The glue's expiry: close it, mark the group (no incident event).
     let expired = w.ledger.expire(t(100_000_000));
     assert_eq!(expired.len(), 1);
@@ -401,9 +393,7 @@ fn a_resolution_before_the_rows_are_read_is_not_undone_by_them() {
 
 #[test]
 fn without_a_data_table_our_enabled_group_is_adopted_then_expires() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let w = watched_incident();
     let written_at = w.fake.groups["G1"]["dateModified"]
         .as_str()
         .unwrap()
@@ -478,9 +468,7 @@ fn unreadable_rows_let_recovery_go_on_by_adoption() {
 
 #[test]
 fn a_failed_identity_lookup_holds_off_and_retries() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     let mut w = restarted(w, json!({}));
     w.fake.fault(Me, Fault::status(500));
     w.rec.start_recovery(&[g("G1")]);
@@ -496,9 +484,7 @@ fn a_failed_identity_lookup_holds_off_and_retries() {
 #[test]
 fn the_fake_is_the_restarted_one() {
     // Guard for `restarted`: the old world's Genesys is kept as it was.
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     let v = w.fake.version("G1");
     let w2 = restarted(w, json!({}));
     let _: &FakeGenesys = &w2.fake;
@@ -530,9 +516,7 @@ fn a_person_who_writes_between_our_read_and_our_write_wins() {
 
 #[test]
 fn a_change_stamped_after_the_event_is_the_persons_last_word() {
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     // The resolution arrives while calls wait (a 429 pause)…
     w.fake.fault(Get, Fault::too_many(Some(30)));
     w.now = t(1_000);
@@ -547,9 +531,7 @@ fn a_change_stamped_after_the_event_is_the_persons_last_word() {
     let v = w.rec.state_view(&w.ledger, w.now);
     assert_eq!(group(&v, "G1")["overridden"], true);
     // Before the event, the event decides.
-    let mut w = watched(json!({}));
-    w.activate("INC-1", &["q1"], "G1");
-    w.drain();
+    let mut w = watched_incident();
     w.now = t(1_000);
     w.fake.clock = w.now;
     w.fake.ui_write("G1", false);
