@@ -468,7 +468,7 @@ fn unreadable_rows_let_recovery_go_on_by_adoption() {
 
 #[test]
 fn a_failed_identity_lookup_holds_off_and_retries() {
-    let mut w = watched_incident();
+    let w = watched_incident();
     let mut w = restarted(w, json!({}));
     w.fake.fault(Me, Fault::status(500));
     w.rec.start_recovery(&[g("G1")]);
@@ -484,7 +484,7 @@ fn a_failed_identity_lookup_holds_off_and_retries() {
 #[test]
 fn the_fake_is_the_restarted_one() {
     // Guard for `restarted`: the old world's Genesys is kept as it was.
-    let mut w = watched_incident();
+    let w = watched_incident();
     let v = w.fake.version("G1");
     let w2 = restarted(w, json!({}));
     let _: &FakeGenesys = &w2.fake;
