@@ -39,8 +39,13 @@ const TICK_MS: i64 = 100;
 const TICK: Duration = Duration::from_millis(100);
 /// Pruning walks the whole ledger: once a second is plenty.
 const PRUNE_EVERY_MS: i64 = 1000;
-/// Status freshness under load.
-const STATUS_EVERY_MS: i64 = 20;
+/// Status freshness under load. Short, so that each publish is short: the
+/// buckets written grow with the time between publishes, and a long publish
+/// stalls the requests behind it when the service shares a worker's core.
+const STATUS_EVERY_MS: i64 = 5;
+/// Buckets of a removal sweep written per publish, for the same reason: a
+/// sweep under a flood touches every bucket.
+const SWEEP_PER_PUBLISH: usize = 64;
 /// The group used when no `genesys` section maps incidents to groups.
 const UNMAPPED_GROUP: &str = "default";
 /// Where the Genesys token is mirrored, so a reloaded VM need not log in again.
@@ -617,18 +622,22 @@ impl ServiceRoot {
         // a flood of events costs one write per bucket, not one per event.
         // Buckets that only lost pruned incidents wait for the prune
         // cadence: under a flood of unique ids most buckets lose one in a
-        // second, and one write then serves them all.
-        let removals = self.board.has_removals() && due(self.last_removals, PRUNE_EVERY_MS);
-        if removals
-            || (self.board.is_dirty() && (from_tick || due(self.last_status, STATUS_EVERY_MS)))
+        // second, and one sweep then serves them all, a few buckets per
+        // publish.
+        if !self.board.is_sweeping()
+            && self.board.has_removals()
+            && due(self.last_removals, PRUNE_EVERY_MS)
+        {
+            self.last_removals = now;
+            self.board.start_sweep();
+        }
+        if (self.board.is_dirty() || self.board.is_sweeping())
+            && (from_tick || due(self.last_status, STATUS_EVERY_MS))
         {
             self.last_status = now;
-            let published = if removals {
-                self.last_removals = now;
-                self.board.publish_removals(&self.ledger, &Shared)
-            } else {
-                self.board.publish(&self.ledger, &Shared)
-            };
+            let published = self
+                .board
+                .publish_swept(&self.ledger, &Shared, SWEEP_PER_PUBLISH);
             if let Err(e) = published {
                 host::log(
                     LogLevel::Error,

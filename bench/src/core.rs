@@ -173,12 +173,12 @@ pub fn service(n: usize, publish_every: usize) -> Result<()> {
                 if stage >= 3 && i % publish_every == 0 {
                     // The service sweeps removals once a second: at
                     // ~5,000 events a second, every 50th publish.
-                    written += if i % (publish_every * 50) == 0 {
-                        board.publish_removals(&ledger, &store)
-                    } else {
-                        board.publish(&ledger, &store)
+                    if i % (publish_every * 50) == 0 {
+                        board.start_sweep();
                     }
-                    .map_err(|e| anyhow!("{e:?}"))?;
+                    written += board
+                        .publish_swept(&ledger, &store, 64)
+                        .map_err(|e| anyhow!("{e:?}"))?;
                 }
             }
         }

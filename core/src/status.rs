@@ -6,12 +6,10 @@
 //! incidents changed. The bucket count and per-bucket cap are fixed, and the
 //! ledger's retention bounds what is published: shared data stays bounded.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
-use crate::dedupe::digest;
 use crate::event::IncidentKey;
 use crate::ledger::{Incident, Ledger};
 use crate::store::{ensure_key, SharedStore, StoreError};
@@ -22,9 +20,22 @@ pub const MAX_PER_BUCKET: usize = 32;
 /// Where the singleton publishes the per-group state view.
 pub const STATE_KEY: &str = "emr.state";
 
+/// The bucket an incident id is published in: FNV-1a, folded. Not SHA-256:
+/// wasm has no SHA instructions, and the service hashes an id for every
+/// event and for every incident the ledger drops (hundreds at a time under
+/// a flood), so it was a visible share of its time in Envoy; a cryptographic
+/// hash buys nothing here, since anyone can find ids for a bucket of 1,024
+/// either way. Not `DefaultHasher` either: its algorithm may change with
+/// Rust, and published buckets outlive a module when Envoy swaps it.
 pub fn bucket_of(id: &str) -> u16 {
-    let d = digest(id.as_bytes());
-    u16::from_be_bytes([d[0], d[1]]) % STATUS_BUCKETS
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let h = id
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    // Every bit of the hash counts towards the bucket.
+    let folded = (h ^ (h >> 32)) as u32;
+    ((folded ^ (folded >> 16)) as u16) % STATUS_BUCKETS
 }
 
 fn bucket_key(n: u16) -> String {
@@ -49,9 +60,13 @@ pub struct Board {
     dirty: BTreeSet<u16>,
     /// Buckets that only lost incidents (pruned from the ledger). Under a
     /// flood of unique ids the ledger drops one incident per new one, which
-    /// would double the buckets written; these wait for
-    /// [`Board::publish_removals`] (or a change of their own).
+    /// would double the buckets written; these wait for the next sweep
+    /// ([`Board::start_sweep`]), or a change of their own.
     shrunk: BTreeSet<u16>,
+    /// The sweep under way: written a few at a time by
+    /// [`Board::publish_swept`], so that a sweep of every bucket (the usual
+    /// case under a flood) is not one long stall of the service.
+    sweep: BTreeSet<u16>,
     /// Each published incident's JSON, until [`Board::mark`] says it changed.
     cache: HashMap<IncidentKey, Vec<u8>>,
 }
@@ -66,8 +81,8 @@ impl Board {
     }
 
     /// Notes that the ledger dropped `key`'s incident: its bucket loses it
-    /// at the next [`Board::publish_removals`], or sooner if the bucket is
-    /// rewritten for another reason.
+    /// in the next sweep, or sooner if the bucket is rewritten for another
+    /// reason.
     pub fn forget(&mut self, key: &IncidentKey) {
         let n = bucket_of(key.id.as_str());
         self.cache.remove(key);
@@ -84,7 +99,21 @@ impl Board {
 
     /// Whether some bucket still shows an incident the ledger dropped.
     pub fn has_removals(&self) -> bool {
-        !self.shrunk.is_empty()
+        !self.shrunk.is_empty() || !self.sweep.is_empty()
+    }
+
+    /// Whether a sweep is under way.
+    pub fn is_sweeping(&self) -> bool {
+        !self.sweep.is_empty()
+    }
+
+    /// Starts a sweep of the buckets that have only lost incidents so far.
+    /// Buckets that lose one after this wait for the next sweep: under a
+    /// flood every bucket loses one every second or so, and one write then
+    /// serves all its losses.
+    pub fn start_sweep(&mut self) {
+        let mut shrunk = std::mem::take(&mut self.shrunk);
+        self.sweep.append(&mut shrunk);
     }
 
     /// Rewrites every dirty bucket from the ledger. The singleton is the only
@@ -98,15 +127,21 @@ impl Board {
         self.write(dirty, ledger, store)
     }
 
-    /// Rewrites the dirty buckets and those that only lost incidents.
-    pub fn publish_removals(
+    /// Rewrites the dirty buckets and up to `limit` more of the sweep's.
+    pub fn publish_swept(
         &mut self,
         ledger: &Ledger,
         store: &dyn SharedStore,
+        limit: usize,
     ) -> Result<usize, StoreError> {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.append(&mut self.shrunk);
-        self.write(dirty, ledger, store)
+        let mut buckets = std::mem::take(&mut self.dirty);
+        for _ in 0..limit {
+            let Some(n) = self.sweep.pop_first() else {
+                break;
+            };
+            buckets.insert(n);
+        }
+        self.write(buckets, ledger, store)
     }
 
     fn write(
@@ -120,6 +155,7 @@ impl Board {
         let mut pending = buckets.into_iter();
         while let Some(n) = pending.next() {
             self.shrunk.remove(&n);
+            self.sweep.remove(&n);
             let members = self.members.entry(n).or_default();
             // Incidents the ledger pruned leave the bucket.
             members.retain(|k| ledger.get(k).is_some());
@@ -136,18 +172,19 @@ impl Board {
                 if i > 0 {
                     body.push(b',');
                 }
-                let json = match self.cache.entry(key.clone()) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => {
+                // Looked up before the key is cloned: most are cached.
+                match self.cache.get(key) {
+                    Some(json) => body.extend_from_slice(json),
+                    None => {
                         let mut json = serde_json::to_vec(incident)
                             .map_err(|e| StoreError::Host(e.to_string()))?;
+                        body.extend_from_slice(&json);
                         // Kept for every incident in the ledger (a few
                         // thousand under a flood): not twice its size.
                         json.shrink_to_fit();
-                        e.insert(json)
+                        self.cache.insert(key.clone(), json);
                     }
-                };
-                body.extend_from_slice(json);
+                }
             }
             body.push(b']');
             if let Err(e) = store.set(&bucket_key(n), &body, None) {
@@ -330,12 +367,109 @@ mod tests {
         assert!(board.has_removals());
         assert_eq!(board.publish(&ledger, &store).unwrap(), 0);
         assert!(lookup(&store, "GONE-1").unwrap().is_some());
-        assert_eq!(board.publish_removals(&ledger, &store).unwrap(), 1);
+        // Nothing is swept before a sweep starts.
+        assert_eq!(board.publish_swept(&ledger, &store, 8).unwrap(), 0);
+        board.start_sweep();
+        assert_eq!(board.publish_swept(&ledger, &store, 8).unwrap(), 1);
         assert!(!board.has_removals());
         assert_eq!(lookup(&store, "GONE-1").unwrap(), None);
         assert_eq!(
             store.get(&bucket_key(bucket_of("GONE-1"))).unwrap().value,
             Some(b"[]".to_vec())
         );
+    }
+
+    #[test]
+    fn ids_spread_over_every_bucket() {
+        let mut load = vec![0u32; usize::from(STATUS_BUCKETS)];
+        for i in 0..102_400 {
+            for id in [format!("INC{i:07}"), format!("PD-{i}-x")] {
+                load[usize::from(bucket_of(&id))] += 1;
+            }
+        }
+        // 200 per bucket on average.
+        let (min, max) = (load.iter().min().unwrap(), load.iter().max().unwrap());
+        assert!(*min > 120 && *max < 300, "{min}..{max}");
+    }
+
+    #[test]
+    fn the_bucket_of_an_id_never_changes() {
+        // Buckets outlive a module when Envoy swaps it: a change here makes
+        // a new filter miss what the old service published.
+        let pinned: Vec<u16> = ["INC-1", "CHG0031234", "a"]
+            .iter()
+            .map(|id| bucket_of(id))
+            .collect();
+        // Computed apart from this code (FNV-1a 64, folded as above).
+        assert_eq!(pinned, [170, 944, 418]);
+    }
+
+    #[test]
+    fn a_sweep_is_written_a_few_buckets_at_a_time() {
+        let store = MemoryStore::new();
+        create_keys(&store).unwrap();
+        let mut ledger = Ledger::default();
+        let mut board = Board::default();
+        let g = GroupId::parse("G").unwrap();
+        let now = DateTime::from_timestamp(1_700_000_001, 0).unwrap();
+        let keys: Vec<IncidentKey> = (0..400)
+            .map(|i| {
+                let q = ev(&format!("S{i}"));
+                ledger.apply(&q, g.clone(), now);
+                board.mark(&q.event.incident_key());
+                q.event.incident_key()
+            })
+            .collect();
+        board.publish(&ledger, &store).unwrap();
+        let mut empty = Ledger::default();
+        std::mem::swap(&mut ledger, &mut empty);
+        for k in &keys[..300] {
+            board.forget(k);
+        }
+        let shrunk: BTreeSet<u16> = keys[..300]
+            .iter()
+            .map(|k| bucket_of(k.id.as_str()))
+            .collect();
+        board.start_sweep();
+        // Lost after the sweep started: waits for the next one.
+        board.forget(&keys[300]);
+        // Changed during the sweep: written now, and not again by the sweep.
+        let late = ev("LATE");
+        ledger.apply(&late, g.clone(), now);
+        board.mark(&late.event.incident_key());
+        let mut written = board.publish_swept(&ledger, &store, 100).unwrap();
+        assert!(written <= 101, "{written}");
+        assert!(lookup(&store, "LATE").unwrap().is_some());
+        let mut rounds = 1;
+        while board.is_sweeping() {
+            written += board.publish_swept(&ledger, &store, 100).unwrap();
+            rounds += 1;
+        }
+        let late_bucket = bucket_of("LATE");
+        let expected = shrunk.len() + usize::from(!shrunk.contains(&late_bucket));
+        assert_eq!(written, expected);
+        // One bucket fewer when the changed one was also in the sweep.
+        assert!(rounds <= shrunk.len().div_ceil(100), "{rounds}");
+        assert!(rounds >= (shrunk.len() - 1).div_ceil(100), "{rounds}");
+        for k in &keys[..300] {
+            assert_eq!(lookup(&store, k.id.as_str()).unwrap(), None, "{k}");
+        }
+        // The one lost after the start is still shown, unless its bucket
+        // was rewritten for another reason.
+        let b300 = bucket_of(keys[300].id.as_str());
+        assert_eq!(
+            lookup(&store, keys[300].id.as_str()).unwrap().is_some(),
+            !shrunk.contains(&b300) && b300 != late_bucket
+        );
+        assert_eq!(
+            board.has_removals(),
+            !shrunk.contains(&b300) && b300 != late_bucket
+        );
+        board.start_sweep();
+        while board.is_sweeping() {
+            board.publish_swept(&ledger, &store, 100).unwrap();
+        }
+        assert_eq!(lookup(&store, keys[300].id.as_str()).unwrap(), None);
+        assert!(!board.has_removals());
     }
 }
