@@ -60,11 +60,17 @@ fn main() -> Result<()> {
                 .unwrap_or(1);
             upstream::serve(port, threads)
         }
-        _ => bail!(
-            "usage: emr-bench run [--quick] [--out DIR] | emr-bench upstream --port P [--threads N]"
-        ),
+        _ => bail!("{USAGE}"),
     }
 }
+
+pub const USAGE: &str = "usage:
+  emr-bench run [--quick] [--out DIR] [--phases start,throughput,activation,memory]
+                [--workers 1,2] [--targets ceiling,floor,floor-read,emr-edge,alternative]
+                [--envoy PATH] [--wasm PATH] [--floor-wasm PATH] [--unique N] [--merge]
+  emr-bench upstream --port P [--threads N]
+  emr-bench core [--n N] | emr-bench core --service [--n N] [--publish-every N]
+  emr-bench report [--out DIR]";
 
 /// The value after `name`, if present.
 pub fn flag(args: &[String], name: &str) -> Result<Option<String>> {

@@ -49,6 +49,30 @@ pub struct Options {
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options> {
+        // A mistyped flag must not start a ten-minute run with defaults.
+        const FLAGS: [&str; 8] = [
+            "--out",
+            "--envoy",
+            "--wasm",
+            "--floor-wasm",
+            "--unique",
+            "--phases",
+            "--workers",
+            "--targets",
+        ];
+        let mut rest = args.iter();
+        while let Some(a) = rest.next() {
+            match a.as_str() {
+                "--quick" | "--merge" => {}
+                f if FLAGS.contains(&f) => {
+                    rest.next();
+                }
+                other => bail!(
+                    "emr-bench run: unknown argument {other:?}\n{}",
+                    crate::USAGE
+                ),
+            }
+        }
         let root = std::env::current_dir()?;
         let quick = args.iter().any(|a| a == "--quick");
         Ok(Options {
