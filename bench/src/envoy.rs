@@ -2,8 +2,7 @@
 //! free loopback ports, the process pinned with `taskset`, `/ready` timed,
 //! admin stats and RSS read, stopped by pid.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -210,37 +209,7 @@ impl Drop for Envoy {
 
 /// A plain HTTP/1.1 GET on loopback, closing the connection.
 pub fn get(port: u16, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let (head, body) = buf.split_once("\r\n\r\n").context("no body")?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Ok(dechunk(body));
-    }
-    Ok(body.to_owned())
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(rest.get(..n).unwrap_or_default());
-        body = rest.get(n..).unwrap_or_default().trim_start_matches("\r\n");
-    }
-    out
+    emr_sim::loopback::get(&format!("http://127.0.0.1:{port}{path}")).map_err(anyhow::Error::msg)
 }
 
 /// utime + stime of a `/proc/.../stat` file, in clock ticks.

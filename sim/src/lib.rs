@@ -34,6 +34,7 @@ mod groups;
 mod guide;
 mod ids;
 mod itsm;
+pub mod loopback;
 mod oauth;
 mod query;
 mod ratelimit;

@@ -333,43 +333,7 @@ pub fn validate_with_env(yaml_path: &Path, env: &[(&str, &str)]) -> Result<(), S
 
 /// A plain HTTP/1.1 GET over a std socket, for polling from sync code.
 pub fn blocking_get(url: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").ok_or("not http")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no body")?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Ok(dechunk(body));
-    }
-    Ok(body.to_owned())
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    emr_sim::loopback::get(url)
 }
 
 /// Now as RFC 3339, for incident timestamps.
