@@ -167,6 +167,11 @@ impl Incident {
     fn is_open(&self) -> bool {
         self.state == IncidentState::Open
     }
+
+    /// Closed, and nothing about it left to settle: retention may drop it.
+    fn is_prunable(&self) -> bool {
+        !self.is_open() && self.events.iter().all(|e| e.status.is_terminal())
+    }
 }
 
 /// What applying one event did.
@@ -249,6 +254,11 @@ pub struct Ledger {
     incidents: HashMap<IncidentKey, Incident>,
     /// Open incidents by expiry.
     expiries: BTreeSet<(DateTime<Utc>, IncidentKey)>,
+    /// What pruning may drop — closed incidents whose every event is
+    /// settled — oldest `updated_at` first, so that pruning takes from the
+    /// front instead of walking the ledger. Kept in step by [`Ledger::reindex`]
+    /// after every change to an incident.
+    prunable: BTreeSet<(DateTime<Utc>, IncidentKey)>,
     /// Every group an incident ever mapped to: a group whose last incident
     /// closed must still be driven back to disabled.
     groups: BTreeSet<GroupId>,
@@ -284,10 +294,13 @@ impl Ledger {
     /// Records `q` for the group it maps to. Returns what changed and, for
     /// any change to desired state, the group to reconcile.
     pub fn apply(&mut self, q: &QueuedEvent, group: GroupId, now: DateTime<Utc>) -> Applied {
+        let key = q.event.incident_key();
+        let before = self.incidents.get(&key).map(|i| i.updated_at);
         let applied = self.apply_event(q, group, now);
+        self.reindex(&key, before);
         // Bound memory here, not only on a timer: under a flood the timer
-        // may run late. Pruning walks the ledger, so allow some slack and the
-        // cost per event stays small on average.
+        // may run late. Some slack lets one prune drop many at once, so the
+        // status board's buckets lose them together.
         let closed = self.incidents.len().saturating_sub(self.expiries.len());
         let max = self.retention.max_closed;
         if closed > max + max / 8 + 16 {
@@ -463,12 +476,14 @@ impl Ledger {
             }
             self.expiries.pop_first();
             if let Some(inc) = self.incidents.get_mut(&key) {
+                let before = inc.updated_at;
                 inc.state = IncidentState::Expired;
                 inc.updated_at = now;
                 if let Some(e) = inc.latest_mut() {
                     e.status = EventStatus::Expired;
                     e.reason = Some("the incident's ttl ran out before it was resolved".into());
                 }
+                self.reindex(&key, Some(before));
                 expired.push(key);
             }
         }
@@ -525,7 +540,9 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Vec<IncidentKey> {
         let mut touched = Vec::new();
+        let mut before = Vec::new();
         for (key, inc) in self.incidents.iter_mut().filter(|(_, i)| &i.group == group) {
+            let updated_at = inc.updated_at;
             let Some(e) = inc.latest_mut() else { continue };
             if e.status != EventStatus::Processing {
                 continue;
@@ -545,6 +562,10 @@ impl Ledger {
                 inc.genesys.clone_from(&genesys);
             }
             touched.push(key.clone());
+            before.push(updated_at);
+        }
+        for (key, at) in touched.iter().zip(before) {
+            self.reindex(key, Some(at));
         }
         touched
     }
@@ -566,6 +587,18 @@ impl Ledger {
     /// ordered just after the newest event we had. Returns its group, to
     /// reconcile, or `None` when the incident is not open (anymore).
     pub fn resolve_by_poll(
+        &mut self,
+        key: &IncidentKey,
+        detail: String,
+        now: DateTime<Utc>,
+    ) -> Option<GroupId> {
+        let before = self.incidents.get(key).map(|i| i.updated_at);
+        let group = self.resolve_open_by_poll(key, detail, now);
+        self.reindex(key, before);
+        group
+    }
+
+    fn resolve_open_by_poll(
         &mut self,
         key: &IncidentKey,
         detail: String,
@@ -655,7 +688,9 @@ impl Ledger {
         {
             return None;
         }
-        self.incidents.remove(&key);
+        if let Some(old) = self.incidents.remove(&key) {
+            self.prunable.remove(&(old.updated_at, key.clone()));
+        }
         self.insert_open(
             key,
             group,
@@ -713,38 +748,42 @@ impl Ledger {
         Some(key)
     }
 
-    /// Drops closed incidents past retention, oldest first. Called from the
-    /// service's tick, not per event: it walks every incident.
+    /// Drops closed incidents past retention, oldest first: those beyond
+    /// `max_closed`, and those closed longer than `closed_seconds`.
     ///
     /// Returns the keys dropped, so their published status can go too.
     pub fn prune(&mut self, now: DateTime<Utc>) -> Vec<IncidentKey> {
         let horizon = now - chrono::Duration::seconds(self.retention.closed_seconds);
-        // Borrowed, and only partly ordered: under a flood of unique ids this
-        // runs every few hundred events over thousands of incidents, and
-        // cloning every key and sorting them all was a millisecond's stall
-        // of the service in Envoy. Only the keys dropped are cloned.
-        let mut closed: Vec<(DateTime<Utc>, &IncidentKey)> = self
-            .incidents
-            .iter()
-            .filter(|(_, i)| !i.is_open() && i.events.iter().all(|e| e.status.is_terminal()))
-            .map(|(k, i)| (i.updated_at, k))
-            .collect();
-        let excess = closed.len().saturating_sub(self.retention.max_closed);
-        if excess > 0 {
-            // The `excess` oldest first (ties broken by key, so which ones go
-            // does not depend on the map's order), the rest in any order.
-            closed.select_nth_unstable(excess - 1);
-        }
-        let dropped: Vec<IncidentKey> = closed
-            .iter()
-            .enumerate()
-            .filter(|(i, (at, _))| *i < excess || *at < horizon)
-            .map(|(_, (_, key))| (*key).clone())
-            .collect();
-        for key in &dropped {
-            self.incidents.remove(key);
+        let excess = self
+            .prunable
+            .len()
+            .saturating_sub(self.retention.max_closed);
+        let mut dropped = Vec::new();
+        // Both kinds are a prefix of the index: taken from the front, not
+        // found by a walk of the whole ledger (a millisecond's stall of the
+        // service in Envoy every few hundred events under a flood).
+        while let Some((at, _)) = self.prunable.first() {
+            if dropped.len() >= excess && *at >= horizon {
+                break;
+            }
+            if let Some((_, key)) = self.prunable.pop_first() {
+                self.incidents.remove(&key);
+                dropped.push(key);
+            }
         }
         dropped
+    }
+
+    /// Brings the index of prunable incidents in line with `key`'s incident
+    /// after a change to it; `before` is its `updated_at` before the change,
+    /// if it existed.
+    fn reindex(&mut self, key: &IncidentKey, before: Option<DateTime<Utc>>) {
+        if let Some(at) = before {
+            self.prunable.remove(&(at, key.clone()));
+        }
+        if let Some(inc) = self.incidents.get(key).filter(|i| i.is_prunable()) {
+            self.prunable.insert((inc.updated_at, key.clone()));
+        }
     }
 }
 
@@ -1301,6 +1340,48 @@ mod props {
             let again = pick.get(&events);
             l.apply(again, g.clone(), t(101));
             prop_assert_eq!(before, l.desired_for(&g));
+        }
+
+        /// The index pruning takes from always holds exactly the closed,
+        /// settled incidents at their `updated_at`, whatever happens to them
+        /// — events, settles, expiry, status polls, adoption, pruning.
+        #[test]
+        fn the_prunable_index_follows_every_change(
+            ops in proptest::collection::vec((0u8..7, 0u8..12, any::<bool>(), 0i64..20), 1..80),
+        ) {
+            let g = GroupId::parse("G").unwrap();
+            let mut l = Ledger::new(Retention { closed_seconds: 15, max_closed: 4, max_open: 6 });
+            let mut now = 0i64;
+            for (op, id, flag, dt) in ops {
+                now += dt;
+                let key = IncidentKey {
+                    source: crate::event::Source::Canonical,
+                    id: crate::event::CorrelationId::parse(&format!("I{id}")).unwrap(),
+                };
+                match op {
+                    0 | 1 => {
+                        let mode = if flag { RoutingMode::Active } else { RoutingMode::Resolved };
+                        let mut e = event(&format!("I{id}"), mode, now, &["q"]);
+                        e.event.ttl_seconds = 30;
+                        l.apply(&e, g.clone(), t(now));
+                    }
+                    2 => {
+                        let outcome = if flag { Settle::Applied } else { Settle::Failed("x".into()) };
+                        l.settle_group(&g, outcome, None, t(now));
+                    }
+                    3 => { l.expire(t(now)); }
+                    4 => { l.resolve_by_poll(&key, "resolved".into(), t(now)); }
+                    5 => { l.adopt(key, g.clone(), "adopted".into(), t(now + 40), t(now)); }
+                    _ => { l.prune(t(now)); }
+                }
+                let expected: BTreeSet<(DateTime<Utc>, IncidentKey)> = l
+                    .incidents
+                    .iter()
+                    .filter(|(_, i)| i.is_prunable())
+                    .map(|(k, i)| (i.updated_at, k.clone()))
+                    .collect();
+                prop_assert_eq!(&l.prunable, &expected);
+            }
         }
 
         /// Pruning drops exactly what a full sort would: every closed
