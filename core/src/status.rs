@@ -26,7 +26,9 @@ pub const STATE_KEY: &str = "emr.state";
 /// a flood), so it was a visible share of its time in Envoy; a cryptographic
 /// hash buys nothing here, since anyone can find ids for a bucket of 1,024
 /// either way. Not `DefaultHasher` either: its algorithm may change with
-/// Rust, and published buckets outlive a module when Envoy swaps it.
+/// Rust, and the filters and the service must agree on it even when they
+/// run different builds (Envoy can update a filter's module while the
+/// bootstrap service keeps running the one it started with).
 pub fn bucket_of(id: &str) -> u16 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -394,8 +396,8 @@ mod tests {
 
     #[test]
     fn the_bucket_of_an_id_never_changes() {
-        // Buckets outlive a module when Envoy swaps it: a change here makes
-        // a new filter miss what the old service published.
+        // The filters and the service may run different builds: a change
+        // here makes one look where the other never published.
         let pinned: Vec<u16> = ["INC-1", "CHG0031234", "a"]
             .iter()
             .map(|id| bucket_of(id))
