@@ -296,7 +296,7 @@ impl Ledger {
     pub fn apply(&mut self, q: &QueuedEvent, group: GroupId, now: DateTime<Utc>) -> Applied {
         let key = q.event.incident_key();
         let before = self.incidents.get(&key).map(|i| i.updated_at);
-        let applied = self.apply_event(q, group, now);
+        let applied = self.apply_event(q, &key, group, now);
         self.reindex(&key, before);
         // Bound memory here, not only on a timer: under a flood the timer
         // may run late. Some slack lets one prune drop many at once, so the
@@ -316,9 +316,14 @@ impl Ledger {
         std::mem::take(&mut self.dropped)
     }
 
-    fn apply_event(&mut self, q: &QueuedEvent, group: GroupId, now: DateTime<Utc>) -> Applied {
+    fn apply_event(
+        &mut self,
+        q: &QueuedEvent,
+        key: &IncidentKey,
+        group: GroupId,
+        now: DateTime<Utc>,
+    ) -> Applied {
         let ev = &q.event;
-        let key = ev.incident_key();
         let record = EventRecord {
             routing_mode: ev.routing_mode,
             timestamp: ev.timestamp,
@@ -331,7 +336,7 @@ impl Ledger {
         };
         self.groups.insert(group.clone());
 
-        let Some(inc) = self.incidents.get_mut(&key) else {
+        let Some(inc) = self.incidents.get_mut(key) else {
             self.seq += 1;
             let full = self.expiries.len() >= self.retention.max_open;
             let (state, outcome, status) = match ev.routing_mode {
@@ -383,7 +388,7 @@ impl Ledger {
             if state == IncidentState::Open {
                 self.expiries.insert((inc.expires_at, key.clone()));
             }
-            self.incidents.insert(key, inc);
+            self.incidents.insert(key.clone(), inc);
             return outcome;
         };
 

@@ -118,18 +118,18 @@ impl Board {
         self.sweep.append(&mut shrunk);
     }
 
-    /// Rewrites every dirty bucket from the ledger. The singleton is the only
-    /// writer, so plain writes are safe. Returns the number of buckets written.
+    /// Rewrites every dirty bucket from the ledger, and none of a sweep's.
     pub fn publish(
         &mut self,
         ledger: &Ledger,
         store: &dyn SharedStore,
     ) -> Result<usize, StoreError> {
-        let dirty = std::mem::take(&mut self.dirty);
-        self.write(dirty, ledger, store)
+        self.publish_swept(ledger, store, 0)
     }
 
-    /// Rewrites the dirty buckets and up to `limit` more of the sweep's.
+    /// Rewrites the dirty buckets and up to `limit` more of the sweep's. The
+    /// singleton is the only writer, so plain writes are safe. Returns the
+    /// number of buckets written.
     pub fn publish_swept(
         &mut self,
         ledger: &Ledger,
@@ -236,6 +236,13 @@ mod tests {
     };
     use crate::store::MemoryStore;
 
+    /// A store with every key created, an empty ledger and board.
+    fn fresh() -> (MemoryStore, Ledger, Board) {
+        let store = MemoryStore::new();
+        create_keys(&store).unwrap();
+        (store, Ledger::default(), Board::default())
+    }
+
     fn ev(id: &str) -> QueuedEvent {
         QueuedEvent {
             event: IncidentEvent {
@@ -256,10 +263,7 @@ mod tests {
 
     #[test]
     fn published_incidents_can_be_looked_up_by_id() {
-        let store = MemoryStore::new();
-        create_keys(&store).unwrap();
-        let mut ledger = Ledger::default();
-        let mut board = Board::default();
+        let (store, mut ledger, mut board) = fresh();
         let now = DateTime::from_timestamp(1_700_000_001, 0).unwrap();
         for i in 0..500 {
             let id = format!("INC-{i}");
@@ -280,11 +284,8 @@ mod tests {
 
     #[test]
     fn keys_are_fixed_whatever_is_published() {
-        let store = MemoryStore::new();
-        create_keys(&store).unwrap();
+        let (store, mut ledger, mut board) = fresh();
         let before = store.len();
-        let mut ledger = Ledger::default();
-        let mut board = Board::default();
         let now = DateTime::from_timestamp(1_700_000_001, 0).unwrap();
         for i in 0..2000 {
             let id = format!("I{i}");
@@ -313,10 +314,7 @@ mod tests {
 
     #[test]
     fn cached_incidents_publish_the_bytes_a_fresh_serialisation_gives() {
-        let store = MemoryStore::new();
-        create_keys(&store).unwrap();
-        let mut ledger = Ledger::default();
-        let mut board = Board::default();
+        let (store, mut ledger, mut board) = fresh();
         let g = GroupId::parse("G").unwrap();
         let t = |s: i64| DateTime::from_timestamp(1_700_000_001 + s, 0).unwrap();
         for i in 0..3000 {
@@ -350,10 +348,7 @@ mod tests {
 
     #[test]
     fn pruned_incidents_leave_their_bucket_with_the_removal_sweep() {
-        let store = MemoryStore::new();
-        create_keys(&store).unwrap();
-        let mut ledger = Ledger::default();
-        let mut board = Board::default();
+        let (store, mut ledger, mut board) = fresh();
         let now = DateTime::from_timestamp(1_700_000_001, 0).unwrap();
         let q = ev("GONE-1");
         ledger.apply(&q, GroupId::parse("G").unwrap(), now);
@@ -408,10 +403,7 @@ mod tests {
 
     #[test]
     fn a_sweep_is_written_a_few_buckets_at_a_time() {
-        let store = MemoryStore::new();
-        create_keys(&store).unwrap();
-        let mut ledger = Ledger::default();
-        let mut board = Board::default();
+        let (store, mut ledger, mut board) = fresh();
         let g = GroupId::parse("G").unwrap();
         let now = DateTime::from_timestamp(1_700_000_001, 0).unwrap();
         let keys: Vec<IncidentKey> = (0..400)
