@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use emr_core::config::Config;
 use emr_core::event::{Control, GroupId, IncidentKey, QueueMessage, QueuedEvent};
 use emr_core::itsm::{PollEffect, PollMetric, Poller};
-use emr_core::ledger::{Applied, IncidentState, Ledger};
+use emr_core::ledger::{Applied, Ledger};
 use emr_core::liveness;
 use emr_core::reconcile::{
     CallResult, Effect, HttpCall, Metric as ReconcileMetric, OpId, Reconciler,
@@ -653,11 +653,7 @@ impl ServiceRoot {
 
     fn publish_state(&mut self, now: DateTime<Utc>) {
         self.state_dirty = false;
-        let open = self
-            .ledger
-            .incidents()
-            .filter(|i| i.state == IncidentState::Open)
-            .count();
+        let open = self.ledger.open_len();
         self.metrics
             .open
             .set(u64::try_from(open).unwrap_or(u64::MAX));
@@ -667,7 +663,6 @@ impl ServiceRoot {
                 let groups: Vec<_> = self
                     .ledger
                     .desired()
-                    .into_iter()
                     .map(|(id, d)| json!({"id": id, "desired": d}))
                     .collect();
                 json!({"updatedAt": now.to_rfc3339(), "genesys": null, "groups": groups})

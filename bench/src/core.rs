@@ -143,6 +143,7 @@ pub fn service(n: usize, publish_every: usize) -> Result<()> {
                 event: ev,
                 received_ms: now.timestamp_millis(),
                 delivery_id: None,
+                slot: false,
             };
             Ok(serde_json::to_vec(&q)?)
         })

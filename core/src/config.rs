@@ -321,6 +321,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
             closed_seconds: i64::from(closed),
             max_closed: usize::try_from(max_closed).unwrap_or(1_000),
             max_open: usize::try_from(max_open).unwrap_or(1_000),
+            ..Retention::default()
         },
     })
 }

@@ -21,9 +21,16 @@ pub enum Source {
     Opsgenie,
     Alertmanager,
     Standard,
+    /// emr-edge itself: the synthetic incidents it makes (an adopted
+    /// group's, `crate::recovery::adopted_key`). No route has this name, so
+    /// no sender can address them: a canonical event with the same id is
+    /// another incident.
+    Emr,
 }
 
 impl Source {
+    /// Every source an intake route takes, in route order. [`Source::Emr`]
+    /// is not among them.
     pub const ALL: [Source; 7] = [
         Source::Canonical,
         Source::Pagerduty,
@@ -44,9 +51,11 @@ impl Source {
             Source::Opsgenie => "opsgenie",
             Source::Alertmanager => "alertmanager",
             Source::Standard => "standard",
+            Source::Emr => "emr",
         }
     }
 
+    /// The route source named by a path segment; never [`Source::Emr`].
     pub fn from_path_segment(s: &str) -> Option<Source> {
         Source::ALL.into_iter().find(|src| src.as_str() == s)
     }
@@ -179,15 +188,24 @@ fn check_incident_type(s: &str) -> Result<(), InvalidId> {
     Ok(())
 }
 
+/// Genesys ids are UUIDs; other drivers' ids are names of the same kind. The
+/// alphabet is narrow on purpose: ids are joined with `,` into the data-table
+/// row (a `,` would split one id in two for a flow), put into URL paths, and
+/// shown to people (bidi and line-separator characters would disguise them).
 fn check_opaque_id(s: &str) -> Result<(), InvalidId> {
-    if s.trim().is_empty() {
+    if s.is_empty() {
         return Err(InvalidId("must not be empty"));
     }
     if s.len() > QUEUE_ID_MAX {
         return Err(InvalidId("must be at most 128 characters"));
     }
-    if s.chars().any(char::is_control) {
-        return Err(InvalidId("must not contain control characters"));
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(InvalidId(
+            "may only hold A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+        ));
     }
     Ok(())
 }
@@ -203,12 +221,12 @@ validated_string!(
     check_incident_type
 );
 validated_string!(
-    /// A Genesys queue id, kept opaque: non-empty, at most 128 characters.
+    /// A Genesys queue id, kept opaque: 1–128 of `[A-Za-z0-9._:-]`.
     QueueId,
     check_opaque_id
 );
 validated_string!(
-    /// A Genesys emergency group id, kept opaque.
+    /// A Genesys emergency group id, kept opaque: 1–128 of `[A-Za-z0-9._:-]`.
     GroupId,
     check_opaque_id
 );
@@ -340,6 +358,10 @@ pub struct QueuedEvent {
     /// The sender's delivery id, when the tool sends one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_id: Option<String>,
+    /// The intake took one of its source's open-incident slots for this
+    /// event (`crate::quota`): the service gives it back once recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slot: bool,
 }
 
 /// An instruction from the intake to the service, on the same queue as the
@@ -424,10 +446,24 @@ mod tests {
     fn queue_ids_are_opaque_but_bounded() {
         assert!(QueueId::parse("queue-12345").is_ok());
         assert!(QueueId::parse("3c3f7a3e-2f5c-4f3a-9b1e-4a1c2b3d4e5f").is_ok());
+        assert!(QueueId::parse(&"q".repeat(128)).is_ok());
         assert!(QueueId::parse("").is_err());
         assert!(QueueId::parse("   ").is_err());
         assert!(QueueId::parse("a\nb").is_err());
         assert!(QueueId::parse(&"q".repeat(129)).is_err());
+        // One id must stay one entry of the row's comma-joined list, and
+        // look like what it is.
+        for bad in [
+            "q,evil",
+            "q evil",
+            "q\u{202e}live",
+            "q\u{2028}x",
+            "q/x",
+            "q%2C",
+        ] {
+            assert!(QueueId::parse(bad).is_err(), "{bad:?}");
+            assert!(GroupId::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -493,6 +529,7 @@ mod tests {
             },
             received_ms: 1,
             delivery_id: None,
+            slot: false,
         };
         let bytes = serde_json::to_vec(&ev).unwrap();
         assert_eq!(
@@ -510,5 +547,8 @@ mod tests {
             assert_eq!(Source::from_path_segment(s.as_str()), Some(s));
         }
         assert_eq!(Source::from_path_segment("nagios"), None);
+        // emr-edge's own synthetic incidents have no route.
+        assert!(!Source::ALL.contains(&Source::Emr));
+        assert_eq!(Source::from_path_segment(Source::Emr.as_str()), None);
     }
 }

@@ -872,6 +872,7 @@ impl Intake<'_> {
             let queued = QueuedEvent {
                 received_ms,
                 delivery_id: delivery_id.clone(),
+                slot: false,
                 event: ev,
             };
             let enqueued = serde_json::to_vec(&queued)

@@ -906,6 +906,7 @@ mod tests {
             },
             received_ms: t(0).timestamp_millis(),
             delivery_id: None,
+            slot: false,
         };
         l.apply(&q, GroupId::parse("G").unwrap(), t(0));
     }

@@ -2,15 +2,25 @@
 //! and from that the desired state of each emergency group.
 //!
 //! The ledger lives in the singleton service. Its rules (DESIGN §6):
-//! - an incident is keyed by source + id; its newest event *by timestamp*
-//!   wins, so a resolution that overtakes its activation still resolves;
+//! - an incident is keyed by source + id; its newest event *by time* wins,
+//!   so a resolution that overtakes its activation still resolves. An
+//!   event's time is the sender's `timestamp`, but never later than when we
+//!   received it: a sender's clock ahead of ours (or a forged future date)
+//!   must not outrank what is received after it (issue 12, finding 8);
 //! - a group is desired enabled iff at least one open, unexpired incident
 //!   maps to it; its queue list is the open incidents' queues in priority,
-//!   then arrival, order, without repeats;
-//! - every event ends in a terminal, visible status.
+//!   then arrival, order, without repeats, at most [`MAX_GROUP_QUEUES`]
+//!   (kept per group as incidents change, see `groups`);
+//! - every event ends in a terminal, visible status;
+//! - closed incidents are kept for the status endpoint within
+//!   [`Retention`], fairly across sources, and then as tombstones, so that
+//!   a replay older than an incident's last event never reopens it.
 //!
 //! Expiry uses a `BTreeSet<(expiry, key)>` purged as time passes (the idea of
 //! mini-redis's TTL index).
+
+mod groups;
+mod tombstones;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -18,9 +28,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::event::{
-    GroupId, IncidentKey, IncidentType, Priority, QueueId, QueuedEvent, RoutingMode,
+    GroupId, IncidentKey, IncidentType, Priority, QueueId, QueuedEvent, RoutingMode, Source,
 };
 use crate::recovery::PersistedIncident;
+
+pub use groups::MAX_GROUP_QUEUES;
+use groups::{GroupIndex, Rank};
+use tombstones::Tombstones;
 
 /// Where an incident stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,6 +44,11 @@ pub enum IncidentState {
     Resolved,
     /// Its `timestamp + ttl` passed with no resolution.
     Expired,
+    /// The ledger had no room for it when it arrived: never open, its event
+    /// `FAILED` with the reason. The intake refuses what its source has no
+    /// room for, so this is only the last line of defence (see
+    /// [`Retention::max_open`]).
+    Refused,
 }
 
 /// How far an event has got. `Processing` is the only non-terminal status.
@@ -54,6 +73,12 @@ impl EventStatus {
     }
 }
 
+/// When an event counts as having happened, for ordering: the sender's
+/// time, but never later than our receipt of it.
+fn happened_at(timestamp: DateTime<Utc>, received_at: DateTime<Utc>) -> DateTime<Utc> {
+    timestamp.min(received_at)
+}
+
 /// One event as the ledger remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -74,6 +99,20 @@ pub struct EventRecord {
     /// What that source said (e.g. the ITSM's status).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+impl EventRecord {
+    /// Its place among the incident's events ([`happened_at`]). An event
+    /// emr-edge made itself (`via`) is dated by our own clock already.
+    fn order(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        match self.via {
+            Some(_) => (self.timestamp, self.received_at),
+            None => (
+                happened_at(self.timestamp, self.received_at),
+                self.received_at,
+            ),
+        }
+    }
 }
 
 /// How an event reached the ledger other than by a webhook.
@@ -120,7 +159,8 @@ pub struct Incident {
     pub queues: Vec<QueueId>,
     pub priority: Priority,
     pub state: IncidentState,
-    /// The newest event's routing mode and timestamp.
+    /// The newest event's routing mode and time (its `timestamp`, or when
+    /// it was received if that was earlier).
     pub routing_mode: RoutingMode,
     #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub last_event_at: DateTime<Utc>,
@@ -151,21 +191,36 @@ impl Incident {
         self.latest().map_or(EventStatus::Processing, |e| e.status)
     }
 
-    /// The newest event by timestamp.
+    /// The newest event.
     pub fn latest(&self) -> Option<&EventRecord> {
-        self.events
-            .iter()
-            .max_by_key(|e| (e.timestamp, e.received_at))
+        self.events.iter().max_by_key(|e| e.order())
     }
 
     fn latest_mut(&mut self) -> Option<&mut EventRecord> {
-        self.events
-            .iter_mut()
-            .max_by_key(|e| (e.timestamp, e.received_at))
+        self.events.iter_mut().max_by_key(|e| e.order())
     }
 
-    fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         self.state == IncidentState::Open
+    }
+
+    /// Its place in its group's order: priority, then arrival.
+    fn rank(&self) -> Rank {
+        (self.priority, self.seq)
+    }
+
+    /// Whether it holds this very event already (same mode, same time).
+    fn has_event(&self, mode: RoutingMode, timestamp: DateTime<Utc>) -> bool {
+        self.events
+            .iter()
+            .any(|e| e.timestamp == timestamp && e.routing_mode == mode)
+    }
+
+    /// Whether an event of `mode` that happened `at` is older than what the
+    /// incident has: an activation tied with a resolution loses too (the
+    /// safer reading of a tie).
+    fn outranks(&self, at: DateTime<Utc>, mode: RoutingMode) -> bool {
+        at < self.last_event_at || (at == self.last_event_at && mode == RoutingMode::Active)
     }
 
     /// Closed, and nothing about it left to settle: retention may drop it.
@@ -220,22 +275,44 @@ impl Applied {
 #[serde(rename_all = "camelCase")]
 pub struct Desired {
     pub enabled: bool,
-    /// Open incidents' queues in priority, then arrival, order, no repeats.
+    /// Open incidents' queues in priority, then arrival, order, no repeats:
+    /// the first [`MAX_GROUP_QUEUES`].
     pub queues: Vec<QueueId>,
+    /// How many distinct queues the open incidents list; more than
+    /// `queues.len()` when the list was cut at its bound.
+    pub queues_total: usize,
     /// Open incidents driving the group, in the same order.
     pub incidents: Vec<IncidentKey>,
 }
 
-/// Limits on what the ledger keeps once incidents are closed.
+/// The desired state of a group no incident ever mapped to.
+static NOTHING_WANTED: Desired = Desired {
+    enabled: false,
+    queues: Vec::new(),
+    queues_total: 0,
+    incidents: Vec::new(),
+};
+
+/// Limits on what the ledger keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Closed incidents are kept (for the status endpoint) this long.
     pub closed_seconds: i64,
-    /// And at most this many, oldest dropped first.
+    /// And at most this many, taken from the source that holds the most,
+    /// oldest first: one source's flood pushes out its own first.
     pub max_closed: usize,
-    /// At most this many incidents open at once. Real organisations have a
-    /// handful; the cap keeps memory bounded under a flood of unique ids.
+    /// At most this many incidents open at once, whatever the sources'
+    /// shares say: the memory bound. The intake keeps each source within its
+    /// share (`crate::quota`), so an incident refused here (recorded
+    /// `FAILED`, state `REFUSED`) takes a race between a source's
+    /// resolution and its reopening of the same incident at its limit.
     pub max_open: usize,
+    /// Tombstones of pruned incidents are kept this long: the replay window
+    /// plus the future skew, beyond which the intake refuses an event by
+    /// its time anyway.
+    pub tombstone_seconds: i64,
+    /// And at most this many per source, oldest first.
+    pub max_tombstones: usize,
 }
 
 impl Default for Retention {
@@ -244,34 +321,109 @@ impl Default for Retention {
             closed_seconds: 86_400,
             max_closed: 2_000,
             max_open: 1_000,
+            tombstone_seconds: 86_400 + 300,
+            max_tombstones: 10_000,
         }
     }
 }
 
+/// The closed, settled incidents pruning may drop, per source, oldest
+/// `updated_at` first, so that pruning takes from the fronts instead of
+/// walking the ledger.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Prunable {
+    sources: BTreeMap<Source, BTreeSet<(DateTime<Utc>, IncidentKey)>>,
+    len: usize,
+}
+
+impl Prunable {
+    fn insert(&mut self, at: DateTime<Utc>, key: &IncidentKey) {
+        if self
+            .sources
+            .entry(key.source)
+            .or_default()
+            .insert((at, key.clone()))
+        {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, at: DateTime<Utc>, key: &IncidentKey) {
+        let removed = self
+            .sources
+            .get_mut(&key.source)
+            .is_some_and(|s| s.remove(&(at, key.clone())));
+        if removed {
+            self.len -= 1;
+        }
+    }
+
+    /// The next incident to drop: the oldest one updated before `horizon`,
+    /// else, while more than `max` are held, the oldest of the source that
+    /// holds the most.
+    fn next(&mut self, horizon: DateTime<Utc>, max: usize) -> Option<IncidentKey> {
+        let fronts = self
+            .sources
+            .iter()
+            .filter_map(|(s, set)| set.first().map(|(at, _)| (*at, set.len(), *s)));
+        let stale = fronts.clone().filter(|(at, _, _)| *at < horizon).min();
+        let source = match stale {
+            Some((_, _, s)) => s,
+            None if self.len > max => fronts.max_by_key(|(_, n, _)| *n).map(|(_, _, s)| s)?,
+            None => return None,
+        };
+        let (_, key) = self.sources.get_mut(&source)?.pop_first()?;
+        self.len -= 1;
+        Some(key)
+    }
+
+    #[cfg(test)]
+    fn all(&self) -> BTreeSet<(DateTime<Utc>, IncidentKey)> {
+        self.sources.values().flatten().cloned().collect()
+    }
+}
+
 /// All incidents, open and recently closed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
     incidents: HashMap<IncidentKey, Incident>,
     /// Open incidents by expiry.
     expiries: BTreeSet<(DateTime<Utc>, IncidentKey)>,
     /// What pruning may drop — closed incidents whose every event is
-    /// settled — oldest `updated_at` first, so that pruning takes from the
-    /// front instead of walking the ledger. Kept in step by [`Ledger::reindex`]
-    /// after every change to an incident.
-    prunable: BTreeSet<(DateTime<Utc>, IncidentKey)>,
-    /// Every group an incident ever mapped to: a group whose last incident
-    /// closed must still be driven back to disabled.
-    groups: BTreeSet<GroupId>,
+    /// settled. Kept in step by [`Ledger::reindex`] after every change to
+    /// an incident.
+    prunable: Prunable,
+    /// Every group an incident ever mapped to, with its open incidents: a
+    /// group whose last incident closed must still be driven back to
+    /// disabled. Kept in step by [`Ledger::index`] and [`Ledger::unindex`]
+    /// around every change to an open incident.
+    groups: BTreeMap<GroupId, GroupIndex>,
+    /// Open incidents per source, for the intake's shares.
+    open_by_source: BTreeMap<Source, usize>,
+    tombstones: Tombstones,
     seq: u64,
     retention: Retention,
     dropped: Vec<IncidentKey>,
 }
 
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::new(Retention::default())
+    }
+}
+
 impl Ledger {
     pub fn new(retention: Retention) -> Self {
         Self {
+            incidents: HashMap::new(),
+            expiries: BTreeSet::new(),
+            prunable: Prunable::default(),
+            groups: BTreeMap::new(),
+            open_by_source: BTreeMap::new(),
+            tombstones: Tombstones::new(retention.max_tombstones),
+            seq: 0,
             retention,
-            ..Self::default()
+            dropped: Vec::new(),
         }
     }
 
@@ -291,12 +443,41 @@ impl Ledger {
         self.incidents.is_empty()
     }
 
+    /// Incidents open now.
+    pub fn open_len(&self) -> usize {
+        self.expiries.len()
+    }
+
+    /// Incidents of `source` open now.
+    pub fn open_of(&self, source: Source) -> usize {
+        self.open_by_source.get(&source).copied().unwrap_or(0)
+    }
+
+    /// Tombstones `source` holds (for metrics and tests).
+    pub fn tombstones_of(&self, source: Source) -> usize {
+        self.tombstones.len(source)
+    }
+
     /// Records `q` for the group it maps to. Returns what changed and, for
     /// any change to desired state, the group to reconcile.
     pub fn apply(&mut self, q: &QueuedEvent, group: GroupId, now: DateTime<Utc>) -> Applied {
         let key = q.event.incident_key();
         let before = self.incidents.get(&key).map(|i| i.updated_at);
-        let applied = self.apply_event(q, &key, group, now);
+        let received_at = DateTime::from_timestamp_millis(q.received_ms).unwrap_or(now);
+        let at = happened_at(q.event.timestamp, received_at);
+        // A duplicate or an older event changes nothing a group sees: the
+        // group index is left alone (and its cached desired state with it).
+        let moot = self.incidents.get(&key).is_some_and(|i| {
+            i.has_event(q.event.routing_mode, q.event.timestamp)
+                || i.outranks(at, q.event.routing_mode)
+        });
+        if !moot {
+            self.unindex(&key);
+        }
+        let applied = self.apply_event(q, &key, group, received_at, now);
+        if !moot {
+            self.index(&key);
+        }
         self.reindex(&key, before);
         // Bound memory here, not only on a timer: under a flood the timer
         // may run late. Some slack lets one prune drop many at once, so the
@@ -321,29 +502,48 @@ impl Ledger {
         q: &QueuedEvent,
         key: &IncidentKey,
         group: GroupId,
+        received_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Applied {
         let ev = &q.event;
+        let at = happened_at(ev.timestamp, received_at);
+        let expires_at = at + chrono::Duration::seconds(i64::from(ev.ttl_seconds));
         let record = EventRecord {
             routing_mode: ev.routing_mode,
             timestamp: ev.timestamp,
-            received_at: DateTime::from_timestamp_millis(q.received_ms).unwrap_or(now),
+            received_at,
             status: EventStatus::Processing,
             reason: None,
             delivery_id: q.delivery_id.clone(),
             via: None,
             detail: None,
         };
-        self.groups.insert(group.clone());
+        if !self.groups.contains_key(&group) {
+            self.groups.insert(group.clone(), GroupIndex::default());
+        }
 
         let Some(inc) = self.incidents.get_mut(key) else {
             self.seq += 1;
+            // Pruned already: its tombstone still says when it was last
+            // heard of, and an event no newer is a replay.
+            let buried = self.tombstones.last_event(key);
+            let stale = buried.is_some_and(|last| {
+                at < last || (at == last && ev.routing_mode == RoutingMode::Active)
+            });
+            if !stale {
+                self.tombstones.lift(key);
+            }
             let full = self.expiries.len() >= self.retention.max_open;
             let (state, outcome, status) = match ev.routing_mode {
+                _ if stale => (
+                    IncidentState::Resolved,
+                    Applied::Stale,
+                    EventStatus::Superseded,
+                ),
                 RoutingMode::Active if full => {
-                    (IncidentState::Resolved, Applied::Full, EventStatus::Failed)
+                    (IncidentState::Refused, Applied::Full, EventStatus::Failed)
                 }
-                RoutingMode::Active if ev.expires_at() > now => (
+                RoutingMode::Active if expires_at > now => (
                     IncidentState::Open,
                     Applied::Opened,
                     EventStatus::Processing,
@@ -368,19 +568,28 @@ impl Ledger {
                 queues: ev.target_queue_ids.clone(),
                 priority: ev.priority,
                 state,
-                routing_mode: ev.routing_mode,
-                last_event_at: ev.timestamp,
-                expires_at: ev.expires_at(),
+                routing_mode: if stale {
+                    RoutingMode::Resolved
+                } else {
+                    ev.routing_mode
+                },
+                last_event_at: buried.filter(|_| stale).unwrap_or(at),
+                expires_at,
                 updated_at: now,
                 seq: self.seq,
                 events: vec![EventRecord {
                     status,
-                    reason: (outcome == Applied::Full).then(|| {
-                        format!(
-                            "refused: {} incidents are already open (ledger.max_open_incidents)",
+                    reason: match outcome {
+                        Applied::Full => Some(format!(
+                            "refused: {} incidents are already open, the most the ledger holds",
                             self.retention.max_open
-                        )
-                    }),
+                        )),
+                        Applied::Stale => Some(
+                            "older than this incident's last event, which closed it: a replay"
+                                .into(),
+                        ),
+                        _ => None,
+                    },
                     ..record
                 }],
                 genesys: None,
@@ -392,18 +601,11 @@ impl Ledger {
             return outcome;
         };
 
-        if inc
-            .events
-            .iter()
-            .any(|e| e.timestamp == ev.timestamp && e.routing_mode == ev.routing_mode)
-        {
+        if inc.has_event(ev.routing_mode, ev.timestamp) {
             return Applied::Duplicate;
         }
-        if ev.timestamp < inc.last_event_at
-            || (ev.timestamp == inc.last_event_at && ev.routing_mode == RoutingMode::Active)
-        {
-            // An older event, or an activation tied with a resolution: the
-            // resolution stands (the safer reading of a tie).
+        if inc.outranks(at, ev.routing_mode) {
+            // An older event, or an activation tied with a resolution.
             push_event(
                 &mut inc.events,
                 EventRecord {
@@ -427,7 +629,7 @@ impl Ledger {
         self.expiries.remove(&(inc.expires_at, key.clone()));
         let was_open = inc.is_open();
         inc.routing_mode = ev.routing_mode;
-        inc.last_event_at = ev.timestamp;
+        inc.last_event_at = at;
         inc.updated_at = now;
         inc.group = group;
         inc.incident_type = ev.incident_type.clone();
@@ -435,7 +637,7 @@ impl Ledger {
         if !ev.target_queue_ids.is_empty() || ev.routing_mode == RoutingMode::Active {
             inc.queues = ev.target_queue_ids.clone();
         }
-        inc.expires_at = ev.expires_at();
+        inc.expires_at = expires_at;
         match ev.routing_mode {
             RoutingMode::Active if inc.expires_at <= now => {
                 inc.state = IncidentState::Expired;
@@ -480,6 +682,7 @@ impl Ledger {
                 break;
             }
             self.expiries.pop_first();
+            self.unindex(&key);
             if let Some(inc) = self.incidents.get_mut(&key) {
                 let before = inc.updated_at;
                 inc.state = IncidentState::Expired;
@@ -502,36 +705,26 @@ impl Ledger {
 
     /// Every group the ledger has ever driven.
     pub fn groups(&self) -> impl Iterator<Item = &GroupId> {
-        self.groups.iter()
+        self.groups.keys()
     }
 
-    /// The desired state of every known group.
-    pub fn desired(&self) -> BTreeMap<GroupId, Desired> {
-        let mut open: Vec<&Incident> = self.incidents.values().filter(|i| i.is_open()).collect();
-        open.sort_by_key(|i| (i.priority, i.seq));
-        let mut out: BTreeMap<GroupId, Desired> = self
-            .groups
+    /// Whether an incident ever mapped to `group`.
+    pub fn knows_group(&self, group: &GroupId) -> bool {
+        self.groups.contains_key(group)
+    }
+
+    /// The desired state of every known group, by group id.
+    pub fn desired(&self) -> impl Iterator<Item = (&GroupId, &Desired)> {
+        self.groups
             .iter()
-            .map(|g| (g.clone(), Desired::default()))
-            .collect();
-        for inc in open {
-            let d = out.entry(inc.group.clone()).or_default();
-            d.enabled = true;
-            if let Some(k) = inc.key() {
-                d.incidents.push(k);
-            }
-            for q in &inc.queues {
-                if !d.queues.contains(q) {
-                    d.queues.push(q.clone());
-                }
-            }
-        }
-        out
+            .map(|(g, index)| (g, index.desired(&self.incidents)))
     }
 
-    /// The desired state of one group.
-    pub fn desired_for(&self, group: &GroupId) -> Desired {
-        self.desired().remove(group).unwrap_or_default()
+    /// The desired state of one group: computed once per change to it.
+    pub fn desired_for(&self, group: &GroupId) -> &Desired {
+        self.groups
+            .get(group)
+            .map_or(&NOTHING_WANTED, |index| index.desired(&self.incidents))
     }
 
     /// Marks the processing events of `group`'s incidents as done: applied
@@ -578,13 +771,9 @@ impl Ledger {
     /// The open incidents of `group`, most urgent (then oldest) first: what
     /// the data-table row persists for a restart.
     pub fn open_incidents_of(&self, group: &GroupId) -> Vec<&Incident> {
-        let mut open: Vec<&Incident> = self
-            .incidents
-            .values()
-            .filter(|i| i.is_open() && &i.group == group)
-            .collect();
-        open.sort_by_key(|i| (i.priority, i.seq));
-        open
+        self.groups.get(group).map_or_else(Vec::new, |index| {
+            index.open().filter_map(|k| self.incidents.get(k)).collect()
+        })
     }
 
     /// The tool's status API says the open incident `key` is resolved: records
@@ -598,7 +787,9 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Option<GroupId> {
         let before = self.incidents.get(key).map(|i| i.updated_at);
+        self.unindex(key);
         let group = self.resolve_open_by_poll(key, detail, now);
+        self.index(key);
         self.reindex(key, before);
         group
     }
@@ -694,7 +885,7 @@ impl Ledger {
             return None;
         }
         if let Some(old) = self.incidents.remove(&key) {
-            self.prunable.remove(&(old.updated_at, key.clone()));
+            self.prunable.remove(old.updated_at, &key);
         }
         self.insert_open(
             key,
@@ -722,7 +913,9 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Option<IncidentKey> {
         self.seq += 1;
-        self.groups.insert(group.clone());
+        if !self.groups.contains_key(&group) {
+            self.groups.insert(group.clone(), GroupIndex::default());
+        }
         let inc = Incident {
             id: key.id.as_str().to_owned(),
             source: key.source,
@@ -750,32 +943,30 @@ impl Ledger {
         };
         self.expiries.insert((inc.expires_at, key.clone()));
         self.incidents.insert(key.clone(), inc);
+        self.tombstones.lift(&key);
+        self.index(&key);
         Some(key)
     }
 
-    /// Drops closed incidents past retention, oldest first: those beyond
-    /// `max_closed`, and those closed longer than `closed_seconds`.
+    /// Drops closed incidents past retention: those closed longer than
+    /// `closed_seconds`, and those beyond `max_closed` (from the source
+    /// that holds the most, oldest first). Each leaves a tombstone.
     ///
     /// Returns the keys dropped, so their published status can go too.
     pub fn prune(&mut self, now: DateTime<Utc>) -> Vec<IncidentKey> {
         let horizon = now - chrono::Duration::seconds(self.retention.closed_seconds);
-        let excess = self
-            .prunable
-            .len()
-            .saturating_sub(self.retention.max_closed);
         let mut dropped = Vec::new();
-        // Both kinds are a prefix of the index: taken from the front, not
-        // found by a walk of the whole ledger (a millisecond's stall of the
-        // service in Envoy every few hundred events under a flood).
-        while let Some((at, _)) = self.prunable.first() {
-            if dropped.len() >= excess && *at >= horizon {
-                break;
+        // Taken from the fronts of the index, not found by a walk of the
+        // whole ledger (a millisecond's stall of the service in Envoy every
+        // few hundred events under a flood).
+        while let Some(key) = self.prunable.next(horizon, self.retention.max_closed) {
+            if let Some(inc) = self.incidents.remove(&key) {
+                self.tombstones.bury(&key, inc.last_event_at, now);
             }
-            if let Some((_, key)) = self.prunable.pop_first() {
-                self.incidents.remove(&key);
-                dropped.push(key);
-            }
+            dropped.push(key);
         }
+        self.tombstones
+            .expire(now - chrono::Duration::seconds(self.retention.tombstone_seconds));
         dropped
     }
 
@@ -784,11 +975,39 @@ impl Ledger {
     /// if it existed.
     fn reindex(&mut self, key: &IncidentKey, before: Option<DateTime<Utc>>) {
         if let Some(at) = before {
-            self.prunable.remove(&(at, key.clone()));
+            self.prunable.remove(at, key);
         }
         if let Some(inc) = self.incidents.get(key).filter(|i| i.is_prunable()) {
-            self.prunable.insert((inc.updated_at, key.clone()));
+            self.prunable.insert(inc.updated_at, key);
         }
+    }
+
+    /// Takes `key`'s incident out of its group's open incidents, before a
+    /// change to it. [`Ledger::index`] puts it back after.
+    fn unindex(&mut self, key: &IncidentKey) {
+        let Some(inc) = self.incidents.get(key).filter(|i| i.is_open()) else {
+            return;
+        };
+        if let Some(index) = self.groups.get_mut(&inc.group) {
+            index.remove(inc.rank(), &inc.queues);
+        }
+        if let Some(n) = self.open_by_source.get_mut(&key.source) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Puts `key`'s incident among its group's open incidents, if open.
+    fn index(&mut self, key: &IncidentKey) {
+        let Some(inc) = self.incidents.get(key).filter(|i| i.is_open()) else {
+            return;
+        };
+        if !self.groups.contains_key(&inc.group) {
+            self.groups.insert(inc.group.clone(), GroupIndex::default());
+        }
+        if let Some(index) = self.groups.get_mut(&inc.group) {
+            index.add(inc.rank(), key, &inc.queues);
+        }
+        *self.open_by_source.entry(key.source).or_default() += 1;
     }
 }
 
@@ -811,625 +1030,15 @@ pub enum Settle {
 fn push_event(events: &mut Vec<EventRecord>, e: EventRecord) {
     events.push(e);
     if events.len() > MAX_EVENTS_PER_INCIDENT {
-        // Drop the oldest by timestamp; the newest decides the state.
-        if let Some((i, _)) = events
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, e)| (e.timestamp, e.received_at))
-        {
+        // Drop the oldest; the newest decides the state.
+        if let Some((i, _)) = events.iter().enumerate().min_by_key(|(_, e)| e.order()) {
             events.remove(i);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    use super::*;
-    use crate::event::{CorrelationId, IncidentEvent, Source};
-
-    pub(crate) fn t(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_723_731_721 + s, 0).unwrap()
-    }
-
-    pub(crate) fn event(id: &str, mode: RoutingMode, ts: i64, queues: &[&str]) -> QueuedEvent {
-        QueuedEvent {
-            event: IncidentEvent {
-                source: Source::Canonical,
-                correlation_id: CorrelationId::parse(id).unwrap(),
-                incident_type: IncidentType::parse("CARRIER_OUTAGE").unwrap(),
-                routing_mode: mode,
-                target_queue_ids: queues.iter().map(|q| QueueId::parse(q).unwrap()).collect(),
-                timestamp: t(ts),
-                ttl_seconds: 3600,
-                priority: 3,
-                group: None,
-            },
-            received_ms: t(ts).timestamp_millis(),
-            delivery_id: None,
-        }
-    }
-
-    fn g(s: &str) -> GroupId {
-        GroupId::parse(s).unwrap()
-    }
-
-    fn key(id: &str) -> IncidentKey {
-        IncidentKey {
-            source: Source::Canonical,
-            id: CorrelationId::parse(id).unwrap(),
-        }
-    }
-
-    const A: RoutingMode = RoutingMode::Active;
-    const R: RoutingMode = RoutingMode::Resolved;
-
-    #[test]
-    fn activation_enables_and_resolution_disables() {
-        let mut l = Ledger::default();
-        assert_eq!(
-            l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1)),
-            Applied::Opened
-        );
-        let d = l.desired_for(&g("G"));
-        assert!(d.enabled);
-        assert_eq!(d.queues, vec![QueueId::parse("q1").unwrap()]);
-        assert_eq!(
-            l.apply(&event("I1", R, 10, &[]), g("G"), t(11)),
-            Applied::Resolved
-        );
-        assert!(!l.desired_for(&g("G")).enabled);
-        // The group stays known so it is driven back off.
-        assert!(l.desired().contains_key(&g("G")));
-    }
-
-    #[test]
-    fn the_audit_line_says_what_arrived_and_what_it_did() {
-        let mut q = event("I1", A, 0, &["q1"]);
-        q.delivery_id = Some("d-1".into());
-        let line = Applied::Opened.audit_line(&q, &g("G"), t(1));
-        assert_eq!(
-            line,
-            serde_json::json!({
-                "audit": "event",
-                "at": t(1).to_rfc3339(),
-                "incident": "canonical:I1",
-                "routingMode": "EMERGENCY_ACTIVE",
-                "timestamp": t(0).to_rfc3339(),
-                "group": "G",
-                "deliveryId": "d-1",
-                "outcome": "Opened",
-            })
-        );
-    }
-
-    #[test]
-    fn resolving_one_of_two_keeps_the_group_on_with_the_others_queues() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 0, &["q1", "q2"]), g("G"), t(1));
-        l.apply(&event("I2", A, 5, &["q2", "q3"]), g("G"), t(6));
-        assert_eq!(
-            l.desired_for(&g("G"))
-                .queues
-                .iter()
-                .map(QueueId::as_str)
-                .collect::<Vec<_>>(),
-            ["q1", "q2", "q3"]
-        );
-        l.apply(&event("I1", R, 10, &[]), g("G"), t(11));
-        let d = l.desired_for(&g("G"));
-        assert!(d.enabled);
-        assert_eq!(
-            d.queues.iter().map(QueueId::as_str).collect::<Vec<_>>(),
-            ["q2", "q3"]
-        );
-        assert_eq!(d.incidents, vec![key("I2")]);
-    }
-
-    #[test]
-    fn priority_orders_queues_before_arrival() {
-        let mut l = Ledger::default();
-        l.apply(&event("LOW", A, 0, &["q-low"]), g("G"), t(1));
-        let mut urgent = event("HIGH", A, 5, &["q-high"]);
-        urgent.event.priority = 1;
-        l.apply(&urgent, g("G"), t(6));
-        let d = l.desired_for(&g("G"));
-        assert_eq!(
-            d.queues.iter().map(QueueId::as_str).collect::<Vec<_>>(),
-            ["q-high", "q-low"]
-        );
-    }
-
-    #[test]
-    fn a_resolution_that_overtakes_its_activation_wins() {
-        let mut l = Ledger::default();
-        assert_eq!(
-            l.apply(&event("I1", R, 10, &[]), g("G"), t(11)),
-            Applied::ResolvedUnknown
-        );
-        assert_eq!(
-            l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(12)),
-            Applied::Stale
-        );
-        assert!(!l.desired_for(&g("G")).enabled);
-        let inc = l.get(&key("I1")).unwrap();
-        assert_eq!(inc.state, IncidentState::Resolved);
-        assert!(inc
-            .events
-            .iter()
-            .any(|e| e.status == EventStatus::Superseded));
-        assert!(inc.events.iter().all(|e| e.status.is_terminal()));
-    }
-
-    #[test]
-    fn the_same_event_twice_is_a_duplicate() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
-        assert_eq!(
-            l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(2)),
-            Applied::Duplicate
-        );
-        assert_eq!(l.get(&key("I1")).unwrap().events.len(), 1);
-    }
-
-    #[test]
-    fn reopening_after_resolution() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
-        l.apply(&event("I1", R, 10, &[]), g("G"), t(11));
-        assert_eq!(
-            l.apply(&event("I1", A, 20, &["q9"]), g("G"), t(21)),
-            Applied::Opened
-        );
-        let d = l.desired_for(&g("G"));
-        assert!(d.enabled);
-        assert_eq!(d.queues[0].as_str(), "q9");
-    }
-
-    #[test]
-    fn a_newer_activation_supersedes_the_pending_one() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
-        assert_eq!(
-            l.apply(&event("I1", A, 5, &["q2"]), g("G"), t(6)),
-            Applied::Updated
-        );
-        let inc = l.get(&key("I1")).unwrap();
-        assert_eq!(inc.events[0].status, EventStatus::Superseded);
-        assert_eq!(inc.status(), EventStatus::Processing);
-    }
-
-    #[test]
-    fn ttl_expiry_closes_and_disables() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
-        assert_eq!(l.next_expiry(), Some(t(3600)));
-        assert!(l.expire(t(3599)).is_empty());
-        assert_eq!(l.expire(t(3600)), vec![key("I1")]);
-        assert!(!l.desired_for(&g("G")).enabled);
-        let inc = l.get(&key("I1")).unwrap();
-        assert_eq!(inc.state, IncidentState::Expired);
-        assert_eq!(inc.status(), EventStatus::Expired);
-        assert!(l.expire(t(9999)).is_empty());
-    }
-
-    #[test]
-    fn an_activation_already_past_its_ttl_never_opens() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(4000));
-        assert!(!l.desired_for(&g("G")).enabled);
-        assert_eq!(l.get(&key("I1")).unwrap().status(), EventStatus::Expired);
-    }
-
-    #[test]
-    fn settle_marks_processing_events_of_the_group() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
-        l.apply(&event("I2", A, 0, &["q1"]), g("OTHER"), t(1));
-        let touched = l.settle_group(&g("G"), Settle::Applied, None, t(2));
-        assert_eq!(touched, vec![key("I1")]);
-        assert_eq!(l.get(&key("I1")).unwrap().status(), EventStatus::Applied);
-        assert_eq!(l.get(&key("I2")).unwrap().status(), EventStatus::Processing);
-        l.settle_group(
-            &g("OTHER"),
-            Settle::Failed("403 missing permission".into()),
-            None,
-            t(3),
-        );
-        let i2 = l.get(&key("I2")).unwrap();
-        assert_eq!(i2.status(), EventStatus::Failed);
-        assert_eq!(
-            i2.latest().unwrap().reason.as_deref(),
-            Some("403 missing permission")
-        );
-    }
-
-    #[test]
-    fn closed_incidents_are_pruned_past_retention() {
-        let mut l = Ledger::new(Retention {
-            closed_seconds: 100,
-            max_closed: 2,
-            ..Retention::default()
-        });
-        for i in 0..5 {
-            l.apply(&event(&format!("I{i}"), R, i, &[]), g("G"), t(i));
-        }
-        l.prune(t(5));
-        assert_eq!(l.len(), 2);
-        l.apply(&event("OPEN", A, 10, &["q"]), g("G"), t(10));
-        l.apply(&event("LATE", R, 500, &[]), g("G"), t(500));
-        l.prune(t(500));
-        // The open incident is kept whatever its age; old closed ones go.
-        assert!(l.get(&key("OPEN")).is_some());
-        assert!(l.get(&key("I4")).is_none());
-    }
-
-    #[test]
-    fn a_flood_of_unique_incidents_is_capped_and_visible() {
-        let mut l = Ledger::new(Retention {
-            max_open: 3,
-            ..Retention::default()
-        });
-        for i in 0..3 {
-            assert_eq!(
-                l.apply(&event(&format!("I{i}"), A, 0, &["q"]), g("G"), t(1)),
-                Applied::Opened
-            );
-        }
-        assert_eq!(
-            l.apply(&event("I3", A, 0, &["q"]), g("G"), t(1)),
-            Applied::Full
-        );
-        let inc = l.get(&key("I3")).unwrap();
-        assert_eq!(inc.status(), EventStatus::Failed);
-        assert!(inc
-            .latest()
-            .unwrap()
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("max_open"));
-        assert_eq!(l.desired_for(&g("G")).incidents.len(), 3);
-        // Events for incidents already open still count, and a resolution frees a slot.
-        assert_eq!(
-            l.apply(&event("I0", R, 5, &[]), g("G"), t(6)),
-            Applied::Resolved
-        );
-        assert_eq!(
-            l.apply(&event("I4", A, 6, &["q"]), g("G"), t(7)),
-            Applied::Opened
-        );
-    }
-
-    #[test]
-    fn applying_events_bounds_closed_incidents_without_a_timer() {
-        let mut l = Ledger::new(Retention {
-            max_closed: 100,
-            ..Retention::default()
-        });
-        for i in 0..10_000 {
-            l.apply(&event(&format!("C{i}"), R, 0, &[]), g("G"), t(1));
-            assert!(l.len() <= 100 + 100 / 8 + 17, "{} at {i}", l.len());
-        }
-        assert!(l.take_dropped().len() >= 10_000 - 130);
-        assert!(l.take_dropped().is_empty());
-    }
-
-    #[test]
-    fn incidents_serialise_for_the_status_endpoint() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
-        let v = serde_json::to_value(l.get(&key("I1")).unwrap()).unwrap();
-        assert_eq!(v["correlationId"], "I1");
-        assert_eq!(v["source"], "canonical");
-        assert_eq!(v["state"], "OPEN");
-        assert_eq!(v["routingMode"], "EMERGENCY_ACTIVE");
-        assert_eq!(v["targetQueueIds"][0], "q1");
-        assert_eq!(v["events"][0]["status"], "PROCESSING");
-        assert!(v.get("seq").is_none());
-    }
-
-    #[test]
-    fn a_status_poll_resolves_an_open_incident_after_its_newest_event() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
-        let group = l.resolve_by_poll(&key("I1"), "PagerDuty: resolved".into(), t(300));
-        assert_eq!(group, Some(g("G")));
-        assert!(!l.desired_for(&g("G")).enabled);
-        let inc = l.get(&key("I1")).unwrap();
-        assert_eq!(inc.state, IncidentState::Resolved);
-        let e = inc.latest().unwrap();
-        assert_eq!(e.routing_mode, R);
-        assert_eq!(e.via, Some(Via::StatusPoll));
-        assert_eq!(e.detail.as_deref(), Some("PagerDuty: resolved"));
-        assert_eq!(e.timestamp, t(300));
-        assert_eq!(e.status, EventStatus::Processing);
-        let shown = serde_json::to_value(inc).unwrap();
-        assert_eq!(shown["events"][1]["via"], "STATUS_POLL");
-        // Once resolved, the poll has nothing to do.
-        assert_eq!(l.resolve_by_poll(&key("I1"), "again".into(), t(301)), None);
-        assert_eq!(l.expire(t(10_000)), vec![]);
-        // A reopening the tool sends later still wins.
-        assert_eq!(
-            l.apply(&event("I1", A, 400, &["q1"]), g("G"), t(401)),
-            Applied::Opened
-        );
-        assert!(l.desired_for(&g("G")).enabled);
-    }
-
-    #[test]
-    fn a_status_poll_resolution_is_newer_than_a_future_dated_event() {
-        let mut l = Ledger::default();
-        l.apply(&event("I1", A, 100, &["q1"]), g("G"), t(1));
-        l.resolve_by_poll(&key("I1"), "done".into(), t(50));
-        let e = l.get(&key("I1")).unwrap().latest().unwrap().clone();
-        assert_eq!(e.routing_mode, R);
-        assert!(e.timestamp > t(100));
-        // A redelivered activation is older: it stays resolved.
-        assert_eq!(
-            l.apply(&event("I1", A, 100, &["q1"]), g("G"), t(60)),
-            Applied::Duplicate
-        );
-        assert!(!l.desired_for(&g("G")).enabled);
-    }
-
-    #[test]
-    fn persisted_incidents_are_restored_unless_known_or_expired() {
-        let mut before = Ledger::default();
-        before.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
-        before.apply(&event("I2", A, 0, &["q2"]), g("G"), t(1));
-        let doc = crate::recovery::decode(&crate::recovery::encode(
-            &g("G"),
-            &before.open_incidents_of(&g("G")),
-        ))
-        .unwrap();
-
-        let mut after = Ledger::default();
-        // I2's resolution arrived before the rows were read: it decides.
-        after.apply(&event("I2", R, 10, &[]), g("G"), t(11));
-        let restored: Vec<_> = doc
-            .o
-            .iter()
-            .filter_map(|p| after.restore(p, doc.g.clone(), t(12)))
-            .collect();
-        assert_eq!(restored, vec![key("I1")]);
-        let d = after.desired_for(&g("G"));
-        assert!(d.enabled);
-        assert_eq!(d.incidents, vec![key("I1")]);
-        let inc = after.get(&key("I1")).unwrap();
-        assert_eq!(inc.expires_at, t(3600));
-        assert_eq!(inc.events[0].via, Some(Via::Recovery));
-        // The resolution webhook for a rebuilt incident still resolves it.
-        assert_eq!(
-            after.apply(&event("I1", R, 20, &[]), g("G"), t(21)),
-            Applied::Resolved
-        );
-        assert!(!after.desired_for(&g("G")).enabled);
-        // Nothing expired is restored.
-        let mut late = Ledger::default();
-        assert_eq!(late.restore(&doc.o[0], g("G"), t(3600)), None);
-        assert!(late.is_empty());
-    }
-
-    #[test]
-    fn an_adopted_group_stays_on_until_its_synthetic_incident_expires() {
-        let mut l = Ledger::default();
-        let k = crate::recovery::adopted_key(&g("G")).unwrap();
-        let adopted = l.adopt(
-            k.clone(),
-            g("G"),
-            "found enabled by emr-edge".into(),
-            t(100),
-            t(0),
-        );
-        assert_eq!(adopted, Some(k.clone()));
-        assert!(l.desired_for(&g("G")).enabled);
-        assert_eq!(l.get(&k).unwrap().events[0].via, Some(Via::Adopted));
-        // Adopting again while it is open does nothing.
-        assert_eq!(l.adopt(k.clone(), g("G"), "x".into(), t(200), t(1)), None);
-        assert_eq!(l.expire(t(100)), vec![k.clone()]);
-        assert!(!l.desired_for(&g("G")).enabled);
-        assert_eq!(l.get(&k).unwrap().state, IncidentState::Expired);
-        // Expired already: nothing to adopt.
-        assert_eq!(l.adopt(k, g("G"), "x".into(), t(100), t(100)), None);
-    }
-
-    #[test]
-    fn open_incidents_of_a_group_are_most_urgent_first() {
-        let mut l = Ledger::default();
-        l.apply(&event("LOW", A, 0, &["q"]), g("G"), t(1));
-        let mut urgent = event("HIGH", A, 1, &["q"]);
-        urgent.event.priority = 1;
-        l.apply(&urgent, g("G"), t(2));
-        l.apply(&event("OTHER", A, 2, &["q"]), g("H"), t(3));
-        let ids: Vec<&str> = l
-            .open_incidents_of(&g("G"))
-            .iter()
-            .map(|i| i.id.as_str())
-            .collect();
-        assert_eq!(ids, ["HIGH", "LOW"]);
-    }
-}
+mod tests;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
-mod props {
-    use proptest::prelude::*;
-
-    use super::tests::{event, t};
-    use super::*;
-
-    fn arb_events() -> impl Strategy<Value = Vec<(u8, bool, i64)>> {
-        proptest::collection::vec((0u8..4, any::<bool>(), 0i64..50), 1..20)
-    }
-
-    fn build(evs: &[(u8, bool, i64)]) -> Vec<QueuedEvent> {
-        evs.iter()
-            .map(|(id, active, ts)| {
-                let mode = if *active {
-                    RoutingMode::Active
-                } else {
-                    RoutingMode::Resolved
-                };
-                event(&format!("I{id}"), mode, *ts, &[&format!("q{id}")])
-            })
-            .collect()
-    }
-
-    proptest! {
-        /// Any arrival order of the same events gives the same desired
-        /// enabled flag and the same open incidents.
-        #[test]
-        fn order_does_not_matter(evs in arb_events(), seed in any::<u64>()) {
-            let events = build(&evs);
-            let g = GroupId::parse("G").unwrap();
-            let mut a = Ledger::default();
-            for e in &events { a.apply(e, g.clone(), t(100)); }
-            let mut shuffled = events.clone();
-            // A deterministic shuffle from the seed.
-            let n = shuffled.len();
-            let mut s = seed;
-            for i in (1..n).rev() {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                shuffled.swap(i, (s >> 33) as usize % (i + 1));
-            }
-            let mut b = Ledger::default();
-            for e in &shuffled { b.apply(e, g.clone(), t(100)); }
-            let (da, db) = (a.desired_for(&g), b.desired_for(&g));
-            prop_assert_eq!(da.enabled, db.enabled);
-            let mut ia = da.incidents.clone(); ia.sort();
-            let mut ib = db.incidents.clone(); ib.sort();
-            prop_assert_eq!(ia, ib);
-        }
-
-        /// Expiry is monotonic: once an incident has expired it stays closed
-        /// as time goes on, and what is open at a later time was open (and
-        /// unexpired) at every earlier time of the same run.
-        #[test]
-        fn expiry_is_monotonic(
-            ttls in proptest::collection::vec(60u32..600, 1..12),
-            steps in proptest::collection::vec(1i64..120, 1..20),
-        ) {
-            let g = GroupId::parse("G").unwrap();
-            let mut l = Ledger::default();
-            for (i, ttl) in ttls.iter().enumerate() {
-                let mut e = event(&format!("I{i}"), RoutingMode::Active, 0, &["q"]);
-                e.event.ttl_seconds = *ttl;
-                l.apply(&e, g.clone(), t(0));
-            }
-            let mut now = 0;
-            let mut closed: std::collections::BTreeSet<String> = Default::default();
-            for step in steps {
-                now += step;
-                for k in l.expire(t(now)) {
-                    prop_assert!(closed.insert(k.to_string()), "{} expired twice", k);
-                }
-                for inc in l.incidents() {
-                    let open = inc.state == IncidentState::Open;
-                    prop_assert_eq!(open, inc.expires_at > t(now), "{} at {}", inc.id, now);
-                    prop_assert_eq!(!open, closed.contains(&format!("canonical:{}", inc.id)));
-                }
-                prop_assert_eq!(l.desired_for(&g).enabled, closed.len() < ttls.len());
-            }
-        }
-
-        /// Replaying any event changes nothing.
-        #[test]
-        fn replay_changes_nothing(evs in arb_events(), pick in any::<prop::sample::Index>()) {
-            let events = build(&evs);
-            let g = GroupId::parse("G").unwrap();
-            let mut l = Ledger::default();
-            for e in &events { l.apply(e, g.clone(), t(100)); }
-            let before = l.desired_for(&g);
-            let again = pick.get(&events);
-            l.apply(again, g.clone(), t(101));
-            prop_assert_eq!(before, l.desired_for(&g));
-        }
-
-        /// The index pruning takes from always holds exactly the closed,
-        /// settled incidents at their `updated_at`, whatever happens to them
-        /// — events, settles, expiry, status polls, adoption, pruning.
-        #[test]
-        fn the_prunable_index_follows_every_change(
-            ops in proptest::collection::vec((0u8..7, 0u8..12, any::<bool>(), 0i64..20), 1..80),
-        ) {
-            let g = GroupId::parse("G").unwrap();
-            let mut l = Ledger::new(Retention { closed_seconds: 15, max_closed: 4, max_open: 6 });
-            let mut now = 0i64;
-            for (op, id, flag, dt) in ops {
-                now += dt;
-                let key = IncidentKey {
-                    source: crate::event::Source::Canonical,
-                    id: crate::event::CorrelationId::parse(&format!("I{id}")).unwrap(),
-                };
-                match op {
-                    0 | 1 => {
-                        let mode = if flag { RoutingMode::Active } else { RoutingMode::Resolved };
-                        let mut e = event(&format!("I{id}"), mode, now, &["q"]);
-                        e.event.ttl_seconds = 30;
-                        l.apply(&e, g.clone(), t(now));
-                    }
-                    2 => {
-                        let outcome = if flag { Settle::Applied } else { Settle::Failed("x".into()) };
-                        l.settle_group(&g, outcome, None, t(now));
-                    }
-                    3 => { l.expire(t(now)); }
-                    4 => { l.resolve_by_poll(&key, "resolved".into(), t(now)); }
-                    5 => { l.adopt(key, g.clone(), "adopted".into(), t(now + 40), t(now)); }
-                    _ => { l.prune(t(now)); }
-                }
-                let expected: BTreeSet<(DateTime<Utc>, IncidentKey)> = l
-                    .incidents
-                    .iter()
-                    .filter(|(_, i)| i.is_prunable())
-                    .map(|(k, i)| (i.updated_at, k.clone()))
-                    .collect();
-                prop_assert_eq!(&l.prunable, &expected);
-            }
-        }
-
-        /// Pruning drops exactly what a full sort would: every closed
-        /// incident past the horizon, and the oldest beyond `max_closed`
-        /// (ties by key), never an open one.
-        #[test]
-        fn prune_drops_the_oldest_closed(
-            evs in proptest::collection::vec((0u8..40, any::<bool>(), 0i64..30), 1..120),
-            max_closed in 0usize..12,
-            closed_seconds in 1i64..40,
-            now in 0i64..60,
-        ) {
-            let g = GroupId::parse("G").unwrap();
-            let mut l = Ledger::new(Retention { closed_seconds, max_closed: 10_000, ..Retention::default() });
-            for (id, active, at) in &evs {
-                let mode = if *active { RoutingMode::Active } else { RoutingMode::Resolved };
-                l.apply(&event(&format!("I{id}"), mode, *at, &["q"]), g.clone(), t(*at));
-            }
-            l.settle_group(&g, Settle::Applied, None, t(30));
-            let horizon = t(now) - chrono::Duration::seconds(closed_seconds);
-            let mut closed: Vec<(DateTime<Utc>, IncidentKey)> = l
-                .incidents
-                .iter()
-                .filter(|(_, i)| !i.is_open() && i.events.iter().all(|e| e.status.is_terminal()))
-                .map(|(k, i)| (i.updated_at, k.clone()))
-                .collect();
-            closed.sort();
-            let excess = closed.len().saturating_sub(max_closed);
-            let mut expected: Vec<IncidentKey> = closed
-                .into_iter()
-                .enumerate()
-                .filter(|(i, (at, _))| *i < excess || *at < horizon)
-                .map(|(_, (_, k))| k)
-                .collect();
-            expected.sort();
-            let open_before: Vec<IncidentKey> =
-                l.incidents.iter().filter(|(_, i)| i.is_open()).map(|(k, _)| k.clone()).collect();
-            l.retention.max_closed = max_closed;
-            let mut dropped = l.prune(t(now));
-            dropped.sort();
-            prop_assert_eq!(&dropped, &expected);
-            for k in &dropped { prop_assert!(l.get(k).is_none()); }
-            for k in &open_before { prop_assert!(l.get(k).is_some()); }
-        }
-    }
-}
+mod props;

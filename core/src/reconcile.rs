@@ -838,22 +838,13 @@ impl Reconciler {
     /// open incidents, queues, what is out or waiting; the token's status
     /// (never the token); the pause and the rate-limit headers.
     pub fn state_view(&self, ledger: &Ledger, now: DateTime<Utc>) -> Value {
-        let desired = ledger.desired();
-        let mut ids: Vec<&GroupId> = desired.keys().collect();
-        for g in self.groups.keys() {
-            if !desired.contains_key(g) {
-                ids.push(g);
-            }
-        }
+        let mut ids: Vec<&GroupId> = ledger.groups().collect();
+        ids.extend(self.groups.keys().filter(|g| !ledger.knows_group(g)));
         ids.sort();
         ids.dedup();
         let groups: Vec<Value> = ids
             .into_iter()
-            .map(|g| {
-                let d = desired.get(g).cloned().unwrap_or_default();
-                let st = self.groups.get(g);
-                self.group_view(g, &d, st)
-            })
+            .map(|g| self.group_view(g, ledger.desired_for(g), self.groups.get(g)))
             .collect();
         json!({
             "driver": self.cfg.driver.as_str(),
@@ -1010,9 +1001,8 @@ impl Reconciler {
         if !self.overflowed {
             return;
         }
-        let desired = ledger.desired();
         self.overflowed = false;
-        for (g, d) in desired {
+        for (g, d) in ledger.desired() {
             if self.ready.len() >= self.cfg.limits.max_backlog {
                 self.overflowed = true;
                 return;
@@ -1030,7 +1020,7 @@ impl Reconciler {
             };
             if st.phase == Phase::Idle && stale {
                 st.phase = Phase::Queued(Cycle::default());
-                self.ready.push_back(g);
+                self.ready.push_back(g.clone());
             }
         }
     }

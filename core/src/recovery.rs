@@ -213,11 +213,13 @@ pub fn rows_path(datatable_id: &str, page: u32) -> String {
 }
 
 /// The synthetic incident that stands for an adopted group: `recovered:`
-/// and the group id (hashed like any tool id when that is no valid id).
+/// and the group id (hashed like any tool id when that is no valid id),
+/// under emr-edge's own source, [`Source::Emr`], which no route reaches: a
+/// webhook can neither resolve it nor reopen it.
 pub fn adopted_key(group: &GroupId) -> Option<IncidentKey> {
     let id = crate::sources::ids::correlation_id(&format!("recovered:{}", group.as_str()))?;
     Some(IncidentKey {
-        source: Source::Canonical,
+        source: Source::Emr,
         id,
     })
 }
@@ -272,6 +274,7 @@ mod tests {
             },
             received_ms: t(0).timestamp_millis(),
             delivery_id: None,
+            slot: false,
         };
         l.apply(&q, g("G1"), t(1));
     }
@@ -375,11 +378,16 @@ mod tests {
             "recovered:3c3f7a3e-2f5c-4f3a-9b1e-000000000001"
         );
         assert_eq!(
-            Some(k),
+            Some(k.clone()),
             adopted_key(&g("3c3f7a3e-2f5c-4f3a-9b1e-000000000001"))
         );
-        let odd = adopted_key(&g("group with spaces")).unwrap();
-        assert!(odd.id.as_str().starts_with("sha256:"));
+        assert_eq!(k.source, Source::Emr);
+        assert_eq!(
+            k.to_string(),
+            "emr:recovered:3c3f7a3e-2f5c-4f3a-9b1e-000000000001"
+        );
+        let long = adopted_key(&g(&"g".repeat(128))).unwrap();
+        assert!(long.id.as_str().starts_with("sha256:"));
         assert_eq!(
             adopted_expiry(Some("2024-08-15T14:22:01.000Z"), t(100)),
             DateTime::parse_from_rfc3339("2024-08-15T15:22:01Z").unwrap()

@@ -258,6 +258,7 @@ mod tests {
             },
             received_ms: 1_700_000_000_000,
             delivery_id: None,
+            slot: false,
         }
     }
 

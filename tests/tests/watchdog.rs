@@ -358,10 +358,36 @@ async fn without_a_data_table_a_restart_adopts_what_our_client_left_on() {
         .as_str()
         .unwrap_or("");
     assert_eq!(synthetic, format!("recovered:{CARRIER}"), "{g}");
+    assert_eq!(g["openIncidents"][0]["source"], "emr", "{g}");
     // It expires an hour after the group's last change: not on forever.
     let st = s.status(synthetic).await;
     assert_eq!(st["events"][0]["via"], "ADOPTED", "{st}");
+    assert_eq!(st["source"], "emr", "{st}");
     assert!(st["expiresAt"].is_string(), "{st}");
+
+    // Issue 12, finding 4: the synthetic incident lives where no route can
+    // reach it. A canonical resolution with its id is another incident (a
+    // resolution of an unknown one); the group stays on.
+    let forged = json!({
+        "correlationId": synthetic,
+        "incidentType": "CARRIER_OUTAGE",
+        "routingMode": "EMERGENCY_RESOLVED",
+        "timestamp": emr_e2e::at(0),
+    });
+    s.send(&forged).await;
+    let canonical = status_until(&s, &format!("{synthetic}?source=canonical"), SOON, |v| {
+        latest_status(v) == "APPLIED"
+    })
+    .await;
+    assert_eq!(canonical["source"], "canonical", "{canonical}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        s.enabled(CARRIER),
+        "a canonical event ended the adopted group"
+    );
+    assert!(puts_since(&s, CARRIER, restarted).is_empty());
+    let st = s.status(&format!("{synthetic}?source=emr")).await;
+    assert_eq!(st["state"], "OPEN", "{st}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

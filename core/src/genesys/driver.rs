@@ -325,9 +325,9 @@ mod tests {
     #[test]
     fn the_group_driver_reads_and_puts_the_whole_object() {
         let d = EmergencyGroupDriver;
-        let r = d.read(&g("g 1"));
+        let r = d.read(&g("g:1"));
         assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/api/v2/architect/emergencygroups/g%201");
+        assert_eq!(r.path, "/api/v2/architect/emergencygroups/g%3A1");
         let body = serde_json::to_vec(&group_json("g1", 5, false)).unwrap();
         let o = d.observe(&body).unwrap();
         assert!(!o.enabled);

@@ -516,6 +516,7 @@ impl World {
             },
             received_ms: self.now.timestamp_millis(),
             delivery_id: None,
+            slot: false,
         };
         self.ledger.apply(&ev, g(group), self.now);
         self.rec.mark_event(&g(group), self.now);

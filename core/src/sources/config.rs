@@ -38,6 +38,10 @@ pub struct SourcesConfig {
     pub opsgenie: SourceConfig,
     pub alertmanager: SourceConfig,
     pub standard: SourceConfig,
+    /// emr-edge's own synthetic incidents have no route: no config is read
+    /// for them, and this default (no credential) refuses everything.
+    #[serde(skip)]
+    pub emr: SourceConfig,
 }
 
 /// One route's settings.
@@ -71,6 +75,7 @@ impl SourcesConfig {
             Source::Opsgenie => &self.opsgenie,
             Source::Alertmanager => &self.alertmanager,
             Source::Standard => &self.standard,
+            Source::Emr => &self.emr,
         }
     }
 
@@ -83,6 +88,7 @@ impl SourcesConfig {
             Source::Opsgenie => &mut self.opsgenie,
             Source::Alertmanager => &mut self.alertmanager,
             Source::Standard => &mut self.standard,
+            Source::Emr => &mut self.emr,
         }
     }
 
@@ -104,6 +110,7 @@ impl SourcesConfig {
             one(Source::Opsgenie),
             one(Source::Alertmanager),
             one(Source::Standard),
+            one(Source::Emr),
         );
         match compiled {
             (
@@ -114,6 +121,7 @@ impl SourcesConfig {
                 Some(opsgenie),
                 Some(alertmanager),
                 Some(standard),
+                Some(emr),
             ) if errors.is_empty() => Ok(CompiledSources {
                 canonical,
                 pagerduty,
@@ -122,6 +130,7 @@ impl SourcesConfig {
                 opsgenie,
                 alertmanager,
                 standard,
+                emr,
             }),
             _ => Err(errors),
         }
@@ -190,6 +199,8 @@ pub struct CompiledSources {
     opsgenie: CompiledSource,
     alertmanager: CompiledSource,
     standard: CompiledSource,
+    /// Fails closed: no route leads to it.
+    emr: CompiledSource,
 }
 
 impl CompiledSources {
@@ -202,6 +213,7 @@ impl CompiledSources {
             Source::Opsgenie => &self.opsgenie,
             Source::Alertmanager => &self.alertmanager,
             Source::Standard => &self.standard,
+            Source::Emr => &self.emr,
         }
     }
 

@@ -117,6 +117,11 @@ pub fn parse(source: Source, delivery: &Delivery, cfg: &CompiledSource) -> Resul
         Source::Jsm => (jsm::read, Some(jsm::DELIVERY_ID_HEADER)),
         Source::Opsgenie => (opsgenie::read, None),
         Source::Alertmanager => (alertmanager::read, None),
+        Source::Emr => {
+            return Err(Problem::not_found(
+                "emr-edge's own incidents take no deliveries",
+            ))
+        }
     };
     let value = parse_strict(delivery.body).map_err(|e| Problem::bad_request(e.to_string()))?;
     if !value.is_object() {
@@ -162,7 +167,8 @@ type ReadFn = fn(&Value, DateTime<Utc>) -> Result<Vec<Reading>, Vec<FieldError>>
 /// What each source's rules may match on.
 pub fn vocabulary(source: Source) -> Vocabulary {
     match source {
-        Source::Canonical | Source::Standard => standard::VOCABULARY,
+        // Emr has no route and no rules; the contract's words are as good.
+        Source::Canonical | Source::Standard | Source::Emr => standard::VOCABULARY,
         Source::Pagerduty => pagerduty::VOCABULARY,
         Source::Servicenow => servicenow::VOCABULARY,
         Source::Jsm => jsm::VOCABULARY,

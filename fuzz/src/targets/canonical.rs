@@ -80,5 +80,6 @@ pub fn check_canonical_event(ev: &IncidentEvent, rules: &ContractRules) {
         event: ev.clone(),
         received_ms: now().timestamp_millis(),
         delivery_id: None,
+        slot: false,
     });
 }

@@ -141,6 +141,7 @@ pub fn sources(data: &[u8]) {
                     event: ev.clone(),
                     received_ms: now().timestamp_millis(),
                     delivery_id: parsed.delivery_id.clone(),
+                    slot: false,
                 });
             }
             // The id is the correlation id, or the tool's own event id
