@@ -56,13 +56,14 @@ pub struct IntakeMetrics {
     replayed: Metric,
     ignored: Metric,
     conflicts: Metric,
-    refused: [(u16, Metric); 9],
+    refused: [(u16, Metric); 10],
     refused_other: Metric,
     unavailable: Metric,
     dedupe_evicted: Metric,
     cas_retries: Metric,
     status_served: Metric,
     resumes_queued: Metric,
+    delivery_ids_reused: Metric,
     /// The service's: with `accepted`, the shared queue's backlog.
     processed: Metric,
     decode_errors: Metric,
@@ -86,6 +87,7 @@ impl IntakeMetrics {
                 refused(413),
                 refused(415),
                 refused(422),
+                refused(429),
             ],
             refused_other: Metric::counter("emr.intake.refused.other"),
             unavailable: Metric::counter("emr.intake.unavailable"),
@@ -93,6 +95,7 @@ impl IntakeMetrics {
             cas_retries: Metric::counter("emr.intake.cas_retries"),
             status_served: Metric::counter("emr.status.served"),
             resumes_queued: Metric::counter("emr.intake.resumes_queued"),
+            delivery_ids_reused: Metric::counter("emr.intake.delivery_id_reused"),
             processed: Metric::counter("emr.service.events"),
             decode_errors: Metric::counter("emr.service.decode_errors"),
         }
@@ -123,6 +126,7 @@ impl IntakeMetrics {
                 Counter::CasRetries(n) => self.cas_retries.add(u64::from(n)),
                 Counter::StatusServed => self.status_served.add(1),
                 Counter::ResumeQueued => self.resumes_queued.add(1),
+                Counter::DeliveryIdReused => self.delivery_ids_reused.add(1),
             }
         }
     }

@@ -21,6 +21,7 @@ use emr_core::event::{Control, GroupId, IncidentKey, QueueMessage, QueuedEvent};
 use emr_core::itsm::{PollEffect, PollMetric, Poller};
 use emr_core::ledger::{Applied, Ledger};
 use emr_core::liveness;
+use emr_core::quota;
 use emr_core::reconcile::{
     CallResult, Effect, HttpCall, Metric as ReconcileMetric, OpId, Reconciler,
 };
@@ -146,6 +147,12 @@ pub struct ServiceRoot {
     last_removals: DateTime<Utc>,
     last_state: DateTime<Utc>,
     last_beat: DateTime<Utc>,
+    /// The sources' shares of open incidents, as written for the filters.
+    slots: quota::Book,
+    /// The receipt time of the newest event recorded (ms), for the filters'
+    /// `QUEUED` answers; and whether it changed since it was written.
+    recorded_ms: i64,
+    recorded_dirty: bool,
     metrics: ServiceMetrics,
 }
 
@@ -157,6 +164,7 @@ impl ServiceRoot {
             .create_keys(&Shared)
             .map_err(|e| format!("cannot create dedupe keys: {e:?}"))?;
         status::create_keys(&Shared).map_err(|e| format!("cannot create status keys: {e:?}"))?;
+        quota::create_keys(&Shared).map_err(|e| format!("cannot create the share keys: {e:?}"))?;
         ensure_key(&Shared, TOKEN_KEY)
             .map_err(|e| format!("cannot create the token key: {e:?}"))?;
         let queue_id = hostcalls::register_shared_queue(QUEUE_NAME)
@@ -221,6 +229,9 @@ impl ServiceRoot {
             last_removals: DateTime::<Utc>::MIN_UTC,
             last_state: DateTime::<Utc>::MIN_UTC,
             last_beat: DateTime::<Utc>::MIN_UTC,
+            slots: quota::Book::default(),
+            recorded_ms: 0,
+            recorded_dirty: false,
             metrics: ServiceMetrics {
                 events: Metric::counter("emr.service.events"),
                 decode_errors: Metric::counter("emr.service.decode_errors"),
@@ -283,14 +294,28 @@ impl ServiceRoot {
                 .clone()
                 .unwrap_or_else(|| self.default_group.clone()),
         };
+        // An event can move its incident to another group (a priority
+        // change): the group it leaves is reconciled at once too, not at its
+        // next watchdog check.
+        let key = q.event.incident_key();
+        let left = self
+            .ledger
+            .get(&key)
+            .filter(|i| i.is_open() && i.group != group)
+            .map(|i| i.group.clone());
         let applied = self.ledger.apply(q, group.clone(), now);
+        self.slots.recorded(q);
+        if q.received_ms > self.recorded_ms {
+            self.recorded_ms = q.received_ms;
+            self.recorded_dirty = true;
+        }
         tally.events += 1;
         match applied {
             Applied::Stale => tally.stale += 1,
             Applied::Full => tally.full += 1,
             _ => {}
         }
-        self.board.mark(&q.event.incident_key());
+        self.board.mark(&key);
         for key in self.ledger.take_dropped() {
             self.board.forget(&key);
         }
@@ -303,6 +328,9 @@ impl ServiceRoot {
                 } else {
                     // An incident event: it also ends a person's override.
                     g.reconciler.mark_event(&group, now);
+                    if let Some(left) = &left {
+                        g.reconciler.mark_event(left, now);
+                    }
                 }
             }
         }
@@ -583,6 +611,22 @@ impl ServiceRoot {
                     &format!("emr-edge: cannot write the service heartbeat: {e:?}"),
                 );
             }
+            if self.recorded_dirty {
+                let written = Shared.set(
+                    liveness::RECORDED_KEY,
+                    self.recorded_ms.to_string().as_bytes(),
+                    None,
+                );
+                self.recorded_dirty = written.is_err();
+            }
+        }
+        // The filters' view of each source's share: after every batch, so
+        // that the slots the batch's events held come back at once.
+        if let Err(e) = self.slots.sync(&self.ledger, &Shared) {
+            host::log(
+                LogLevel::Error,
+                &format!("emr-edge: cannot write the sources' open counts: {e:?}"),
+            );
         }
         if due(self.last_prune, PRUNE_EVERY_MS) {
             self.last_prune = now;

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use crate::auth::{Credential, CredentialConfig};
 use crate::contract::{ContractRules, DEFAULT_REPLAY_WINDOW_SECONDS};
 use crate::dedupe::DedupeConfig;
+use crate::event::Source;
 use crate::genesys::{GenesysConfig, GenesysSettings};
 use crate::itsm::{ItsmConfig, ItsmSettings};
 use crate::ledger::Retention;
+use crate::quota::{Shares, RACE_MARGIN};
 use crate::sources::{CompiledSources, SourcesConfig};
 
 /// A refused configuration: which field, and why. Never holds a secret value.
@@ -109,6 +111,7 @@ struct RawLedger {
     closed_retention_seconds: u32,
     max_closed_incidents: u32,
     max_open_incidents: u32,
+    tombstones_per_source: u32,
 }
 
 impl Default for RawLedger {
@@ -118,6 +121,7 @@ impl Default for RawLedger {
             closed_retention_seconds: u32::try_from(r.closed_seconds).unwrap_or(86_400),
             max_closed_incidents: u32::try_from(r.max_closed).unwrap_or(1_000),
             max_open_incidents: u32::try_from(r.max_open).unwrap_or(1_000),
+            tombstones_per_source: u32::try_from(r.max_tombstones).unwrap_or(10_000),
         }
     }
 }
@@ -145,6 +149,8 @@ pub enum StatusAccess {
 pub struct Config {
     pub intake: Intake,
     pub retention: Retention,
+    /// Each source's share of the open incidents ([`crate::quota`]).
+    pub shares: Shares,
     pub sources: CompiledSources,
     pub status: StatusAccess,
     /// `None` when no `genesys` section is given: incidents are recorded and
@@ -267,6 +273,12 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         1,
         1_000_000,
     )?;
+    let tombstones = in_range(
+        "ledger.tombstones_per_source",
+        l.tombstones_per_source,
+        100,
+        1_000_000,
+    )?;
     let contract = ContractRules {
         replay_window_seconds: replay,
         allow_unknown_fields: i.allow_unknown_fields,
@@ -276,6 +288,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         .compile(env)
         .map_err(|e| first_error("sources", e))?
         .with_contract(&contract);
+    let shares = shares(&sources, max_open)?;
     let status = match (raw.status.auth, raw.status.insecure) {
         (Some(_), true) => {
             return Err(ConfigError::new(
@@ -290,6 +303,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         (None, true) => StatusAccess::Open,
         (None, false) => StatusAccess::Closed,
     };
+    no_shared_secrets(&sources, &status)?;
     let genesys = match raw.genesys {
         Some(g) => Some(Arc::new(g.compile(env).map_err(|e| {
             let e = e.prefixed("genesys");
@@ -303,8 +317,15 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         })?)),
         None => None,
     };
+    // A tombstone must outlive any event time the intake still accepts.
+    let skew = Source::ALL
+        .iter()
+        .map(|s| sources.get(*s).mapping().max_future_skew_seconds())
+        .max()
+        .unwrap_or(0);
     Ok(Config {
         sources,
+        shares,
         status,
         genesys,
         itsm,
@@ -320,10 +341,101 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         retention: Retention {
             closed_seconds: i64::from(closed),
             max_closed: usize::try_from(max_closed).unwrap_or(1_000),
-            max_open: usize::try_from(max_open).unwrap_or(1_000),
-            ..Retention::default()
+            // The ledger's own bound: the shares, plus room for the one
+            // race that can pass a share (see `crate::quota`).
+            max_open: usize::try_from(max_open)
+                .unwrap_or(1_000)
+                .saturating_add(RACE_MARGIN),
+            tombstone_seconds: i64::from(replay) + i64::from(skew),
+            max_tombstones: usize::try_from(tombstones).unwrap_or(10_000),
         },
     })
+}
+
+/// Each source's share of `ledger.max_open_incidents`: what its
+/// `max_open_incidents` says, and for the routes that take deliveries and
+/// say nothing, an equal part of what is left. The shares add up to at most
+/// the ledger's bound, so no source can take another's room.
+fn shares(sources: &CompiledSources, max_open: u32) -> Result<Shares, ConfigError> {
+    let mut limits = std::collections::BTreeMap::new();
+    let mut given: u64 = 0;
+    let mut unset = Vec::new();
+    for s in Source::ALL {
+        let cfg = sources.get(s);
+        match cfg.max_open_incidents() {
+            Some(n) => {
+                in_range(&format!("sources.{s}.max_open_incidents"), n, 1, max_open)?;
+                given += u64::from(n);
+                limits.insert(s, n);
+            }
+            None if cfg.auth().accepts_deliveries() => unset.push(s),
+            None => {}
+        }
+    }
+    if given > u64::from(max_open) {
+        return Err(ConfigError::new(
+            "sources",
+            format!(
+                "the sources' max_open_incidents add up to {given}, more than \
+                 ledger.max_open_incidents ({max_open}): one source could take another's room"
+            ),
+        ));
+    }
+    let left = u64::from(max_open) - given;
+    if let Some(first) = unset.first() {
+        let share = left / unset.len() as u64;
+        if share == 0 {
+            return Err(ConfigError::new(
+                format!("sources.{first}.max_open_incidents"),
+                format!(
+                    "is not set, and ledger.max_open_incidents ({max_open}) leaves no room for it \
+                     after the shares given to other sources"
+                ),
+            ));
+        }
+        for s in unset {
+            limits.insert(s, u32::try_from(share).unwrap_or(u32::MAX));
+        }
+    }
+    Ok(Shares::new(limits))
+}
+
+/// Refuses a secret that two routes accept: a delivery signed or
+/// authorised for one route would be accepted on the other (a Standard
+/// Webhooks delivery for `/webhooks/standard` replayed to
+/// `/webhooks/canonical` opened a second incident there).
+fn no_shared_secrets(sources: &CompiledSources, status: &StatusAccess) -> Result<(), ConfigError> {
+    // (route, [(config field, SHA-256 of a secret it accepts)])
+    type Secrets = Vec<(String, [u8; 32])>;
+    let mut routes: Vec<(String, Secrets)> = Source::ALL
+        .iter()
+        .map(|s| {
+            let base = format!("sources.{s}.auth");
+            (s.to_string(), sources.get(*s).auth().secret_digests(&base))
+        })
+        .collect();
+    if let StatusAccess::Credential(c) = status {
+        routes.push(("/emr".into(), c.secret_digests("status.auth")));
+    }
+    for (i, (_, secrets)) in routes.iter().enumerate() {
+        for (field, digest) in secrets {
+            let earlier = routes
+                .iter()
+                .take(i)
+                .flat_map(|(_, s)| s)
+                .find(|(_, d)| d == digest);
+            if let Some((other, _)) = earlier {
+                return Err(ConfigError::new(
+                    field.clone(),
+                    format!(
+                        "uses the same secret as {other}: give each route its own, or a delivery \
+                         meant for one route is accepted on the other"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -349,6 +461,103 @@ mod tests {
             assert!(!e.field.is_empty(), "{e:?}");
         }
         assert_eq!(parse(br#"{"": 1}"#).unwrap_err().field, "$");
+    }
+
+    #[test]
+    fn each_source_that_takes_deliveries_gets_a_share_of_the_open_incidents() {
+        // Two routes open, none given: half each; the ledger keeps a margin.
+        let c = parse(
+            br#"{"sources":{"canonical":{"insecure":true},"alertmanager":{"insecure":true}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.shares.limit(Source::Canonical), 500);
+        assert_eq!(c.shares.limit(Source::Alertmanager), 500);
+        assert_eq!(c.shares.limit(Source::Pagerduty), 0);
+        assert_eq!(c.retention.max_open, 1_000 + RACE_MARGIN);
+        // One given: the others share what it leaves.
+        let c = parse(
+            br#"{"ledger":{"max_open_incidents":100},"sources":{
+                "canonical":{"insecure":true},
+                "standard":{"insecure":true},
+                "alertmanager":{"insecure":true,"max_open_incidents":10}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.shares.limit(Source::Alertmanager), 10);
+        assert_eq!(c.shares.limit(Source::Canonical), 45);
+        assert_eq!(c.shares.limit(Source::Standard), 45);
+        // More than the ledger holds: refused, named.
+        let e = parse(
+            br#"{"ledger":{"max_open_incidents":100},"sources":{
+                "canonical":{"insecure":true,"max_open_incidents":60},
+                "alertmanager":{"insecure":true,"max_open_incidents":60}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "sources");
+        assert!(e.message.contains("add up to 120"), "{e}");
+        let e = parse(
+            br#"{"ledger":{"max_open_incidents":100},"sources":{
+                "canonical":{"insecure":true,"max_open_incidents":100},
+                "alertmanager":{"insecure":true}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "sources.alertmanager.max_open_incidents");
+        let e = parse(br#"{"sources":{"canonical":{"insecure":true,"max_open_incidents":0}}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "sources.canonical.max_open_incidents");
+    }
+
+    #[test]
+    fn max_alerts_is_for_alertmanager_only() {
+        let c =
+            parse(br#"{"sources":{"alertmanager":{"insecure":true,"max_alerts":20}}}"#).unwrap();
+        assert_eq!(c.sources.get(Source::Alertmanager).max_items(), 20);
+        let c = parse(br#"{"sources":{"alertmanager":{"insecure":true}}}"#).unwrap();
+        assert_eq!(c.sources.get(Source::Alertmanager).max_items(), 100);
+        let e =
+            parse(br#"{"sources":{"pagerduty":{"insecure":true,"max_alerts":20}}}"#).unwrap_err();
+        assert_eq!(e.field, "sources.pagerduty.max_alerts");
+        let e =
+            parse(br#"{"sources":{"alertmanager":{"insecure":true,"max_alerts":0}}}"#).unwrap_err();
+        assert_eq!(e.field, "sources.alertmanager.max_alerts");
+    }
+
+    #[test]
+    fn one_secret_on_two_routes_is_refused() {
+        // A Standard Webhooks delivery signed for /webhooks/standard was
+        // accepted on /webhooks/canonical (issue 12, finding 11).
+        let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let env = |k: &str| match k {
+            "A" | "B" => Some(whsec.to_owned()),
+            "TOKEN" | "SAME_TOKEN" => Some("a-long-enough-shared-token".to_owned()),
+            "OTHER" => Some("another-long-enough-token".to_owned()),
+            _ => None,
+        };
+        let e = super::parse(
+            br#"{"sources":{
+                "canonical":{"auth":[{"kind":"standard_webhooks","secret_env":"A"}]},
+                "standard":{"auth":[{"kind":"standard_webhooks","secret_env":"B"}]}}}"#,
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "sources.standard.auth[0]");
+        assert!(e.message.contains("sources.canonical.auth[0]"), "{e}");
+        assert!(!e.to_string().contains("MfKQ9r8"), "{e}");
+        // A bearer token of a route reused as the /emr credential.
+        let e = super::parse(
+            br#"{"sources":{"opsgenie":{"auth":[{"kind":"bearer","token_env":"TOKEN"}]}},
+                "status":{"auth":{"kind":"bearer","token_env":"SAME_TOKEN"}}}"#,
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "status.auth");
+        // Distinct secrets, and one route listing two (a rotation): fine.
+        super::parse(
+            br#"{"sources":{"opsgenie":{"auth":[{"kind":"bearer","token_env":"TOKEN"},
+                                                {"kind":"bearer","token_env":"SAME_TOKEN"}]}},
+                "status":{"auth":{"kind":"bearer","token_env":"OTHER"}}}"#,
+            &env,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -259,15 +259,19 @@ impl Dedupe {
     }
 
     /// Whether `key` was accepted and has not expired.
-    pub fn contains(
+    /// When `key` was first recorded (seconds since the UNIX epoch), if it
+    /// is still held.
+    pub fn seen_at(
         &self,
         store: &dyn SharedStore,
         key: &str,
         now: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let k = digest(key.as_bytes());
         let current = store.get(self.bucket_key(&k).as_str())?;
-        let found = live(current.value.as_deref().unwrap_or_default(), now).any(|c| key_of(c) == k);
+        let found = live(current.value.as_deref().unwrap_or_default(), now)
+            .find(|c| key_of(c) == k)
+            .map(|c| expires_of(c).saturating_sub(i64::from(self.cfg.window_seconds)));
         Ok(found)
     }
 }
@@ -419,8 +423,9 @@ mod tests {
             Outcome::Replay(FirstAnswer::Accepted)
         );
         assert_eq!(outcome(&d, &s, "k", "p", 100), Outcome::New);
-        assert!(d.contains(&s, "k", 150).unwrap());
-        assert!(!d.contains(&s, "k", 200).unwrap());
+        // Recorded anew at 100, when the first entry had lapsed.
+        assert_eq!(d.seen_at(&s, "k", 150).unwrap(), Some(100));
+        assert!(d.seen_at(&s, "k", 200).unwrap().is_none());
     }
 
     #[test]
@@ -456,9 +461,9 @@ mod tests {
         assert_eq!(outcome(&d, &s, "a", "p", 0), Outcome::New);
         assert_eq!(outcome(&d, &s, "b", "p", 10), Outcome::New);
         assert_eq!(outcome(&d, &s, "c", "p", 20), Outcome::New);
-        assert!(!d.contains(&s, "a", 20).unwrap());
-        assert!(d.contains(&s, "b", 20).unwrap());
-        assert!(d.contains(&s, "c", 20).unwrap());
+        assert!(d.seen_at(&s, "a", 20).unwrap().is_none());
+        assert!(d.seen_at(&s, "b", 20).unwrap().is_some());
+        assert!(d.seen_at(&s, "c", 20).unwrap().is_some());
     }
 
     #[test]

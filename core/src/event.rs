@@ -55,6 +55,15 @@ impl Source {
         }
     }
 
+    /// Any source by its name, [`Source::Emr`] included (a status lookup
+    /// may ask for emr-edge's own incidents).
+    pub fn from_name(s: &str) -> Option<Source> {
+        Source::ALL
+            .into_iter()
+            .chain([Source::Emr])
+            .find(|src| src.as_str() == s)
+    }
+
     /// The route source named by a path segment; never [`Source::Emr`].
     pub fn from_path_segment(s: &str) -> Option<Source> {
         Source::ALL.into_iter().find(|src| src.as_str() == s)

@@ -49,6 +49,7 @@ use crate::event::{
 };
 use crate::liveness::{self, Liveness};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
+use crate::quota;
 use crate::sources::{self, Delivery, Item, Parsed};
 use crate::status;
 use crate::store::{EventSink, SharedStore, StoreError};
@@ -120,6 +121,9 @@ pub enum Counter {
     StatusServed,
     /// A resume request queued for the service.
     ResumeQueued,
+    /// A delivery id seen before came with another body: its events were
+    /// judged on their own.
+    DeliveryIdReused,
 }
 
 /// How loud a [`Note`] is.
@@ -259,15 +263,6 @@ fn is_json(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// The header a source's delivery id travels in, for the 409 that names it.
-fn delivery_header(source: Source) -> &'static str {
-    match source {
-        Source::Pagerduty => "x-webhook-id",
-        Source::Jsm => "x-atlassian-webhook-identifier",
-        _ => auth::standard_webhooks::ID_HEADER,
-    }
-}
-
 /// One item of a 202: the canonical contract's accepted body, or an ignored
 /// item's `{correlationId, status, reason}`.
 #[derive(Debug, Serialize)]
@@ -295,7 +290,7 @@ impl ItemAnswer {
                 FirstAnswer::Accepted => "PROCESSING",
                 FirstAnswer::Ignored => "IGNORED",
             },
-            status_url: Some(format!("{STATUS_PREFIX}{}", ev.correlation_id)),
+            status_url: Some(status_url(ev.source, ev.correlation_id.as_str())),
             reason: None,
             replayed,
         }
@@ -319,6 +314,41 @@ impl ItemAnswer {
             Item::Ignored { id, reason } => Self::ignored(id.clone(), reason.clone(), true),
         }
     }
+}
+
+/// Whether an event the status board does not show is waiting for the
+/// service.
+enum Queued {
+    Yes(RoutingMode),
+    /// Accepted, and recorded since: pruned or not yet published.
+    Recorded,
+    No,
+}
+
+/// The value of `name` in a query string (`a=1&name=value`), undecoded:
+/// the values asked for here are plain words.
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// What `?source=` may name.
+fn source_names() -> String {
+    let names: Vec<&str> = Source::ALL
+        .iter()
+        .chain([Source::Emr].iter())
+        .map(|s| s.as_str())
+        .collect();
+    format!("must be one of {}", names.join(", "))
+}
+
+/// Where an incident's status is read: qualified by its source, since an
+/// id is unique within its source only.
+pub fn status_url(source: Source, id: &str) -> String {
+    format!("{STATUS_PREFIX}{id}?source={source}")
 }
 
 /// The 202 for a payload's items (see the module doc for the shapes).
@@ -346,6 +376,34 @@ fn accepted(answers: &[ItemAnswer]) -> Response {
         }
     }
     r
+}
+
+/// Why a delivery's events could not all be given room.
+enum Refusal {
+    /// Its source's share is used up (the 429).
+    Full(Problem),
+    Store(StoreError),
+}
+
+/// The 429 for an activation its source has no room for. A 429 rather
+/// than a 503: Envoy and Genesys are fine, it is this sender that has too
+/// much open; and every tool retries a 429 with `Retry-After`.
+fn share_full(source: Source, ev: &IncidentEvent, limit: u32, count: quota::Count) -> Problem {
+    Problem::new(
+        429,
+        format!(
+            "the {source} route already has {} incidents open or on their way (its share, \
+             sources.{source}.max_open_incidents, is {limit}): incident {} cannot be opened until \
+             some of them resolve or expire; nothing of this delivery was recorded",
+            count.open.saturating_add(count.pending),
+            ev.correlation_id
+        ),
+    )
+    .with_error(
+        "correlationId",
+        format!("would be one more open incident than the {source} route's share ({limit})"),
+    )
+    .with_header("retry-after", quota::RETRY_AFTER_SECONDS.to_string())
 }
 
 /// The 409 for an event whose key was first used with another payload.
@@ -490,7 +548,10 @@ impl Intake<'_> {
                     EmrRoute::Resume(_) if method != "POST" => {
                         refused(&Problem::method_not_allowed("POST"))
                     }
-                    EmrRoute::Status(id) => self.status(id, now),
+                    EmrRoute::Status(id) => {
+                        let query = path.split_once('?').map(|(_, q)| q);
+                        self.status(id, query, now)
+                    }
                     EmrRoute::State => self.state(),
                     EmrRoute::Health => self.health(now),
                     EmrRoute::Resume(id) => self.resume(id, now),
@@ -685,61 +746,113 @@ impl Intake<'_> {
         )
     }
 
-    fn status(&self, id: &str, now: DateTime<Utc>) -> Handled<HeadersStep> {
-        let not_found = || {
+    /// `GET /emr/status/{id}[?source=name]`. An id is unique within its
+    /// source only: without `source`, an id two sources use is refused
+    /// (409, naming the sources) rather than answered with either.
+    fn status(&self, id: &str, query: Option<&str>, now: DateTime<Utc>) -> Handled<HeadersStep> {
+        let shown = crate::mapping::printable(id);
+        let not_found = |detail: String| {
             refused(
-                &Problem::not_found(format!("no incident {id:?} is known"))
-                    .with_error("correlationId", "is not known to emr-edge"),
+                &Problem::not_found(detail).with_error("correlationId", "is not known to emr-edge"),
             )
         };
+        let source = match query_value(query, "source") {
+            None => None,
+            Some(name) => match Source::from_name(name) {
+                Some(s) => Some(s),
+                None => {
+                    return refused(
+                        &Problem::new(
+                            422,
+                            format!("{:?} is not a source", crate::mapping::printable(name)),
+                        )
+                        .with_error("source", source_names()),
+                    )
+                }
+            },
+        };
         if CorrelationId::parse(id).is_err() {
-            return not_found();
+            return not_found(format!("no incident {shown:?} is known"));
         }
-        match status::lookup(self.store, id) {
-            Ok(Some(v)) => Handled::new(
+        match status::find(self.store, id, source) {
+            Ok(status::Found::One(v)) => Handled::new(
                 HeadersStep::Respond(Response::json(
                     200,
                     serde_json::to_vec(&v).unwrap_or_default(),
                 )),
                 vec![Counter::StatusServed],
             ),
-            Ok(None) => {
-                // Accepted a moment ago but not yet recorded by the service:
-                // the dedupe store knows it. Only the sender-keyed routes can
-                // be found this way; a tool event's key holds its event time.
-                let queued = [Source::Canonical, Source::Standard]
-                    .into_iter()
-                    .flat_map(|s| [RoutingMode::Active, RoutingMode::Resolved].map(|m| (s, m)))
-                    .find(|(s, m)| {
-                        self.store_contains(&event::idempotency_key(*s, id, *m, now), now)
-                    });
-                match queued {
-                    Some((_, mode)) => {
-                        let body = serde_json::json!({
-                            "correlationId": id,
-                            "routingMode": mode,
-                            "status": "PROCESSING",
-                            "state": "QUEUED",
-                        });
-                        Handled::new(
-                            HeadersStep::Respond(Response::json(
-                                200,
-                                body.to_string().into_bytes(),
-                            )),
-                            vec![Counter::StatusServed],
-                        )
-                    }
-                    None => not_found(),
-                }
+            Ok(status::Found::Ambiguous(sources)) => {
+                let names: Vec<String> = sources
+                    .iter()
+                    .map(|s| format!("{STATUS_PREFIX}{id}?source={s}"))
+                    .collect();
+                refused(
+                    &Problem::new(
+                        409,
+                        format!(
+                            "several sources have an incident {id}: ask for one of {}",
+                            names.join(", ")
+                        ),
+                    )
+                    .with_error("source", "is required: several sources use this id"),
+                )
             }
+            Ok(status::Found::Nothing) => match self.queued(id, source, now) {
+                Queued::Yes(mode) => {
+                    let body = serde_json::json!({
+                        "correlationId": id,
+                        "routingMode": mode,
+                        "status": "PROCESSING",
+                        "state": "QUEUED",
+                    });
+                    Handled::new(
+                        HeadersStep::Respond(Response::json(200, body.to_string().into_bytes())),
+                        vec![Counter::StatusServed],
+                    )
+                }
+                Queued::Recorded => not_found(format!(
+                    "incident {id} was accepted and recorded, but is no longer on the status board: \
+                     closed incidents are kept for ledger.closed_retention_seconds and at most \
+                     ledger.max_closed_incidents"
+                )),
+                Queued::No => not_found(format!("no incident {id:?} is known")),
+            },
             Err(e) => self.unavailable(&e),
         }
     }
 
-    fn store_contains(&self, key: &str, now: DateTime<Utc>) -> bool {
-        Dedupe::new(self.config.intake.dedupe)
-            .contains(self.store, key, now.timestamp())
-            .unwrap_or(false)
+    /// Whether an incident the board does not show was accepted a moment
+    /// ago and waits for the service. Only the sender-keyed routes can be
+    /// found this way: a tool event's dedupe key holds its event time.
+    fn queued(&self, id: &str, source: Option<Source>, now: DateTime<Utc>) -> Queued {
+        let dedupe = Dedupe::new(self.config.intake.dedupe);
+        let seen = [Source::Canonical, Source::Standard]
+            .into_iter()
+            .filter(|s| source.is_none_or(|wanted| wanted == *s))
+            .flat_map(|s| [RoutingMode::Active, RoutingMode::Resolved].map(|m| (s, m)))
+            .find_map(|(s, m)| {
+                let key = event::idempotency_key(s, id, m, now);
+                let at = dedupe.seen_at(self.store, &key, now.timestamp()).ok()??;
+                Some((m, at))
+            });
+        let Some((mode, accepted_s)) = seen else {
+            return Queued::No;
+        };
+        // Recorded once the service has recorded an event received after
+        // it (the queue keeps order); a second of slack covers the dedupe
+        // store's whole seconds and the workers' race to the queue.
+        let recorded_ms = self
+            .store
+            .get(liveness::RECORDED_KEY)
+            .ok()
+            .and_then(|v| v.value)
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.parse::<i64>().ok());
+        match recorded_ms {
+            Some(ms) if ms >= accepted_s.saturating_add(2).saturating_mul(1000) => Queued::Recorded,
+            _ => Queued::Yes(mode),
+        }
     }
 
     /// Handles a whole webhook body: authenticate, parse, dedupe, queue.
@@ -788,6 +901,7 @@ impl Intake<'_> {
         let body_hex = || body_hex.get_or_init(|| hex::encode(&body_digest())).clone();
         let Parsed { items, delivery_id } = parsed;
 
+        let mut notes = Vec::new();
         let mut delivery_key = None;
         if let Some(id) = &delivery_id {
             let key = event::delivery_key(source, id);
@@ -799,14 +913,20 @@ impl Intake<'_> {
                     return Handled::new(accepted(&answers), rec.counters);
                 }
                 Ok(Outcome::Conflict) => {
-                    rec.counters.push(Counter::Conflict);
-                    let header = delivery_header(source);
-                    let p = Problem::new(
-                        409,
-                        format!("delivery {id} was already received with a different payload"),
-                    )
-                    .with_error(header, "already used with a different payload");
-                    return Handled::new(Response::problem(&p), rec.counters);
+                    // No signature covers PagerDuty's or Jira's delivery id,
+                    // so whoever saw one can claim it first with another
+                    // body (issue 12, finding 7). A delivery id only marks
+                    // a replay of the same body; another body is judged by
+                    // its events' own keys, like a delivery with no id.
+                    rec.counters.push(Counter::DeliveryIdReused);
+                    notes.push(Note {
+                        level: NoteLevel::Info,
+                        message: format!(
+                            "{source} delivery id {} was seen before with another body; \
+                             its events are judged on their own",
+                            crate::mapping::printable(id)
+                        ),
+                    });
                 }
                 Err(e) => return self.failed(rec, &e),
             }
@@ -814,7 +934,6 @@ impl Intake<'_> {
 
         let mut answers = Vec::with_capacity(items.len());
         let mut to_queue: Vec<(IncidentEvent, String)> = Vec::new();
-        let mut notes = Vec::new();
         for item in items {
             match item {
                 Item::Event(ev) => {
@@ -866,14 +985,28 @@ impl Intake<'_> {
             }
         }
 
+        let to_queue = match self.take_slots(source, to_queue) {
+            Ok(events) => events,
+            Err(Refusal::Full(p)) => {
+                // Nothing of this delivery is kept: the sender's retry,
+                // once there is room, is processed in full.
+                rec.forget_all();
+                rec.counters.push(Counter::Refused(p.status));
+                let line = format!("{source} delivery refused (429): {}", p.detail);
+                return Handled::new(Response::problem(&p), rec.counters)
+                    .note(NoteLevel::Warn, line);
+            }
+            Err(Refusal::Store(e)) => return self.failed(rec, &e),
+        };
+
         let received_ms = now.timestamp_millis();
         let mut queue = to_queue.into_iter();
-        while let Some((ev, key)) = queue.next() {
+        while let Some((ev, key, slot)) = queue.next() {
             let queued = QueuedEvent {
                 received_ms,
                 delivery_id: delivery_id.clone(),
-                slot: false,
                 event: ev,
+                slot,
             };
             let enqueued = serde_json::to_vec(&queued)
                 .map_err(|e| StoreError::Host(e.to_string()))
@@ -881,10 +1014,15 @@ impl Intake<'_> {
             if let Err(e) = enqueued {
                 // Not queued: forget it, those after it and the delivery id,
                 // so the sender's retry is processed rather than answered as
-                // a replay of something that never happened. Events already
-                // queued stay recorded: the retry replays them.
-                let rest: Vec<String> = queue.map(|(_, k)| k).collect();
-                rec.forget(std::iter::once(&key).chain(&rest).chain(&delivery_key));
+                // a replay of something that never happened; and give back
+                // their slots. Events already queued stay recorded: the
+                // retry replays them.
+                let rest: Vec<(String, bool)> = queue.map(|(_, k, s)| (k, s)).collect();
+                let unused = u32::from(slot)
+                    + u32::try_from(rest.iter().filter(|(_, s)| *s).count()).unwrap_or(0);
+                let _ = quota::give_back(self.store, source, unused);
+                let keys: Vec<String> = rest.into_iter().map(|(k, _)| k).collect();
+                rec.forget(std::iter::once(&key).chain(&keys).chain(&delivery_key));
                 let mut out = self.unavailable(&e);
                 out.counters.extend(rec.counters);
                 return out;
@@ -896,6 +1034,54 @@ impl Intake<'_> {
             counters: rec.counters,
             notes,
         }
+    }
+
+    /// Takes a slot of the source's share ([`crate::quota`]) for every
+    /// activation, before anything is queued: an incident the ledger has no
+    /// room for is refused here (429), never answered 202 and then failed.
+    /// An activation of an incident already open takes no room, and needs
+    /// none when the share is used up. On a refusal, the slots this
+    /// delivery took are given back.
+    fn take_slots(
+        &self,
+        source: Source,
+        events: Vec<(IncidentEvent, String)>,
+    ) -> Result<Vec<(IncidentEvent, String, bool)>, Refusal> {
+        let limit = self.config.shares.limit(source);
+        let mut out = Vec::with_capacity(events.len());
+        let mut taken = 0u32;
+        for (ev, key) in events {
+            if ev.routing_mode != RoutingMode::Active {
+                out.push((ev, key, false));
+                continue;
+            }
+            let refusal = match quota::take(self.store, source, limit) {
+                Ok(quota::Taken::Yes) => {
+                    taken += 1;
+                    out.push((ev, key, true));
+                    continue;
+                }
+                Ok(quota::Taken::Full(count)) => {
+                    if self.is_open(source, &ev) {
+                        out.push((ev, key, false));
+                        continue;
+                    }
+                    Refusal::Full(share_full(source, &ev, limit, count))
+                }
+                Err(e) => Refusal::Store(e),
+            };
+            let _ = quota::give_back(self.store, source, taken);
+            return Err(refusal);
+        }
+        Ok(out)
+    }
+
+    /// Whether the status board shows `ev`'s incident open.
+    fn is_open(&self, source: Source, ev: &IncidentEvent) -> bool {
+        matches!(
+            status::find(self.store, ev.correlation_id.as_str(), Some(source)),
+            Ok(status::Found::One(v)) if v.get("state").and_then(serde_json::Value::as_str) == Some("OPEN")
+        )
     }
 
     /// The 503 for a store failure while recording: forget what this
@@ -1015,7 +1201,7 @@ mod tests {
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert_eq!(
             body(&r),
-            json!({"correlationId": "INC-1", "routingMode": "EMERGENCY_ACTIVE", "status": "PROCESSING", "statusUrl": "/emr/status/INC-1"})
+            json!({"correlationId": "INC-1", "routingMode": "EMERGENCY_ACTIVE", "status": "PROCESSING", "statusUrl": "/emr/status/INC-1?source=canonical"})
         );
         let queued: QueuedEvent = serde_json::from_slice(&w.queue.messages.borrow()[0]).unwrap();
         assert_eq!(queued.event.correlation_id.as_str(), "INC-1");
@@ -1513,9 +1699,12 @@ mod tests {
         assert_eq!(
             body(&r),
             json!({"correlationId": "Q2UEJOMV3XYQ9N", "routingMode": "EMERGENCY_ACTIVE",
-                   "status": "PROCESSING", "statusUrl": "/emr/status/Q2UEJOMV3XYQ9N"})
+                   "status": "PROCESSING", "statusUrl": "/emr/status/Q2UEJOMV3XYQ9N?source=pagerduty"})
         );
-        assert_eq!(r.header("location"), Some("/emr/status/Q2UEJOMV3XYQ9N"));
+        assert_eq!(
+            r.header("location"),
+            Some("/emr/status/Q2UEJOMV3XYQ9N?source=pagerduty")
+        );
 
         let r = s.servicenow(fixture!("servicenow/incident_new.json")).value;
         assert_eq!(
@@ -1808,9 +1997,9 @@ mod tests {
             body(&out.value),
             json!({"items": [
                 {"correlationId": "5f3c8e2a9b1d7c40", "routingMode": "EMERGENCY_RESOLVED",
-                 "status": "PROCESSING", "statusUrl": "/emr/status/5f3c8e2a9b1d7c40"},
+                 "status": "PROCESSING", "statusUrl": "/emr/status/5f3c8e2a9b1d7c40?source=alertmanager"},
                 {"correlationId": "a07e61d9c2b84f35", "routingMode": "EMERGENCY_ACTIVE",
-                 "status": "PROCESSING", "statusUrl": "/emr/status/a07e61d9c2b84f35"}
+                 "status": "PROCESSING", "statusUrl": "/emr/status/a07e61d9c2b84f35?source=alertmanager"}
             ]})
         );
         assert_eq!(out.value.header("location"), None);
@@ -1839,7 +2028,7 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_delivery_id_is_a_replay_and_a_reused_one_a_conflict() {
+    fn a_repeated_delivery_id_is_a_replay_and_a_reused_one_is_judged_by_its_events() {
         let s = Sources::new();
         let pd = fixture!("pagerduty/incident_triggered.json");
         let first = s.pagerduty(pd, Some("delivery-1"));
@@ -1851,12 +2040,26 @@ mod tests {
         // The same event under a new delivery id: a replay by its event key.
         let other = s.pagerduty(pd, Some("delivery-2"));
         assert_eq!(other.value.header("idempotent-replayed"), Some("true"));
-        // A delivery id reused for another payload.
+        // A delivery id reused for another payload of the same event: the
+        // event's own key says it is a replay.
         let changed = edit(pd, "Ada Ndlovu", "Grace Hopper");
-        let r = s.pagerduty(&changed, Some("delivery-1")).value;
-        assert_eq!(r.status, 409);
-        assert_eq!(body(&r)["errors"][0]["field"], "x-webhook-id");
+        let out = s.pagerduty(&changed, Some("delivery-1"));
+        assert_eq!(out.value.status, 202);
+        assert_eq!(out.value.header("idempotent-replayed"), Some("true"));
+        assert!(out.counters.contains(&Counter::DeliveryIdReused));
         assert_eq!(s.queued().len(), 1);
+        // Issue 12, finding 7: no signature covers the delivery id, so a
+        // replay of a captured delivery can claim the id of the tool's next
+        // one first. The tool's real delivery is still processed.
+        let claimed = s.pagerduty(pd, Some("delivery-next"));
+        assert_eq!(claimed.value.header("idempotent-replayed"), Some("true"));
+        let reopened = edit(pd, "incident.triggered", "incident.reopened");
+        let reopened = edit(&reopened, "14:22:01.329Z", "14:24:30.000Z");
+        let real = s.pagerduty(&reopened, Some("delivery-next"));
+        assert_eq!(real.value.status, 202, "{}", body(&real.value));
+        assert_eq!(real.value.header("idempotent-replayed"), None);
+        assert!(real.counters.contains(&Counter::Accepted));
+        assert_eq!(s.queued().len(), 2);
     }
 
     #[test]
@@ -2102,5 +2305,236 @@ mod tests {
         assert_eq!(r.status, 202);
         let r = s.get("/emr/status/INC-2024-08-15-7742", &[]);
         assert_eq!((r.status, &body(&r)["state"]), (200, &json!("QUEUED")));
+    }
+
+    // ---- issue 12: hostile senders with a valid credential ------------------
+
+    /// The every-source config with `patch` merged in.
+    fn sources_with(patch: Value) -> Sources {
+        fn merge(base: &mut Value, patch: &Value) {
+            match (base, patch) {
+                (Value::Object(b), Value::Object(p)) => {
+                    for (k, v) in p {
+                        merge(b.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+                (b, p) => *b = p.clone(),
+            }
+        }
+        let mut config: Value = serde_json::from_str(SOURCES).unwrap();
+        merge(&mut config, &patch);
+        Sources::with(&config.to_string())
+    }
+
+    /// An Alertmanager notification of `n` firing alerts the every-source
+    /// rule takes, fingerprints numbered from `from`.
+    fn alerts(n: usize, from: usize, starts_at: &str) -> Vec<u8> {
+        let alerts: Vec<Value> = (from..from + n)
+            .map(|i| {
+                json!({
+                    "status": "firing",
+                    "labels": {"alertname": "SipTrunkDown", "team": "voice",
+                               "severity": "critical", "instance": format!("sbc-{i}")},
+                    "annotations": {},
+                    "startsAt": starts_at,
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "http://prometheus.voice.svc:9090/graph",
+                    "fingerprint": format!("{i:016x}"),
+                })
+            })
+            .collect();
+        json!({"version": "4", "groupKey": "{}:{alertname=\"SipTrunkDown\"}", "truncatedAlerts": 0,
+               "status": "firing", "receiver": "emr-edge", "groupLabels": {}, "commonLabels": {},
+               "commonAnnotations": {}, "externalURL": "http://alertmanager:9093", "alerts": alerts})
+        .to_string()
+        .into_bytes()
+    }
+
+    /// What the service does with the queue: record, publish, count.
+    fn service_records(s: &Sources, ledger: &mut Ledger, book: &mut quota::Book) {
+        let mut board = Board::default();
+        for q in s.queued() {
+            ledger.apply(&q, crate::event::GroupId::parse("G").unwrap(), s.now.get());
+            book.recorded(&q);
+            board.mark(&q.event.incident_key());
+        }
+        s.w.queue.messages.borrow_mut().clear();
+        for i in ledger.incidents().filter_map(|i| i.key()) {
+            board.mark(&i);
+        }
+        board.publish(ledger, &s.w.store).unwrap();
+        book.sync(ledger, &s.w.store).unwrap();
+    }
+
+    #[test]
+    fn one_sources_flood_is_refused_at_its_share_and_takes_no_others_room() {
+        // Issue 12, finding 2: Alertmanager alone filled the ledger, and
+        // the next PagerDuty P1 was answered 202, then FAILED.
+        let s = sources_with(json!({
+            "ledger": {"max_open_incidents": 100},
+            "sources": {"alertmanager": {"max_open_incidents": 20}}
+        }));
+        quota::create_keys(&s.w.store).unwrap();
+        let (mut ledger, mut book) = (Ledger::default(), quota::Book::default());
+        let t0 = "2024-08-15T14:20:31.402Z";
+        assert_eq!(s.alertmanager(&alerts(15, 0, t0)).value.status, 202);
+        assert_eq!(s.queued().len(), 15);
+        assert!(s.queued().iter().all(|q| q.slot));
+        // Ten more: five fit, so the whole notification is refused.
+        let out = s.alertmanager(&alerts(10, 15, t0));
+        let r = &out.value;
+        assert_eq!(r.status, 429, "{}", body(r));
+        assert_eq!(r.header("content-type"), Some(PROBLEM_CONTENT_TYPE));
+        assert_eq!(r.header("retry-after"), Some("30"));
+        assert_eq!(body(r)["errors"][0]["field"], "correlationId");
+        assert!(body(r)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_open_incidents"));
+        assert_eq!(out.counters.last(), Some(&Counter::Refused(429)));
+        assert_eq!(
+            s.queued().len(),
+            15,
+            "nothing of a refused delivery is queued"
+        );
+        assert_eq!(
+            quota::count(&s.w.store, Source::Alertmanager).unwrap(),
+            quota::Count {
+                open: 0,
+                pending: 15
+            },
+            "the refused delivery's slots are given back"
+        );
+        // Its retry is refused again, not answered as a replay.
+        assert_eq!(s.alertmanager(&alerts(10, 15, t0)).value.status, 429);
+        // PagerDuty's share is its own.
+        let pd = s.pagerduty(fixture!("pagerduty/incident_triggered.json"), None);
+        assert_eq!(pd.value.status, 202);
+        service_records(&s, &mut ledger, &mut book);
+        assert_eq!(ledger.open_of(Source::Alertmanager), 15);
+        assert_eq!(ledger.open_of(Source::Pagerduty), 1);
+        // Five more fit exactly; then the share is used up.
+        assert_eq!(s.alertmanager(&alerts(5, 15, t0)).value.status, 202);
+        service_records(&s, &mut ledger, &mut book);
+        assert_eq!(s.alertmanager(&alerts(1, 20, t0)).value.status, 429);
+        // An alert already open restarting (a new startsAt) takes no room.
+        let again = s.alertmanager(&alerts(1, 3, "2024-08-15T14:24:00Z"));
+        assert_eq!(again.value.status, 202, "{}", body(&again.value));
+        assert!(!s.queued()[0].slot);
+        service_records(&s, &mut ledger, &mut book);
+        // Resolutions make room again.
+        let mut resolved: Value = serde_json::from_slice(&alerts(2, 0, t0)).unwrap();
+        for a in resolved["alerts"].as_array_mut().unwrap() {
+            a["status"] = json!("resolved");
+            a["endsAt"] = json!("2024-08-15T14:24:30Z");
+        }
+        let r = s.alertmanager(resolved.to_string().as_bytes());
+        assert_eq!(r.value.status, 202);
+        service_records(&s, &mut ledger, &mut book);
+        assert_eq!(ledger.open_of(Source::Alertmanager), 18);
+        assert_eq!(s.alertmanager(&alerts(2, 20, t0)).value.status, 202);
+    }
+
+    #[test]
+    fn an_alertmanager_notification_over_max_alerts_is_refused_whole() {
+        let s = Sources::new();
+        let r = s
+            .alertmanager(&alerts(101, 0, "2024-08-15T14:20:31.402Z"))
+            .value;
+        assert_eq!(r.status, 422);
+        assert_eq!(body(&r)["errors"][0]["field"], "alerts");
+        let msg = body(&r)["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            msg.contains("101") && msg.contains("max_alerts: 100"),
+            "{msg}"
+        );
+        assert!(s.queued().is_empty());
+        let r = s.alertmanager(&alerts(100, 0, "2024-08-15T14:20:31.402Z"));
+        assert_eq!(r.value.status, 202);
+    }
+
+    #[test]
+    fn a_pagerduty_event_older_than_the_replay_window_is_refused() {
+        // PagerDuty signs no time: a captured delivery stays valid, so its
+        // event time is held to the replay window (issue 12, finding 5).
+        let s = Sources::new();
+        let pd = fixture!("pagerduty/incident_triggered.json");
+        s.now.set(now() + chrono::Duration::days(2));
+        let r = s.pagerduty(pd, Some("late-1")).value;
+        assert_eq!(r.status, 422, "{}", body(&r));
+        assert_eq!(body(&r)["errors"][0]["field"], "event.occurred_at");
+        assert!(s.queued().is_empty());
+    }
+
+    #[test]
+    fn a_status_lookup_names_the_source_when_two_use_one_id() {
+        // Issue 12, finding 9: an Alertmanager fingerprint equal to a
+        // PagerDuty incident id replaced its status.
+        let s = Sources::new();
+        let bearer = format!("Bearer {STATUS_TOKEN}");
+        let get = |path: &str| s.get(path, &[("authorization", &bearer)]);
+        let pd = s.pagerduty(fixture!("pagerduty/incident_triggered.json"), None);
+        assert_eq!(pd.value.status, 202);
+        let shadow = String::from_utf8(alerts(1, 0, "2024-08-15T14:20:31.402Z"))
+            .unwrap()
+            .replace("0000000000000000", "Q2UEJOMV3XYQ9N");
+        assert_eq!(s.alertmanager(shadow.as_bytes()).value.status, 202);
+        let (mut ledger, mut book) = (Ledger::default(), quota::Book::default());
+        service_records(&s, &mut ledger, &mut book);
+        let r = get("/emr/status/Q2UEJOMV3XYQ9N");
+        assert_eq!(r.status, 409, "{}", body(&r));
+        assert_eq!(body(&r)["errors"][0]["field"], "source");
+        let detail = body(&r)["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("?source=pagerduty") && detail.contains("?source=alertmanager"));
+        let r = get("/emr/status/Q2UEJOMV3XYQ9N?source=pagerduty");
+        assert_eq!((r.status, &body(&r)["source"]), (200, &json!("pagerduty")));
+        let r = get("/emr/status/Q2UEJOMV3XYQ9N?source=alertmanager");
+        assert_eq!(
+            (r.status, &body(&r)["source"]),
+            (200, &json!("alertmanager"))
+        );
+        let r = get("/emr/status/Q2UEJOMV3XYQ9N?source=jsm");
+        assert_eq!(r.status, 404);
+        let r = get("/emr/status/Q2UEJOMV3XYQ9N?source=nagios");
+        assert_eq!(
+            (r.status, &body(&r)["errors"][0]["field"]),
+            (422, &json!("source"))
+        );
+    }
+
+    #[test]
+    fn an_incident_recorded_but_gone_from_the_board_is_not_called_queued() {
+        // Issue 12, finding 9: ids pushed off the board stayed QUEUED
+        // forever, because the dedupe store still knew them.
+        let w = World::new();
+        w.canonical(&incident("INC-1", "EMERGENCY_ACTIVE"));
+        let state = |w: &World| {
+            let HeadersStep::Respond(r) = w.get("/emr/status/INC-1") else {
+                panic!()
+            };
+            (r.status, body(&r))
+        };
+        assert_eq!(state(&w).1["state"], "QUEUED");
+        // The service has recorded an event received two seconds later: the
+        // queue is in order, so INC-1 was recorded too.
+        let later = now().timestamp_millis() + 2_000;
+        w.store
+            .set(liveness::RECORDED_KEY, later.to_string().as_bytes(), None)
+            .unwrap();
+        let (status, b) = state(&w);
+        assert_eq!(status, 404);
+        assert!(b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no longer on the status board"));
+        // Only just recorded: still in flight as far as anyone can tell.
+        let just = now().timestamp_millis();
+        w.store
+            .set(liveness::RECORDED_KEY, just.to_string().as_bytes(), None)
+            .unwrap();
+        assert_eq!(state(&w).1["state"], "QUEUED");
     }
 }

@@ -1038,7 +1038,7 @@ fn push_event(events: &mut Vec<EventRecord>, e: EventRecord) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod props;

@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod liveness;
 pub mod mapping;
 pub mod problem;
+pub mod quota;
 pub mod reconcile;
 pub mod recovery;
 pub mod rfc3339;

@@ -19,6 +19,13 @@ use crate::store::StoreError;
 /// decimal ASCII).
 pub const HEARTBEAT_KEY: &str = "emr.service.heartbeat";
 
+/// The shared-data key holding the receipt time (ms since the epoch,
+/// decimal ASCII) of the newest event the service has recorded, written
+/// with the heartbeat. The queue is first in, first out, so an event
+/// accepted well before it has been recorded too: the status endpoint then
+/// stops calling it `QUEUED` when it is not (or no longer) on the board.
+pub const RECORDED_KEY: &str = "emr.service.recorded";
+
 /// How often the service beats. Its tick is 100 ms and it also beats after
 /// each queue batch, so a live service is never more than this late.
 pub const BEAT_EVERY_MS: i64 = 500;

@@ -5,17 +5,23 @@
 //! shared-data buckets (by a hash of its id), rewriting only the buckets whose
 //! incidents changed. The bucket count and per-bucket cap are fixed, and the
 //! ledger's retention bounds what is published: shared data stays bounded.
+//!
+//! An id is only unique within its source (a PagerDuty incident and an
+//! Alertmanager alert may share one), so every entry carries its source and
+//! a lookup may name it ([`find`]). The per-bucket cap is per source: ids
+//! can be chosen to land in one bucket, and a source's flood must not push
+//! another source's incidents off the board (issue 12, finding 9).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
-use crate::event::IncidentKey;
+use crate::event::{IncidentKey, Source};
 use crate::ledger::{Incident, Ledger};
 use crate::store::{ensure_key, SharedStore, StoreError};
 
 pub const STATUS_BUCKETS: u16 = 1024;
-/// Incidents kept per bucket; the most recently updated win.
+/// Incidents of one source kept per bucket; the most recently updated win.
 pub const MAX_PER_BUCKET: usize = 32;
 /// Where the singleton publishes the per-group state view.
 pub const STATE_KEY: &str = "emr.state";
@@ -166,7 +172,12 @@ impl Board {
                 .filter_map(|k| ledger.get(k).map(|i| (k, i)))
                 .collect();
             incidents.sort_by_key(|(_, i)| std::cmp::Reverse(i.updated_at));
-            incidents.truncate(MAX_PER_BUCKET);
+            let mut shown: BTreeMap<Source, usize> = BTreeMap::new();
+            incidents.retain(|(k, _)| {
+                let n = shown.entry(k.source).or_default();
+                *n += 1;
+                *n <= MAX_PER_BUCKET
+            });
             // The same bytes `serde_json::to_vec(&incidents)` would give.
             body.clear();
             body.push(b'[');
@@ -207,20 +218,57 @@ impl Board {
     }
 }
 
-/// Finds the published view of incident `id`. When two sources used the same
-/// id, the most recently updated is answered.
-pub fn lookup(store: &dyn SharedStore, id: &str) -> Result<Option<Value>, StoreError> {
+/// What the board shows for an id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    /// One incident: its published view.
+    One(Value),
+    /// Several sources have an incident with this id, and the lookup named
+    /// none of them.
+    Ambiguous(Vec<Source>),
+    Nothing,
+}
+
+/// Finds the published view of incident `id`, of `source` when given.
+pub fn find(
+    store: &dyn SharedStore,
+    id: &str,
+    source: Option<Source>,
+) -> Result<Found, StoreError> {
     let current = store.get(&bucket_key(bucket_of(id)))?;
     let Some(bytes) = current.value.filter(|v| !v.is_empty()) else {
-        return Ok(None);
+        return Ok(Found::Nothing);
     };
     let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&bytes) else {
-        return Ok(None);
+        return Ok(Found::Nothing);
     };
-    // Buckets are stored newest first.
-    Ok(items
+    let source_of = |v: &Value| {
+        v.get("source")
+            .and_then(|s| serde_json::from_value::<Source>(s.clone()).ok())
+    };
+    let mut matches: Vec<(Option<Source>, Value)> = items
         .into_iter()
-        .find(|v| v.get("correlationId").and_then(Value::as_str) == Some(id)))
+        .filter(|v| v.get("correlationId").and_then(Value::as_str) == Some(id))
+        .map(|v| (source_of(&v), v))
+        .filter(|(s, _)| source.is_none() || *s == source)
+        .collect();
+    let mut sources: Vec<Source> = matches.iter().filter_map(|(s, _)| *s).collect();
+    sources.sort();
+    sources.dedup();
+    Ok(match (matches.len(), sources.len()) {
+        (0, _) => Found::Nothing,
+        (_, 0 | 1) => Found::One(matches.swap_remove(0).1),
+        _ => Found::Ambiguous(sources),
+    })
+}
+
+/// The published view of `id` when exactly one source has it (tests).
+#[cfg(test)]
+pub fn lookup(store: &dyn SharedStore, id: &str) -> Result<Option<Value>, StoreError> {
+    Ok(match find(store, id, None)? {
+        Found::One(v) => Some(v),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -375,6 +423,61 @@ mod tests {
             store.get(&bucket_key(bucket_of("GONE-1"))).unwrap().value,
             Some(b"[]".to_vec())
         );
+    }
+
+    #[test]
+    fn one_sources_flood_into_a_bucket_never_hides_another_sources_incident() {
+        let (store, mut ledger, mut board) = fresh();
+        let g = GroupId::parse("G").unwrap();
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_001 + s, 0).unwrap();
+        let mut pd = ev("SHADOW1");
+        pd.event.source = Source::Pagerduty;
+        ledger.apply(&pd, g.clone(), t(0));
+        board.mark(&pd.event.incident_key());
+        // Ids chosen to land in SHADOW1's bucket, from another source.
+        let target = bucket_of("SHADOW1");
+        let mut n = 0;
+        for i in 0.. {
+            let id = format!("F{i}");
+            if bucket_of(&id) != target {
+                continue;
+            }
+            let mut q = ev(&id);
+            q.event.source = Source::Alertmanager;
+            ledger.apply(&q, g.clone(), t(1 + n));
+            board.mark(&q.event.incident_key());
+            n += 1;
+            if n == 200 {
+                break;
+            }
+        }
+        // And one alert with PagerDuty's id, newer.
+        let mut shadow = ev("SHADOW1");
+        shadow.event.source = Source::Alertmanager;
+        ledger.apply(&shadow, g.clone(), t(500));
+        board.mark(&shadow.event.incident_key());
+        board.publish(&ledger, &store).unwrap();
+        let Found::One(v) = find(&store, "SHADOW1", Some(Source::Pagerduty)).unwrap() else {
+            panic!("PagerDuty's incident was pushed off the board");
+        };
+        assert_eq!(v["source"], "pagerduty");
+        let Found::One(v) = find(&store, "SHADOW1", Some(Source::Alertmanager)).unwrap() else {
+            panic!("the alert is not shown");
+        };
+        assert_eq!(v["source"], "alertmanager");
+        // Unqualified, the id is ambiguous: never the wrong one silently.
+        assert_eq!(
+            find(&store, "SHADOW1", None).unwrap(),
+            Found::Ambiguous(vec![Source::Pagerduty, Source::Alertmanager])
+        );
+        assert_eq!(
+            find(&store, "SHADOW1", Some(Source::Jsm)).unwrap(),
+            Found::Nothing
+        );
+        // The bucket holds at most MAX_PER_BUCKET of each source.
+        let stored = store.get(&bucket_key(target)).unwrap().value.unwrap();
+        let items: Vec<Value> = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(items.len(), 1 + MAX_PER_BUCKET);
     }
 
     #[test]

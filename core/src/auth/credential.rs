@@ -173,6 +173,24 @@ impl Credential {
         }
     }
 
+    /// The SHA-256 of each secret, all under config field `field` (see
+    /// `CompiledAuth::secret_digests`).
+    pub fn secret_digests(&self, field: &str) -> Vec<(String, [u8; 32])> {
+        self.secrets()
+            .into_iter()
+            .map(|s| (field.to_owned(), s.digest()))
+            .collect()
+    }
+
+    /// The secrets that prove this credential (a basic user name is no
+    /// secret), for the config's check that no two routes share one.
+    pub(crate) fn secrets(&self) -> Vec<&Secret> {
+        match &self.0 {
+            Kind::Bearer { tokens, .. } => tokens.iter().collect(),
+            Kind::Basic { password, .. } => vec![password],
+        }
+    }
+
     pub(crate) fn verify(&self, headers: &[(String, String)]) -> Result<(), Failure> {
         match &self.0 {
             Kind::Bearer { header, tokens } => verify_bearer(headers, header.as_deref(), tokens),

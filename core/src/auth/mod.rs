@@ -142,6 +142,32 @@ impl CompiledAuth {
         self.insecure && self.methods.is_empty()
     }
 
+    /// Whether this route takes deliveries at all (a credential, or
+    /// `insecure`).
+    pub fn accepts_deliveries(&self) -> bool {
+        self.insecure || !self.methods.is_empty()
+    }
+
+    /// The SHA-256 of every secret this route accepts, by the config field
+    /// of its method: no two routes may share a secret (see
+    /// `crate::config`).
+    pub fn secret_digests(&self, base: &str) -> Vec<(String, [u8; 32])> {
+        let mut out = Vec::new();
+        for (i, m) in self.methods.iter().enumerate() {
+            let secrets: Vec<&Secret> = match m {
+                Method::Credential(c) => c.secrets(),
+                Method::Pagerduty(s) | Method::Hub(s) => s.iter().collect(),
+                Method::Standard(v) => v.keys().iter().collect(),
+            };
+            out.extend(
+                secrets
+                    .into_iter()
+                    .map(|s| (format!("{base}[{i}]"), s.digest())),
+            );
+        }
+        out
+    }
+
     /// Passes when any configured method passes; see the module doc.
     pub fn verify(&self, source: Source, delivery: &Delivery) -> Result<(), Problem> {
         if self.methods.is_empty() {

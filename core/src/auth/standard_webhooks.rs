@@ -105,6 +105,10 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
+    pub(crate) fn keys(&self) -> &[Secret] {
+        &self.keys
+    }
+
     pub(crate) fn verify(
         &self,
         headers: &[(String, String)],

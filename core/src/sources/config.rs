@@ -63,7 +63,21 @@ pub struct SourceConfig {
     pub max_future_skew_seconds: Option<u32>,
     /// Forward resolves that match no rule (default `true`).
     pub forward_unmatched_resolves: Option<bool>,
+    /// This source's share of `ledger.max_open_incidents`: at most this
+    /// many of its incidents open at once (`crate::quota`). Default: an
+    /// equal share of what the sources given none leave.
+    pub max_open_incidents: Option<u32>,
+    /// Alertmanager only: the most alerts one notification may carry
+    /// (default 100); more is refused whole with a 422.
+    pub max_alerts: Option<u32>,
 }
+
+/// Alerts one Alertmanager notification may carry by default: Alertmanager
+/// sends every alert of a group in each notification, and its own
+/// `max_alerts` setting truncates them (set it to this or less).
+pub const DEFAULT_MAX_ALERTS: u32 = 100;
+/// The most `max_alerts` may say: a 64 KiB body holds a few hundred alerts.
+const MAX_ALERTS_LIMIT: u32 = 1_000;
 
 impl SourcesConfig {
     pub fn get(&self, s: Source) -> &SourceConfig {
@@ -148,11 +162,33 @@ fn compile_one(
         .map_err(|e| errors.extend(e))
         .ok();
     let mapping = Mapping::compile(source, cfg, &super::vocabulary(source), &base, errors);
+    let max_items = match (source, cfg.max_alerts) {
+        (Source::Alertmanager, None) => DEFAULT_MAX_ALERTS,
+        (Source::Alertmanager, Some(n)) if (1..=MAX_ALERTS_LIMIT).contains(&n) => n,
+        (Source::Alertmanager, Some(n)) => {
+            errors.push(FieldError::new(
+                format!("{base}.max_alerts"),
+                format!("must be between 1 and {MAX_ALERTS_LIMIT}, got {n}"),
+            ));
+            n
+        }
+        (_, Some(_)) => {
+            errors.push(FieldError::new(
+                format!("{base}.max_alerts"),
+                "does not apply: only Alertmanager notifications carry several alerts",
+            ));
+            1
+        }
+        // Every other payload is about one incident.
+        (_, None) => 1,
+    };
     Some(CompiledSource {
         source,
         auth: auth?,
         mapping: mapping?,
         contract: ContractRules::default(),
+        max_items: usize::try_from(max_items).unwrap_or(usize::MAX),
+        max_open_incidents: cfg.max_open_incidents,
     })
 }
 
@@ -163,6 +199,8 @@ pub struct CompiledSource {
     auth: CompiledAuth,
     mapping: Mapping,
     contract: ContractRules,
+    max_items: usize,
+    max_open_incidents: Option<u32>,
 }
 
 impl CompiledSource {
@@ -178,7 +216,8 @@ impl CompiledSource {
         &self.mapping
     }
 
-    /// The contract rules of the canonical and Standard Webhooks routes.
+    /// The contract rules of the canonical and Standard Webhooks routes,
+    /// and the replay window of every route.
     pub fn contract(&self) -> &ContractRules {
         &self.contract
     }
@@ -186,6 +225,16 @@ impl CompiledSource {
     /// Whether this route takes deliveries with no credential (log it loudly).
     pub fn is_insecure(&self) -> bool {
         self.auth.is_insecure()
+    }
+
+    /// The most items (alerts) one delivery may carry.
+    pub fn max_items(&self) -> usize {
+        self.max_items
+    }
+
+    /// The share of open incidents the config gives this source, if any.
+    pub fn max_open_incidents(&self) -> Option<u32> {
+        self.max_open_incidents
     }
 }
 
@@ -218,11 +267,26 @@ impl CompiledSources {
     }
 
     /// Sets the contract rules (replay window, unknown fields) the canonical
-    /// and Standard Webhooks routes read their bodies with.
+    /// and Standard Webhooks routes read their bodies with; the tool routes
+    /// take the replay window from them.
     pub fn with_contract(mut self, rules: &ContractRules) -> Self {
-        self.canonical.contract = rules.clone();
-        self.standard.contract = rules.clone();
+        for s in Source::ALL {
+            self.get_mut(s).contract = rules.clone();
+        }
         self
+    }
+
+    fn get_mut(&mut self, s: Source) -> &mut CompiledSource {
+        match s {
+            Source::Canonical => &mut self.canonical,
+            Source::Pagerduty => &mut self.pagerduty,
+            Source::Servicenow => &mut self.servicenow,
+            Source::Jsm => &mut self.jsm,
+            Source::Opsgenie => &mut self.opsgenie,
+            Source::Alertmanager => &mut self.alertmanager,
+            Source::Standard => &mut self.standard,
+            Source::Emr => &mut self.emr,
+        }
     }
 
     /// The routes that accept deliveries without a credential.
@@ -358,9 +422,14 @@ mod tests {
                 .contract()
                 .allow_unknown_fields
         );
+        // The tool routes take the replay window (PagerDuty and Jira
+        // refuse events older than it).
         assert_eq!(
-            compiled.get(Source::Pagerduty).contract(),
-            &ContractRules::default()
+            compiled
+                .get(Source::Pagerduty)
+                .contract()
+                .replay_window_seconds,
+            600
         );
     }
 }

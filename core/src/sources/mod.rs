@@ -18,8 +18,14 @@
 //! Call [`crate::auth::authenticate`] first, then [`parse`]. Event times more
 //! than `max_future_skew_seconds` (default 300) ahead of `now` are refused
 //! with a `422`: such an event would outrank every later one in the ledger.
-//! Old event times are accepted from tools (a long-firing alert's `startsAt`
-//! may be days old); the canonical contract has its own replay window.
+//! Old event times are accepted from most tools (a long-firing alert's
+//! `startsAt` may be days old), but not from PagerDuty and Jira: they sign
+//! the body and no time, so a captured delivery would stay valid for ever;
+//! past the replay window (`intake.replay_window_seconds`, 24 h) their
+//! events are refused with a `422`, and within it the ledger remembers
+//! what it closed (its tombstones), so a replay never reopens an incident.
+//! The canonical contract has its own replay window. An Alertmanager
+//! notification may carry at most `max_alerts` alerts (default 100).
 
 mod alertmanager;
 mod config;
@@ -131,6 +137,18 @@ pub fn parse(source: Source, delivery: &Delivery, cfg: &CompiledSource) -> Resul
         )]));
     }
     let readings = read(&value, delivery.now).map_err(Problem::unprocessable)?;
+    if readings.len() > cfg.max_items() {
+        return Err(Problem::unprocessable(vec![FieldError::new(
+            "alerts",
+            format!(
+                "holds {} alerts, more than the {} one notification may carry \
+                 (sources.{source}.max_alerts); set max_alerts: {} in Alertmanager's webhook_config",
+                readings.len(),
+                cfg.max_items(),
+                cfg.max_items()
+            ),
+        )]));
+    }
     let mapping = cfg.mapping();
     let skew = Duration::seconds(i64::from(mapping.max_future_skew_seconds()));
     let too_late: Vec<FieldError> = readings
@@ -148,6 +166,26 @@ pub fn parse(source: Source, delivery: &Delivery, cfg: &CompiledSource) -> Resul
         .collect();
     if !too_late.is_empty() {
         return Err(Problem::unprocessable(too_late));
+    }
+    if matches!(source, Source::Pagerduty | Source::Jsm) {
+        let window = cfg.contract().replay_window_seconds;
+        let oldest = delivery.now - Duration::seconds(i64::from(window));
+        let too_old: Vec<FieldError> = readings
+            .iter()
+            .filter_map(|r| match r {
+                Reading::Candidate(c) if c.timestamp < oldest => Some(FieldError::new(
+                    c.timestamp_field.clone(),
+                    format!(
+                        "is older than the replay window ({window} s, intake.replay_window_seconds): \
+                         this tool signs no time, so an old delivery may be a captured replay"
+                    ),
+                )),
+                _ => None,
+            })
+            .collect();
+        if !too_old.is_empty() {
+            return Err(Problem::unprocessable(too_old));
+        }
     }
     let items = readings
         .into_iter()
