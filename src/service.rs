@@ -707,7 +707,7 @@ impl ServiceRoot {
                 let groups: Vec<_> = self
                     .ledger
                     .desired()
-                    .map(|(id, d)| json!({"id": id, "desired": d}))
+                    .map(|(id, d)| json!({"id": id, "desired": d.view()}))
                     .collect();
                 json!({"updatedAt": now.to_rfc3339(), "genesys": null, "groups": groups})
             }

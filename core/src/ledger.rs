@@ -285,6 +285,30 @@ pub struct Desired {
     pub incidents: Vec<IncidentKey>,
 }
 
+/// How many entries of a list `GET /emr/state` and the audit lines show;
+/// the rest is counted. A group's list can be a thousand incidents long.
+pub const VIEW_LIST_MAX: usize = 25;
+
+impl Desired {
+    /// For `GET /emr/state`: the lists cut at [`VIEW_LIST_MAX`], with their
+    /// totals (the whole of each incident is on `GET /emr/status/{id}`).
+    pub fn view(&self) -> serde_json::Value {
+        let incidents: Vec<serde_json::Value> = self
+            .incidents
+            .iter()
+            .take(VIEW_LIST_MAX)
+            .map(|k| serde_json::json!({"source": k.source, "correlationId": k.id}))
+            .collect();
+        serde_json::json!({
+            "enabled": self.enabled,
+            "queues": self.queues.iter().take(VIEW_LIST_MAX).collect::<Vec<_>>(),
+            "queuesTotal": self.queues_total,
+            "incidents": incidents,
+            "incidentsTotal": self.incidents.len(),
+        })
+    }
+}
+
 /// The desired state of a group no incident ever mapped to.
 static NOTHING_WANTED: Desired = Desired {
     enabled: false,

@@ -84,10 +84,10 @@ use crate::genesys::answer::{Answer, AnswerClass, RateLimit};
 use crate::genesys::budget::Budget;
 use crate::genesys::config::GenesysSettings;
 use crate::genesys::driver::{driver_for, row_request, Decision, Driver, Observed, Target};
-use crate::genesys::models::{QueueRow, TokenInfo};
+use crate::genesys::models::{join_ids, summarise_ids, QueueRow, TokenInfo};
 use crate::genesys::token::{backoff, StoredToken, TokenManager, TokenOutcome};
 use crate::genesys::{Request, USER_AGENT};
-use crate::ledger::{GenesysRef, Ledger, Settle};
+use crate::ledger::{GenesysRef, Ledger, Settle, VIEW_LIST_MAX};
 use crate::recovery::{self, PersistedIncident};
 use crate::watchdog::{self, Facts, Verdict};
 
@@ -883,22 +883,24 @@ impl Reconciler {
         })
     }
 
+    /// One group of `GET /emr/state`. Every list in it is cut at
+    /// [`VIEW_LIST_MAX`] with its total beside it, and the row's columns are
+    /// bounded: a group of a thousand incidents with long queue lists once
+    /// made this 1.4 MB (issue 12, finding 14).
     fn group_view(
         &self,
         g: &GroupId,
         d: &crate::ledger::Desired,
         st: Option<&GroupState>,
     ) -> Value {
-        let incidents: Vec<Value> = d
-            .incidents
-            .iter()
-            .map(|k| json!({"source": k.source, "correlationId": k.id}))
-            .collect();
+        let desired = d.view();
         let mut v = json!({
             "id": g,
-            "desired": {"enabled": d.enabled, "queues": d.queues},
-            "openIncidents": incidents,
-            "queues": d.queues,
+            "openIncidents": desired["incidents"],
+            "openIncidentsTotal": d.incidents.len(),
+            "queues": desired["queues"],
+            "queuesTotal": d.queues_total,
+            "desired": desired,
             "phase": "idle",
             "overridden": false,
         });
@@ -958,7 +960,7 @@ impl Reconciler {
                     "modifiedBy": o.modified_by,
                     "modifiedByApp": o.modified_by_app,
                     "state": o.lifecycle,
-                    "queues": o.queues,
+                    "queues": o.queues.as_ref().map(|q| q.iter().take(VIEW_LIST_MAX).collect::<Vec<_>>()),
                     "at": st.observed_at.map(rfc3339),
                 })
             }),
@@ -988,7 +990,7 @@ impl Reconciler {
             );
         }
         if let Some(r) = &st.row_written {
-            obj.insert("row".into(), serde_json::to_value(r).unwrap_or(Value::Null));
+            obj.insert("row".into(), row_view(r));
         }
         v
     }
@@ -2298,7 +2300,7 @@ impl Reconciler {
                     g,
                     "row-written",
                     Some(answer),
-                    json!({"row": serde_json::to_value(&row).unwrap_or(Value::Null)}),
+                    json!({"row": row_view(&row)}),
                     cx,
                 );
                 self.groups.entry(g.clone()).or_default().row_written = Some(row);
@@ -2424,11 +2426,10 @@ impl Reconciler {
         extra: Value,
         cx: &mut Cx<'_>,
     ) {
-        let incidents: Vec<String> = cx
-            .ledger
-            .desired_for(g)
-            .incidents
+        let wanted = &cx.ledger.desired_for(g).incidents;
+        let incidents: Vec<String> = wanted
             .iter()
+            .take(VIEW_LIST_MAX)
             .map(ToString::to_string)
             .collect();
         let mut line = Map::new();
@@ -2438,6 +2439,9 @@ impl Reconciler {
         line.insert("driver".into(), self.cfg.driver.as_str().into());
         line.insert("decision".into(), decision.into());
         line.insert("incidents".into(), incidents.into());
+        if wanted.len() > VIEW_LIST_MAX {
+            line.insert("incidentsTotal".into(), wanted.len().into());
+        }
         if let Some(a) = answer {
             line.insert("genesys".into(), a.to_json());
         }
@@ -2509,10 +2513,11 @@ impl Reconciler {
         now: DateTime<Utc>,
     ) -> Option<QueueRow> {
         let key = self.cfg.row_key_for(g)?;
+        let (queue_ids, _) = join_ids(&target.queues);
         let row = QueueRow {
             key,
-            queue_ids: target.queues.join(","),
-            incident_ids: target.incidents.join(","),
+            queue_ids,
+            incident_ids: summarise_ids(&target.incidents),
             enabled: target.enabled,
             updated_at: rfc3339(now),
             open_incidents: self
@@ -2553,7 +2558,33 @@ fn observed_json(o: &Observed) -> Value {
 }
 
 fn target_json(t: &Target) -> Value {
-    json!({"enabled": t.enabled, "queues": t.queues, "incidents": t.incidents})
+    json!({
+        "enabled": t.enabled,
+        "queues": t.queues.iter().take(VIEW_LIST_MAX).collect::<Vec<_>>(),
+        "queuesTotal": t.queues.len(),
+        "incidents": t.incidents.iter().take(VIEW_LIST_MAX).collect::<Vec<_>>(),
+        "incidentsTotal": t.incidents.len(),
+    })
+}
+
+/// A written row as `/emr/state` and the audit lines show it: its columns
+/// (each within `MAX_COLUMN_CHARS`), the queues its list holds, and the
+/// persisted incidents' document by its size only (it is for restarts).
+fn row_view(r: &QueueRow) -> Value {
+    let queues = if r.queue_ids.is_empty() {
+        0
+    } else {
+        r.queue_ids.split(',').count()
+    };
+    json!({
+        "key": r.key,
+        "enabled": r.enabled,
+        "updatedAt": r.updated_at,
+        "queueIds": r.queue_ids,
+        "queueCount": queues,
+        "incidentIds": r.incident_ids,
+        "openIncidentsChars": r.open_incidents.as_ref().map(String::len),
+    })
 }
 
 #[cfg(test)]

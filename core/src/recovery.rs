@@ -42,7 +42,7 @@ use crate::ledger::Incident;
 pub const COLUMN: &str = "openIncidents";
 /// Bound of the column's value, in characters (a data-table string cell is
 /// not meant for documents; this keeps well inside any sane limit).
-pub const MAX_CHARS: usize = 4_000;
+pub const MAX_CHARS: usize = crate::genesys::models::MAX_COLUMN_CHARS;
 /// Format version.
 const VERSION: u8 = 1;
 /// Rows read per page at start, and pages read at most.

@@ -134,8 +134,54 @@ impl std::fmt::Debug for TokenAnswer {
     }
 }
 
+/// The most characters one string column of the row holds. Genesys
+/// documents no limit per cell, only the 512,000-byte request body; a group
+/// of a thousand incidents with fifty long queues each once made a row of
+/// 181 KB, and a larger one would be refused for good (issue 12, finding
+/// 6). At 4,000 per column the whole row stays near 12 KB.
+pub const MAX_COLUMN_CHARS: usize = 4_000;
+
+/// Joins `ids` with `,` within [`MAX_COLUMN_CHARS`]: whole ids only, in
+/// order (the most urgent first), so the list a flow reads is always a true
+/// prefix. Returns the column and how many ids were left out.
+pub fn join_ids(ids: &[String]) -> (String, usize) {
+    join_within(ids, MAX_COLUMN_CHARS)
+}
+
+fn join_within(ids: &[String], max: usize) -> (String, usize) {
+    let mut out = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        let extra = id.len() + usize::from(!out.is_empty());
+        if out.len() + extra > max {
+            return (out, ids.len() - i);
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(id);
+    }
+    (out, 0)
+}
+
+/// [`join_ids`], with what was left out summarised as a last entry
+/// (`"…,+975 more"`): for lists people read, like the incident ids. No id
+/// holds a space, so the summary is never taken for one.
+pub fn summarise_ids(ids: &[String]) -> String {
+    let (joined, left) = join_within(ids, MAX_COLUMN_CHARS - 24);
+    if left == 0 {
+        return joined;
+    }
+    let more = format!("+{left} more");
+    if joined.is_empty() {
+        more
+    } else {
+        format!("{joined},{more}")
+    }
+}
+
 /// The data-table row Architect flows read with a Data Table Lookup. Columns
 /// are scalars, so lists are comma-joined strings; `key` is the key column.
+/// Every string column holds at most [`MAX_COLUMN_CHARS`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueRow {
@@ -351,6 +397,29 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert!(!format!("{t:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn row_columns_hold_whole_ids_within_their_bound() {
+        let long: Vec<String> = (0..1000)
+            .map(|i| format!("{i:04}-{}", "q".repeat(123)))
+            .collect();
+        let (joined, left) = join_ids(&long);
+        assert!(joined.len() <= MAX_COLUMN_CHARS);
+        assert_eq!(joined.split(',').count() + left, 1000);
+        assert!(joined.split(',').all(|id| long.contains(&id.to_owned())));
+        assert!(joined.starts_with(&long[0]));
+        let incidents: Vec<String> = (0..2000).map(|i| format!("INC-{i:05}")).collect();
+        let s = summarise_ids(&incidents);
+        assert!(s.len() <= MAX_COLUMN_CHARS, "{}", s.len());
+        let last = s.rsplit(',').next().unwrap();
+        let shown = s.split(',').count() - 1;
+        assert_eq!(last, format!("+{} more", 2000 - shown));
+        // Short lists are untouched.
+        let few = vec!["q1".to_owned(), "q2".to_owned()];
+        assert_eq!(join_ids(&few), ("q1,q2".to_owned(), 0));
+        assert_eq!(summarise_ids(&few), "q1,q2");
+        assert_eq!(join_ids(&[]), (String::new(), 0));
     }
 
     #[test]

@@ -294,6 +294,10 @@ impl FakeGenesys {
                 }
             }
         }
+        // Genesys's request body limit.
+        if call.body.as_ref().is_some_and(|b| b.len() > 512_000) {
+            return self.err(413, "The request body is too large");
+        }
         if kind == Kind::Token {
             return self.token(call, now);
         }

@@ -701,6 +701,44 @@ fn the_data_table_row_is_written_before_switching_on_and_after_switching_off() {
 }
 
 #[test]
+fn a_row_of_a_crowded_group_stays_within_bounds_and_the_next_incident_is_applied() {
+    // Issue 12, finding 6: 90 incidents of 50 long queues made the row's
+    // queueIds 165 KB; past Genesys's 512,000-byte body limit every later
+    // reconcile of the group failed with 413, a legitimate incident's too.
+    let mut w = World::new(json!({"datatable": {"id": "t1", "row_key": "emr-{group}"}}));
+    w.fake.rows_upsert = true;
+    for i in 0..90 {
+        let queues: Vec<String> = (0..50)
+            .map(|j| format!("{i:02}-{j:02}-{}", "q".repeat(122)))
+            .collect();
+        let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+        w.activate(&format!("FLOOD-{i:02}"), &queues, "G1");
+    }
+    w.drain();
+    w.activate("INC-REAL", &["q-real"], "G1");
+    w.drain();
+    assert_eq!(w.status_of("INC-REAL"), EventStatus::Applied);
+    assert!(w.fake.enabled("G1"));
+    let row = &w.fake.rows["/api/v2/flows/datatables/t1/rows/emr-G1"];
+    for column in ["queueIds", "incidentIds", "openIncidents"] {
+        let n = row[column].as_str().map_or(0, str::len);
+        assert!(
+            n <= crate::genesys::models::MAX_COLUMN_CHARS,
+            "{column}: {n}"
+        );
+    }
+    // The most urgent (first) queues are there, whole.
+    let queue_ids = row["queueIds"].as_str().unwrap();
+    assert!(queue_ids.starts_with(&format!("00-00-{}", "q".repeat(122))));
+    assert!(queue_ids.split(',').all(|q| q.len() == 128));
+    assert!(
+        !w.failures().iter().any(|f| f.contains("413")),
+        "{:?}",
+        w.failures()
+    );
+}
+
+#[test]
 fn a_row_write_failure_fails_the_reconcile() {
     let mut w = World::new(json!({"datatable": {"id": "t1", "row_key": "emr"}}));
     w.fake.rows_upsert = true;
