@@ -896,9 +896,9 @@ impl Reconciler {
         let desired = d.view();
         let mut v = json!({
             "id": g,
-            "openIncidents": desired["incidents"],
+            "openIncidents": desired.get("incidents"),
             "openIncidentsTotal": d.incidents.len(),
-            "queues": desired["queues"],
+            "queues": desired.get("queues"),
             "queuesTotal": d.queues_total,
             "desired": desired,
             "phase": "idle",
