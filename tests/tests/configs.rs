@@ -111,6 +111,16 @@ fn the_production_example_validates_with_its_secrets_from_the_environment() {
     let err = validate(&path).unwrap_err();
     assert!(err.contains("sources.canonical"), "{err}");
     assert!(!err.contains("canonical-token-0123456789"));
+    // One secret for two routes refuses to start too (issue 12, finding
+    // 11): the canonical token reused as the /emr credential.
+    let mut shared = env;
+    shared[4] = ("EMR_STATUS_TOKEN", "canonical-token-0123456789");
+    let err = validate_with_env(&path, &shared).unwrap_err();
+    assert!(
+        err.contains("status.auth") && err.contains("same secret as sources.canonical.auth[0]"),
+        "{err}"
+    );
+    assert!(!err.contains("canonical-token-0123456789"), "{err}");
 }
 
 #[test]

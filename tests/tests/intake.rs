@@ -51,7 +51,7 @@ async fn a_valid_incident_is_accepted_and_its_status_is_visible() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(
         v,
-        json!({"correlationId": "INC-E2E-1", "routingMode": "EMERGENCY_ACTIVE", "status": "PROCESSING", "statusUrl": "/emr/status/INC-E2E-1"})
+        json!({"correlationId": "INC-E2E-1", "routingMode": "EMERGENCY_ACTIVE", "status": "PROCESSING", "statusUrl": "/emr/status/INC-E2E-1?source=canonical"})
     );
     // The service records it within moments.
     let mut status = Value::Null;

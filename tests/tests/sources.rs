@@ -343,7 +343,7 @@ async fn every_source_is_accepted_and_visible_on_the_status_endpoint() {
         assert_eq!(
             v,
             json!({"correlationId": id, "routingMode": "EMERGENCY_ACTIVE",
-                   "status": "PROCESSING", "statusUrl": format!("/emr/status/{id}")}),
+                   "status": "PROCESSING", "statusUrl": format!("/emr/status/{id}?source={source}")}),
             "{source}"
         );
         let status = wait_for_state(&c, &envoy, id, "OPEN").await;
