@@ -3,7 +3,11 @@
 //!
 //! Headers return `Continue` (pausing there stalls the stream); the body
 //! callback pauses until end of stream, so `envoy.filters.http.buffer` must
-//! follow this filter. A request that is not ours is never touched.
+//! follow this filter. A body followed by trailers (HTTP/2, or HTTP/1.1
+//! chunked where Envoy keeps trailers) never reaches end of stream in the
+//! body callback: the trailers callback is its end, and is handled the same
+//! way — otherwise the request would go on to the router unauthenticated. A
+//! request that is not ours is never touched.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -151,10 +155,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some((source, _)) = &self.waiting else {
+        if self.waiting.is_none() {
             return Action::Continue;
-        };
-        let source = *source;
+        }
         if !end_of_stream {
             // Refuse early rather than buffer past the limit.
             if body_size > self.root.config.intake.max_body_bytes {
@@ -166,14 +169,45 @@ impl HttpContext for Stream {
             }
             return Action::Pause;
         }
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let headers = self.waiting.take().map(|(_, h)| h).unwrap_or_default();
+        self.finish_body()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the request: what the body callbacks buffered (by
+        // pausing) is the whole body, or there was none.
+        if self.waiting.is_none() {
+            return Action::Continue;
+        }
+        self.finish_body()
+    }
+}
+
+impl Stream {
+    /// The request is complete: hands its buffered body to the core and
+    /// sends the answer.
+    fn finish_body(&mut self) -> Action {
+        let Some((source, headers)) = self.waiting.take() else {
+            return Action::Continue;
+        };
+        // One byte over the limit is enough for the core to refuse it; the
+        // host copies at most what it buffered.
+        let limit = self.root.config.intake.max_body_bytes.saturating_add(1);
         let now = host::now();
         let queue = self.queue(now);
-        let out = self.intake(&queue).on_body(source, &headers, &body, now);
+        let out = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, limit) {
+            // No buffer at all: trailers with no body before them.
+            Ok(body) => {
+                self.intake(&queue)
+                    .on_body(source, &headers, &body.unwrap_or_default(), now)
+            }
+            Err(s) => {
+                host::log(
+                    LogLevel::Error,
+                    &format!("emr-edge could not read a request body: {s:?}"),
+                );
+                self.intake(&queue).refuse_unreadable_body()
+            }
+        };
         self.record(&out);
         self.respond(&out.value)
     }

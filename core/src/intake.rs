@@ -590,6 +590,18 @@ impl Intake<'_> {
         refused(&self.too_large())
     }
 
+    /// The 503 for a body the host could not hand over: nothing was read,
+    /// so the sender must send it again (a 4xx would make it give up).
+    pub fn refuse_unreadable_body(&self) -> Handled<Response> {
+        Handled::new(
+            Response::problem(
+                &Problem::new(503, "the request body could not be read; retry shortly")
+                    .with_header("retry-after", "1"),
+            ),
+            vec![Counter::Unavailable],
+        )
+    }
+
     fn unavailable<T>(&self, e: &StoreError) -> Handled<T>
     where
         T: From<Response>,
