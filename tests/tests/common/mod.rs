@@ -25,12 +25,18 @@ use tokio_rustls::TlsConnector;
 // Answers.
 
 /// An answer, whichever protocol carried it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Answer {
     pub status: u16,
     /// Lower-case names.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} {}", self.status, self.headers, self.text())
+    }
 }
 
 impl Answer {
@@ -52,12 +58,11 @@ impl Answer {
     /// A problem+json answer from the filter, with this status: its body's
     /// `status` member says so too (Envoy's own answers are plain text).
     pub fn assert_problem(&self, status: u16, context: &str) -> Value {
-        assert_eq!(self.status, status, "{context}: {self:?} {}", self.text());
+        assert_eq!(self.status, status, "{context}: {self:?}");
         assert_eq!(
             self.header("content-type"),
             Some("application/problem+json"),
-            "{context}: {self:?} {}",
-            self.text()
+            "{context}: {self:?}"
         );
         let v = self.json();
         assert_eq!(v["status"], u64::from(status), "{context}: {v}");
