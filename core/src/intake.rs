@@ -52,6 +52,7 @@ use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::sources::{self, Delivery, Item, Parsed};
 use crate::status;
 use crate::store::{EventSink, SharedStore, StoreError};
+use crate::text;
 
 pub const WEBHOOK_PREFIX: &str = "/webhooks/";
 pub const STATUS_PREFIX: &str = "/emr/status/";
@@ -59,6 +60,13 @@ pub const STATE_PATH: &str = "/emr/state";
 pub const HEALTH_PATH: &str = "/emr/health";
 pub const GROUPS_PREFIX: &str = "/emr/groups/";
 const RESUME_SUFFIX: &str = "/resume";
+
+/// On every answer: a browser must take the body for the JSON it says it
+/// is, never sniff it into something it would render or run (a detail can
+/// quote the sender's own text).
+fn nosniff() -> (&'static str, String) {
+    ("x-content-type-options", "nosniff".into())
+}
 
 /// A response for the filter to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +83,7 @@ impl Response {
             headers: vec![
                 ("content-type", "application/json".into()),
                 ("cache-control", "no-store".into()),
+                nosniff(),
             ],
             body,
         }
@@ -84,6 +93,7 @@ impl Response {
         let mut headers = vec![
             ("content-type", PROBLEM_CONTENT_TYPE.to_owned()),
             ("cache-control", "no-store".into()),
+            nosniff(),
         ];
         headers.extend(p.headers.iter().cloned());
         Self {
@@ -469,7 +479,8 @@ impl Intake<'_> {
         match route(path) {
             Route::Other => Handled::new(HeadersStep::PassThrough, vec![]),
             Route::WebhooksRoot => refused(&Problem::not_found(format!(
-                "no emr-edge resource at {path}"
+                "no emr-edge resource at {}",
+                text::quoted(path)
             ))),
             Route::Webhook(name) => self.webhook_headers(name, method, headers, end_of_stream, now),
             Route::Emr(emr) => {
@@ -480,7 +491,8 @@ impl Intake<'_> {
                 }
                 match emr {
                     EmrRoute::Unknown => refused(&Problem::not_found(format!(
-                        "no emr-edge resource at {path}"
+                        "no emr-edge resource at {}",
+                        text::quoted(path)
                     ))),
                     EmrRoute::Status(_) | EmrRoute::State | EmrRoute::Health
                         if method != "GET" && method != "HEAD" =>
@@ -510,7 +522,8 @@ impl Intake<'_> {
         let Some(source) = Source::from_path_segment(name) else {
             let known: Vec<&str> = Source::ALL.iter().map(|s| s.as_str()).collect();
             return refused(&Problem::not_found(format!(
-                "unknown incident source {name:?}; known: {}",
+                "unknown incident source {}; known: {}",
+                text::quoted(name),
                 known.join(", ")
             )));
         };
@@ -524,10 +537,7 @@ impl Intake<'_> {
                     &Problem::new(
                         415,
                         // The sender's header, bounded: it may be of any length.
-                        format!(
-                            "expected application/json, got {:?}",
-                            crate::mapping::printable(ct)
-                        ),
+                        format!("expected application/json, got {}", text::quoted(ct)),
                     )
                     .with_error("content-type", "must be application/json"),
                 );
@@ -664,7 +674,7 @@ impl Intake<'_> {
             Ok(g) => g,
             Err(e) => {
                 return refused(
-                    &Problem::new(422, format!("{id:?} is not a group id"))
+                    &Problem::new(422, format!("{} is not a group id", text::quoted(id)))
                         .with_error("group", e.0),
                 )
             }
@@ -700,7 +710,7 @@ impl Intake<'_> {
     fn status(&self, id: &str, now: DateTime<Utc>) -> Handled<HeadersStep> {
         let not_found = || {
             refused(
-                &Problem::not_found(format!("no incident {id:?} is known"))
+                &Problem::not_found(format!("no incident {} is known", text::quoted(id)))
                     .with_error("correlationId", "is not known to emr-edge"),
             )
         };
@@ -1125,6 +1135,100 @@ mod tests {
         assert!(detail.len() < 128, "{detail}");
         assert!(detail.contains("text/?xxx"), "{detail}");
         assert!(detail.is_ascii() && !detail.contains('\u{7f}'), "{detail}");
+    }
+
+    #[test]
+    fn every_echo_of_request_text_is_bounded_and_printable() {
+        let w = World::new();
+        let long = format!("{}\u{7f}\n", "x".repeat(20_000));
+        let detail = |r: &Response| body(r)["detail"].as_str().unwrap().to_owned();
+        let check = |what: &str, r: &Response, status: u16| {
+            assert_eq!(r.status, status, "{what}");
+            let d = detail(r);
+            assert!(d.len() < 200, "{what}: {} bytes: {d}", d.len());
+            // Cut, and said to be.
+            assert!(d.contains("xxxx\"..."), "{what}: {d}");
+            assert!(d.is_ascii() && !d.contains('\u{7f}'), "{what}: {d}");
+            // The whole answer, not only the detail.
+            assert!(r.body.len() < 400, "{what}: {} bytes", r.body.len());
+        };
+        // An unknown source.
+        let r = w.post(&format!("/webhooks/{long}"), "application/json", b"{}");
+        check("unknown source", &r, 404);
+        // An unknown /emr path, and /webhooks itself with a query.
+        let HeadersStep::Respond(r) = w.get(&format!("/emr/{long}")) else {
+            panic!()
+        };
+        check("unknown /emr path", &r, 404);
+        let HeadersStep::Respond(r) = w.get(&format!("/webhooks?{long}")) else {
+            panic!()
+        };
+        check("/webhooks", &r, 404);
+        // A status id.
+        let HeadersStep::Respond(r) = w.get(&format!("/emr/status/{long}")) else {
+            panic!()
+        };
+        check("status id", &r, 404);
+        // A resume group id.
+        let out = w.intake().on_headers(
+            "POST",
+            &format!("/emr/groups/{long}/resume"),
+            &[("content-type".to_owned(), "application/json".to_owned())],
+            true,
+            now(),
+        );
+        let HeadersStep::Respond(r) = out.value else {
+            panic!()
+        };
+        check("resume group id", &r, 422);
+        // A duplicate key in the body.
+        let key = "k".repeat(20_000);
+        let r = w.post(
+            "/webhooks/canonical",
+            "application/json",
+            format!("{{\"{key}\": 1, \"{key}\": 2}}").as_bytes(),
+        );
+        assert_eq!(r.status, 400);
+        let d = detail(&r);
+        assert!(
+            d.len() < 200 && d.contains("\"...") && d.contains("kkk"),
+            "{d}"
+        );
+        // Short text is shown whole, with nothing added.
+        let r = w.post("/webhooks/nagios", "application/json", b"{}");
+        assert!(detail(&r).starts_with("unknown incident source \"nagios\";"));
+    }
+
+    #[test]
+    fn every_answer_says_nosniff() {
+        let w = World::new();
+        let accepted = w.canonical(&incident("INC-1", "EMERGENCY_ACTIVE"));
+        let refused = w.post("/webhooks/canonical", "text/html", b"<script>");
+        let HeadersStep::Respond(state) = w.get("/emr/state") else {
+            panic!()
+        };
+        let HeadersStep::Respond(missing) = w.get("/emr/nothing") else {
+            panic!()
+        };
+        for (what, r) in [
+            ("202", &accepted),
+            ("415", &refused),
+            ("200", &state),
+            ("404", &missing),
+        ] {
+            assert_eq!(
+                r.header("x-content-type-options"),
+                Some("nosniff"),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            w.intake()
+                .refuse_too_large()
+                .value
+                .header("x-content-type-options"),
+            Some("nosniff")
+        );
     }
 
     #[test]

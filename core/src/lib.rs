@@ -24,4 +24,5 @@ pub mod rfc3339;
 pub mod sources;
 pub mod status;
 pub mod store;
+pub mod text;
 pub mod watchdog;
