@@ -9,13 +9,14 @@
 //! way — otherwise the request would go on to the router unauthenticated. A
 //! request that is not ours is never touched.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use chrono::{DateTime, Utc};
 use emr_core::config::{Config, StatusAccess};
 use emr_core::event::Source;
 use emr_core::intake::{Handled, HeadersStep, Intake, Note, NoteLevel, Response};
+use emr_core::log_budget::NoteBudget;
 use emr_core::store::Backlog;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -35,6 +36,8 @@ struct StreamShared {
     queue_id: Cell<Option<u32>>,
     service: emr_core::liveness::Watch,
     backlog: Backlog,
+    /// Bounds the log lines a flood of refusals writes (this VM's share).
+    notes: RefCell<NoteBudget>,
 }
 
 impl IntakeRoot {
@@ -45,6 +48,7 @@ impl IntakeRoot {
             queue_id: Cell::new(None),
             service: emr_core::liveness::Watch::default(),
             backlog: Backlog::default(),
+            notes: RefCell::new(NoteBudget::default()),
         });
         // Buckets must exist before the first CAS write; the service creates
         // them too, whichever starts first.
@@ -105,10 +109,14 @@ impl Stream {
         }
     }
 
-    /// Counts and logs what the core decided.
-    fn record<T>(&self, out: &Handled<T>) {
+    /// Counts what the core decided, and logs it within the VM's budget.
+    fn record<T>(&self, out: &Handled<T>, now: DateTime<Utc>) {
         self.root.metrics.count(&out.counters);
-        log_notes(&out.notes);
+        match self.root.notes.try_borrow_mut() {
+            Ok(mut budget) => log_notes(&budget.lines(out.notes.clone(), now)),
+            // Not reentrant, so never busy; were it, log rather than lose.
+            Err(_) => log_notes(&out.notes),
+        }
     }
 
     fn respond(&self, r: &Response) -> Action {
@@ -143,7 +151,7 @@ impl HttpContext for Stream {
         let out = self
             .intake(&queue)
             .on_headers(method, path, &headers, end_of_stream, now);
-        self.record(&out);
+        self.record(&out, now);
         match out.value {
             HeadersStep::PassThrough => Action::Continue,
             HeadersStep::Respond(r) => self.respond(&r),
@@ -162,9 +170,10 @@ impl HttpContext for Stream {
             // Refuse early rather than buffer past the limit.
             if body_size > self.root.config.intake.max_body_bytes {
                 self.waiting = None;
-                let queue = self.queue(host::now());
+                let now = host::now();
+                let queue = self.queue(now);
                 let out = self.intake(&queue).refuse_too_large();
-                self.record(&out);
+                self.record(&out, now);
                 return self.respond(&out.value);
             }
             return Action::Pause;
@@ -208,7 +217,7 @@ impl Stream {
                 self.intake(&queue).refuse_unreadable_body()
             }
         };
-        self.record(&out);
+        self.record(&out, now);
         self.respond(&out.value)
     }
 }

@@ -145,6 +145,16 @@ pub enum NoteLevel {
 pub struct Note {
     pub level: NoteLevel,
     pub message: String,
+    /// Set on a kind of line anyone can make the filter repeat: written
+    /// within a budget ([`crate::log_budget::NoteBudget`]).
+    pub repeated: Option<Repeated>,
+}
+
+/// A kind of [`Note`] a flood repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Repeated {
+    /// A delivery to this source refused for its credential (401).
+    Unauthenticated(Source),
 }
 
 /// A decision, its counters and what to log.
@@ -165,7 +175,20 @@ impl<T> Handled<T> {
     }
 
     fn note(mut self, level: NoteLevel, message: String) -> Self {
-        self.notes.push(Note { level, message });
+        self.notes.push(Note {
+            level,
+            message,
+            repeated: None,
+        });
+        self
+    }
+
+    fn note_repeated(mut self, kind: Repeated, message: String) -> Self {
+        self.notes.push(Note {
+            level: NoteLevel::Warn,
+            message,
+            repeated: Some(kind),
+        });
         self
     }
 
@@ -780,7 +803,7 @@ impl Intake<'_> {
         if let Err(p) = auth::authenticate(source, &delivery, cfg) {
             // The detail names a header and a fixed reason, never a value.
             let line = format!("{source} delivery refused (401): {}", p.detail);
-            return refused(&p).note(NoteLevel::Warn, line);
+            return refused(&p).note_repeated(Repeated::Unauthenticated(source), line);
         }
         match sources::parse(source, &delivery, cfg) {
             Ok(parsed) => self.accept(source, parsed, body, now),
@@ -882,6 +905,7 @@ impl Intake<'_> {
                             "{source} {id} ignored{}: {reason}",
                             if replayed { " (replayed)" } else { "" }
                         ),
+                        repeated: None,
                     });
                     answers.push(ItemAnswer::ignored(id, reason, replayed));
                 }
@@ -1764,6 +1788,11 @@ mod tests {
         assert_eq!(body(r)["errors"][0]["field"], "x-pagerduty-signature");
         assert_eq!(out.counters, vec![Counter::Refused(401)]);
         assert_eq!(out.notes[0].level, NoteLevel::Warn);
+        // A line anyone can repeat: logged within the VM's budget.
+        assert_eq!(
+            out.notes[0].repeated,
+            Some(Repeated::Unauthenticated(Source::Pagerduty))
+        );
         assert_no_secret(r, &[&good[3..]]);
         assert!(!out.notes[0].message.contains(&good[3..]));
 

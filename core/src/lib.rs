@@ -16,6 +16,7 @@ pub mod itsm;
 pub mod json;
 pub mod ledger;
 pub mod liveness;
+pub mod log_budget;
 pub mod mapping;
 pub mod problem;
 pub mod reconcile;
