@@ -54,6 +54,8 @@ use crate::status;
 use crate::store::{EventSink, SharedStore, StoreError};
 use crate::text;
 
+mod cross_site;
+
 pub const WEBHOOK_PREFIX: &str = "/webhooks/";
 pub const STATUS_PREFIX: &str = "/emr/status/";
 pub const STATE_PATH: &str = "/emr/state";
@@ -528,7 +530,10 @@ impl Intake<'_> {
                     EmrRoute::Status(id) => self.status(id, now),
                     EmrRoute::State => self.state(),
                     EmrRoute::Health => self.health(now),
-                    EmrRoute::Resume(id) => self.resume(id, now),
+                    EmrRoute::Resume(id) => match cross_site::check(headers) {
+                        Ok(()) => self.resume(id, now),
+                        Err(p) => refused(&p),
+                    },
                 }
             }
         }
@@ -2180,9 +2185,11 @@ mod tests {
     #[test]
     fn resume_is_queued_for_the_service_behind_the_status_credential() {
         let s = Sources::new();
+        // As a data action or curl sends it: JSON, no Origin.
         let post = |path: &str, headers: &[(&str, &str)]| {
             let h: Vec<(String, String)> = headers
                 .iter()
+                .chain(&[("content-type", "application/json")])
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
             s.w.intake().on_headers("POST", path, &h, true, now())
@@ -2234,6 +2241,51 @@ mod tests {
             panic!()
         };
         assert_eq!(r.status, 503);
+    }
+
+    #[test]
+    fn a_resume_a_page_elsewhere_could_send_is_refused_and_not_queued() {
+        let s = Sources::new();
+        let bearer = format!("Bearer {STATUS_TOKEN}");
+        let path = "/emr/groups/3c3f7a3e-2f5c-4f3a-9b1e-000000000001/resume";
+        let post = |headers: &[(&str, &str)]| {
+            let h: Vec<(String, String)> = headers
+                .iter()
+                .chain(&[(":authority", "emr.example.com")])
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let out = s.w.intake().on_headers("POST", path, &h, false, now());
+            let HeadersStep::Respond(r) = out.value else {
+                panic!()
+            };
+            assert_eq!(out.counters, vec![Counter::Refused(r.status)]);
+            (r.status, body(&r)["errors"][0]["field"].clone())
+        };
+        let json = ("content-type", "application/json");
+        let auth = ("authorization", bearer.as_str());
+        // A cross-site form, with the browser's cached credential.
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        let evil = ("origin", "https://evil.example");
+        assert_eq!(post(&[auth, form]), (415, json!("content-type")));
+        assert_eq!(post(&[auth, form, evil]), (403, json!("origin")));
+        assert_eq!(post(&[auth, json, evil]), (403, json!("origin")));
+        let cross = ("sec-fetch-site", "cross-site");
+        assert_eq!(post(&[auth, json, cross]), (403, json!("sec-fetch-site")));
+        // Without the credential, nothing else is told.
+        assert_eq!(post(&[form, evil]), (401, json!("authorization")));
+        assert!(s.w.queue.messages.borrow().is_empty());
+        // The same from the host's own page is fine.
+        let own = ("origin", "https://emr.example.com");
+        let h: Vec<(String, String)> = [auth, json, own, (":authority", "emr.example.com")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let HeadersStep::Respond(r) = s.w.intake().on_headers("POST", path, &h, true, now()).value
+        else {
+            panic!()
+        };
+        assert_eq!(r.status, 202);
+        assert_eq!(s.w.queue.messages.borrow().len(), 1);
     }
 
     #[test]

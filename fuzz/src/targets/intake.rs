@@ -379,6 +379,20 @@ fn send(
             }
             QueueMessage::Control(Control::Resume { group, .. }) => {
                 controls += 1;
+                // Only what a page on another site cannot make a browser
+                // send: a JSON content type.
+                let ct = req
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                    .map_or("", |(_, v)| v.as_str());
+                let essence = ct.split(';').next().unwrap_or_default().trim();
+                assert!(
+                    essence.eq_ignore_ascii_case("application/json")
+                        || (essence.to_ascii_lowercase().starts_with("application/")
+                            && essence.to_ascii_lowercase().ends_with("+json")),
+                    "a resume queued with content-type {ct:?}"
+                );
                 let path = req.path.split_once('?').map_or(&*req.path, |(p, _)| p);
                 assert_eq!(
                     Some(group.as_str()),
