@@ -129,6 +129,35 @@ impl Stream {
         }
         Action::Pause
     }
+
+    /// The request is complete: hands its buffered body to the core and
+    /// sends the answer.
+    fn finish_body(&mut self) -> Action {
+        let Some((source, headers)) = self.waiting.take() else {
+            return Action::Continue;
+        };
+        // One byte over the limit is enough for the core to refuse it; the
+        // host copies at most what it buffered.
+        let limit = self.root.config.intake.max_body_bytes.saturating_add(1);
+        let now = host::now();
+        let queue = self.queue(now);
+        let out = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, limit) {
+            // `None` when nothing was buffered: trailers with no body.
+            Ok(body) => {
+                self.intake(&queue)
+                    .on_body(source, &headers, &body.unwrap_or_default(), now)
+            }
+            Err(s) => {
+                host::log(
+                    LogLevel::Error,
+                    &format!("emr-edge could not read a request body: {s:?}"),
+                );
+                self.intake(&queue).refuse_unreadable_body()
+            }
+        };
+        self.record(&out, now);
+        self.respond(&out.value)
+    }
 }
 
 impl Context for Stream {}
@@ -188,37 +217,6 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         self.finish_body()
-    }
-}
-
-impl Stream {
-    /// The request is complete: hands its buffered body to the core and
-    /// sends the answer.
-    fn finish_body(&mut self) -> Action {
-        let Some((source, headers)) = self.waiting.take() else {
-            return Action::Continue;
-        };
-        // One byte over the limit is enough for the core to refuse it; the
-        // host copies at most what it buffered.
-        let limit = self.root.config.intake.max_body_bytes.saturating_add(1);
-        let now = host::now();
-        let queue = self.queue(now);
-        let out = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, limit) {
-            // No buffer at all: trailers with no body before them.
-            Ok(body) => {
-                self.intake(&queue)
-                    .on_body(source, &headers, &body.unwrap_or_default(), now)
-            }
-            Err(s) => {
-                host::log(
-                    LogLevel::Error,
-                    &format!("emr-edge could not read a request body: {s:?}"),
-                );
-                self.intake(&queue).refuse_unreadable_body()
-            }
-        };
-        self.record(&out, now);
-        self.respond(&out.value)
     }
 }
 
