@@ -107,6 +107,10 @@ PagerDuty (signed with \$EMR_PAGERDUTY_SECRET; pasting one twice shows a replay)
 
 A wrong or missing signature is refused with 401 (docs/sources.md has every tool's settings).
 
+Switched a group by hand in the simulator? Hand it back to the incidents (JSON, or it is refused):
+
+  curl -i -X POST $url/emr/groups/3c3f7a3e-2f5c-4f3a-9b1e-000000000001/resume -H 'content-type: application/json'
+
 Ctrl-C stops everything.
 MSG
 

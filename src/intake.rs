@@ -3,15 +3,20 @@
 //!
 //! Headers return `Continue` (pausing there stalls the stream); the body
 //! callback pauses until end of stream, so `envoy.filters.http.buffer` must
-//! follow this filter. A request that is not ours is never touched.
+//! follow this filter. A body followed by trailers (HTTP/2, or HTTP/1.1
+//! chunked where Envoy keeps trailers) never reaches end of stream in the
+//! body callback: the trailers callback is its end, and is handled the same
+//! way — otherwise the request would go on to the router unauthenticated. A
+//! request that is not ours is never touched.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use chrono::{DateTime, Utc};
 use emr_core::config::{Config, StatusAccess};
 use emr_core::event::Source;
 use emr_core::intake::{Handled, HeadersStep, Intake, Note, NoteLevel, Response};
+use emr_core::log_budget::NoteBudget;
 use emr_core::store::Backlog;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -31,6 +36,8 @@ struct StreamShared {
     queue_id: Cell<Option<u32>>,
     service: emr_core::liveness::Watch,
     backlog: Backlog,
+    /// Bounds the log lines a flood of refusals writes (this VM's share).
+    notes: RefCell<NoteBudget>,
 }
 
 impl IntakeRoot {
@@ -41,6 +48,7 @@ impl IntakeRoot {
             queue_id: Cell::new(None),
             service: emr_core::liveness::Watch::default(),
             backlog: Backlog::default(),
+            notes: RefCell::new(NoteBudget::default()),
         });
         // Buckets must exist before the first CAS write; the service creates
         // them too, whichever starts first.
@@ -102,10 +110,14 @@ impl Stream {
         }
     }
 
-    /// Counts and logs what the core decided.
-    fn record<T>(&self, out: &Handled<T>) {
+    /// Counts what the core decided, and logs it within the VM's budget.
+    fn record<T>(&self, out: &Handled<T>, now: DateTime<Utc>) {
         self.root.metrics.count(&out.counters);
-        log_notes(&out.notes);
+        match self.root.notes.try_borrow_mut() {
+            Ok(mut budget) => log_notes(&budget.lines(out.notes.clone(), now)),
+            // Not reentrant, so never busy; were it, log rather than lose.
+            Err(_) => log_notes(&out.notes),
+        }
     }
 
     fn respond(&self, r: &Response) -> Action {
@@ -117,6 +129,35 @@ impl Stream {
             );
         }
         Action::Pause
+    }
+
+    /// The request is complete: hands its buffered body to the core and
+    /// sends the answer.
+    fn finish_body(&mut self) -> Action {
+        let Some((source, headers)) = self.waiting.take() else {
+            return Action::Continue;
+        };
+        // One byte over the limit is enough for the core to refuse it; the
+        // host copies at most what it buffered.
+        let limit = self.root.config.intake.max_body_bytes.saturating_add(1);
+        let now = host::now();
+        let queue = self.queue(now);
+        let out = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, limit) {
+            // `None` when nothing was buffered: trailers with no body.
+            Ok(body) => {
+                self.intake(&queue)
+                    .on_body(source, &headers, &body.unwrap_or_default(), now)
+            }
+            Err(s) => {
+                host::log(
+                    LogLevel::Error,
+                    &format!("emr-edge could not read a request body: {s:?}"),
+                );
+                self.intake(&queue).refuse_unreadable_body()
+            }
+        };
+        self.record(&out, now);
+        self.respond(&out.value)
     }
 }
 
@@ -140,7 +181,7 @@ impl HttpContext for Stream {
         let out = self
             .intake(&queue)
             .on_headers(method, path, &headers, end_of_stream, now);
-        self.record(&out);
+        self.record(&out, now);
         match out.value {
             HeadersStep::PassThrough => Action::Continue,
             HeadersStep::Respond(r) => self.respond(&r),
@@ -152,31 +193,31 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some((source, _)) = &self.waiting else {
+        if self.waiting.is_none() {
             return Action::Continue;
-        };
-        let source = *source;
+        }
         if !end_of_stream {
             // Refuse early rather than buffer past the limit.
             if body_size > self.root.config.intake.max_body_bytes {
                 self.waiting = None;
-                let queue = self.queue(host::now());
+                let now = host::now();
+                let queue = self.queue(now);
                 let out = self.intake(&queue).refuse_too_large();
-                self.record(&out);
+                self.record(&out, now);
                 return self.respond(&out.value);
             }
             return Action::Pause;
         }
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let headers = self.waiting.take().map(|(_, h)| h).unwrap_or_default();
-        let now = host::now();
-        let queue = self.queue(now);
-        let out = self.intake(&queue).on_body(source, &headers, &body, now);
-        self.record(&out);
-        self.respond(&out.value)
+        self.finish_body()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the request: what the body callbacks buffered (by
+        // pausing) is the whole body, or there was none.
+        if self.waiting.is_none() {
+            return Action::Continue;
+        }
+        self.finish_body()
     }
 }
 

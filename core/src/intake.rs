@@ -53,6 +53,9 @@ use crate::quota;
 use crate::sources::{self, Delivery, Item, Parsed};
 use crate::status;
 use crate::store::{EventSink, SharedStore, StoreError};
+use crate::text;
+
+mod cross_site;
 
 pub const WEBHOOK_PREFIX: &str = "/webhooks/";
 pub const STATUS_PREFIX: &str = "/emr/status/";
@@ -60,6 +63,13 @@ pub const STATE_PATH: &str = "/emr/state";
 pub const HEALTH_PATH: &str = "/emr/health";
 pub const GROUPS_PREFIX: &str = "/emr/groups/";
 const RESUME_SUFFIX: &str = "/resume";
+
+/// On every answer: a browser must take the body for the JSON it says it
+/// is, never sniff it into something it would render or run (a detail can
+/// quote the sender's own text).
+fn nosniff() -> (&'static str, String) {
+    ("x-content-type-options", "nosniff".into())
+}
 
 /// A response for the filter to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +86,7 @@ impl Response {
             headers: vec![
                 ("content-type", "application/json".into()),
                 ("cache-control", "no-store".into()),
+                nosniff(),
             ],
             body,
         }
@@ -85,6 +96,7 @@ impl Response {
         let mut headers = vec![
             ("content-type", PROBLEM_CONTENT_TYPE.to_owned()),
             ("cache-control", "no-store".into()),
+            nosniff(),
         ];
         headers.extend(p.headers.iter().cloned());
         Self {
@@ -139,6 +151,21 @@ pub enum NoteLevel {
 pub struct Note {
     pub level: NoteLevel,
     pub message: String,
+    /// Set on a kind of line anyone can make the filter repeat: written
+    /// within a budget ([`crate::log_budget::NoteBudget`]).
+    pub repeated: Option<Repeated>,
+}
+
+/// A kind of [`Note`] a flood repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Repeated {
+    /// A delivery to this source refused for its credential (401).
+    Unauthenticated(Source),
+    /// A delivery to this source refused for its share of open incidents
+    /// (429): a holder of its credential can send them as fast as a 401.
+    OverShare(Source),
+    /// A delivery id of this source seen before with another body.
+    DeliveryIdReused(Source),
 }
 
 /// A decision, its counters and what to log.
@@ -159,7 +186,20 @@ impl<T> Handled<T> {
     }
 
     fn note(mut self, level: NoteLevel, message: String) -> Self {
-        self.notes.push(Note { level, message });
+        self.notes.push(Note {
+            level,
+            message,
+            repeated: None,
+        });
+        self
+    }
+
+    fn note_repeated(mut self, kind: Repeated, message: String) -> Self {
+        self.notes.push(Note {
+            level: NoteLevel::Warn,
+            message,
+            repeated: Some(kind),
+        });
         self
     }
 
@@ -527,7 +567,8 @@ impl Intake<'_> {
         match route(path) {
             Route::Other => Handled::new(HeadersStep::PassThrough, vec![]),
             Route::WebhooksRoot => refused(&Problem::not_found(format!(
-                "no emr-edge resource at {path}"
+                "no emr-edge resource at {}",
+                text::quoted(path)
             ))),
             Route::Webhook(name) => self.webhook_headers(name, method, headers, end_of_stream, now),
             Route::Emr(emr) => {
@@ -538,7 +579,8 @@ impl Intake<'_> {
                 }
                 match emr {
                     EmrRoute::Unknown => refused(&Problem::not_found(format!(
-                        "no emr-edge resource at {path}"
+                        "no emr-edge resource at {}",
+                        text::quoted(path)
                     ))),
                     EmrRoute::Status(_) | EmrRoute::State | EmrRoute::Health
                         if method != "GET" && method != "HEAD" =>
@@ -554,7 +596,10 @@ impl Intake<'_> {
                     }
                     EmrRoute::State => self.state(),
                     EmrRoute::Health => self.health(now),
-                    EmrRoute::Resume(id) => self.resume(id, now),
+                    EmrRoute::Resume(id) => match cross_site::check(headers) {
+                        Ok(()) => self.resume(id, now),
+                        Err(p) => refused(&p),
+                    },
                 }
             }
         }
@@ -571,7 +616,8 @@ impl Intake<'_> {
         let Some(source) = Source::from_path_segment(name) else {
             let known: Vec<&str> = Source::ALL.iter().map(|s| s.as_str()).collect();
             return refused(&Problem::not_found(format!(
-                "unknown incident source {name:?}; known: {}",
+                "unknown incident source {}; known: {}",
+                text::quoted(name),
                 known.join(", ")
             )));
         };
@@ -585,10 +631,7 @@ impl Intake<'_> {
                     &Problem::new(
                         415,
                         // The sender's header, bounded: it may be of any length.
-                        format!(
-                            "expected application/json, got {:?}",
-                            crate::mapping::printable(ct)
-                        ),
+                        format!("expected application/json, got {}", text::quoted(ct)),
                     )
                     .with_error("content-type", "must be application/json"),
                 );
@@ -649,6 +692,18 @@ impl Intake<'_> {
     /// The 413 for a body that grew past the limit while streaming.
     pub fn refuse_too_large(&self) -> Handled<Response> {
         refused(&self.too_large())
+    }
+
+    /// The 503 for a body the host could not hand over: nothing was read,
+    /// so the sender must send it again (a 4xx would make it give up).
+    pub fn refuse_unreadable_body(&self) -> Handled<Response> {
+        Handled::new(
+            Response::problem(
+                &Problem::new(503, "the request body could not be read; retry shortly")
+                    .with_header("retry-after", "1"),
+            ),
+            vec![Counter::Unavailable],
+        )
     }
 
     fn unavailable<T>(&self, e: &StoreError) -> Handled<T>
@@ -713,7 +768,7 @@ impl Intake<'_> {
             Ok(g) => g,
             Err(e) => {
                 return refused(
-                    &Problem::new(422, format!("{id:?} is not a group id"))
+                    &Problem::new(422, format!("{} is not a group id", text::quoted(id)))
                         .with_error("group", e.0),
                 )
             }
@@ -750,7 +805,6 @@ impl Intake<'_> {
     /// source only: without `source`, an id two sources use is refused
     /// (409, naming the sources) rather than answered with either.
     fn status(&self, id: &str, query: Option<&str>, now: DateTime<Utc>) -> Handled<HeadersStep> {
-        let shown = crate::mapping::printable(id);
         let not_found = |detail: String| {
             refused(
                 &Problem::not_found(detail).with_error("correlationId", "is not known to emr-edge"),
@@ -762,17 +816,14 @@ impl Intake<'_> {
                 Some(s) => Some(s),
                 None => {
                     return refused(
-                        &Problem::new(
-                            422,
-                            format!("{:?} is not a source", crate::mapping::printable(name)),
-                        )
-                        .with_error("source", source_names()),
+                        &Problem::new(422, format!("{} is not a source", text::quoted(name)))
+                            .with_error("source", source_names()),
                     )
                 }
             },
         };
         if CorrelationId::parse(id).is_err() {
-            return not_found(format!("no incident {shown:?} is known"));
+            return not_found(format!("no incident {} is known", text::quoted(id)));
         }
         match status::find(self.store, id, source) {
             Ok(status::Found::One(v)) => Handled::new(
@@ -816,7 +867,7 @@ impl Intake<'_> {
                      closed incidents are kept for ledger.closed_retention_seconds and at most \
                      ledger.max_closed_incidents"
                 )),
-                Queued::No => not_found(format!("no incident {id:?} is known")),
+                Queued::No => not_found(format!("no incident {} is known", text::quoted(id))),
             },
             Err(e) => self.unavailable(&e),
         }
@@ -871,7 +922,7 @@ impl Intake<'_> {
         if let Err(p) = auth::authenticate(source, &delivery, cfg) {
             // The detail names a header and a fixed reason, never a value.
             let line = format!("{source} delivery refused (401): {}", p.detail);
-            return refused(&p).note(NoteLevel::Warn, line);
+            return refused(&p).note_repeated(Repeated::Unauthenticated(source), line);
         }
         match sources::parse(source, &delivery, cfg) {
             Ok(parsed) => self.accept(source, parsed, body, now),
@@ -924,8 +975,9 @@ impl Intake<'_> {
                         message: format!(
                             "{source} delivery id {} was seen before with another body; \
                              its events are judged on their own",
-                            crate::mapping::printable(id)
+                            text::quoted(id)
                         ),
+                        repeated: Some(Repeated::DeliveryIdReused(source)),
                     });
                 }
                 Err(e) => return self.failed(rec, &e),
@@ -979,6 +1031,7 @@ impl Intake<'_> {
                             "{source} {id} ignored{}: {reason}",
                             if replayed { " (replayed)" } else { "" }
                         ),
+                        repeated: None,
                     });
                     answers.push(ItemAnswer::ignored(id, reason, replayed));
                 }
@@ -994,7 +1047,7 @@ impl Intake<'_> {
                 rec.counters.push(Counter::Refused(p.status));
                 let line = format!("{source} delivery refused (429): {}", p.detail);
                 return Handled::new(Response::problem(&p), rec.counters)
-                    .note(NoteLevel::Warn, line);
+                    .note_repeated(Repeated::OverShare(source), line);
             }
             Err(Refusal::Store(e)) => return self.failed(rec, &e),
         };
@@ -1300,6 +1353,100 @@ mod tests {
         assert!(detail.len() < 128, "{detail}");
         assert!(detail.contains("text/?xxx"), "{detail}");
         assert!(detail.is_ascii() && !detail.contains('\u{7f}'), "{detail}");
+    }
+
+    #[test]
+    fn every_echo_of_request_text_is_bounded_and_printable() {
+        let w = World::new();
+        let long = format!("{}\u{7f}\n", "x".repeat(20_000));
+        let detail = |r: &Response| body(r)["detail"].as_str().unwrap().to_owned();
+        let check = |what: &str, r: &Response, status: u16| {
+            assert_eq!(r.status, status, "{what}");
+            let d = detail(r);
+            assert!(d.len() < 200, "{what}: {} bytes: {d}", d.len());
+            // Cut, and said to be.
+            assert!(d.contains("xxxx\"..."), "{what}: {d}");
+            assert!(d.is_ascii() && !d.contains('\u{7f}'), "{what}: {d}");
+            // The whole answer, not only the detail.
+            assert!(r.body.len() < 400, "{what}: {} bytes", r.body.len());
+        };
+        // An unknown source.
+        let r = w.post(&format!("/webhooks/{long}"), "application/json", b"{}");
+        check("unknown source", &r, 404);
+        // An unknown /emr path, and /webhooks itself with a query.
+        let HeadersStep::Respond(r) = w.get(&format!("/emr/{long}")) else {
+            panic!()
+        };
+        check("unknown /emr path", &r, 404);
+        let HeadersStep::Respond(r) = w.get(&format!("/webhooks?{long}")) else {
+            panic!()
+        };
+        check("/webhooks", &r, 404);
+        // A status id.
+        let HeadersStep::Respond(r) = w.get(&format!("/emr/status/{long}")) else {
+            panic!()
+        };
+        check("status id", &r, 404);
+        // A resume group id.
+        let out = w.intake().on_headers(
+            "POST",
+            &format!("/emr/groups/{long}/resume"),
+            &[("content-type".to_owned(), "application/json".to_owned())],
+            true,
+            now(),
+        );
+        let HeadersStep::Respond(r) = out.value else {
+            panic!()
+        };
+        check("resume group id", &r, 422);
+        // A duplicate key in the body.
+        let key = "k".repeat(20_000);
+        let r = w.post(
+            "/webhooks/canonical",
+            "application/json",
+            format!("{{\"{key}\": 1, \"{key}\": 2}}").as_bytes(),
+        );
+        assert_eq!(r.status, 400);
+        let d = detail(&r);
+        assert!(
+            d.len() < 200 && d.contains("\"...") && d.contains("kkk"),
+            "{d}"
+        );
+        // Short text is shown whole, with nothing added.
+        let r = w.post("/webhooks/nagios", "application/json", b"{}");
+        assert!(detail(&r).starts_with("unknown incident source \"nagios\";"));
+    }
+
+    #[test]
+    fn every_answer_says_nosniff() {
+        let w = World::new();
+        let accepted = w.canonical(&incident("INC-1", "EMERGENCY_ACTIVE"));
+        let refused = w.post("/webhooks/canonical", "text/html", b"<script>");
+        let HeadersStep::Respond(state) = w.get("/emr/state") else {
+            panic!()
+        };
+        let HeadersStep::Respond(missing) = w.get("/emr/nothing") else {
+            panic!()
+        };
+        for (what, r) in [
+            ("202", &accepted),
+            ("415", &refused),
+            ("200", &state),
+            ("404", &missing),
+        ] {
+            assert_eq!(
+                r.header("x-content-type-options"),
+                Some("nosniff"),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            w.intake()
+                .refuse_too_large()
+                .value
+                .header("x-content-type-options"),
+            Some("nosniff")
+        );
     }
 
     #[test]
@@ -1838,6 +1985,11 @@ mod tests {
         assert_eq!(body(r)["errors"][0]["field"], "x-pagerduty-signature");
         assert_eq!(out.counters, vec![Counter::Refused(401)]);
         assert_eq!(out.notes[0].level, NoteLevel::Warn);
+        // A line anyone can repeat: logged within the VM's budget.
+        assert_eq!(
+            out.notes[0].repeated,
+            Some(Repeated::Unauthenticated(Source::Pagerduty))
+        );
         assert_no_secret(r, &[&good[3..]]);
         assert!(!out.notes[0].message.contains(&good[3..]));
 
@@ -2239,9 +2391,11 @@ mod tests {
     #[test]
     fn resume_is_queued_for_the_service_behind_the_status_credential() {
         let s = Sources::new();
+        // As a data action or curl sends it: JSON, no Origin.
         let post = |path: &str, headers: &[(&str, &str)]| {
             let h: Vec<(String, String)> = headers
                 .iter()
+                .chain(&[("content-type", "application/json")])
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
             s.w.intake().on_headers("POST", path, &h, true, now())
@@ -2293,6 +2447,51 @@ mod tests {
             panic!()
         };
         assert_eq!(r.status, 503);
+    }
+
+    #[test]
+    fn a_resume_a_page_elsewhere_could_send_is_refused_and_not_queued() {
+        let s = Sources::new();
+        let bearer = format!("Bearer {STATUS_TOKEN}");
+        let path = "/emr/groups/3c3f7a3e-2f5c-4f3a-9b1e-000000000001/resume";
+        let post = |headers: &[(&str, &str)]| {
+            let h: Vec<(String, String)> = headers
+                .iter()
+                .chain(&[(":authority", "emr.example.com")])
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let out = s.w.intake().on_headers("POST", path, &h, false, now());
+            let HeadersStep::Respond(r) = out.value else {
+                panic!()
+            };
+            assert_eq!(out.counters, vec![Counter::Refused(r.status)]);
+            (r.status, body(&r)["errors"][0]["field"].clone())
+        };
+        let json = ("content-type", "application/json");
+        let auth = ("authorization", bearer.as_str());
+        // A cross-site form, with the browser's cached credential.
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        let evil = ("origin", "https://evil.example");
+        assert_eq!(post(&[auth, form]), (415, json!("content-type")));
+        assert_eq!(post(&[auth, form, evil]), (403, json!("origin")));
+        assert_eq!(post(&[auth, json, evil]), (403, json!("origin")));
+        let cross = ("sec-fetch-site", "cross-site");
+        assert_eq!(post(&[auth, json, cross]), (403, json!("sec-fetch-site")));
+        // Without the credential, nothing else is told.
+        assert_eq!(post(&[form, evil]), (401, json!("authorization")));
+        assert!(s.w.queue.messages.borrow().is_empty());
+        // The same from the host's own page is fine.
+        let own = ("origin", "https://emr.example.com");
+        let h: Vec<(String, String)> = [auth, json, own, (":authority", "emr.example.com")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let HeadersStep::Respond(r) = s.w.intake().on_headers("POST", path, &h, true, now()).value
+        else {
+            panic!()
+        };
+        assert_eq!(r.status, 202);
+        assert_eq!(s.w.queue.messages.borrow().len(), 1);
     }
 
     #[test]

@@ -31,7 +31,9 @@ impl fmt::Display for JsonError {
                 write!(f, "body is not valid UTF-8 (at byte {valid_up_to})")
             }
             JsonError::Syntax(e) => write!(f, "body is not valid JSON: {e}"),
-            JsonError::DuplicateKey(k) => write!(f, "body repeats the key `{k}`"),
+            JsonError::DuplicateKey(k) => {
+                write!(f, "body repeats the key {}", crate::text::quoted(k))
+            }
             JsonError::TooDeep => write!(f, "body nests deeper than {MAX_DEPTH} levels"),
         }
     }

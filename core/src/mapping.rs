@@ -398,19 +398,8 @@ fn ignored(id: &CorrelationId, reason: String) -> Item {
     }
 }
 
-/// Payload text made safe for a log line: printable ASCII, at most 64 chars.
-pub(crate) fn printable(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
-}
+// Payload text made safe for a log line; the sources import it from here.
+pub(crate) use crate::text::printable;
 
 fn check_ttl(t: u32, field: &str, errors: &mut Vec<FieldError>) -> u32 {
     if !(TTL_MIN..=TTL_MAX).contains(&u64::from(t)) {

@@ -505,11 +505,13 @@ impl Stack {
             .expect("intake unreachable")
     }
 
-    /// `POST /emr/groups/{group}/resume`; returns the status and the body.
+    /// `POST /emr/groups/{group}/resume` as a script sends it (JSON, no
+    /// `Origin`); returns the status and the body.
     pub async fn resume(&self, group: &str) -> (u16, Value) {
         let r = self
             .http
             .post(self.envoy.url(&format!("/emr/groups/{group}/resume")))
+            .header("content-type", "application/json")
             .send()
             .await
             .expect("resume unreachable");

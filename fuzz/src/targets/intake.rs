@@ -380,6 +380,20 @@ fn send(
             }
             QueueMessage::Control(Control::Resume { group, .. }) => {
                 controls += 1;
+                // Only what a page on another site cannot make a browser
+                // send: a JSON content type.
+                let ct = req
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                    .map_or("", |(_, v)| v.as_str());
+                let essence = ct.split(';').next().unwrap_or_default().trim();
+                assert!(
+                    essence.eq_ignore_ascii_case("application/json")
+                        || (essence.to_ascii_lowercase().starts_with("application/")
+                            && essence.to_ascii_lowercase().ends_with("+json")),
+                    "a resume queued with content-type {ct:?}"
+                );
                 let path = req.path.split_once('?').map_or(&*req.path, |(p, _)| p);
                 assert_eq!(
                     Some(group.as_str()),
@@ -417,6 +431,7 @@ fn send(
 
 fn check_response(r: &Response) {
     assert!((100..=599).contains(&r.status), "status {}", r.status);
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     if r.status >= 400 {
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
         check_problem_body(&r.body, r.status);
@@ -425,8 +440,16 @@ fn check_response(r: &Response) {
             405 => assert!(r.header("allow").is_some()),
             503 => assert!(r.header("retry-after").is_some()),
             401 => check_no_secret(&r.body, &r.headers),
-            // It names the sender's content-type, bounded (fuzz/README.md).
-            415 => assert!(r.body.len() < 1024, "unbounded 415: {} bytes", r.body.len()),
+            // They name the sender's content-type, path or id, bounded
+            // (fuzz/README.md).
+            404 | 415 => {
+                assert!(
+                    r.body.len() < 1024,
+                    "unbounded {}: {} bytes",
+                    r.status,
+                    r.body.len()
+                )
+            }
             _ => {}
         }
         return;

@@ -599,10 +599,11 @@ fn intake_seeds(out: &mut Vec<SeedFile>) {
             request(1, path_index("/emr/state"), 4, 0, &[(0, &basic)], 0, b""),
         ),
         (
+            // JSON, as a resume must be (the cross-site check).
             "resume",
             1,
             Vec::new(),
-            request(0, resume, 4, 0, &[], i::SIGN | i::TWICE, b""),
+            request(0, resume, 0, 0, &[], i::SIGN | i::TWICE, b""),
         ),
         (
             "resume_get",
