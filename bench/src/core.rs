@@ -199,3 +199,128 @@ pub fn service(n: usize, publish_every: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// `emr-bench core --full-ledger`: what the singleton does per queued event
+/// when its ledger already holds `open` open incidents of `queues` queues of
+/// `queue_len` characters each, in one group (issue 12's attack), natively:
+/// decode, ledger, board mark, audit line, then once per `batch` events the
+/// dirty status buckets published and the group's desired state and data-table
+/// row built, as a reconcile does. Each timed event resolves one open incident
+/// and opens another, so the ledger stays full.
+pub fn full_ledger(
+    open: usize,
+    queues: usize,
+    queue_len: usize,
+    n: usize,
+    batch: usize,
+) -> Result<()> {
+    use emr_core::event::{GroupId, QueueMessage};
+    use emr_core::ledger::{Ledger, Retention};
+    use emr_core::status::{self, Board};
+
+    let now = Utc::now();
+    let ts = crate::run::rfc3339(now);
+    let rules = emr_core::contract::ContractRules::default();
+    let body = |id: &str, mode: &str, k: usize| {
+        let qs: Vec<String> = (0..queues)
+            .map(|j| {
+                let q = format!("{k:06}-{j:03}-");
+                format!(
+                    "\"{q}{}\"",
+                    "q".repeat(queue_len.saturating_sub(q.len()).max(1))
+                )
+            })
+            .collect();
+        let qs = if mode == "EMERGENCY_ACTIVE" {
+            qs.join(",")
+        } else {
+            String::new()
+        };
+        let list = if qs.is_empty() {
+            String::new()
+        } else {
+            format!(r#""targetQueueIds":[{qs}],"#)
+        };
+        format!(
+            r#"{{"correlationId":"{id}","incidentType":"CARRIER_OUTAGE",{list}"routingMode":"{mode}","timestamp":"{ts}","ttl":86400}}"#
+        )
+    };
+    let message = |id: &str, mode: &str, k: usize| -> Result<Vec<u8>> {
+        let ev = emr_core::contract::parse_canonical(body(id, mode, k).as_bytes(), now, &rules)
+            .map_err(|p| anyhow!("{}", p.detail))?;
+        let q = emr_core::event::QueuedEvent {
+            event: ev,
+            received_ms: now.timestamp_millis(),
+            delivery_id: None,
+            slot: false,
+        };
+        Ok(serde_json::to_vec(&q)?)
+    };
+    let group = GroupId::parse("default").map_err(|e| anyhow!("{}", e.0))?;
+    let store = MemoryStore::new();
+    status::create_keys(&store).map_err(|e| anyhow!("{e:?}"))?;
+    let mut ledger = Ledger::new(Retention {
+        max_open: open + 64,
+        ..Retention::default()
+    });
+    let mut board = Board::default();
+    let apply = |ledger: &mut Ledger, board: &mut Board, m: &[u8]| -> Result<usize> {
+        let Ok(QueueMessage::Event(q)) = QueueMessage::decode(m) else {
+            return Err(anyhow!("undecodable"));
+        };
+        let applied = ledger.apply(&q, group.clone(), now);
+        board.mark(&q.event.incident_key());
+        for key in ledger.take_dropped() {
+            board.forget(&key);
+        }
+        Ok(applied.audit_line(&q, &group, now).to_string().len())
+    };
+    for i in 0..open {
+        apply(
+            &mut ledger,
+            &mut board,
+            &message(&format!("FULL-{i}"), "EMERGENCY_ACTIVE", i)?,
+        )?;
+    }
+    board
+        .publish(&ledger, &store)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    // The timed events: resolve FULL-i, open NEXT-i.
+    let messages: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                message(&format!("FULL-{}", i / 2), "EMERGENCY_RESOLVED", i)
+            } else {
+                message(&format!("NEXT-{i}"), "EMERGENCY_ACTIVE", open + i)
+            }
+        })
+        .collect::<Result<_>>()?;
+    let mut sink = 0usize;
+    let started = Instant::now();
+    for (i, m) in messages.iter().enumerate() {
+        sink += apply(&mut ledger, &mut board, m)?;
+        if i % batch == batch - 1 {
+            board
+                .publish(&ledger, &store)
+                .map_err(|e| anyhow!("{e:?}"))?;
+            let d = ledger.desired_for(&group);
+            let queues: Vec<String> = d.queues.iter().map(|q| q.as_str().to_owned()).collect();
+            let ids: Vec<String> = d
+                .incidents
+                .iter()
+                .map(|k| k.id.as_str().to_owned())
+                .collect();
+            sink += emr_core::genesys::models::join_ids(&queues).0.len();
+            sink += emr_core::genesys::models::summarise_ids(&ids).len();
+            sink += emr_core::recovery::encode(&group, &ledger.open_incidents_of(&group)).len();
+        }
+    }
+    let us = started.elapsed().as_nanos() as f64 / n as f64 / 1000.0;
+    println!(
+        "{open} open x {queues} queues of {queue_len} chars: {us:.1} us/event \
+         ({} open after, {} distinct queues, {sink} bytes built)",
+        ledger.open_len(),
+        ledger.desired_for(&group).queues_total
+    );
+    Ok(())
+}

@@ -29,6 +29,22 @@ fn main() -> Result<()> {
         Some("report") => report::rewrite(std::path::Path::new(
             &flag(&args, "--out")?.unwrap_or_else(|| "bench".into()),
         )),
+        Some("core") if args.iter().any(|a| a == "--full-ledger") => {
+            let number = |name: &str, default: usize| -> Result<usize> {
+                Ok(flag(&args, name)?
+                    .map(|n| n.parse())
+                    .transpose()
+                    .with_context(|| name.to_owned())?
+                    .unwrap_or(default))
+            };
+            core::full_ledger(
+                number("--open", 1000)?,
+                number("--queues", 50)?,
+                number("--queue-len", 128)?,
+                number("--n", 2000)?,
+                number("--batch", 10)?,
+            )
+        }
         Some("core") if args.iter().any(|a| a == "--service") => core::service(
             flag(&args, "--n")?
                 .map(|n| n.parse())

@@ -105,6 +105,13 @@ const IDENTITY_RETRY_S: i64 = 30;
 /// after an incident event was made after it: the person wins. The margin
 /// absorbs clock differences between Envoy's host and Genesys.
 const AFTER_EVENT_MARGIN: Duration = Duration::seconds(1);
+/// A group already switched as its incidents want gets its data-table row
+/// rewritten (a longer queue list, more incident ids) at most this often.
+/// One sender's thousand incidents for one group otherwise kept that group
+/// in back-to-back read-and-row-write cycles, and the request budget they
+/// spent made another group's switch wait seconds for its calls (issue 12,
+/// finding 1). A switch — the group's `enabled` changing — is never paced.
+const ROW_REFRESH_PACE: Duration = Duration::seconds(2);
 
 /// Whether `date_modified` (RFC 3339) is after `t`; unreadable means no.
 fn modified_after(date_modified: Option<&str>, t: DateTime<Utc>) -> bool {
@@ -479,6 +486,11 @@ struct GroupState {
     known_version: Option<u64>,
     /// Its first read since start may adopt it (recovery).
     adopt_check: bool,
+    /// A row-only refresh waits until then ([`ROW_REFRESH_PACE`]).
+    row_paced_until: Option<DateTime<Utc>>,
+    /// Whether the group is enabled, as the last cycle that ended left it
+    /// (whether or not the ledger still wanted that by then).
+    reached: Option<bool>,
 }
 
 impl Default for GroupState {
@@ -499,6 +511,8 @@ impl Default for GroupState {
             authorized: None,
             known_version: None,
             adopt_check: false,
+            row_paced_until: None,
+            reached: None,
         }
     }
 }
@@ -595,6 +609,15 @@ impl Reconciler {
                 st.phase = Phase::Queued(Cycle::default());
                 self.ready.push_back(group.clone());
                 Marked::Queued
+            }
+            // Paced: looked at again, in case the change is a switch.
+            Phase::Waiting { why: "pacing", .. } => {
+                if let Phase::Waiting { cycle, .. } = std::mem::replace(&mut st.phase, Phase::Idle)
+                {
+                    st.phase = Phase::Queued(cycle);
+                    self.ready.push_back(group.clone());
+                }
+                Marked::Coalesced
             }
             // Its next read sees the change.
             Phase::Queued(_) | Phase::Waiting { .. } => Marked::Coalesced,
@@ -1129,6 +1152,21 @@ impl Reconciler {
                     continue;
                 }
             };
+            // Nothing to switch, only the row to refresh, and it was
+            // refreshed a moment ago: wait, and leave the budget to switches.
+            let paced = st.row_paced_until.filter(|until| *until > now);
+            if let (Some(until), false) = (paced, cycle.check) {
+                let wanted = cx.ledger.desired_for(&g).enabled;
+                let switch = st.reached.is_none_or(|enabled| enabled != wanted);
+                if !switch && st.overridden.is_none() {
+                    st.phase = Phase::Waiting {
+                        until,
+                        cycle,
+                        why: "pacing",
+                    };
+                    continue;
+                }
+            }
             // An incident event or resume since the last read: this cycle
             // may write over a change that was not ours. Later ones are for
             // the next cycle.
@@ -2303,7 +2341,9 @@ impl Reconciler {
                     json!({"row": row_view(&row)}),
                     cx,
                 );
-                self.groups.entry(g.clone()).or_default().row_written = Some(row);
+                let st = self.groups.entry(g.clone()).or_default();
+                st.row_written = Some(row);
+                st.row_paced_until = Some(cx.now + ROW_REFRESH_PACE);
             }
         }
         let mut rest = rest.into_iter();
@@ -2335,6 +2375,7 @@ impl Reconciler {
         cx: &mut Cx<'_>,
     ) {
         let current = self.target(g, cx.ledger);
+        self.groups.entry(g.clone()).or_default().reached = Some(target.enabled);
         if !self.same_target(g, &current, &target) {
             self.audit(g, "superseded-reconcile-again", None, json!({}), cx);
             let st = self.groups.entry(g.clone()).or_default();

@@ -110,6 +110,12 @@ async fn a_thousand_incidents_of_fifty_long_queues_do_not_stall_the_service() {
         }),
     )
     .await;
+    // Watched from the service's first beat (before it, 503 "not started").
+    let alive = eventually(SOON, || {
+        emr_e2e::blocking_get(&s.envoy.url("/emr/health")).is_ok_and(|b| b.contains("\"ok\""))
+    })
+    .await;
+    assert!(alive, "the service never beat");
     let health = HealthWatch::start(&s);
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -161,6 +167,12 @@ async fn a_thousand_incidents_of_fifty_long_queues_do_not_stall_the_service() {
     let st = status_becomes(&s, "PLEGIT1?source=pagerduty", &["APPLIED"], SOON).await;
     let applied = sent.elapsed();
     assert_eq!(latest_status(&st), "APPLIED", "{st}");
+    // The product's promise is a switch well under a second; when the
+    // flood's row refreshes spent the request budget it took 2.5 s.
+    assert!(
+        applied < Duration::from_secs(1),
+        "applied {applied:?} after its 202"
+    );
     assert!(s.enabled(CARRIER));
     // The flooded group is on too, with every incident recorded, and its
     // row and the state view stay bounded.
@@ -168,7 +180,12 @@ async fn a_thousand_incidents_of_fifty_long_queues_do_not_stall_the_service() {
         eventually(SOON, || s.enabled(DEFAULT)).await,
         "the flooded group was never switched on"
     );
-    let g = s.group_state(DEFAULT).await;
+    let mut g = s.group_state(DEFAULT).await;
+    let deadline = Instant::now() + SOON;
+    while g["openIncidentsTotal"] != 1000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        g = s.group_state(DEFAULT).await;
+    }
     assert_eq!(g["openIncidentsTotal"], 1000, "{}", g["openIncidentsTotal"]);
     assert_eq!(g["queuesTotal"], 50_000);
     assert_eq!(g["desired"]["queues"].as_array().map(Vec::len), Some(25));
@@ -301,10 +318,12 @@ async fn a_replayed_trigger_never_reopens_a_resolved_incident_once_forgotten() {
         post(&s, pd, &[("x-webhook-id", "d-2")], &resolve).await.0,
         202
     );
-    assert!(
-        eventually(SOON, || !s.enabled(CARRIER)).await,
-        "not switched off"
-    );
+    let st = status_until(&s, "PREPLAY1?source=pagerduty", SOON, |v| {
+        v["state"] == "RESOLVED" && latest_status(v) == "APPLIED"
+    })
+    .await;
+    assert_eq!(latest_status(&st), "APPLIED", "{st}");
+    assert!(!s.enabled(CARRIER));
     // Another closed incident pushes PREPLAY1 out of the ledger (one closed
     // is kept); the one-entry dedupe store has forgotten the trigger.
     let other = pagerduty("POTHER1", "incident.resolved", -5);
@@ -315,7 +334,7 @@ async fn a_replayed_trigger_never_reopens_a_resolved_incident_once_forgotten() {
     let gone = eventually(Duration::from_secs(8), || {
         let v = emr_e2e::blocking_get(&s.envoy.url("/emr/status/PREPLAY1?source=pagerduty"))
             .unwrap_or_default();
-        !v.contains("\"correlationId\"")
+        v.contains("\"status\":404")
     })
     .await;
     assert!(gone, "PREPLAY1 was never pruned");

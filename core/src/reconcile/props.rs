@@ -66,7 +66,9 @@ fn check_not_stranded(w: &World, settled_since_mark: &BTreeMap<String, bool>) {
             ),
             "in-flight" => assert!(w.rec.in_flight() > 0),
             "deferred" => assert!(v["budget"]["waitUntil"].is_string() || paused),
-            "backoff" | "pending" | "grace" | "identity" => assert!(grp["retryAt"].is_string()),
+            "backoff" | "pending" | "grace" | "identity" | "pacing" => {
+                assert!(grp["retryAt"].is_string())
+            }
             other => panic!("unknown phase {other}"),
         }
     }

@@ -672,9 +672,12 @@ fn the_data_table_row_is_written_before_switching_on_and_after_switching_off() {
         .starts_with("2024-08-15T14:22:01"));
     assert_eq!(w.status_of("INC-1"), EventStatus::Applied);
 
-    // A second incident with other queues: only the row changes.
+    // A second incident with other queues: only the row changes, once
+    // the row's refresh pace allows (a switch never waits for it).
     w.activate("INC-2", &["q3", "q1"], "G1");
     w.drain();
+    assert_eq!(w.fake.kinds().len(), 5, "paced");
+    w.run_until(12_000);
     assert_eq!(&w.fake.kinds()[5..], [Get, Row]);
     let row = &w.fake.rows["/api/v2/flows/datatables/t1/rows/emr-G1"];
     assert_eq!(row["queueIds"], "q1,q2,q3");
@@ -682,6 +685,7 @@ fn the_data_table_row_is_written_before_switching_on_and_after_switching_off() {
     assert_eq!(w.status_of("INC-2"), EventStatus::Applied);
 
     // Nothing changed: no write at all.
+    w.now = t(20_000);
     w.rec.mark_dirty(&g("G1"));
     w.poll();
     w.drain();
@@ -716,7 +720,7 @@ fn a_row_of_a_crowded_group_stays_within_bounds_and_the_next_incident_is_applied
     }
     w.drain();
     w.activate("INC-REAL", &["q-real"], "G1");
-    w.drain();
+    w.run_until(5_000);
     assert_eq!(w.status_of("INC-REAL"), EventStatus::Applied);
     assert!(w.fake.enabled("G1"));
     let row = &w.fake.rows["/api/v2/flows/datatables/t1/rows/emr-G1"];
@@ -736,6 +740,48 @@ fn a_row_of_a_crowded_group_stays_within_bounds_and_the_next_incident_is_applied
         "{:?}",
         w.failures()
     );
+}
+
+#[test]
+fn a_flood_of_incidents_for_one_group_leaves_the_budget_to_another_groups_switch() {
+    // Issue 12, finding 1: a thousand incidents for one group kept it in
+    // back-to-back read-and-row-write cycles; the request budget they spent
+    // made another group's switch wait seconds for its calls.
+    let mut w = World::new(json!({"datatable": {"id": "t1", "row_key": "emr-{group}"}}));
+    w.fake.rows_upsert = true;
+    w.activate("INC-0", &["q0"], "G1");
+    w.drain();
+    assert!(w.fake.enabled("G1"));
+    let rows_before = w.fake.count(Row);
+    for i in 1..=100 {
+        w.now = t(i * 100);
+        let q = format!("q{i}");
+        w.activate(&format!("FLOOD-{i}"), &[q.as_str()], "G1");
+        w.drain();
+        if i == 60 {
+            // Six seconds into the flood, another group's incident.
+            w.activate("INC-SWITCH", &["qs"], "G2");
+            w.drain();
+            assert!(
+                w.fake.enabled("G2"),
+                "the switch waited for the budget the flood spent"
+            );
+        }
+    }
+    // G1's row was refreshed about every ROW_REFRESH_PACE, not per event.
+    let refreshes = w.fake.count(Row) - rows_before;
+    assert!(
+        (4..=7).contains(&refreshes),
+        "{refreshes} row writes in 10 s"
+    );
+    // And once the flood is over, the last queues reach the row.
+    w.run_until(20_000);
+    let row = &w.fake.rows["/api/v2/flows/datatables/t1/rows/emr-G1"];
+    assert!(
+        row["incidentIds"].as_str().unwrap().ends_with(",FLOOD-100"),
+        "{row}"
+    );
+    assert_eq!(w.status_of("FLOOD-100"), EventStatus::Applied);
 }
 
 #[test]
