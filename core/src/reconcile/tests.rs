@@ -894,6 +894,35 @@ fn a_state_stuck_pending_backs_off() {
 }
 
 #[test]
+fn the_state_view_stays_small_whatever_a_group_holds() {
+    // Issue 12, finding 14: 1.4 MB with long queue lists.
+    let mut w = World::new(json!({"datatable": {"id": "t1", "row_key": "emr-{group}"}}));
+    w.fake.rows_upsert = true;
+    for i in 0..1000 {
+        let queues: Vec<String> = (0..50)
+            .map(|j| format!("{i:03}-{j:02}-{}", "q".repeat(121)))
+            .collect();
+        let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+        w.event(&format!("I{i:04}"), RoutingMode::Active, &queues, "G1");
+    }
+    w.poll();
+    w.run_until(10_000);
+    let v = w.rec.state_view(&w.ledger, w.now);
+    let size = v.to_string().len();
+    assert!(size < 32 * 1024, "{size} bytes");
+    let g1 = &v["groups"][0];
+    assert_eq!(g1["openIncidentsTotal"], 1000);
+    assert_eq!(g1["openIncidents"].as_array().unwrap().len(), 25);
+    assert_eq!(g1["queuesTotal"], 50_000);
+    assert_eq!(g1["desired"]["queues"].as_array().unwrap().len(), 25);
+    assert!(g1["row"]["queueIds"].as_str().unwrap().len() <= 4_000);
+    assert!(g1["row"].get("openIncidents").is_none());
+    // Every audit line is bounded too.
+    let longest = w.audits.iter().map(|a| a.to_string().len()).max().unwrap();
+    assert!(longest < 16 * 1024, "an audit line of {longest} bytes");
+}
+
+#[test]
 fn the_state_view_shows_desired_observed_and_the_last_reconcile() {
     let mut w = World::new(json!({"datatable": {"id": "t1", "row_key": "emr-{group}"}}));
     w.fake.rows_upsert = true;
