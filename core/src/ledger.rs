@@ -401,7 +401,8 @@ impl Prunable {
         Some(key)
     }
 
-    #[cfg(test)]
+    /// Every entry (for the proptests, which run natively only).
+    #[cfg(all(test, not(target_arch = "wasm32")))]
     fn all(&self) -> BTreeSet<(DateTime<Utc>, IncidentKey)> {
         self.sources.values().flatten().cloned().collect()
     }
