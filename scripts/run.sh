@@ -80,7 +80,7 @@ cat <<MSG
 
 emr-edge is running.
   intake     $url/webhooks/canonical   $url/webhooks/pagerduty
-  status     $url/emr/status/{correlationId}     state: $url/emr/state     health: $url/emr/health
+  status     $url/emr/status/{correlationId}[?source=canonical|pagerduty]     state: $url/emr/state     health: $url/emr/health
   Envoy      http://127.0.0.1:$ADMIN_PORT (stats: /stats?filter=emr)
   simulator  http://127.0.0.1:$SIM_PORT (groups: /api/v2/architect/emergencygroups, log: /__sim/requests)
   logs       $RUN_DIR/envoy.log  $RUN_DIR/sim.log

@@ -10,8 +10,11 @@
 //! An alert `firing` opens, `resolved` resolves (`modes` may remap by
 //! status). The time is `startsAt` for a firing alert — stable across
 //! repeated notifications, so a repeat is the same event — and `endsAt` for a
-//! resolved one. Alerts left out by `max_alerts` (`truncatedAlerts`) cannot
-//! be seen; keep `max_alerts` at 0 (no limit) for this receiver.
+//! resolved one. A notification may carry at most
+//! `sources.alertmanager.max_alerts` alerts (100; more is refused whole,
+//! `crate::sources::parse`); set the receiver's own `max_alerts` to that or
+//! less, and Alertmanager truncates the list itself (`truncatedAlerts`),
+//! sending the alerts it left out with the group's next notification.
 //!
 //! Facts for rules: `labels` (a map of label conditions, e.g.
 //! `{"labels": {"severity": "critical", "team": ["voice", "sip"]}}`),
