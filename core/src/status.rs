@@ -239,6 +239,14 @@ pub fn find(
     let Some(bytes) = current.value.filter(|v| !v.is_empty()) else {
         return Ok(Found::Nothing);
     };
+    // Most lookups are for ids the bucket does not hold (the intake asks
+    // about every activation beyond its route's share): say so without
+    // parsing a bucket that may hold dozens of large incidents. A valid id
+    // needs no escaping, so its serialised form is exactly this.
+    let needle = format!("\"correlationId\":\"{id}\"");
+    if !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+        return Ok(Found::Nothing);
+    }
     let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(Found::Nothing);
     };
