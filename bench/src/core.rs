@@ -49,9 +49,11 @@ pub fn main(n: usize) -> Result<()> {
         h
     };
     let workloads: [(&str, BodyFn, bool, u16); 4] = [
+        // Resolutions: unique activations would be refused (429) past the
+        // canonical route's share of the open incidents (`crate::wrk`).
         (
             "unique",
-            |i, ts| incident(&format!("CORE-{i}"), "EMERGENCY_ACTIVE", ts),
+            |i, ts| incident(&format!("CORE-{i}"), "EMERGENCY_RESOLVED", ts),
             true,
             202,
         ),
@@ -136,7 +138,10 @@ pub fn service(n: usize, publish_every: usize) -> Result<()> {
     let rules = emr_core::contract::ContractRules::default();
     let messages: Vec<Vec<u8>> = (0..n)
         .map(|i| {
-            let body = incident(&format!("SVC-{i}"), "EMERGENCY_ACTIVE", &ts);
+            // Resolutions, as the Envoy workloads send (`crate::wrk`): past
+            // 1,000 unique activations the ledger would refuse the rest
+            // (`REFUSED`), a path the intake's shares now keep it from.
+            let body = incident(&format!("SVC-{i}"), "EMERGENCY_RESOLVED", &ts);
             let ev = emr_core::contract::parse_canonical(body.as_bytes(), now, &rules)
                 .map_err(|p| anyhow!("{}", p.detail))?;
             let q = emr_core::event::QueuedEvent {
@@ -200,53 +205,108 @@ pub fn service(n: usize, publish_every: usize) -> Result<()> {
     Ok(())
 }
 
-/// `emr-bench core --full-ledger`: what the singleton does per queued event
-/// when its ledger already holds `open` open incidents of `queues` queues of
-/// `queue_len` characters each, in one group (issue 12's attack), natively:
-/// decode, ledger, board mark, audit line, then once per `batch` events the
-/// dirty status buckets published and the group's desired state and data-table
-/// row built, as a reconcile does. Each timed event resolves one open incident
-/// and opens another, so the ledger stays full.
-pub fn full_ledger(
-    open: usize,
-    queues: usize,
-    queue_len: usize,
-    n: usize,
-    batch: usize,
-) -> Result<()> {
+/// The incidents a [`service_time`] measurement starts from, and its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerShape {
+    /// Open incidents in the ledger, all in one group, before and during
+    /// the timed events.
+    pub open: usize,
+    /// Queues per incident, each named apart from every other incident's.
+    pub queues: usize,
+    /// Characters per queue id.
+    pub queue_len: usize,
+    /// Timed events: half resolve an open incident, half open a new one.
+    pub events: usize,
+    /// Events per reconcile-like step (publish, desired state, row,
+    /// persisted incidents).
+    pub batch: usize,
+}
+
+/// What one [`service_time`] measurement found.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceTime {
+    pub us_per_event: f64,
+    /// Open incidents after the timed events: `shape.open` when the
+    /// ledger stayed as full as it was meant to.
+    pub open_after: usize,
+    /// The group's distinct queues after them.
+    pub queues_total: usize,
+    /// Bytes built (audit lines, row columns, persisted incidents): kept so
+    /// the optimiser cannot drop the work.
+    pub bytes_built: usize,
+}
+
+/// `emr-bench core --full-ledger`: [`service_time`] printed, for profiling
+/// with `perf`.
+pub fn full_ledger(shape: LedgerShape) -> Result<()> {
+    let t = service_time(shape)?;
+    println!(
+        "{} open x {} queues of {} chars: {:.1} us/event \
+         ({} open after, {} distinct queues, {} bytes built)",
+        shape.open,
+        shape.queues,
+        shape.queue_len,
+        t.us_per_event,
+        t.open_after,
+        t.queues_total,
+        t.bytes_built
+    );
+    Ok(())
+}
+
+/// What the singleton does per queued event when its ledger holds
+/// `shape.open` open incidents of `shape.queues` queues of
+/// `shape.queue_len` characters each, in one group (issue 12's attack:
+/// 1,000 × 50 × 128), natively — no V8, no host calls (the status store is
+/// in memory): decode, ledger, board mark, audit line, then once per
+/// `shape.batch` events the dirty status buckets published and, as a
+/// reconcile does, the group's desired state, its data-table row's columns
+/// and the persisted-incident document built. Each pair of timed events
+/// resolves the oldest open incident and opens a new one, so the ledger
+/// stays as full as it started.
+pub fn service_time(shape: LedgerShape) -> Result<ServiceTime> {
     use emr_core::event::{GroupId, QueueMessage};
     use emr_core::ledger::{Ledger, Retention};
     use emr_core::status::{self, Board};
 
+    let LedgerShape {
+        open,
+        queues,
+        queue_len,
+        events,
+        batch,
+    } = shape;
+    if open == 0 || batch == 0 || events == 0 {
+        // With nothing open the first resolution would find no incident and
+        // the next activation would tie with it: not the path measured.
+        return Err(anyhow!("--open, --batch and --n must be at least 1"));
+    }
     let now = Utc::now();
     let ts = crate::run::rfc3339(now);
     let rules = emr_core::contract::ContractRules::default();
-    let body = |id: &str, mode: &str, k: usize| {
-        let qs: Vec<String> = (0..queues)
-            .map(|j| {
-                let q = format!("{k:06}-{j:03}-");
-                format!(
-                    "\"{q}{}\"",
-                    "q".repeat(queue_len.saturating_sub(q.len()).max(1))
-                )
-            })
-            .collect();
-        let qs = if mode == "EMERGENCY_ACTIVE" {
-            qs.join(",")
+    // Incident `k`'s queues are its own: the group's distinct queues grow
+    // with the ledger, as an attacker's would.
+    let body = |k: usize, mode: &str| {
+        let list = if mode == "EMERGENCY_ACTIVE" {
+            let qs: Vec<String> = (0..queues)
+                .map(|j| {
+                    let q = format!("{k:06}-{j:03}-");
+                    format!(
+                        "\"{q}{}\"",
+                        "q".repeat(queue_len.saturating_sub(q.len()).max(1))
+                    )
+                })
+                .collect();
+            format!(r#""targetQueueIds":[{}],"#, qs.join(","))
         } else {
             String::new()
-        };
-        let list = if qs.is_empty() {
-            String::new()
-        } else {
-            format!(r#""targetQueueIds":[{qs}],"#)
         };
         format!(
-            r#"{{"correlationId":"{id}","incidentType":"CARRIER_OUTAGE",{list}"routingMode":"{mode}","timestamp":"{ts}","ttl":86400}}"#
+            r#"{{"correlationId":"FULL-{k}","incidentType":"CARRIER_OUTAGE",{list}"routingMode":"{mode}","timestamp":"{ts}","ttl":86400}}"#
         )
     };
-    let message = |id: &str, mode: &str, k: usize| -> Result<Vec<u8>> {
-        let ev = emr_core::contract::parse_canonical(body(id, mode, k).as_bytes(), now, &rules)
+    let message = |k: usize, mode: &str| -> Result<Vec<u8>> {
+        let ev = emr_core::contract::parse_canonical(body(k, mode).as_bytes(), now, &rules)
             .map_err(|p| anyhow!("{}", p.detail))?;
         let q = emr_core::event::QueuedEvent {
             event: ev,
@@ -259,6 +319,8 @@ pub fn full_ledger(
     let group = GroupId::parse("default").map_err(|e| anyhow!("{}", e.0))?;
     let store = MemoryStore::new();
     status::create_keys(&store).map_err(|e| anyhow!("{e:?}"))?;
+    // Room for the ledger's own bound to stay out of the way: the intake's
+    // shares keep a real ledger below it.
     let mut ledger = Ledger::new(Retention {
         max_open: open + 64,
         ..Retention::default()
@@ -275,23 +337,21 @@ pub fn full_ledger(
         }
         Ok(applied.audit_line(&q, &group, now).to_string().len())
     };
-    for i in 0..open {
-        apply(
-            &mut ledger,
-            &mut board,
-            &message(&format!("FULL-{i}"), "EMERGENCY_ACTIVE", i)?,
-        )?;
+    for k in 0..open {
+        apply(&mut ledger, &mut board, &message(k, "EMERGENCY_ACTIVE")?)?;
     }
     board
         .publish(&ledger, &store)
         .map_err(|e| anyhow!("{e:?}"))?;
-    // The timed events: resolve FULL-i, open NEXT-i.
-    let messages: Vec<Vec<u8>> = (0..n)
+    // The timed events, built beforehand: pair `j` resolves incident `j`
+    // (the oldest still open) and opens incident `open + j`.
+    let messages: Vec<Vec<u8>> = (0..events)
         .map(|i| {
+            let j = i / 2;
             if i % 2 == 0 {
-                message(&format!("FULL-{}", i / 2), "EMERGENCY_RESOLVED", i)
+                message(j, "EMERGENCY_RESOLVED")
             } else {
-                message(&format!("NEXT-{i}"), "EMERGENCY_ACTIVE", open + i)
+                message(open + j, "EMERGENCY_ACTIVE")
             }
         })
         .collect::<Result<_>>()?;
@@ -315,12 +375,11 @@ pub fn full_ledger(
             sink += emr_core::recovery::encode(&group, &ledger.open_incidents_of(&group)).len();
         }
     }
-    let us = started.elapsed().as_nanos() as f64 / n as f64 / 1000.0;
-    println!(
-        "{open} open x {queues} queues of {queue_len} chars: {us:.1} us/event \
-         ({} open after, {} distinct queues, {sink} bytes built)",
-        ledger.open_len(),
-        ledger.desired_for(&group).queues_total
-    );
-    Ok(())
+    let us_per_event = started.elapsed().as_nanos() as f64 / events as f64 / 1000.0;
+    Ok(ServiceTime {
+        us_per_event,
+        open_after: ledger.open_len(),
+        queues_total: ledger.desired_for(&group).queues_total,
+        bytes_built: sink,
+    })
 }

@@ -74,7 +74,8 @@ pub struct Latency {
     pub achieved_rps: f64,
 }
 
-/// Sends unique valid incidents to `port` at `rate` a second for `secs` over
+/// Sends unique valid resolutions (see [`crate::wrk::Workload::Unique`] for
+/// why not activations) to `port` at `rate` a second for `secs` over
 /// `conns` connections, each connection on its own schedule; latency is
 /// recorded from the moment the request is written. (tokio's timer has 1 ms
 /// granularity, so timing from the due instant would add up to 1 ms of timer
@@ -106,7 +107,11 @@ pub async fn fixed_rate(
             while due < end {
                 tokio::time::sleep_until(due).await;
                 n += 1;
-                let body = incident(&format!("{prefix}-{c}-{n}"), "EMERGENCY_ACTIVE", &timestamp);
+                let body = incident(
+                    &format!("{prefix}-{c}-{n}"),
+                    "EMERGENCY_RESOLVED",
+                    &timestamp,
+                );
                 let sent = Instant::now();
                 let (status, _) = conn.post("/webhooks/canonical", Some(&token), body).await?;
                 let took = sent.elapsed().as_micros();

@@ -7,6 +7,7 @@
 //! emr-bench run [--quick] [--out DIR]        every measurement; writes DIR/RESULTS.md, DIR/results.json
 //! emr-bench upstream --port P --threads N    the alternative's webhook service (started by `run`)
 //! emr-bench core [--n N]                      the intake's pure logic alone, natively, ns per request
+//! emr-bench core --service | --full-ledger    the service's, natively (see `core.rs`)
 //! emr-bench report [--out DIR]                RESULTS.md again from DIR/results.json and DIR/NOTES.md
 //! ```
 
@@ -37,13 +38,13 @@ fn main() -> Result<()> {
                     .with_context(|| name.to_owned())?
                     .unwrap_or(default))
             };
-            core::full_ledger(
-                number("--open", 1000)?,
-                number("--queues", 50)?,
-                number("--queue-len", 128)?,
-                number("--n", 2000)?,
-                number("--batch", 10)?,
-            )
+            core::full_ledger(core::LedgerShape {
+                open: number("--open", 1000)?,
+                queues: number("--queues", 50)?,
+                queue_len: number("--queue-len", 128)?,
+                events: number("--n", 2000)?,
+                batch: number("--batch", 10)?,
+            })
         }
         Some("core") if args.iter().any(|a| a == "--service") => core::service(
             flag(&args, "--n")?
@@ -81,11 +82,12 @@ fn main() -> Result<()> {
 }
 
 pub const USAGE: &str = "usage:
-  emr-bench run [--quick] [--out DIR] [--phases start,throughput,activation,memory]
+  emr-bench run [--quick] [--out DIR] [--phases start,service,throughput,activation,memory]
                 [--workers 1,2] [--targets ceiling,floor,floor-read,emr-edge,alternative]
                 [--envoy PATH] [--wasm PATH] [--floor-wasm PATH] [--unique N] [--merge]
   emr-bench upstream --port P [--threads N]
   emr-bench core [--n N] | emr-bench core --service [--n N] [--publish-every N]
+  emr-bench core --full-ledger [--open N] [--queues N] [--queue-len N] [--n N] [--batch N]
   emr-bench report [--out DIR]";
 
 /// The value after `name`, if present.

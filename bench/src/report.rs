@@ -161,7 +161,7 @@ pub fn table(res: &Results) -> String {
         (
             "emr-edge",
             "unique",
-            "emr-edge: unique valid incidents → 202",
+            "emr-edge: unique resolutions → 202, recorded",
         ),
         (
             "emr-edge",
@@ -269,7 +269,7 @@ pub fn table(res: &Results) -> String {
     }
 
     let rate_rps = res.fixed_rate.first().map_or(0, |f| f.rate);
-    let _ = writeln!(s, "\n### Latency at a fixed {rate_rps} req/s (8 connections, unique valid incidents; µs, median (min–max) of runs)\n");
+    let _ = writeln!(s, "\n### Latency at a fixed {rate_rps} req/s (8 connections, unique resolutions; µs, median (min–max) of runs)\n");
     let _ = writeln!(
         s,
         "| target | 1 worker p50 | 1 worker p99 | 2 workers p50 | 2 workers p99 |"
@@ -300,6 +300,8 @@ pub fn table(res: &Results) -> String {
         added_p99(res, 1).map_or("–".into(), |v| format!("{v:.0}")),
         added_p99(res, 2).map_or("–".into(), |v| format!("{v:.0}")),
     );
+
+    service(&mut s, res);
 
     let a = &res.activation;
     let _ = writeln!(s, "\n### Activation latency: webhook sent → simulator receives the group `PUT` (ms, ±1; {} worker; request budget at its maximum, 300/min and burst 300, and a fresh Envoy per series, so every probe fits the burst)\n", a.workers);
@@ -356,6 +358,13 @@ pub fn table(res: &Results) -> String {
         m.rate_rps,
         m.seconds
     );
+    if m.unexpected > 0 {
+        let _ = writeln!(
+            s,
+            "\n{} answers of the flood were not 2xx (429 or 503): not recorded by the service.",
+            m.unexpected
+        );
+    }
     if m.peak_kib > 0 {
         let _ = writeln!(
             s,
@@ -383,6 +392,53 @@ pub fn table(res: &Results) -> String {
     );
     let _ = writeln!(s, "\n### Goals\n\n{}", goals(res));
     s
+}
+
+/// The `service` phase's table, if it ran.
+fn service(s: &mut String, res: &Results) {
+    let Some(first) = res.service.first() else {
+        return;
+    };
+    let small = res
+        .service
+        .iter()
+        .find(|f| f.ledger == "small")
+        .map(|f| f.us_per_event.median);
+    let _ = writeln!(
+        s,
+        "\n### The service's time per event, natively (µs per event, median (min–max) of {} runs)\n",
+        first.us_per_event.runs.len()
+    );
+    let _ = writeln!(s, "What the singleton does per queued event, compiled natively and run in `emr-bench` (`core::service_time`): no V8 and no host calls, the status store in memory. Per event: decode, ledger, status-board mark, audit line; per batch of events (a reconcile-like step): the dirty status buckets published, the group's desired state, its data-table row's columns and the persisted-incident document built. Not included: Envoy's host calls (queue, shared data, logs, counters) and the Genesys calls themselves. Each pair of timed events resolves the oldest open incident and opens a new one, all in one group, so the ledger stays as full as it started. In Envoy the same work runs in V8, which ran the service's logic ~1.5× slower than native when last compared (NOTES, part 3).\n");
+    let _ = writeln!(
+        s,
+        "| ledger | open incidents | queues × characters each | events per batch | µs per event | ÷ small |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for f in &res.service {
+        let label = match f.ledger.as_str() {
+            "small" => "small, the same incident shape",
+            "full" => "**full: issue 12's attack**",
+            "full-short-queues" => "full, short queues",
+            other => other,
+        };
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} × {} | {} | {:.1} ({:.1}–{:.1}, ±{:.0}%) | {} |",
+            f.shape.open,
+            f.shape.queues,
+            f.shape.queue_len,
+            f.shape.batch,
+            f.us_per_event.median,
+            f.us_per_event.min,
+            f.us_per_event.max,
+            f.us_per_event.spread_pct(),
+            small.filter(|v| *v > 0.0).map_or("–".into(), |v| format!(
+                "{:.2}×",
+                f.us_per_event.median / v
+            ))
+        );
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {

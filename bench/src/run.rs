@@ -37,7 +37,8 @@ pub struct Options {
     pub floor_wasm: PathBuf,
     pub root: PathBuf,
     pub unique_target: u64,
-    /// Which parts to run (all by default): start, throughput, activation, memory.
+    /// Which parts to run (all by default): start, service, throughput,
+    /// activation, memory.
     pub phases: Vec<String>,
     /// Worker counts for the throughput part.
     pub workers: Vec<u32>,
@@ -95,7 +96,7 @@ impl Options {
                 .context("--unique")?
                 .unwrap_or(if quick { 50_000 } else { 1_000_000 }),
             phases: crate::flag(args, "--phases")?
-                .unwrap_or_else(|| "start,throughput,activation,memory".into())
+                .unwrap_or_else(|| "start,service,throughput,activation,memory".into())
                 .split(',')
                 .map(str::to_owned)
                 .collect(),
@@ -225,6 +226,20 @@ pub struct Memory {
     /// The highest RSS sampled during the flood.
     #[serde(default)]
     pub peak_kib: u64,
+    /// Answers other than 2xx during the flood (wrk's count): 429s if the
+    /// workload opened incidents, 503s past the backlog bound.
+    #[serde(default)]
+    pub unexpected: u64,
+}
+
+/// The service's time per event, natively, for one ledger shape
+/// (`crate::core::service_time`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceFigure {
+    /// Which ledger: `small`, `full` or `full-short-queues`.
+    pub ledger: String,
+    pub shape: crate::core::LedgerShape,
+    pub us_per_event: Repeated,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -253,6 +268,9 @@ pub struct Results {
     pub activation: Activation,
     pub memory: Memory,
     pub start: Start,
+    /// Absent from results written before it was measured.
+    #[serde(default)]
+    pub service: Vec<ServiceFigure>,
     pub elapsed_s: f64,
     pub skipped: Vec<String>,
 }
@@ -403,6 +421,12 @@ pub fn main(opts: Options) -> Result<()> {
             Err(e) => failed("start", e, &mut results.skipped),
         }
     }
+    if phase("service") {
+        match service() {
+            Ok(s) => results.service = s,
+            Err(e) => failed("service", e, &mut results.skipped),
+        }
+    }
     if phase("throughput") {
         for &workers in &opts.workers {
             match throughput(&mut ctx, workers) {
@@ -444,6 +468,8 @@ pub fn main(opts: Options) -> Result<()> {
 
     let json = serde_json::to_string_pretty(&results)?;
     std::fs::write(opts.out.join("results.json"), &json)?;
+    // A run of phases that start no Envoy has not made its scratch yet.
+    std::fs::create_dir_all(&ctx.scratch)?;
     std::fs::write(ctx.scratch.join("results.json"), &json)?;
     report::write(&results, &opts.out)?;
     println!("{}", report::table(&results));
@@ -474,6 +500,88 @@ fn start(ctx: &mut Ctx) -> Result<Start> {
         ready_edge_ms: Repeated::of(edge),
         ready_ceiling_ms: Repeated::of(ceiling),
     })
+}
+
+/// The ledgers of the `service` phase: issue 12's attack (1,000 open
+/// incidents of 50 queues of 128 characters, one group), the same incident
+/// shape in a small ledger, and 1,000 open incidents of two short queues.
+const LEDGERS: [(&str, crate::core::LedgerShape); 3] = [
+    (
+        "small",
+        crate::core::LedgerShape {
+            open: 10,
+            queues: 50,
+            queue_len: 128,
+            events: 2000,
+            batch: 10,
+        },
+    ),
+    (
+        "full",
+        crate::core::LedgerShape {
+            open: 1000,
+            queues: 50,
+            queue_len: 128,
+            events: 2000,
+            batch: 10,
+        },
+    ),
+    (
+        "full-short-queues",
+        crate::core::LedgerShape {
+            open: 1000,
+            queues: 2,
+            queue_len: 12,
+            events: 2000,
+            batch: 10,
+        },
+    ),
+];
+
+/// The service's time per event for each of [`LEDGERS`], natively: a
+/// round left out (the allocator's and the caches' first touch), then 7
+/// rounds, the ledgers interleaved in each so drift in the machine's load
+/// hits every ledger alike. About 5 s in all.
+fn service() -> Result<Vec<ServiceFigure>> {
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); LEDGERS.len()];
+    for round in 0..8 {
+        for ((name, shape), us) in LEDGERS.iter().zip(runs.iter_mut()) {
+            let t = crate::core::service_time(*shape)?;
+            // A ledger that emptied or grew would be another measurement.
+            if t.open_after != shape.open {
+                bail!(
+                    "service, {name} ledger: {} open after the timed events, not {}",
+                    t.open_after,
+                    shape.open
+                );
+            }
+            if round > 0 {
+                us.push(t.us_per_event);
+            }
+        }
+    }
+    let figures: Vec<ServiceFigure> = LEDGERS
+        .iter()
+        .zip(runs)
+        .map(|((name, shape), us)| ServiceFigure {
+            ledger: (*name).to_owned(),
+            shape: *shape,
+            us_per_event: Repeated::of(us),
+        })
+        .collect();
+    for f in &figures {
+        eprintln!(
+            "service, {} ledger ({} open x {} queues of {} chars): {:.1} µs/event ({:.1}–{:.1})",
+            f.ledger,
+            f.shape.open,
+            f.shape.queues,
+            f.shape.queue_len,
+            f.us_per_event.median,
+            f.us_per_event.min,
+            f.us_per_event.max
+        );
+    }
+    Ok(figures)
 }
 
 /// The counter that tells a workload's requests were answered as expected.
@@ -809,24 +917,19 @@ fn memory(ctx: &mut Ctx, measured_rps: f64, skipped: &mut Vec<String>) -> Result
     let idle = envoy.rss_kib();
     let started = Instant::now();
     let scratch = ctx.scratch.clone();
-    let mut half_kib = 0;
-    let mut accepted_half = 0;
     let sampling = std::sync::atomic::AtomicBool::new(true);
-    let peaks = std::thread::scope(|scope| -> Result<(u64, u64)> {
+    let (peaks, halves) = std::thread::scope(|scope| -> Result<((u64, u64), Halves)> {
         let sampler = scope.spawn(|| sample_backlog(&envoy, &sampling));
-        let flooded = flood_in_halves(
-            ctx,
-            &envoy,
-            target,
-            measured_rps,
-            &scratch,
-            &mut half_kib,
-            &mut accepted_half,
-        );
+        let flooded = flood_in_halves(ctx, &envoy, target, measured_rps, &scratch);
         sampling.store(false, std::sync::atomic::Ordering::Relaxed);
         let peaks = sampler.join().unwrap_or_default();
-        flooded.map(|()| peaks)
+        flooded.map(|h| (peaks, h))
     })?;
+    let Halves {
+        half_kib,
+        accepted_half,
+        unexpected,
+    } = halves;
     let seconds = started.elapsed().as_secs_f64();
     let accepted = envoy.counter("emr.intake.accepted");
     let full_kib = envoy.rss_kib();
@@ -846,6 +949,7 @@ fn memory(ctx: &mut Ctx, measured_rps: f64, skipped: &mut Vec<String>) -> Result
         note: String::new(),
         peak_backlog: peaks.0,
         peak_kib: peaks.1,
+        unexpected,
     })
 }
 
@@ -865,6 +969,16 @@ fn sample_backlog(envoy: &Envoy, on: &std::sync::atomic::AtomicBool) -> (u64, u6
     (backlog, rss)
 }
 
+/// What [`flood_in_halves`] read.
+#[derive(Default)]
+struct Halves {
+    /// RSS after the first half, and the events accepted by then.
+    half_kib: u64,
+    accepted_half: u64,
+    /// Answers other than 2xx over both halves.
+    unexpected: u64,
+}
+
 /// Sends unique webhooks until `target` are accepted, in two halves (the
 /// second shows whether memory still grows).
 fn flood_in_halves(
@@ -873,9 +987,8 @@ fn flood_in_halves(
     target: u64,
     measured_rps: f64,
     scratch: &std::path::Path,
-    half_kib: &mut u64,
-    accepted_half: &mut u64,
-) -> Result<()> {
+) -> Result<Halves> {
+    let mut out = Halves::default();
     for (i, goal) in [target / 2, target].into_iter().enumerate() {
         for _ in 0..4 {
             let have = envoy.counter("emr.intake.accepted");
@@ -884,7 +997,7 @@ fn flood_in_halves(
             }
             let secs = (((goal - have) as f64 / measured_rps.max(1.0)) * 1.05).ceil() as u32;
             let prefix = ctx.prefix(&format!("mem-{i}"));
-            wrk::Run {
+            let r = wrk::Run {
                 workload: Workload::Unique,
                 port: envoy.listen_port,
                 connections: 32,
@@ -895,13 +1008,24 @@ fn flood_in_halves(
                 scratch,
             }
             .run()?;
+            out.unexpected += r.status;
+            // Refusals are not what this phase measures, and would send it
+            // on flooding until its time budget ran out.
+            if r.status > r.requests / 100 {
+                bail!(
+                    "{} of {} answers were 4xx/5xx (429: a share of the open incidents used up; \
+                     503: the backlog bound), not the recorded events this phase measures",
+                    r.status,
+                    r.requests
+                );
+            }
         }
         // Let the service drain its queue before reading memory.
         std::thread::sleep(Duration::from_secs(1));
         if i == 0 {
-            *half_kib = envoy.rss_kib();
-            *accepted_half = envoy.counter("emr.intake.accepted");
+            out.half_kib = envoy.rss_kib();
+            out.accepted_half = envoy.counter("emr.intake.accepted");
         }
     }
-    Ok(())
+    Ok(out)
 }

@@ -12,7 +12,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Workload {
-    /// A new valid incident every request (unique `correlationId`): 202.
+    /// A new valid event every request (unique `correlationId`): 202, and
+    /// recorded by the service. A resolution, not an activation: each source
+    /// may hold only its share of `ledger.max_open_incidents` open (1,000
+    /// by default), and an activation beyond it is refused at the intake
+    /// (429), so unique activations would measure the refusal after the
+    /// first thousand. A resolution of an unknown incident takes the same
+    /// path (parse, auth, dedupe, enqueue) and the service records it as a
+    /// closed incident (pruned past `ledger.max_closed_incidents`, then a
+    /// tombstone).
     Unique,
     /// The same valid incident again and again: replays after the first.
     Duplicate,
@@ -72,7 +80,7 @@ end
 function request()
   n = n + 1
   if mode == "unique" then
-    return wrk.format("POST", path, auth, incident(prefix .. "-" .. (tid or 0) .. "-" .. n, "EMERGENCY_ACTIVE", 3600))
+    return wrk.format("POST", path, auth, incident(prefix .. "-" .. (tid or 0) .. "-" .. n, "EMERGENCY_RESOLVED", 3600))
   end
   return reqs[(n % #reqs) + 1]
 end
