@@ -488,9 +488,6 @@ struct GroupState {
     adopt_check: bool,
     /// A row-only refresh waits until then ([`ROW_REFRESH_PACE`]).
     row_paced_until: Option<DateTime<Utc>>,
-    /// Whether the group is enabled, as the last cycle that ended left it
-    /// (whether or not the ledger still wanted that by then).
-    reached: Option<bool>,
 }
 
 impl Default for GroupState {
@@ -512,7 +509,6 @@ impl Default for GroupState {
             known_version: None,
             adopt_check: false,
             row_paced_until: None,
-            reached: None,
         }
     }
 }
@@ -1156,8 +1152,10 @@ impl Reconciler {
             // refreshed a moment ago: wait, and leave the budget to switches.
             let paced = st.row_paced_until.filter(|until| *until > now);
             if let (Some(until), false) = (paced, cycle.check) {
+                // Genesys as we last saw it — a read, or the answer to our
+                // own write — whatever became of the cycle that saw it.
                 let wanted = cx.ledger.desired_for(&g).enabled;
-                let switch = st.reached.is_none_or(|enabled| enabled != wanted);
+                let switch = st.observed.as_ref().is_none_or(|o| o.enabled != wanted);
                 if !switch && st.overridden.is_none() {
                     st.phase = Phase::Waiting {
                         until,
@@ -2375,7 +2373,6 @@ impl Reconciler {
         cx: &mut Cx<'_>,
     ) {
         let current = self.target(g, cx.ledger);
-        self.groups.entry(g.clone()).or_default().reached = Some(target.enabled);
         if !self.same_target(g, &current, &target) {
             self.audit(g, "superseded-reconcile-again", None, json!({}), cx);
             let st = self.groups.entry(g.clone()).or_default();

@@ -785,6 +785,28 @@ fn a_flood_of_incidents_for_one_group_leaves_the_budget_to_another_groups_switch
 }
 
 #[test]
+fn a_switch_right_after_a_failed_row_write_is_not_paced() {
+    // Found by `make bench`: a resolution's cycle switched the group off,
+    // then its row write failed; the next activation was taken for a
+    // row-only refresh and held by the pacing for 2 s.
+    let mut w = World::new(json!({"datatable": {"id": "t1", "row_key": "emr-{group}"}}));
+    w.fake.rows_upsert = true;
+    w.activate("INC-1", &["q1"], "G1");
+    w.drain();
+    assert!(w.fake.enabled("G1"));
+    w.now = t(100);
+    w.fake.fault(Row, Fault::status(403));
+    w.resolve("INC-1", "G1");
+    w.drain();
+    assert!(!w.fake.enabled("G1"));
+    assert!(w.failures().iter().any(|f| f.contains("403")), "{:?}", w.failures());
+    w.now = t(200);
+    w.activate("INC-2", &["q2"], "G1");
+    w.drain();
+    assert!(w.fake.enabled("G1"), "the switch on was paced");
+}
+
+#[test]
 fn a_row_write_failure_fails_the_reconcile() {
     let mut w = World::new(json!({"datatable": {"id": "t1", "row_key": "emr"}}));
     w.fake.rows_upsert = true;
