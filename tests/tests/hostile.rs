@@ -11,11 +11,11 @@
 //! The client is raw bytes over rustls: an HTTP library would refuse to send
 //! most of these requests.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use emr_e2e::{incident, root, Envoy, EnvoyOptions, Value};
+use emr_e2e::{incident, root, Envoy, Value};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -24,8 +24,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsConnector;
 
-const CANONICAL_TOKEN: &str = "hostile-canonical-token-0123456789";
-const PAGERDUTY_SECRET: &str = "hostile-pagerduty-secret-0123456789";
+// The example runs with `common`'s secrets.
+const CANONICAL_TOKEN: &str = common::PROD_CANONICAL_TOKEN;
+const PAGERDUTY_SECRET: &str = common::PROD_PAGERDUTY_SECRET;
 
 /// The example's limits, as its template sets them (asserted against the
 /// template text in `the_limits_tested_are_the_shipped_ones`).
@@ -47,88 +48,10 @@ struct Prod {
     tls: TlsConnector,
 }
 
-static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-fn scratch() -> PathBuf {
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = root()
-        .join("target/e2e")
-        .join(format!("hostile-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A throwaway self-signed certificate, as `configs.rs` makes one.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=emr-edge.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
-/// The shipped template with the test's certificate, and `patch` applied to
-/// its text; the harness fills in the ports and the wasm.
-fn production_template(dir: &Path, patch: impl Fn(String) -> String) -> PathBuf {
-    let (cert, key) = self_signed(dir);
-    let text = std::fs::read_to_string(root().join("envoy/production.example.yaml.tmpl")).unwrap();
-    let text = text
-        .replace("{{TLS_CERT}}", &cert.display().to_string())
-        .replace("{{TLS_KEY}}", &key.display().to_string())
-        // Genesys is never reached here: intake answers without it.
-        .replace("{{GENESYS_REGION}}", "mypurecloud.ie");
-    let path = dir.join("production.yaml.tmpl");
-    std::fs::write(&path, patch(text)).unwrap();
-    path
-}
-
 async fn start_with(patch: impl Fn(String) -> String + Send + 'static) -> Prod {
-    let options = tokio::task::spawn_blocking(move || {
-        let dir = scratch();
-        EnvoyOptions {
-            template: production_template(&dir, patch),
-            config: serde_json::from_str(
-                &std::fs::read_to_string(root().join("envoy/production.config.json")).unwrap(),
-            )
-            .unwrap(),
-            concurrency: 2,
-            sim_port: 9,
-            env: [
-                ("EMR_GENESYS_CLIENT_ID", "hostile-client-id"),
-                (
-                    "EMR_GENESYS_CLIENT_SECRET",
-                    "hostile-client-secret-0123456789",
-                ),
-                ("EMR_CANONICAL_TOKEN", CANONICAL_TOKEN),
-                ("EMR_PAGERDUTY_SECRET", PAGERDUTY_SECRET),
-                ("EMR_STATUS_TOKEN", "hostile-status-token-0123456789"),
-            ]
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-            log_level: "warn",
-            ..EnvoyOptions::default()
-        }
-    })
-    .await
-    .unwrap();
-    let envoy = tokio::task::spawn_blocking(move || Envoy::start(options))
-        .await
-        .expect("Envoy start panicked");
     Prod {
-        envoy,
-        tls: connector(),
+        envoy: common::production_envoy(patch).await,
+        tls: common::connector(&[]),
     }
 }
 
@@ -251,66 +174,6 @@ async fn until_closed<R: AsyncRead + Unpin>(
     }
 }
 
-/// A TLS client that accepts the test's self-signed certificate.
-fn connector() -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
-
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Requests and answers as bytes.
 
@@ -343,7 +206,7 @@ impl Reply {
             .header("transfer-encoding")
             .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
         {
-            reply.body = dechunk(rest);
+            reply.body = common::dechunk(rest);
         } else if let Some(n) = reply.header("content-length").and_then(|v| v.parse().ok()) {
             reply.body.truncate(n);
         }
@@ -390,23 +253,6 @@ impl Reply {
             .unwrap_or_else(|e| panic!("{context}: problem body is not JSON ({e}): {self:?}"));
         assert_eq!(v["status"], u64::from(self.status), "{context}: {v}");
     }
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = body.windows(2).position(|w| w == b"\r\n") {
-        let size = String::from_utf8_lossy(&body[..i]);
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        let rest = &body[i + 2..];
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.extend_from_slice(&rest[..n]);
-        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
-    }
-    out
 }
 
 /// A complete `POST` with a declared length, closing the connection after.

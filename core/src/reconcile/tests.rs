@@ -799,7 +799,11 @@ fn a_switch_right_after_a_failed_row_write_is_not_paced() {
     w.resolve("INC-1", "G1");
     w.drain();
     assert!(!w.fake.enabled("G1"));
-    assert!(w.failures().iter().any(|f| f.contains("403")), "{:?}", w.failures());
+    assert!(
+        w.failures().iter().any(|f| f.contains("403")),
+        "{:?}",
+        w.failures()
+    );
     w.now = t(200);
     w.activate("INC-2", &["q2"], "G1");
     w.drain();

@@ -235,7 +235,8 @@ fn h1_complete(raw: &[u8]) -> bool {
         .is_some_and(|n| rest.len() >= n)
 }
 
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
+/// A chunked body's data, its chunks joined.
+pub fn dechunk(mut body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(i) = body.windows(2).position(|w| w == b"\r\n") {
         let size = String::from_utf8_lossy(&body[..i]);
@@ -347,54 +348,62 @@ fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// The shipped production example, running with a throwaway certificate and
-/// the secrets above.
+/// The shipped production example running with a throwaway certificate,
+/// the secrets above and `patch` applied to the template's text (a test may
+/// tighten a limit); the harness fills in the ports and the wasm.
+pub async fn production_envoy(patch: impl Fn(String) -> String + Send + 'static) -> Envoy {
+    let options = tokio::task::spawn_blocking(move || {
+        let dir = scratch();
+        let (cert, key) = self_signed(&dir);
+        let text = std::fs::read_to_string(root().join("envoy/production.example.yaml.tmpl"))
+            .expect("template")
+            .replace("{{TLS_CERT}}", &cert.display().to_string())
+            .replace("{{TLS_KEY}}", &key.display().to_string())
+            // Genesys is never reached: the intake answers without it.
+            .replace("{{GENESYS_REGION}}", "mypurecloud.ie");
+        let template = dir.join("production.yaml.tmpl");
+        std::fs::write(&template, patch(text)).expect("template");
+        EnvoyOptions {
+            template,
+            config: serde_json::from_str(
+                &std::fs::read_to_string(root().join("envoy/production.config.json"))
+                    .expect("config"),
+            )
+            .expect("config JSON"),
+            env: [
+                ("EMR_GENESYS_CLIENT_ID", "framing-client-id"),
+                (
+                    "EMR_GENESYS_CLIENT_SECRET",
+                    "framing-client-secret-0123456789",
+                ),
+                ("EMR_CANONICAL_TOKEN", PROD_CANONICAL_TOKEN),
+                ("EMR_PAGERDUTY_SECRET", PROD_PAGERDUTY_SECRET),
+                ("EMR_STATUS_TOKEN", PROD_STATUS_TOKEN),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+            log_level: "warn",
+            ..EnvoyOptions::default()
+        }
+    })
+    .await
+    .expect("options");
+    tokio::task::spawn_blocking(move || Envoy::start(options))
+        .await
+        .expect("Envoy start panicked")
+}
+
+/// The shipped production example, as shipped.
 pub struct Prod {
     pub envoy: Envoy,
 }
 
 impl Prod {
     pub async fn start() -> Prod {
-        let options = tokio::task::spawn_blocking(|| {
-            let dir = scratch();
-            let (cert, key) = self_signed(&dir);
-            let text = std::fs::read_to_string(root().join("envoy/production.example.yaml.tmpl"))
-                .expect("template")
-                .replace("{{TLS_CERT}}", &cert.display().to_string())
-                .replace("{{TLS_KEY}}", &key.display().to_string())
-                .replace("{{GENESYS_REGION}}", "mypurecloud.ie");
-            let template = dir.join("production.yaml.tmpl");
-            std::fs::write(&template, text).expect("template");
-            EnvoyOptions {
-                template,
-                config: serde_json::from_str(
-                    &std::fs::read_to_string(root().join("envoy/production.config.json"))
-                        .expect("config"),
-                )
-                .expect("config JSON"),
-                env: [
-                    ("EMR_GENESYS_CLIENT_ID", "framing-client-id"),
-                    (
-                        "EMR_GENESYS_CLIENT_SECRET",
-                        "framing-client-secret-0123456789",
-                    ),
-                    ("EMR_CANONICAL_TOKEN", PROD_CANONICAL_TOKEN),
-                    ("EMR_PAGERDUTY_SECRET", PROD_PAGERDUTY_SECRET),
-                    ("EMR_STATUS_TOKEN", PROD_STATUS_TOKEN),
-                ]
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-                log_level: "warn",
-                ..EnvoyOptions::default()
-            }
-        })
-        .await
-        .expect("options");
-        let envoy = tokio::task::spawn_blocking(move || Envoy::start(options))
-            .await
-            .expect("Envoy start panicked");
-        Prod { envoy }
+        Prod {
+            envoy: production_envoy(|t| t).await,
+        }
     }
 
     /// A TLS connection offering these ALPN protocols; returns the stream
@@ -418,7 +427,7 @@ impl Prod {
 }
 
 /// A TLS client that accepts the test's self-signed certificate.
-fn connector(alpn: &[&[u8]]) -> TlsConnector {
+pub fn connector(alpn: &[&[u8]]) -> TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
