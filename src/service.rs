@@ -294,15 +294,7 @@ impl ServiceRoot {
                 .clone()
                 .unwrap_or_else(|| self.default_group.clone()),
         };
-        // An event can move its incident to another group (a priority
-        // change): the group it leaves is reconciled at once too, not at its
-        // next watchdog check.
         let key = q.event.incident_key();
-        let left = self
-            .ledger
-            .get(&key)
-            .filter(|i| i.is_open() && i.group != group)
-            .map(|i| i.group.clone());
         let applied = self.ledger.apply(q, group.clone(), now);
         self.slots.recorded(q);
         if q.received_ms > self.recorded_ms {
@@ -328,8 +320,9 @@ impl ServiceRoot {
                 } else {
                     // An incident event: it also ends a person's override.
                     g.reconciler.mark_event(&group, now);
-                    if let Some(left) = &left {
-                        g.reconciler.mark_event(left, now);
+                    // The group the incident left, if it moved, at once too.
+                    for left in self.ledger.take_left() {
+                        g.reconciler.mark_event(&left, now);
                     }
                 }
             }
@@ -614,7 +607,7 @@ impl ServiceRoot {
             if self.recorded_dirty {
                 let written = Shared.set(
                     liveness::RECORDED_KEY,
-                    self.recorded_ms.to_string().as_bytes(),
+                    &liveness::recorded(self.recorded_ms),
                     None,
                 );
                 self.recorded_dirty = written.is_err();

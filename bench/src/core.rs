@@ -141,16 +141,11 @@ pub fn service(n: usize, publish_every: usize) -> Result<()> {
             // Resolutions, as the Envoy workloads send (`crate::wrk`): past
             // 1,000 unique activations the ledger would refuse the rest
             // (`REFUSED`), a path the intake's shares now keep it from.
-            let body = incident(&format!("SVC-{i}"), "EMERGENCY_RESOLVED", &ts);
-            let ev = emr_core::contract::parse_canonical(body.as_bytes(), now, &rules)
-                .map_err(|p| anyhow!("{}", p.detail))?;
-            let q = emr_core::event::QueuedEvent {
-                event: ev,
-                received_ms: now.timestamp_millis(),
-                delivery_id: None,
-                slot: false,
-            };
-            Ok(serde_json::to_vec(&q)?)
+            queued(
+                &incident(&format!("SVC-{i}"), "EMERGENCY_RESOLVED", &ts),
+                now,
+                &rules,
+            )
         })
         .collect::<Result<_>>()?;
     let group = GroupId::parse("default").map_err(|e| anyhow!("{}", e.0))?;
@@ -305,17 +300,7 @@ pub fn service_time(shape: LedgerShape) -> Result<ServiceTime> {
             r#"{{"correlationId":"FULL-{k}","incidentType":"CARRIER_OUTAGE",{list}"routingMode":"{mode}","timestamp":"{ts}","ttl":86400}}"#
         )
     };
-    let message = |k: usize, mode: &str| -> Result<Vec<u8>> {
-        let ev = emr_core::contract::parse_canonical(body(k, mode).as_bytes(), now, &rules)
-            .map_err(|p| anyhow!("{}", p.detail))?;
-        let q = emr_core::event::QueuedEvent {
-            event: ev,
-            received_ms: now.timestamp_millis(),
-            delivery_id: None,
-            slot: false,
-        };
-        Ok(serde_json::to_vec(&q)?)
-    };
+    let message = |k: usize, mode: &str| queued(&body(k, mode), now, &rules);
     let group = GroupId::parse("default").map_err(|e| anyhow!("{}", e.0))?;
     let store = MemoryStore::new();
     status::create_keys(&store).map_err(|e| anyhow!("{e:?}"))?;
@@ -382,4 +367,22 @@ pub fn service_time(shape: LedgerShape) -> Result<ServiceTime> {
         queues_total: ledger.desired_for(&group).queues_total,
         bytes_built: sink,
     })
+}
+
+/// The queue message the intake would enqueue for canonical `body`,
+/// received at `now`.
+fn queued(
+    body: &str,
+    now: chrono::DateTime<Utc>,
+    rules: &emr_core::contract::ContractRules,
+) -> Result<Vec<u8>> {
+    let ev = emr_core::contract::parse_canonical(body.as_bytes(), now, rules)
+        .map_err(|p| anyhow!("{}", p.detail))?;
+    let q = emr_core::event::QueuedEvent {
+        event: ev,
+        received_ms: now.timestamp_millis(),
+        delivery_id: None,
+        slot: false,
+    };
+    Ok(serde_json::to_vec(&q)?)
 }

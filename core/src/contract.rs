@@ -168,7 +168,7 @@ fn check_object(
             let field = if key.is_empty() {
                 "$[\"\"]".to_owned()
             } else {
-                crate::mapping::printable(key)
+                crate::text::printable(key)
             };
             errors.push(FieldError::new(field, "is not a field of the contract"));
         }

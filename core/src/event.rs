@@ -55,18 +55,27 @@ impl Source {
         }
     }
 
+    /// Every source, [`Source::Emr`] included.
+    pub const ANY: [Source; 8] = [
+        Source::Canonical,
+        Source::Pagerduty,
+        Source::Servicenow,
+        Source::Jsm,
+        Source::Opsgenie,
+        Source::Alertmanager,
+        Source::Standard,
+        Source::Emr,
+    ];
+
     /// Any source by its name, [`Source::Emr`] included (a status lookup
     /// may ask for emr-edge's own incidents).
     pub fn from_name(s: &str) -> Option<Source> {
-        Source::ALL
-            .into_iter()
-            .chain([Source::Emr])
-            .find(|src| src.as_str() == s)
+        Source::ANY.into_iter().find(|src| src.as_str() == s)
     }
 
     /// The route source named by a path segment; never [`Source::Emr`].
     pub fn from_path_segment(s: &str) -> Option<Source> {
-        Source::ALL.into_iter().find(|src| src.as_str() == s)
+        Source::from_name(s).filter(|src| *src != Source::Emr)
     }
 }
 

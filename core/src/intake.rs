@@ -377,11 +377,7 @@ fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
 
 /// What `?source=` may name.
 fn source_names() -> String {
-    let names: Vec<&str> = Source::ALL
-        .iter()
-        .chain([Source::Emr].iter())
-        .map(|s| s.as_str())
-        .collect();
+    let names: Vec<&str> = Source::ANY.iter().map(|s| s.as_str()).collect();
     format!("must be one of {}", names.join(", "))
 }
 
@@ -834,10 +830,7 @@ impl Intake<'_> {
                 vec![Counter::StatusServed],
             ),
             Ok(status::Found::Ambiguous(sources)) => {
-                let names: Vec<String> = sources
-                    .iter()
-                    .map(|s| format!("{STATUS_PREFIX}{id}?source={s}"))
-                    .collect();
+                let names: Vec<String> = sources.iter().map(|s| status_url(*s, id)).collect();
                 refused(
                     &Problem::new(
                         409,
@@ -893,13 +886,12 @@ impl Intake<'_> {
         // Recorded once the service has recorded an event received after
         // it (the queue keeps order); a second of slack covers the dedupe
         // store's whole seconds and the workers' race to the queue.
-        let recorded_ms = self
+        let stored = self
             .store
             .get(liveness::RECORDED_KEY)
             .ok()
-            .and_then(|v| v.value)
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|t| t.parse::<i64>().ok());
+            .and_then(|v| v.value);
+        let recorded_ms = liveness::read_recorded(stored.as_deref());
         match recorded_ms {
             Some(ms) if ms >= accepted_s.saturating_add(2).saturating_mul(1000) => Queued::Recorded,
             _ => Queued::Yes(mode),
@@ -2721,7 +2713,7 @@ mod tests {
         // queue is in order, so INC-1 was recorded too.
         let later = now().timestamp_millis() + 2_000;
         w.store
-            .set(liveness::RECORDED_KEY, later.to_string().as_bytes(), None)
+            .set(liveness::RECORDED_KEY, &liveness::recorded(later), None)
             .unwrap();
         let (status, b) = state(&w);
         assert_eq!(status, 404);
@@ -2732,7 +2724,7 @@ mod tests {
         // Only just recorded: still in flight as far as anyone can tell.
         let just = now().timestamp_millis();
         w.store
-            .set(liveness::RECORDED_KEY, just.to_string().as_bytes(), None)
+            .set(liveness::RECORDED_KEY, &liveness::recorded(just), None)
             .unwrap();
         assert_eq!(state(&w).1["state"], "QUEUED");
     }

@@ -209,24 +209,38 @@ impl Incident {
         (self.priority, self.seq)
     }
 
-    /// Whether it holds this very event already (same mode, same time).
-    fn has_event(&self, mode: RoutingMode, timestamp: DateTime<Utc>) -> bool {
-        self.events
+    /// How an event of `mode`, dated `timestamp` and happened `at`, compares
+    /// with what the incident has: the same event again, an older one (an
+    /// activation tied with a resolution loses too, the safer reading of a
+    /// tie), or a newer one.
+    fn judge(&self, mode: RoutingMode, timestamp: DateTime<Utc>, at: DateTime<Utc>) -> Judged {
+        if self
+            .events
             .iter()
             .any(|e| e.timestamp == timestamp && e.routing_mode == mode)
-    }
-
-    /// Whether an event of `mode` that happened `at` is older than what the
-    /// incident has: an activation tied with a resolution loses too (the
-    /// safer reading of a tie).
-    fn outranks(&self, at: DateTime<Utc>, mode: RoutingMode) -> bool {
-        at < self.last_event_at || (at == self.last_event_at && mode == RoutingMode::Active)
+        {
+            Judged::Duplicate
+        } else if at < self.last_event_at
+            || (at == self.last_event_at && mode == RoutingMode::Active)
+        {
+            Judged::Older
+        } else {
+            Judged::Newer
+        }
     }
 
     /// Closed, and nothing about it left to settle: retention may drop it.
     fn is_prunable(&self) -> bool {
         !self.is_open() && self.events.iter().all(|e| e.status.is_terminal())
     }
+}
+
+/// An event against what its incident already has ([`Incident::judge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    Duplicate,
+    Older,
+    Newer,
 }
 
 /// What applying one event did.
@@ -357,29 +371,25 @@ impl Default for Retention {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Prunable {
     sources: BTreeMap<Source, BTreeSet<(DateTime<Utc>, IncidentKey)>>,
-    len: usize,
 }
 
 impl Prunable {
     fn insert(&mut self, at: DateTime<Utc>, key: &IncidentKey) {
-        if self
-            .sources
+        self.sources
             .entry(key.source)
             .or_default()
-            .insert((at, key.clone()))
-        {
-            self.len += 1;
-        }
+            .insert((at, key.clone()));
     }
 
     fn remove(&mut self, at: DateTime<Utc>, key: &IncidentKey) {
-        let removed = self
-            .sources
-            .get_mut(&key.source)
-            .is_some_and(|s| s.remove(&(at, key.clone())));
-        if removed {
-            self.len -= 1;
+        if let Some(s) = self.sources.get_mut(&key.source) {
+            s.remove(&(at, key.clone()));
         }
+    }
+
+    /// How many are held: a sum over the few sources.
+    fn len(&self) -> usize {
+        self.sources.values().map(BTreeSet::len).sum()
     }
 
     /// The next incident to drop: the oldest one updated before `horizon`,
@@ -393,11 +403,10 @@ impl Prunable {
         let stale = fronts.clone().filter(|(at, _, _)| *at < horizon).min();
         let source = match stale {
             Some((_, _, s)) => s,
-            None if self.len > max => fronts.max_by_key(|(_, n, _)| *n).map(|(_, _, s)| s)?,
+            None if self.len() > max => fronts.max_by_key(|(_, n, _)| *n).map(|(_, _, s)| s)?,
             None => return None,
         };
         let (_, key) = self.sources.get_mut(&source)?.pop_first()?;
-        self.len -= 1;
         Some(key)
     }
 
@@ -429,6 +438,7 @@ pub struct Ledger {
     seq: u64,
     retention: Retention,
     dropped: Vec<IncidentKey>,
+    left: Vec<GroupId>,
 }
 
 impl Default for Ledger {
@@ -449,6 +459,7 @@ impl Ledger {
             seq: 0,
             retention,
             dropped: Vec::new(),
+            left: Vec::new(),
         }
     }
 
@@ -478,7 +489,8 @@ impl Ledger {
         self.open_by_source.get(&source).copied().unwrap_or(0)
     }
 
-    /// Tombstones `source` holds (for metrics and tests).
+    /// Tombstones `source` holds.
+    #[cfg(test)]
     pub fn tombstones_of(&self, source: Source) -> usize {
         self.tombstones.len(source)
     }
@@ -490,16 +502,17 @@ impl Ledger {
         let before = self.incidents.get(&key).map(|i| i.updated_at);
         let received_at = DateTime::from_timestamp_millis(q.received_ms).unwrap_or(now);
         let at = happened_at(q.event.timestamp, received_at);
+        let judged = self
+            .incidents
+            .get(&key)
+            .map(|i| i.judge(q.event.routing_mode, q.event.timestamp, at));
         // A duplicate or an older event changes nothing a group sees: the
         // group index is left alone (and its cached desired state with it).
-        let moot = self.incidents.get(&key).is_some_and(|i| {
-            i.has_event(q.event.routing_mode, q.event.timestamp)
-                || i.outranks(at, q.event.routing_mode)
-        });
+        let moot = matches!(judged, Some(Judged::Duplicate | Judged::Older));
         if !moot {
             self.unindex(&key);
         }
-        let applied = self.apply_event(q, &key, group, received_at, now);
+        let applied = self.apply_event(q, &key, group, received_at, judged, now);
         if !moot {
             self.index(&key);
         }
@@ -522,12 +535,21 @@ impl Ledger {
         std::mem::take(&mut self.dropped)
     }
 
+    /// Groups an open incident left for another since the last call (an
+    /// event with a new priority or type mapped it elsewhere): each needs a
+    /// reconcile now, like the group the incident went to, not at its next
+    /// watchdog check.
+    pub fn take_left(&mut self) -> Vec<GroupId> {
+        std::mem::take(&mut self.left)
+    }
+
     fn apply_event(
         &mut self,
         q: &QueuedEvent,
         key: &IncidentKey,
         group: GroupId,
         received_at: DateTime<Utc>,
+        judged: Option<Judged>,
         now: DateTime<Utc>,
     ) -> Applied {
         let ev = &q.event;
@@ -626,11 +648,10 @@ impl Ledger {
             return outcome;
         };
 
-        if inc.has_event(ev.routing_mode, ev.timestamp) {
+        if judged == Some(Judged::Duplicate) {
             return Applied::Duplicate;
         }
-        if inc.outranks(at, ev.routing_mode) {
-            // An older event, or an activation tied with a resolution.
+        if judged == Some(Judged::Older) {
             push_event(
                 &mut inc.events,
                 EventRecord {
@@ -656,7 +677,11 @@ impl Ledger {
         inc.routing_mode = ev.routing_mode;
         inc.last_event_at = at;
         inc.updated_at = now;
-        inc.group = group;
+        if was_open && inc.group != group {
+            self.left.push(std::mem::replace(&mut inc.group, group));
+        } else {
+            inc.group = group;
+        }
         inc.incident_type = ev.incident_type.clone();
         inc.priority = ev.priority;
         if !ev.target_queue_ids.is_empty() || ev.routing_mode == RoutingMode::Active {

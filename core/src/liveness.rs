@@ -39,6 +39,16 @@ pub const STALLED_AFTER_MS: i64 = 5_000;
 /// costs one shared-data read per worker per interval, not one per event.
 pub const RECHECK_EVERY_MS: i64 = 250;
 
+/// The bytes the service stores under [`RECORDED_KEY`].
+pub fn recorded(received_ms: i64) -> Vec<u8> {
+    received_ms.to_string().into_bytes()
+}
+
+/// What [`recorded`] stored, if readable.
+pub fn read_recorded(stored: Option<&[u8]>) -> Option<i64> {
+    std::str::from_utf8(stored?).ok()?.parse().ok()
+}
+
 /// The bytes the service stores for a beat at `now`.
 pub fn beat(now: DateTime<Utc>) -> Vec<u8> {
     now.timestamp_millis().to_string().into_bytes()

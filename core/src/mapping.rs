@@ -43,6 +43,7 @@ use crate::event::{
 };
 use crate::problem::FieldError;
 use crate::sources::{Item, SourceConfig};
+use crate::text::printable;
 
 /// Most urgent and least urgent priority a rule may set.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<Priority> = 1..=5;
@@ -397,9 +398,6 @@ fn ignored(id: &CorrelationId, reason: String) -> Item {
         reason,
     }
 }
-
-// Payload text made safe for a log line; the sources import it from here.
-pub(crate) use crate::text::printable;
 
 fn check_ttl(t: u32, field: &str, errors: &mut Vec<FieldError>) -> u32 {
     if !(TTL_MIN..=TTL_MAX).contains(&u64::from(t)) {

@@ -206,7 +206,8 @@ impl Book {
     }
 }
 
-/// The count as a filter reads it (for `/emr/state` and tests).
+/// The count as a filter reads it.
+#[cfg(test)]
 pub fn count(store: &dyn SharedStore, source: Source) -> Result<Count, StoreError> {
     Ok(Count::decode(store.get(&key(source))?.value.as_deref()))
 }

@@ -154,7 +154,7 @@ async fn read_to_end<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) {
             Ok(0) | Err(_) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-        if Reply::complete(buf) {
+        if common::h1_complete(buf) {
             return;
         }
     }
@@ -211,24 +211,6 @@ impl Reply {
             reply.body.truncate(n);
         }
         reply
-    }
-
-    /// Whether `raw` holds a whole answer (its head, and its body by
-    /// length or final chunk).
-    fn complete(raw: &[u8]) -> bool {
-        let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return false;
-        };
-        let r = Reply::parse(raw);
-        let rest = &raw[i + 4..];
-        if r.header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
-            return rest.ends_with(b"0\r\n\r\n");
-        }
-        r.header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| rest.len() >= n)
     }
 
     fn header(&self, name: &str) -> Option<&str> {

@@ -8,6 +8,18 @@ use std::sync::Arc;
 
 use emr_e2e::{incident, reqwest, Envoy, EnvoyOptions};
 
+/// Posts a canonical `body`; the answer's status.
+async fn post(c: &reqwest::Client, envoy: &Envoy, body: String) -> u16 {
+    c.post(envoy.url("/webhooks/canonical"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Sends `n` unique, valid resolutions numbered from `start`, 32 at a time.
 async fn flood(envoy: &Arc<Envoy>, start: usize, n: usize) {
     let c = reqwest::Client::builder()
@@ -26,14 +38,7 @@ async fn flood(envoy: &Arc<Envoy>, start: usize, n: usize) {
                     break;
                 }
                 let body = incident(&format!("FLOOD-{i}"), "EMERGENCY_RESOLVED", &[]).to_string();
-                let r = c
-                    .post(envoy.url("/webhooks/canonical"))
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status().as_u16(), 202);
+                assert_eq!(post(&c, &envoy, body).await, 202);
             }
         }));
     }
@@ -79,14 +84,7 @@ async fn memory_is_bounded_after_200k_unique_webhooks() {
     let mut codes = std::collections::BTreeMap::new();
     for i in 0..1_050 {
         let body = incident(&format!("OPEN-{i}"), "EMERGENCY_ACTIVE", &["q1"]).to_string();
-        let r = c
-            .post(envoy.url("/webhooks/canonical"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        *codes.entry(r.status().as_u16()).or_insert(0) += 1;
+        *codes.entry(post(&c, &envoy, body).await).or_insert(0) += 1;
     }
     assert_eq!(codes.get(&202), Some(&1_000), "{codes:?}");
     assert_eq!(codes.get(&429), Some(&50), "{codes:?}");

@@ -618,6 +618,8 @@ fn an_incident_moved_to_another_group_leaves_the_first() {
     let mut l = Ledger::default();
     l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
     l.apply(&event("I1", A, 5, &["q2"]), g("H"), t(6));
+    assert_eq!(l.take_left(), vec![g("G")]);
+    assert!(l.take_left().is_empty());
     assert!(!l.desired_for(&g("G")).enabled);
     let h = l.desired_for(&g("H"));
     assert!(h.enabled);

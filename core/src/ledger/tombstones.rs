@@ -105,6 +105,7 @@ impl Tombstones {
     }
 
     /// How many `source` holds.
+    #[cfg(test)]
     pub(super) fn len(&self, source: Source) -> usize {
         self.sources.get(&source).map_or(0, |g| g.latest.len())
     }

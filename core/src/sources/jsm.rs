@@ -21,8 +21,9 @@ use super::ids::{epoch, id_at};
 use super::node::Node;
 use super::Reading;
 use crate::event::{Priority, RoutingMode};
-use crate::mapping::{printable, Candidate, Facts, Verdict, Vocabulary};
+use crate::mapping::{Candidate, Facts, Verdict, Vocabulary};
 use crate::problem::FieldError;
+use crate::text::printable;
 
 pub(crate) const DELIVERY_ID_HEADER: &str = "x-atlassian-webhook-identifier";
 

@@ -22,8 +22,9 @@ use super::node::Node;
 use super::pagerduty::p_number;
 use super::Reading;
 use crate::event::RoutingMode;
-use crate::mapping::{printable, Candidate, Facts, Verdict, Vocabulary};
+use crate::mapping::{Candidate, Facts, Verdict, Vocabulary};
 use crate::problem::FieldError;
+use crate::text::printable;
 
 pub(crate) const VOCABULARY: Vocabulary = Vocabulary {
     facts: &[

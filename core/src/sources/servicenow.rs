@@ -31,8 +31,9 @@ use super::ids::{correlation_id, servicenow_time};
 use super::node::Node;
 use super::Reading;
 use crate::event::{Priority, RoutingMode};
-use crate::mapping::{printable, Candidate, Facts, Verdict, Vocabulary};
+use crate::mapping::{Candidate, Facts, Verdict, Vocabulary};
 use crate::problem::FieldError;
+use crate::text::printable;
 
 const FACT_FIELDS: [&str; 8] = [
     "priority",

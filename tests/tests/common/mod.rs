@@ -220,7 +220,9 @@ fn h1_parse(raw: &[u8]) -> Answer {
     a
 }
 
-fn h1_complete(raw: &[u8]) -> bool {
+/// Whether `raw` holds a whole HTTP/1.1 answer: its head, and its body by
+/// length or final chunk.
+pub fn h1_complete(raw: &[u8]) -> bool {
     let Some((_, rest)) = h1_split(raw) else {
         return false;
     };
