@@ -532,6 +532,16 @@ impl ServiceRoot {
                         }
                         self.state_dirty = true;
                     }
+                    PollEffect::Renew { key, at_least } => {
+                        if let Some(group) = self.ledger.renew(&key, at_least, now) {
+                            self.board.mark(&key);
+                            self.state_dirty = true;
+                            if let Some(g) = &mut self.genesys {
+                                // Its row persists the expiry for a restart.
+                                g.reconciler.mark_dirty(&group);
+                            }
+                        }
+                    }
                     PollEffect::Audit(line) => audit(line),
                     PollEffect::Metric(m) => self.metrics.poll(&m),
                 }
@@ -641,7 +651,7 @@ impl ServiceRoot {
                     "at": now.to_rfc3339(),
                     "incident": key.to_string(),
                     "group": inc.map(|i| i.group.as_str()),
-                    "expiresAt": inc.map(|i| i.expires_at.to_rfc3339()),
+                    "expiresAt": inc.and_then(|i| i.expires_at).map(|t| t.to_rfc3339()),
                 }));
             }
             if !expired.is_empty() {

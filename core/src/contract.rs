@@ -150,6 +150,7 @@ fn fast_path(body: &[u8], now: DateTime<Utc>, rules: &ContractRules) -> Option<I
         ttl_seconds,
         priority: DEFAULT_PRIORITY,
         group: None,
+        detail: None,
     })
 }
 
@@ -224,6 +225,7 @@ fn check_object(
             ttl_seconds: ttl,
             priority: DEFAULT_PRIORITY,
             group: None,
+            detail: None,
         }),
         _ => Err(errors),
     }

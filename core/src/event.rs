@@ -274,6 +274,11 @@ pub struct IncidentEvent {
     /// `incident_type` to a group by its own config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupId>,
+    /// Why the event has this mode when the source did not say so itself:
+    /// an update that no mapping rule matches any more releases the
+    /// incident (`crate::mapping`). Shown on the incident's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl IncidentEvent {
@@ -544,6 +549,7 @@ mod tests {
                 ttl_seconds: 60,
                 priority: 3,
                 group: None,
+                detail: None,
             },
             received_ms: 1,
             delivery_id: None,

@@ -496,6 +496,15 @@ pub enum PollEffect {
         key: IncidentKey,
         detail: String,
     },
+    /// The tool says the incident is still open: `ledger.renew(key,
+    /// at_least, now)`; if it returns the group, refresh the incident's
+    /// status and the group's row (`Reconciler::mark_dirty`), which
+    /// persists the new expiry for a restart. While the tool answers that
+    /// the incident is open, it never expires here (issue 13).
+    Renew {
+        key: IncidentKey,
+        at_least: Duration,
+    },
     Audit(Value),
     Metric(PollMetric),
 }
@@ -767,6 +776,12 @@ impl Poller {
             Ok(ToolStatus::Open(said)) => {
                 if open {
                     self.schedule_at(p.key.clone(), now + tool.poll);
+                    // Two poll periods at least: one failed poll must not
+                    // let it lapse.
+                    fx.push(PollEffect::Renew {
+                        key: p.key.clone(),
+                        at_least: tool.poll * 2,
+                    });
                 }
                 ("still-open", format!("{} says {said}", tool.name()))
             }
@@ -903,6 +918,7 @@ mod tests {
                 ttl_seconds: 86_400,
                 priority: 3,
                 group: None,
+                detail: None,
             },
             received_ms: t(0).timestamp_millis(),
             delivery_id: None,
@@ -1103,6 +1119,11 @@ mod tests {
         assert!(fx
             .iter()
             .any(|e| matches!(e, PollEffect::Audit(a) if a["decision"] == "still-open")));
+        // …which renews its expiry: at least two poll periods away.
+        assert!(fx.contains(&PollEffect::Renew {
+            key: k.clone(),
+            at_least: Duration::seconds(120),
+        }));
         assert_eq!(p.next_wakeup(), Some(t(121)));
         let out = calls(&p.poll(&l, t(121)));
         let fx = p.on_result(

@@ -65,6 +65,9 @@ pub enum EventStatus {
     Superseded,
     /// The incident's ttl ran out.
     Expired,
+    /// Recorded, and changed nothing: a resolution (or a release) of an
+    /// incident that was never open here. The reason says so.
+    Ignored,
 }
 
 impl EventStatus {
@@ -164,8 +167,16 @@ pub struct Incident {
     pub routing_mode: RoutingMode,
     #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub last_event_at: DateTime<Utc>,
-    #[serde(serialize_with = "crate::rfc3339::serialize")]
-    pub expires_at: DateTime<Utc>,
+    /// When it lapses unless heard of again: set while it is (or when it
+    /// was last) open; an incident never open has none.
+    #[serde(
+        serialize_with = "crate::rfc3339::serialize_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Its newest activation's ttl: how far a status poll that says the
+    /// incident is still open pushes its expiry ([`Ledger::renew`]).
+    pub ttl_seconds: u32,
     #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
     /// Arrival order, for queue ordering among equal priorities.
@@ -563,7 +574,7 @@ impl Ledger {
             reason: None,
             delivery_id: q.delivery_id.clone(),
             via: None,
-            detail: None,
+            detail: ev.detail.clone(),
         };
         if !self.groups.contains_key(&group) {
             self.groups.insert(group.clone(), GroupIndex::default());
@@ -604,7 +615,7 @@ impl Ledger {
                 RoutingMode::Resolved => (
                     IncidentState::Resolved,
                     Applied::ResolvedUnknown,
-                    EventStatus::Applied,
+                    EventStatus::Ignored,
                 ),
             };
             let inc = Incident {
@@ -621,7 +632,9 @@ impl Ledger {
                     ev.routing_mode
                 },
                 last_event_at: buried.filter(|_| stale).unwrap_or(at),
-                expires_at,
+                expires_at: matches!(state, IncidentState::Open | IncidentState::Expired)
+                    .then_some(expires_at),
+                ttl_seconds: ev.ttl_seconds,
                 updated_at: now,
                 seq: self.seq,
                 events: vec![EventRecord {
@@ -635,6 +648,9 @@ impl Ledger {
                             "older than this incident's last event, which closed it: a replay"
                                 .into(),
                         ),
+                        Applied::ResolvedUnknown => {
+                            Some("this incident was never open here: nothing to switch off".into())
+                        }
                         _ => None,
                     },
                     ..record
@@ -642,7 +658,7 @@ impl Ledger {
                 genesys: None,
             };
             if state == IncidentState::Open {
-                self.expiries.insert((inc.expires_at, key.clone()));
+                self.expiries.insert((expires_at, key.clone()));
             }
             self.incidents.insert(key.clone(), inc);
             return outcome;
@@ -672,7 +688,9 @@ impl Ledger {
                 prev.reason = Some("a newer event for this incident arrived".into());
             }
         }
-        self.expiries.remove(&(inc.expires_at, key.clone()));
+        if let Some(old) = inc.expires_at.filter(|_| inc.is_open()) {
+            self.expiries.remove(&(old, key.clone()));
+        }
         let was_open = inc.is_open();
         inc.routing_mode = ev.routing_mode;
         inc.last_event_at = at;
@@ -687,9 +705,14 @@ impl Ledger {
         if !ev.target_queue_ids.is_empty() || ev.routing_mode == RoutingMode::Active {
             inc.queues = ev.target_queue_ids.clone();
         }
-        inc.expires_at = expires_at;
+        // A resolution keeps the expiry the incident had: it is not
+        // renewed by the event that closes it.
+        if ev.routing_mode == RoutingMode::Active {
+            inc.expires_at = Some(expires_at);
+            inc.ttl_seconds = ev.ttl_seconds;
+        }
         match ev.routing_mode {
-            RoutingMode::Active if inc.expires_at <= now => {
+            RoutingMode::Active if expires_at <= now => {
                 inc.state = IncidentState::Expired;
                 push_event(
                     &mut inc.events,
@@ -707,7 +730,7 @@ impl Ledger {
                     self.seq += 1;
                     inc.seq = self.seq;
                 }
-                self.expiries.insert((inc.expires_at, key.clone()));
+                self.expiries.insert((expires_at, key.clone()));
                 push_event(&mut inc.events, record);
                 if was_open {
                     Applied::Updated
@@ -746,6 +769,33 @@ impl Ledger {
             }
         }
         expired
+    }
+
+    /// The tool's status API says the open incident `key` is still open
+    /// (issue 13): its ttl is a backstop for when polling fails, not a
+    /// deadline. The expiry moves to `ttl` after `now`, and never closer
+    /// than `at_least` (two poll periods: one failed poll must not let it
+    /// lapse). It moves only in steps of at least a quarter of the ttl, so
+    /// the data-table row that persists it for a restart is rewritten at
+    /// most a few times per ttl, not at every poll. Returns the group when
+    /// the expiry moved (its row is to be refreshed).
+    pub fn renew(
+        &mut self,
+        key: &IncidentKey,
+        at_least: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Option<GroupId> {
+        let inc = self.incidents.get_mut(key).filter(|i| i.is_open())?;
+        let old = inc.expires_at?;
+        let ttl = chrono::Duration::seconds(i64::from(inc.ttl_seconds));
+        let until = now + ttl.max(at_least);
+        if until - old < ttl / 4 {
+            return None;
+        }
+        self.expiries.remove(&(old, key.clone()));
+        self.expiries.insert((until, key.clone()));
+        inc.expires_at = Some(until);
+        Some(inc.group.clone())
     }
 
     /// When the next open incident expires, for scheduling.
@@ -855,7 +905,9 @@ impl Ledger {
         // resolution must be the newest event, and a reopening the tool sends
         // later (with its later time) must still win over it.
         let timestamp = now.max(inc.last_event_at + chrono::Duration::milliseconds(1));
-        self.expiries.remove(&(inc.expires_at, key.clone()));
+        if let Some(old) = inc.expires_at {
+            self.expiries.remove(&(old, key.clone()));
+        }
         if let Some(prev) = inc.latest_mut() {
             if prev.status == EventStatus::Processing {
                 prev.status = EventStatus::Superseded;
@@ -909,6 +961,7 @@ impl Ledger {
                 priority: p.4,
                 timestamp,
                 expires_at,
+                ttl_seconds: p.ttl_seconds(),
             },
             Via::Recovery,
             None,
@@ -946,6 +999,7 @@ impl Ledger {
                 priority: crate::event::DEFAULT_PRIORITY,
                 timestamp: now,
                 expires_at,
+                ttl_seconds: u32::try_from(crate::recovery::ADOPT_TTL_SECONDS).unwrap_or(u32::MAX),
             },
             Via::Adopted,
             Some(detail),
@@ -976,7 +1030,8 @@ impl Ledger {
             state: IncidentState::Open,
             routing_mode: RoutingMode::Active,
             last_event_at: o.timestamp,
-            expires_at: o.expires_at,
+            expires_at: Some(o.expires_at),
+            ttl_seconds: o.ttl_seconds,
             updated_at: now,
             seq: self.seq,
             events: vec![EventRecord {
@@ -991,7 +1046,7 @@ impl Ledger {
             }],
             genesys: None,
         };
-        self.expiries.insert((inc.expires_at, key.clone()));
+        self.expiries.insert((o.expires_at, key.clone()));
         self.incidents.insert(key.clone(), inc);
         self.tombstones.lift(&key);
         self.index(&key);
@@ -1068,6 +1123,7 @@ struct OpenIncident {
     priority: Priority,
     timestamp: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    ttl_seconds: u32,
 }
 
 /// The result of a reconcile, as the ledger records it.

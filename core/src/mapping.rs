@@ -19,7 +19,13 @@
 //! 3. **No rule matched.** The event is [`Item::Ignored`] — except a resolve,
 //!    which is forwarded with defaults while `forward_unmatched_resolves` is
 //!    on (the default): an incident whose attributes changed while it was open
-//!    (a priority lowered, a label edited) must still be closed.
+//!    (a priority lowered, a label edited) must still be closed; and an
+//!    **update** (a PagerDuty `incident.priority_updated`, a Jira
+//!    `jira:issue_updated`, a ServiceNow record changed after its creation)
+//!    while `reevaluate_updates` is on (the default), which becomes a
+//!    resolution that *releases* the incident if it is open here (issue 13:
+//!    a P1 lowered to P3 no longer holds the emergency group). A matching
+//!    update opens the incident, or updates it: a P3 raised to P1 switches.
 //!
 //! What a matched rule brings: `incident_type` (default: derived from the
 //! payload, see each source, else `<SOURCE>_INCIDENT`), `group`, the ordered
@@ -117,6 +123,9 @@ pub struct Vocabulary {
     pub canonical: bool,
 }
 
+/// Characters of [`Facts::summary`] at most.
+pub const SUMMARY_MAX: usize = 240;
+
 /// A source event's attributes, by fact name; a name may repeat (tags).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts(Vec<(String, String)>);
@@ -141,6 +150,27 @@ impl Facts {
             .iter()
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The facts as the rules saw them, for a reason a person reads:
+    /// `service_id=PXXXX, priority=P3`, at most [`SUMMARY_MAX`] characters
+    /// of printable text (they are the sender's words).
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in &self.0 {
+            let item = format!("{}={}", printable(name), printable(value));
+            let sep = if out.is_empty() { "" } else { ", " };
+            if out.len() + sep.len() + item.len() > SUMMARY_MAX {
+                out.push_str(if out.is_empty() { "..." } else { ", ..." });
+                break;
+            }
+            out.push_str(sep);
+            out.push_str(&item);
+        }
+        if out.is_empty() {
+            out.push_str("no facts");
+        }
+        out
     }
 
     fn any_of(&self, name: &str, allowed: &[String]) -> bool {
@@ -172,6 +202,24 @@ pub struct Candidate {
     pub type_hint: Option<String>,
     /// The source's own priority mapped to 1–5.
     pub natural_priority: Option<Priority>,
+    /// It reports a change to an incident that may be open here already (an
+    /// update, not its creation): when it opens and no rule matches, an
+    /// incident open here is released instead of left as it was.
+    pub update: Update,
+}
+
+/// Whether a [`Candidate`] is an update of an incident (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Update {
+    /// The incident's creation, a resolution, or a source without updates.
+    #[default]
+    No,
+    /// An edit that opens when a rule matches and releases when none does.
+    Reevaluate,
+    /// An event the source reads as neither opening nor resolving *unless*
+    /// updates are re-evaluated (PagerDuty `incident.priority_updated`):
+    /// ignored with this reason when they are not.
+    ReevaluateOrIgnore(&'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +258,7 @@ pub struct Mapping {
     default_ttl_seconds: u32,
     default_type: IncidentType,
     forward_unmatched_resolves: bool,
+    reevaluate_updates: bool,
     max_future_skew_seconds: u32,
 }
 
@@ -283,6 +332,7 @@ impl Mapping {
             default_ttl_seconds,
             default_type,
             forward_unmatched_resolves: cfg.forward_unmatched_resolves.unwrap_or(true),
+            reevaluate_updates: cfg.reevaluate_updates.unwrap_or(true),
             max_future_skew_seconds,
         })
     }
@@ -308,17 +358,35 @@ impl Mapping {
                     ),
                 )
             }
-            None => match &c.verdict {
-                Verdict::Mode(m) => *m,
-                Verdict::Ignore(reason) => return ignored(&c.id, reason.clone()),
+            None => match (&c.verdict, c.update) {
+                (_, Update::ReevaluateOrIgnore(why)) if !self.reevaluate_updates => {
+                    return ignored(&c.id, why.to_owned())
+                }
+                (Verdict::Mode(m), _) => *m,
+                (Verdict::Ignore(reason), _) => return ignored(&c.id, reason.clone()),
             },
         };
+        let releases =
+            mode == RoutingMode::Active && self.reevaluate_updates && c.update != Update::No;
         match self.rules.iter().find(|r| r.matches(&c.facts)) {
             Some(rule) => Item::Event(self.event(c, mode, Some(rule))),
             None if mode == RoutingMode::Resolved && self.forward_unmatched_resolves => {
                 Item::Event(self.event(c, mode, None))
             }
-            None => ignored(&c.id, "no mapping rule matches".to_owned()),
+            None if releases => {
+                let detail = format!(
+                    "released: {} matches no mapping rule any more ({})",
+                    printable(c.mode_keys.first().map_or("the update", String::as_str)),
+                    c.facts.summary()
+                );
+                let mut event = self.event(c, RoutingMode::Resolved, None);
+                event.detail = Some(detail);
+                Item::Event(event)
+            }
+            None => ignored(
+                &c.id,
+                format!("no mapping rule matches ({})", c.facts.summary()),
+            ),
         }
     }
 
@@ -347,7 +415,13 @@ impl Mapping {
             {
                 Item::Event(event)
             }
-            None => ignored(&event.correlation_id, "no mapping rule matches".to_owned()),
+            None => ignored(
+                &event.correlation_id,
+                format!(
+                    "no mapping rule matches (incident_type={})",
+                    event.incident_type.as_str()
+                ),
+            ),
         }
     }
 
@@ -380,6 +454,7 @@ impl Mapping {
                 .or(c.natural_priority)
                 .unwrap_or(DEFAULT_PRIORITY),
             group: rule.and_then(|r| r.group.clone()),
+            detail: None,
         }
     }
 
@@ -644,6 +719,7 @@ mod tests {
             facts: f,
             type_hint: Some("My Mail Service".into()),
             natural_priority: Some(2),
+            update: Update::No,
         }
     }
 
@@ -703,7 +779,7 @@ mod tests {
             item,
             Item::Ignored {
                 id: "PT4KHLK".into(),
-                reason: "no mapping rule matches".into()
+                reason: "no mapping rule matches (no facts)".into()
             }
         );
         let e = event(m.map(candidate(Verdict::Mode(RoutingMode::Resolved), &[])));
@@ -727,6 +803,35 @@ mod tests {
             m.map(candidate(Verdict::Mode(RoutingMode::Active), &[])),
             Item::Ignored { .. }
         ));
+    }
+
+    #[test]
+    fn an_update_opens_when_a_rule_matches_and_releases_when_none_does() {
+        let m = compile(r#"{"rules": [{"match": {"priority": "P1"}, "group": "eg-1"}]}"#).unwrap();
+        let update = |p: &str| Candidate {
+            update: Update::Reevaluate,
+            ..candidate(Verdict::Mode(RoutingMode::Active), &[("priority", p)])
+        };
+        let e = event(m.map(update("P1")));
+        assert_eq!((e.routing_mode, e.detail), (RoutingMode::Active, None));
+        let e = event(m.map(update("P3")));
+        assert_eq!(e.routing_mode, RoutingMode::Resolved);
+        assert_eq!(
+            e.detail.as_deref(),
+            Some("released: incident.acknowledged matches no mapping rule any more (priority=P3)")
+        );
+        // Not an update (a creation): nothing to release, ignored.
+        let created = candidate(Verdict::Mode(RoutingMode::Active), &[("priority", "P3")]);
+        assert!(matches!(m.map(created), Item::Ignored { .. }));
+        // Turned off: an unmatched update is ignored too.
+        let off =
+            compile(r#"{"reevaluate_updates": false, "rules": [{"match": {"priority": "P1"}}]}"#)
+                .unwrap();
+        assert!(matches!(off.map(update("P3")), Item::Ignored { .. }));
+        assert_eq!(
+            event(off.map(update("P1"))).routing_mode,
+            RoutingMode::Active
+        );
     }
 
     #[test]
@@ -823,6 +928,7 @@ mod tests {
             ttl_seconds: 600,
             priority: DEFAULT_PRIORITY,
             group: None,
+            detail: None,
         };
         let e = event(m.refine_canonical(ev.clone()));
         assert_eq!(e.group.as_ref().map(GroupId::as_str), Some("eg-1"));

@@ -65,6 +65,9 @@ pub struct PersistedIncident(
     pub i64,
     /// Its expiry, ms since the epoch.
     pub i64,
+    /// Its ttl in seconds (rows written before it was persisted lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub Option<u32>,
 );
 
 impl PersistedIncident {
@@ -77,7 +80,8 @@ impl PersistedIncident {
             inc.queues.clone(),
             inc.priority,
             inc.last_event_at.timestamp_millis(),
-            inc.expires_at.timestamp_millis(),
+            inc.expires_at?.timestamp_millis(),
+            Some(inc.ttl_seconds),
         ))
     }
 
@@ -94,6 +98,19 @@ impl PersistedIncident {
 
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         DateTime::from_timestamp_millis(self.6)
+    }
+
+    /// Its ttl; for a row written without it, the time from its newest
+    /// event to its expiry (exact unless a status poll had renewed it).
+    pub fn ttl_seconds(&self) -> u32 {
+        self.7.unwrap_or_else(|| {
+            let secs = (self.6 - self.5) / 1000;
+            u32::try_from(secs.clamp(
+                crate::contract::TTL_MIN as i64,
+                crate::contract::TTL_MAX as i64,
+            ))
+            .unwrap_or(crate::event::DEFAULT_TTL_SECONDS)
+        })
     }
 }
 
@@ -136,7 +153,7 @@ pub fn encode(group: &GroupId, open: &[&Incident]) -> String {
                 .sum::<usize>()
             + 24;
         let json = (least <= room)
-            .then(|| serde_json::to_string(&PersistedRef::of(inc)).ok())
+            .then(|| PersistedRef::of(inc).and_then(|p| serde_json::to_string(&p).ok()))
             .flatten()
             .filter(|j| j.len() <= room);
         match json {
@@ -163,19 +180,22 @@ struct PersistedRef<'a>(
     Priority,
     i64,
     i64,
+    u32,
 );
 
 impl<'a> PersistedRef<'a> {
-    fn of(inc: &'a Incident) -> Self {
-        Self(
+    /// `None` for an incident with no expiry (never open: not persisted).
+    fn of(inc: &'a Incident) -> Option<Self> {
+        Some(Self(
             inc.source,
             &inc.id,
             &inc.incident_type,
             &inc.queues,
             inc.priority,
             inc.last_event_at.timestamp_millis(),
-            inc.expires_at.timestamp_millis(),
-        )
+            inc.expires_at?.timestamp_millis(),
+            inc.ttl_seconds,
+        ))
     }
 }
 
@@ -318,6 +338,7 @@ mod tests {
                 ttl_seconds: 600,
                 priority,
                 group: None,
+                detail: None,
             },
             received_ms: t(0).timestamp_millis(),
             delivery_id: None,
@@ -361,9 +382,17 @@ mod tests {
                 ["q1", "q2"],
                 2,
                 t(0).timestamp_millis(),
-                t(600).timestamp_millis()
+                t(600).timestamp_millis(),
+                600
             ])
         );
+        assert_eq!(pd.ttl_seconds(), 600);
+        // A row written before the ttl was persisted: its ttl is the time
+        // from its newest event to its expiry.
+        let mut old = raw["o"][1].clone();
+        old.as_array_mut().unwrap().pop();
+        let old: PersistedIncident = serde_json::from_value(old).unwrap();
+        assert_eq!((old.7, old.ttl_seconds()), (None, 600));
     }
 
     #[test]

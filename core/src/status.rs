@@ -311,6 +311,7 @@ mod tests {
                 ttl_seconds: 3600,
                 priority: 3,
                 group: None,
+                detail: None,
             },
             received_ms: 1_700_000_000_000,
             delivery_id: None,

@@ -731,6 +731,7 @@ pub(crate) mod tests {
             ttl_seconds: 3600,
             priority: 3,
             group: group.map(|g| GroupId::parse(g).unwrap()),
+            detail: None,
         }
     }
 

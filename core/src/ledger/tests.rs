@@ -20,6 +20,7 @@ pub(crate) fn event(id: &str, mode: RoutingMode, ts: i64, queues: &[&str]) -> Qu
             ttl_seconds: 3600,
             priority: 3,
             group: None,
+            detail: None,
         },
         received_ms: t(ts).timestamp_millis(),
         delivery_id: None,
@@ -43,7 +44,8 @@ pub(crate) fn incident_with(
         state: IncidentState::Open,
         routing_mode: RoutingMode::Active,
         last_event_at: t(0),
-        expires_at: t(3600),
+        expires_at: Some(t(3600)),
+        ttl_seconds: 3600,
         updated_at: t(0),
         seq: rank.1,
         events: Vec::new(),
@@ -402,7 +404,7 @@ fn persisted_incidents_are_restored_unless_known_or_expired() {
     assert!(d.enabled);
     assert_eq!(d.incidents, vec![key("I1")]);
     let inc = after.get(&key("I1")).unwrap();
-    assert_eq!(inc.expires_at, t(3600));
+    assert_eq!(inc.expires_at, Some(t(3600)));
     assert_eq!(inc.events[0].via, Some(Via::Recovery));
     // The resolution webhook for a rebuilt incident still resolves it.
     assert_eq!(
@@ -513,7 +515,7 @@ fn a_future_dated_event_does_not_outrank_what_arrives_after_it() {
     short.event.ttl_seconds = 60;
     short.received_ms = t(20).timestamp_millis();
     l.apply(&short, g("G"), t(20));
-    assert_eq!(l.get(&key("I2")).unwrap().expires_at, t(80));
+    assert_eq!(l.get(&key("I2")).unwrap().expires_at, Some(t(80)));
 }
 
 #[test]
@@ -624,4 +626,77 @@ fn an_incident_moved_to_another_group_leaves_the_first() {
     let h = l.desired_for(&g("H"));
     assert!(h.enabled);
     assert_eq!(h.queues[0].as_str(), "q2");
+}
+
+#[test]
+fn a_poll_that_says_open_renews_the_expiry_in_steps() {
+    let mut l = Ledger::default();
+    l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(0));
+    let two_polls = chrono::Duration::seconds(60);
+    // A quarter of the ttl has not passed: the row is not rewritten for it.
+    assert_eq!(l.renew(&key("I1"), two_polls, t(600)), None);
+    assert_eq!(l.get(&key("I1")).unwrap().expires_at, Some(t(3600)));
+    // Past a quarter: `ttl` after the poll.
+    assert_eq!(l.renew(&key("I1"), two_polls, t(900)), Some(g("G")));
+    assert_eq!(l.get(&key("I1")).unwrap().expires_at, Some(t(4500)));
+    assert_eq!(l.next_expiry(), Some(t(4500)));
+    // Its first deadline passes; the renewal holds it open.
+    assert!(l.expire(t(3600)).is_empty());
+    assert!(l.desired_for(&g("G")).enabled);
+    // No more polls say open: it lapses `ttl` after the last that did.
+    assert_eq!(l.expire(t(4500)), vec![key("I1")]);
+    assert_eq!(l.renew(&key("I1"), two_polls, t(4600)), None);
+}
+
+#[test]
+fn a_renewal_never_comes_closer_than_two_poll_periods() {
+    let mut q = event("I1", A, 0, &["q1"]);
+    q.event.ttl_seconds = 60;
+    let mut l = Ledger::default();
+    l.apply(&q, g("G"), t(0));
+    assert_eq!(
+        l.renew(&key("I1"), chrono::Duration::seconds(120), t(50)),
+        Some(g("G"))
+    );
+    assert_eq!(l.get(&key("I1")).unwrap().expires_at, Some(t(170)));
+}
+
+#[test]
+fn a_resolution_keeps_the_expiry_it_had() {
+    let mut l = Ledger::default();
+    l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(0));
+    l.apply(&event("I1", R, 100, &[]), g("G"), t(100));
+    assert_eq!(l.get(&key("I1")).unwrap().expires_at, Some(t(3600)));
+}
+
+#[test]
+fn a_resolution_of_an_incident_never_open_here_says_so() {
+    let mut l = Ledger::default();
+    assert_eq!(
+        l.apply(&event("I9", R, 0, &[]), g("G"), t(0)),
+        Applied::ResolvedUnknown
+    );
+    let inc = l.get(&key("I9")).unwrap();
+    assert_eq!(inc.expires_at, None);
+    let e = inc.latest().unwrap();
+    assert_eq!(e.status, EventStatus::Ignored);
+    assert!(e.reason.as_deref().unwrap().contains("never open here"));
+    let v = serde_json::to_value(inc).unwrap();
+    assert!(v.get("expiresAt").is_none(), "{v}");
+    assert_eq!(v["events"][0]["status"], "IGNORED");
+}
+
+#[test]
+fn a_release_keeps_its_detail_on_the_status() {
+    let mut l = Ledger::default();
+    l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(0));
+    let mut q = event("I1", R, 10, &[]);
+    q.event.detail = Some("released: no rule matches any more".into());
+    assert_eq!(l.apply(&q, g("G"), t(10)), Applied::Resolved);
+    assert!(!l.desired_for(&g("G")).enabled);
+    let e = l.get(&key("I1")).unwrap().latest().unwrap().clone();
+    assert_eq!(
+        e.detail.as_deref(),
+        Some("released: no rule matches any more")
+    );
 }

@@ -517,6 +517,7 @@ impl World {
                 ttl_seconds: 86_400,
                 priority: 3,
                 group: Some(g(group)),
+                detail: None,
             },
             received_ms: self.now.timestamp_millis(),
             delivery_id: None,

@@ -413,11 +413,11 @@ fn without_a_data_table_our_enabled_group_is_adopted_then_expires() {
     let inc = w.ledger.get(&key).unwrap();
     assert_eq!(inc.events[0].via, Some(Via::Adopted));
     let since = chrono::DateTime::parse_from_rfc3339(&written_at).unwrap();
-    assert_eq!(inc.expires_at, since + Duration::seconds(3600));
+    assert_eq!(inc.expires_at.unwrap(), since + Duration::seconds(3600));
     assert_eq!(count(&w, Metric::Adopted), 1);
 
     // It cannot stay on forever: the synthetic incident expires.
-    w.now = inc.expires_at;
+    w.now = inc.expires_at.unwrap();
     let expired = w.ledger.expire(w.now);
     assert_eq!(expired, vec![key]);
     w.rec.mark_dirty(&g("G1"));

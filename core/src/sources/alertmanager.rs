@@ -31,7 +31,7 @@ use super::node::Node;
 use super::pagerduty::p_number;
 use super::Reading;
 use crate::event::{Priority, RoutingMode};
-use crate::mapping::{Candidate, Facts, Verdict, Vocabulary};
+use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 
 pub(crate) const VOCABULARY: Vocabulary = Vocabulary {
@@ -114,6 +114,7 @@ fn read_alert(
             .and_then(|p| p_number(p).or_else(|| p.trim().parse().ok()))
             .filter(|p: &Priority| (1..=5).contains(p))
             .or_else(|| label("severity").and_then(severity_priority)),
+        update: Update::No,
     })
 }
 
@@ -223,7 +224,10 @@ mod tests {
             parsed.items,
             vec![Item::Ignored {
                 id: "e2b9a1c04d7f3865".into(),
-                reason: "no mapping rule matches".into()
+                reason: "no mapping rule matches (receiver=emr-edge, status=firing, \
+                         labels.alertname=QueueWaitHigh, labels.job=genesys-exporter, \
+                         labels.queue=billing, labels.severity=warning, labels.team=wfm)"
+                    .into()
             }]
         );
         let all = compiled(

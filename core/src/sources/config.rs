@@ -63,6 +63,11 @@ pub struct SourceConfig {
     pub max_future_skew_seconds: Option<u32>,
     /// Forward resolves that match no rule (default `true`).
     pub forward_unmatched_resolves: Option<bool>,
+    /// Updates of an incident (a PagerDuty priority change, a Jira or
+    /// ServiceNow edit) re-evaluate the rules (default `true`): one that
+    /// matches opens, one that no longer matches releases an incident open
+    /// here. `false` ignores PagerDuty priority changes and unmatched edits.
+    pub reevaluate_updates: Option<bool>,
     /// This source's share of `ledger.max_open_incidents`: at most this
     /// many of its incidents open at once (`crate::quota`). Default: an
     /// equal share of what the sources given none leave.

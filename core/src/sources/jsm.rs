@@ -21,7 +21,7 @@ use super::ids::{epoch, id_at};
 use super::node::Node;
 use super::Reading;
 use crate::event::{Priority, RoutingMode};
-use crate::mapping::{Candidate, Facts, Verdict, Vocabulary};
+use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 use crate::text::printable;
 
@@ -126,6 +126,12 @@ pub(crate) fn read(root: &Value, _now: DateTime<Utc>) -> Result<Vec<Reading>, Ve
         facts,
         type_hint: None,
         natural_priority: priority.and_then(priority_number),
+        // An edit (a priority raised or lowered) re-evaluates the rules.
+        update: if event == UPDATED {
+            Update::Reevaluate
+        } else {
+            Update::No
+        },
     })])
 }
 

@@ -22,7 +22,7 @@ use super::node::Node;
 use super::pagerduty::p_number;
 use super::Reading;
 use crate::event::RoutingMode;
-use crate::mapping::{Candidate, Facts, Verdict, Vocabulary};
+use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 use crate::text::printable;
 
@@ -108,6 +108,7 @@ pub(crate) fn read(root: &Value, now: DateTime<Utc>) -> Result<Vec<Reading>, Vec
         facts,
         type_hint: None,
         natural_priority: priority.and_then(p_number),
+        update: Update::No,
     })])
 }
 
@@ -187,7 +188,7 @@ mod tests {
             if reason == "action Acknowledge neither opens nor resolves an incident"));
         let parsed = send(LOW).unwrap();
         assert!(matches!(&parsed.items[..], [Item::Ignored { reason, .. }]
-            if reason == "no mapping rule matches"));
+            if reason.starts_with("no mapping rule matches (")));
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //!
 //! One event per delivery: `{"event": {"event_type", "occurred_at", "data"}}`.
 //! `incident.triggered` and `incident.reopened` open, `incident.resolved`
-//! resolves; other `incident.*` events (acknowledged, priority_updated…) are
-//! ignored unless `modes` maps their `event_type`. Non-incident events
+//! resolves. `incident.priority_updated` re-evaluates the rules (issue 13):
+//! a P3 raised to P1 opens, a P1 lowered to P3 releases its group (see
+//! `crate::mapping`; `reevaluate_updates: false` ignores it), unless the
+//! incident is already resolved there. Other `incident.*` events
+//! (acknowledged, escalated…) are ignored unless `modes` maps their
+//! `event_type`. Non-incident events
 //! (`pagey.ping` when a subscription is tested, `service.*`) are always
 //! ignored. The incident id is `event.data.id`, the time `event.occurred_at`.
 //!
@@ -20,11 +24,13 @@ use super::ids::{id_at, rfc3339};
 use super::node::Node;
 use super::Reading;
 use crate::event::{Priority, RoutingMode};
-use crate::mapping::{Candidate, Facts, Verdict, Vocabulary};
+use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 use crate::text::printable;
 
 pub(crate) const DELIVERY_ID_HEADER: &str = "x-webhook-id";
+
+const PRIORITY_UPDATED: &str = "incident.priority_updated";
 
 pub(crate) const VOCABULARY: Vocabulary = Vocabulary {
     facts: &[
@@ -72,13 +78,29 @@ pub(crate) fn read(root: &Value, _now: DateTime<Utc>) -> Result<Vec<Reading>, Ve
         return Err(errors);
     };
 
-    let verdict = match event_type {
-        "incident.triggered" | "incident.reopened" => Verdict::Mode(RoutingMode::Active),
-        "incident.resolved" => Verdict::Mode(RoutingMode::Resolved),
-        other => Verdict::Ignore(format!(
-            "event type {} neither opens nor resolves an incident",
-            printable(other)
-        )),
+    let resolved_there = data.get("status").as_str() == Some("resolved");
+    let (verdict, update) = match event_type {
+        "incident.triggered" | "incident.reopened" => {
+            (Verdict::Mode(RoutingMode::Active), Update::No)
+        }
+        "incident.resolved" => (Verdict::Mode(RoutingMode::Resolved), Update::No),
+        PRIORITY_UPDATED if resolved_there => (
+            Verdict::Ignore("a priority change of an incident resolved there".to_owned()),
+            Update::No,
+        ),
+        PRIORITY_UPDATED => (
+            Verdict::Mode(RoutingMode::Active),
+            Update::ReevaluateOrIgnore(
+                "event type incident.priority_updated is ignored: sources.pagerduty.reevaluate_updates is false",
+            ),
+        ),
+        other => (
+            Verdict::Ignore(format!(
+                "event type {} neither opens nor resolves an incident",
+                printable(other)
+            )),
+            Update::No,
+        ),
     };
     let service = data.get("service");
     let priority = data.get("priority");
@@ -107,6 +129,7 @@ pub(crate) fn read(root: &Value, _now: DateTime<Utc>) -> Result<Vec<Reading>, Ve
         facts,
         type_hint: service.get("summary").as_str().map(str::to_owned),
         natural_priority: priority.get("summary").as_str().and_then(p_number),
+        update,
     })])
 }
 
@@ -139,6 +162,8 @@ mod tests {
         "../../../tests/fixtures/sources/pagerduty/incident_triggered_low_urgency.json"
     );
     const PING: &[u8] = include_bytes!("../../../tests/fixtures/sources/pagerduty/pagey_ping.json");
+    const PRIORITY_UPDATED: &[u8] =
+        include_bytes!("../../../tests/fixtures/sources/pagerduty/incident_priority_updated.json");
 
     const SECRET: &str = "test-secret-0123456789abcdef";
     const SECRET_NEXT: &str = "test-secret-next-0123456789";
@@ -220,6 +245,71 @@ mod tests {
             if reason == "event type pagey.ping is not about an incident"));
     }
 
+    /// The fixture's priority update with `edit` applied, signed.
+    fn priority_update(
+        cfg: &CompiledSource,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Vec<Item> {
+        let mut v: serde_json::Value = serde_json::from_slice(PRIORITY_UPDATED).unwrap();
+        edit(&mut v["event"]["data"]);
+        let body = serde_json::to_vec(&v).unwrap();
+        parse_with(Source::Pagerduty, cfg, &[], &body, now())
+            .unwrap()
+            .items
+    }
+
+    #[test]
+    fn a_priority_raised_to_match_a_rule_opens() {
+        let insecure = compiled(
+            Source::Pagerduty,
+            r#"{"insecure": true, "rules": [{"match": {"priority": "P1"}, "group": "eg-voice"}]}"#,
+        );
+        let items = priority_update(&insecure, |_| {});
+        let [Item::Event(e)] = &items[..] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(e.routing_mode, RoutingMode::Active);
+        assert_eq!(e.priority, 1);
+        assert_eq!(e.timestamp, at("2024-08-15T14:40:00Z"));
+        assert_eq!(e.detail, None);
+    }
+
+    #[test]
+    fn a_priority_lowered_below_every_rule_releases_the_incident() {
+        let insecure = compiled(
+            Source::Pagerduty,
+            r#"{"insecure": true, "rules": [{"match": {"priority": "P1"}, "group": "eg-voice"}]}"#,
+        );
+        let items = priority_update(&insecure, |d| d["priority"]["summary"] = "P3".into());
+        let [Item::Event(e)] = &items[..] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(e.routing_mode, RoutingMode::Resolved);
+        let detail = e.detail.as_deref().unwrap();
+        assert!(
+            detail.starts_with(
+                "released: incident.priority_updated matches no mapping rule any more ("
+            ) && detail.contains("priority=P3"),
+            "{detail}"
+        );
+        // Already resolved in PagerDuty: its resolution decides, not this.
+        let items = priority_update(&insecure, |d| d["status"] = "resolved".into());
+        assert!(matches!(&items[..], [Item::Ignored { reason, .. }]
+            if reason == "a priority change of an incident resolved there"));
+        // Turned off: ignored, as before issue 13.
+        let off = compiled(
+            Source::Pagerduty,
+            r#"{"insecure": true, "reevaluate_updates": false,
+                "rules": [{"match": {"priority": "P1"}, "group": "eg-voice"}]}"#,
+        );
+        let items = priority_update(&off, |_| {});
+        assert!(
+            matches!(&items[..], [Item::Ignored { reason, .. }]
+            if reason.contains("reevaluate_updates is false")),
+            "{items:?}"
+        );
+    }
+
     #[test]
     fn an_incident_matching_no_rule_is_ignored() {
         let parsed = signed(LOW_URGENCY, SECRET).unwrap();
@@ -227,7 +317,11 @@ mod tests {
             parsed.items,
             vec![Item::Ignored {
                 id: "Q1LQ0ZZ8TT3JKA".into(),
-                reason: "no mapping rule matches".into()
+                reason: "no mapping rule matches (event_type=incident.triggered, \
+                         service_id=PZ3M8QK, service_name=Reporting Database, urgency=low, \
+                         team_id=PFCVPS0, team_name=Contact Centre Engineering, \
+                         escalation_policy_id=PT20YPA)"
+                    .into()
             }]
         );
     }

@@ -31,7 +31,7 @@ use super::ids::{correlation_id, servicenow_time};
 use super::node::Node;
 use super::Reading;
 use crate::event::{Priority, RoutingMode};
-use crate::mapping::{Candidate, Facts, Verdict, Vocabulary};
+use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 use crate::text::printable;
 
@@ -156,7 +156,22 @@ pub(crate) fn read(root: &Value, now: DateTime<Utc>) -> Result<Vec<Reading>, Vec
         facts,
         type_hint: category.value.or(category.display),
         natural_priority,
+        update: if is_update(&r) {
+            Update::Reevaluate
+        } else {
+            Update::No
+        },
     })])
+}
+
+/// Whether the record was changed after its creation: `operation`
+/// (`current.operation()`, `update`) or `sys_mod_count` above 0. Without
+/// either, an event is read as the incident's creation.
+fn is_update(r: &Node<'_>) -> bool {
+    let operation = Field::read(&r.get("operation"));
+    let mods = Field::read(&r.get("sys_mod_count"));
+    operation.both().any(|o| o.eq_ignore_ascii_case("update"))
+        || mods.both().any(|m| m.parse::<u64>().is_ok_and(|n| n > 0))
 }
 
 fn state_verdict(state: &Field) -> Verdict {
@@ -322,13 +337,36 @@ mod tests {
     }
 
     #[test]
+    fn an_edit_that_no_longer_matches_releases_a_creation_is_ignored() {
+        let mut v: serde_json::Value = serde_json::from_slice(LOW).unwrap();
+        v["sys_mod_count"] = "3".into();
+        let parsed = send(&cfg(), &bearer(), &serde_json::to_vec(&v).unwrap()).unwrap();
+        let [Item::Event(e)] = &parsed.items[..] else {
+            panic!("{:?}", parsed.items)
+        };
+        assert_eq!(e.routing_mode, RoutingMode::Resolved);
+        assert!(e.detail.as_deref().unwrap().starts_with("released: "));
+        v["sys_mod_count"] = "0".into();
+        v["operation"] = "update".into();
+        let parsed = send(&cfg(), &bearer(), &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(
+            matches!(&parsed.items[..], [Item::Event(e)] if e.routing_mode == RoutingMode::Resolved)
+        );
+        v["operation"] = "insert".into();
+        let parsed = send(&cfg(), &bearer(), &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(matches!(&parsed.items[..], [Item::Ignored { .. }]));
+    }
+
+    #[test]
     fn low_priority_matches_no_rule_and_defaults_derive() {
         let parsed = send(&cfg(), &bearer(), LOW).unwrap();
         assert_eq!(
             parsed.items,
             vec![Item::Ignored {
                 id: "INC0010031".into(),
-                reason: "no mapping rule matches".into()
+                reason: "no mapping rule matches (priority=4, impact=3, urgency=3, \
+                         category=software, subcategory=email, assignment_group=Service Desk)"
+                    .into()
             }]
         );
         let all = compiled(
