@@ -164,6 +164,8 @@ impl ServiceRoot {
             .create_keys(&Shared)
             .map_err(|e| format!("cannot create dedupe keys: {e:?}"))?;
         status::create_keys(&Shared).map_err(|e| format!("cannot create status keys: {e:?}"))?;
+        ensure_key(&Shared, liveness::HEALTH_KEY)
+            .map_err(|e| format!("cannot create the health key: {e:?}"))?;
         quota::create_keys(&Shared).map_err(|e| format!("cannot create the share keys: {e:?}"))?;
         ensure_key(&Shared, TOKEN_KEY)
             .map_err(|e| format!("cannot create the token key: {e:?}"))?;
@@ -486,6 +488,7 @@ impl ServiceRoot {
                         self.state_dirty = true;
                     }
                     Effect::Audit(line) => audit(line),
+                    Effect::Problem(text) => host::log(LogLevel::Error, &text),
                     Effect::Metric(m) => {
                         if m == ReconcileMetric::TokenRefresh {
                             token_refreshed = true;
@@ -613,6 +616,20 @@ impl ServiceRoot {
                     LogLevel::Error,
                     &format!("emr-edge: cannot write the service heartbeat: {e:?}"),
                 );
+            }
+            if let Some(reasons) = self
+                .genesys
+                .as_mut()
+                .and_then(|g| g.reconciler.take_health_change())
+            {
+                self.state_dirty = true;
+                if let Err(e) = Shared.set(liveness::HEALTH_KEY, &liveness::health(&reasons), None)
+                {
+                    host::log(
+                        LogLevel::Error,
+                        &format!("emr-edge: cannot write the service's health: {e:?}"),
+                    );
+                }
             }
             if self.recorded_dirty {
                 let written = Shared.set(

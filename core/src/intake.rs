@@ -741,7 +741,18 @@ impl Intake<'_> {
         };
         let problem = match Liveness::assess(stored.as_deref(), now) {
             Liveness::Alive { age_ms } => {
-                let body = serde_json::json!({"status": "ok", "heartbeatAgeMs": age_ms});
+                // Up, but told by Genesys it cannot switch: still a 200, so
+                // a liveness probe does not restart it for a wrong secret.
+                let reasons = match self.store.get(liveness::HEALTH_KEY) {
+                    Ok(v) => liveness::read_health(v.value.as_deref()),
+                    Err(_) => Vec::new(),
+                };
+                let body = if reasons.is_empty() {
+                    serde_json::json!({"status": "ok", "heartbeatAgeMs": age_ms})
+                } else {
+                    serde_json::json!({"status": "degraded", "reasons": reasons,
+                                       "heartbeatAgeMs": age_ms, "stateUrl": STATE_PATH})
+                };
                 return Handled::new(
                     HeadersStep::Respond(Response::json(200, body.to_string().into_bytes())),
                     vec![Counter::StatusServed],

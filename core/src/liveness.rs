@@ -26,6 +26,26 @@ pub const HEARTBEAT_KEY: &str = "emr.service.heartbeat";
 /// stops calling it `QUEUED` when it is not (or no longer) on the board.
 pub const RECORDED_KEY: &str = "emr.service.recorded";
 
+/// The shared-data key holding what stops the service from switching (a
+/// JSON list of reasons, empty when nothing does: `Reconciler::health`).
+/// `GET /emr/health` answers 200 `degraded` with them: the service is up,
+/// and a probe must not restart it for a wrong secret or group id, but an
+/// operator must see that it cannot switch.
+pub const HEALTH_KEY: &str = "emr.service.health";
+
+/// The bytes the service stores under [`HEALTH_KEY`].
+pub fn health(reasons: &[String]) -> Vec<u8> {
+    serde_json::to_vec(reasons).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+/// What [`health`] stored: no reasons when nothing (readable) is there.
+pub fn read_health(stored: Option<&[u8]>) -> Vec<String> {
+    stored
+        .filter(|b| !b.is_empty())
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or_default()
+}
+
 /// How often the service beats. Its tick is 100 ms and it also beats after
 /// each queue batch, so a live service is never more than this late.
 pub const BEAT_EVERY_MS: i64 = 500;

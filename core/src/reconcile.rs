@@ -90,6 +90,7 @@ use crate::genesys::{Request, USER_AGENT};
 use crate::ledger::{GenesysRef, Ledger, Settle, VIEW_LIST_MAX};
 use crate::recovery::{self, PersistedIncident};
 use crate::watchdog::{self, Facts, Verdict};
+use health::{Check, Health};
 
 pub use crate::genesys::{CallResult, HttpCall, OpId};
 
@@ -151,6 +152,10 @@ pub enum Effect {
     /// Genesys answered).
     Audit(Value),
     Metric(Metric),
+    /// Something now stops switching (refused credentials, a missing group
+    /// or permission, an unreadable data table): log it at **error**. The
+    /// list is on [`Reconciler::health`].
+    Problem(String),
 }
 
 /// Why a call failed, for metrics.
@@ -556,6 +561,7 @@ pub struct Reconciler {
     /// The configured groups, checked for adoption if the rows cannot be read.
     fallback_groups: Vec<GroupId>,
     identity: Identity,
+    health: Health,
 }
 
 impl Reconciler {
@@ -582,6 +588,33 @@ impl Reconciler {
             report: RecoveryReport::default(),
             fallback_groups: Vec::new(),
             identity: Identity::default(),
+            health: Health::default(),
+        }
+    }
+
+    /// What stops switching now, as Genesys has told us.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The health's reasons when they changed since the last call (to
+    /// publish for `/emr/health`).
+    pub fn take_health_change(&mut self) -> Option<Vec<String>> {
+        self.health.take_changed().then(|| self.health.reasons())
+    }
+
+    /// `check` failed for good with `detail`: news is logged at error.
+    fn check_failed(&mut self, check: Check, detail: String, cx: &mut Cx<'_>) {
+        let text = format!(
+            "emr-edge cannot switch: {}: {detail}",
+            match &check {
+                Check::Credentials => "Genesys refused the OAuth client credentials".to_owned(),
+                Check::DataTable => "the data table cannot be read".to_owned(),
+                Check::Group(g) => format!("emergency group {g}"),
+            }
+        );
+        if self.health.fail(check, detail, cx.now) {
+            cx.fx.push(Effect::Problem(text));
         }
     }
 
@@ -699,6 +732,12 @@ impl Reconciler {
                 not_before: None,
             };
             self.fallback_groups = groups.to_vec();
+            // Every configured group is read once the rows are (issue 13:
+            // a group given by name, or missing, shows at start, not at the
+            // incident), and is on `/emr/state` from the start.
+            for g in groups {
+                self.mark_dirty(g);
+            }
         } else {
             self.recovery = Recovery::Done;
             self.adopt_checks(groups);
@@ -883,6 +922,7 @@ impl Reconciler {
             },
             "watchdog": self.cfg.watchdog.view(),
             "recovery": self.recovery_view(),
+            "health": self.health.view(),
             "groups": groups,
         })
     }
@@ -923,6 +963,9 @@ impl Reconciler {
             "phase": "idle",
             "overridden": false,
         });
+        if let (Some(obj), Some(problem)) = (v.as_object_mut(), self.health.of_group(g)) {
+            obj.insert("problem".into(), problem);
+        }
         let (Some(obj), Some(st)) = (v.as_object_mut(), st) else {
             return v;
         };
@@ -1440,8 +1483,31 @@ impl Reconciler {
                 cycle,
                 step,
                 token_generation,
-            } => self.group_answered(&group, cycle, step, token_generation, &answer, body, cx),
+            } => {
+                self.judge_group_answer(&group, &answer, cx);
+                self.group_answered(&group, cycle, step, token_generation, &answer, body, cx);
+            }
         }
+    }
+
+    /// A group's read or write answered: a refusal no retry mends (no such
+    /// group, a missing permission, an id Genesys cannot read) fails its
+    /// check; a success passes it.
+    fn judge_group_answer(&mut self, g: &GroupId, answer: &Answer, cx: &mut Cx<'_>) {
+        let hint = match answer.class {
+            AnswerClass::Success => {
+                self.health.pass(&Check::Group(g.clone()));
+                return;
+            }
+            AnswerClass::NotFound => {
+                "no such emergency group: give its id (Admin > Routing > Emergency Groups), not its name"
+            }
+            AnswerClass::Forbidden => "the OAuth client's role lacks a permission this needs",
+            AnswerClass::Refused => "Genesys refused the request",
+            _ => return,
+        };
+        let detail = format!("{hint}; Genesys answered {}", answer.describe());
+        self.check_failed(Check::Group(g.clone()), detail, cx);
     }
 
     fn token_answered(
@@ -1454,6 +1520,7 @@ impl Reconciler {
         let outcome = self.token.finish(answer, body, sent_at, cx.now, &self.cfg);
         match outcome {
             TokenOutcome::Obtained { expires_in } => {
+                self.health.pass(&Check::Credentials);
                 cx.metric(Metric::TokenRefresh);
                 cx.fx.push(Effect::Audit(json!({
                     "kind": "emr.genesys.token",
@@ -1478,6 +1545,13 @@ impl Reconciler {
                 })));
             }
             TokenOutcome::Rejected(reason) => {
+                self.check_failed(
+                    Check::Credentials,
+                    format!(
+                        "{reason} (check the client id and secret, and the region's login host)"
+                    ),
+                    cx,
+                );
                 cx.metric(Metric::Failure(FailureKind::BadCredentials));
                 cx.fx.push(Effect::Audit(json!({
                     "kind": "emr.genesys.token",
@@ -1558,6 +1632,7 @@ impl Reconciler {
         match answer.class {
             AnswerClass::Success => match recovery::parse_rows_page(body) {
                 Ok(rows) => {
+                    self.health.pass(&Check::DataTable);
                     for bad in &rows.unreadable {
                         cx.fx.push(Effect::Audit(json!({
                             "kind": "emr.recovery",
@@ -1619,6 +1694,25 @@ impl Reconciler {
                     "could not read the data table's rows: {}",
                     answer.describe()
                 );
+                // A table that is not there or not ours to read will not
+                // come back by itself; a 5xx streak might, at the next start.
+                if matches!(
+                    answer.class,
+                    AnswerClass::NotFound | AnswerClass::Forbidden | AnswerClass::Refused
+                ) {
+                    let hint = match answer.class {
+                        AnswerClass::NotFound => "no such data table: check genesys.datatable.id",
+                        AnswerClass::Forbidden => {
+                            "the OAuth client's role cannot read the data table"
+                        }
+                        _ => "Genesys refused to list the data table's rows",
+                    };
+                    self.check_failed(
+                        Check::DataTable,
+                        format!("{hint}; Genesys answered {}", answer.describe()),
+                        cx,
+                    );
+                }
                 self.finish_recovery(Some(detail), cx);
             }
         }
@@ -2627,6 +2721,7 @@ fn row_view(r: &QueueRow) -> Value {
 
 #[cfg(test)]
 mod fake;
+pub mod health;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -458,6 +458,8 @@ pub(crate) struct World {
     pub now: DateTime<Utc>,
     pub settles: Vec<(GroupId, Settle, Option<GenesysRef>)>,
     pub audits: Vec<Value>,
+    /// Lines the glue logs at error (`Effect::Problem`).
+    pub problems: Vec<String>,
     pub metrics: Vec<Metric>,
     /// Calls dispatched and not answered yet.
     pub out: VecDeque<HttpCall>,
@@ -493,6 +495,7 @@ impl World {
             now: t(0),
             settles: Vec::new(),
             audits: Vec::new(),
+            problems: Vec::new(),
             metrics: Vec::new(),
             out: VecDeque::new(),
             lost: Vec::new(),
@@ -576,6 +579,7 @@ impl World {
                     self.adopted.push(group);
                 }
                 Effect::Audit(v) => self.audits.push(v),
+                Effect::Problem(text) => self.problems.push(text),
                 Effect::Metric(m) => self.metrics.push(m),
             }
         }

@@ -1059,3 +1059,57 @@ fn a_token_backoff_during_a_pause_waits_for_the_pause() {
     assert!(w.fake.log.iter().skip(4).all(|l| l.at >= t(60_000)));
     assert!(w.fake.enabled("G1") && w.fake.enabled("G2"));
 }
+
+#[test]
+fn a_missing_group_or_permission_is_a_problem_until_it_works() {
+    let mut w = world();
+    w.fake.fault(Get, Fault::status(404));
+    w.activate("INC-1", &["q1"], "G1");
+    w.run_until(10_000);
+    assert_eq!(w.problems.len(), 1, "{:?}", w.problems);
+    assert!(
+        w.problems[0]
+            .starts_with("emr-edge cannot switch: emergency group G1: no such emergency group"),
+        "{}",
+        w.problems[0]
+    );
+    let reasons = w.rec.take_health_change().unwrap();
+    assert!(reasons[0].contains("404"), "{reasons:?}");
+    let v = w.rec.state_view(&w.ledger, w.now);
+    assert_eq!(v["health"]["status"], "degraded", "{v}");
+    // Fixed in Genesys: the next read works and the problem clears.
+    assert!(w.fake.faults.values().all(VecDeque::is_empty));
+    w.now = t(20_000);
+    w.resolve("INC-1", "G1");
+    w.activate("INC-2", &["q1"], "G1");
+    w.drain();
+    assert!(w.fake.enabled("G1"));
+    assert_eq!(w.rec.take_health_change(), Some(Vec::new()));
+    assert!(w.rec.health().is_ok());
+    assert_eq!(w.problems.len(), 1, "logged once: {:?}", w.problems);
+}
+
+#[test]
+fn refused_credentials_are_a_problem() {
+    let mut w = world();
+    w.fake.fault(
+        Token,
+        Fault::Status {
+            status: 401,
+            headers: Vec::new(),
+            body: r#"{"error":"invalid_client","description":"client authentication failed"}"#
+                .into(),
+        },
+    );
+    w.activate("INC-1", &["q1"], "G1");
+    w.run_until(10_000);
+    assert!(
+        w.problems
+            .iter()
+            .any(|p| p.contains("Genesys refused the OAuth client credentials")),
+        "{:?}",
+        w.problems
+    );
+    let v = w.rec.state_view(&w.ledger, w.now);
+    assert_eq!(v["health"]["problems"][0]["check"], "credentials", "{v}");
+}
