@@ -54,6 +54,7 @@ impl IntakeRoot {
         // them too, whichever starts first.
         let _ = emr_core::dedupe::Dedupe::new(shared.config.intake.dedupe).create_keys(&Shared);
         let _ = emr_core::quota::create_keys(&Shared);
+        let _ = emr_core::ignored::create_keys(&Shared);
         // Say loudly what takes requests without a credential: fine for a
         // local demo, a finding anywhere else.
         let open = shared.config.sources.insecure_sources();

@@ -164,6 +164,8 @@ impl ServiceRoot {
             .create_keys(&Shared)
             .map_err(|e| format!("cannot create dedupe keys: {e:?}"))?;
         status::create_keys(&Shared).map_err(|e| format!("cannot create status keys: {e:?}"))?;
+        emr_core::ignored::create_keys(&Shared)
+            .map_err(|e| format!("cannot create the ignored-event keys: {e:?}"))?;
         ensure_key(&Shared, liveness::HEALTH_KEY)
             .map_err(|e| format!("cannot create the health key: {e:?}"))?;
         quota::create_keys(&Shared).map_err(|e| format!("cannot create the share keys: {e:?}"))?;
@@ -316,8 +318,9 @@ impl ServiceRoot {
         if !matches!(applied, Applied::Duplicate | Applied::Stale | Applied::Full) {
             self.state_dirty = true;
             if let Some(g) = &mut self.genesys {
-                if applied == Applied::ResolvedUnknown {
+                if matches!(applied, Applied::ResolvedUnknown | Applied::Renewed) {
                     // Changes nothing wanted: no say over a person's change.
+                    // (A renewal's new expiry reaches the row this way.)
                     g.reconciler.mark_dirty(&group);
                 } else {
                     // An incident event: it also ends a person's override.
@@ -345,6 +348,17 @@ impl ServiceRoot {
     /// A control message from the intake.
     fn control(&mut self, c: Control, now: DateTime<Utc>) {
         match c {
+            Control::Renew { incident, .. } => {
+                // Its row persists the new expiry for a restart.
+                let at_least = chrono::Duration::zero();
+                if let Some(group) = self.ledger.renew(&incident, at_least, now) {
+                    self.board.mark(&incident);
+                    self.state_dirty = true;
+                    if let Some(g) = &mut self.genesys {
+                        g.reconciler.mark_dirty(&group);
+                    }
+                }
+            }
             Control::Resume { group, .. } => {
                 self.metrics.resumes.add(1);
                 let Some(g) = &mut self.genesys else {

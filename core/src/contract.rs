@@ -151,6 +151,7 @@ fn fast_path(body: &[u8], now: DateTime<Utc>, rules: &ContractRules) -> Option<I
         priority: DEFAULT_PRIORITY,
         group: None,
         detail: None,
+        about: None,
     })
 }
 
@@ -226,6 +227,7 @@ fn check_object(
             priority: DEFAULT_PRIORITY,
             group: None,
             detail: None,
+            about: None,
         }),
         _ => Err(errors),
     }

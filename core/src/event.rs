@@ -55,6 +55,20 @@ impl Source {
         }
     }
 
+    /// The tool's name as a person writes it, for text a person reads.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Canonical => "canonical",
+            Source::Pagerduty => "PagerDuty",
+            Source::Servicenow => "ServiceNow",
+            Source::Jsm => "Jira",
+            Source::Opsgenie => "Opsgenie",
+            Source::Alertmanager => "Alertmanager",
+            Source::Standard => "Standard Webhooks",
+            Source::Emr => "emr-edge",
+        }
+    }
+
     /// Every source, [`Source::Emr`] included.
     pub const ANY: [Source; 8] = [
         Source::Canonical,
@@ -255,6 +269,43 @@ pub type Priority = u8;
 pub const DEFAULT_PRIORITY: Priority = 3;
 pub const DEFAULT_TTL_SECONDS: u32 = 3600;
 
+/// What a person reads about an incident when its tool sent it (PagerDuty's
+/// title and link, an alert's summary…): shown on `/emr/state` and
+/// `/emr/status/{id}`, never matched or acted on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct About {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// An `http(s)` URL, or nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// Characters of an [`About`] title at most.
+pub const TITLE_MAX: usize = 200;
+/// Characters of an [`About`] link at most; a longer one is dropped.
+pub const LINK_MAX: usize = 512;
+
+impl About {
+    /// From what the tool sent; `None` when it sent nothing usable. A link
+    /// that is not a plain `http(s)` URL is dropped, not shown.
+    pub fn new(title: Option<&str>, link: Option<&str>) -> Option<About> {
+        let title = title
+            .map(|t| crate::text::shown(t, TITLE_MAX))
+            .filter(|t| !t.is_empty());
+        let link = link.map(str::trim).filter(|l| {
+            (l.starts_with("https://") || l.starts_with("http://"))
+                && l.len() <= LINK_MAX
+                && l.bytes().all(|b| b.is_ascii_graphic())
+        });
+        (title.is_some() || link.is_some()).then(|| About {
+            title,
+            link: link.map(str::to_owned),
+        })
+    }
+}
+
 /// One normalised incident event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -279,6 +330,9 @@ pub struct IncidentEvent {
     /// incident (`crate::mapping`). Shown on the incident's status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Its title and link, when the tool sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<About>,
 }
 
 impl IncidentEvent {
@@ -404,6 +458,14 @@ pub enum Control {
     /// change and drive it to what the incidents want.
     #[serde(rename_all = "camelCase")]
     Resume { group: GroupId, received_ms: i64 },
+    /// An activation arrived again (a replay: Alertmanager re-sends a firing
+    /// alert every `repeat_interval`): the tool still says the incident is
+    /// open, so its ttl runs again from now (`Ledger::renew`, issue 13).
+    #[serde(rename_all = "camelCase")]
+    Renew {
+        incident: IncidentKey,
+        received_ms: i64,
+    },
 }
 
 /// What the service takes off the queue.
@@ -433,6 +495,22 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn about_keeps_a_bounded_title_and_only_a_plain_web_link() {
+        let a = About::new(Some("  Trunk\u{7} down é "), Some("https://x.example/i/1")).unwrap();
+        assert_eq!(a.title.as_deref(), Some("Trunk down é"));
+        assert_eq!(a.link.as_deref(), Some("https://x.example/i/1"));
+        let long = "t".repeat(TITLE_MAX + 50);
+        assert_eq!(
+            About::new(Some(&long), None).unwrap().title.unwrap().len(),
+            TITLE_MAX
+        );
+        for bad in ["javascript:alert(1)", "https://x y", "ftp://x"] {
+            assert_eq!(About::new(None, Some(bad)), None, "{bad}");
+        }
+        assert_eq!(About::new(Some("   "), None), None);
+    }
 
     #[test]
     fn correlation_id_accepts_the_documented_alphabet() {
@@ -550,6 +628,7 @@ mod tests {
                 priority: 3,
                 group: None,
                 detail: None,
+                about: None,
             },
             received_ms: 1,
             delivery_id: None,

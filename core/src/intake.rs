@@ -44,9 +44,10 @@ use crate::auth::{self, hex};
 use crate::config::{Config, StatusAccess};
 use crate::dedupe::{digest, Dedupe, Fingerprint, FingerprintBuilder, FirstAnswer, Outcome};
 use crate::event::{
-    self, Control, ControlMessage, CorrelationId, GroupId, IncidentEvent, QueuedEvent, RoutingMode,
-    Source,
+    self, Control, ControlMessage, CorrelationId, GroupId, IncidentEvent, IncidentKey, QueuedEvent,
+    RoutingMode, Source,
 };
+use crate::ignored;
 use crate::liveness::{self, Liveness};
 use crate::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::quota;
@@ -853,27 +854,53 @@ impl Intake<'_> {
                     .with_error("source", "is required: several sources use this id"),
                 )
             }
-            Ok(status::Found::Nothing) => match self.queued(id, source, now) {
-                Queued::Yes(mode) => {
-                    let body = serde_json::json!({
-                        "correlationId": id,
-                        "routingMode": mode,
-                        "status": "PROCESSING",
-                        "state": "QUEUED",
-                    });
-                    Handled::new(
-                        HeadersStep::Respond(Response::json(200, body.to_string().into_bytes())),
-                        vec![Counter::StatusServed],
-                    )
-                }
-                Queued::Recorded => not_found(format!(
-                    "incident {id} was accepted and recorded, but is no longer on the status board: \
-                     closed incidents are kept for ledger.closed_retention_seconds and at most \
-                     ledger.max_closed_incidents"
-                )),
-                Queued::No => not_found(format!("no incident {} is known", text::quoted(id))),
+            Ok(status::Found::Nothing) => match ignored::find(self.store, id, source) {
+                Ok(Some(v)) => Handled::new(
+                    HeadersStep::Respond(Response::json(
+                        200,
+                        serde_json::to_vec(&v).unwrap_or_default(),
+                    )),
+                    vec![Counter::StatusServed],
+                ),
+                Ok(None) => self.not_on_board(id, source, now),
+                Err(e) => self.unavailable(&e),
             },
             Err(e) => self.unavailable(&e),
+        }
+    }
+
+    /// A status lookup the board and the ignored notes know nothing of:
+    /// queued, recorded and pruned since, or never seen.
+    fn not_on_board(
+        &self,
+        id: &str,
+        source: Option<Source>,
+        now: DateTime<Utc>,
+    ) -> Handled<HeadersStep> {
+        let not_found = |detail: String| {
+            refused(
+                &Problem::not_found(detail).with_error("correlationId", "is not known to emr-edge"),
+            )
+        };
+        match self.queued(id, source, now) {
+            Queued::Yes(mode) => {
+                let body = serde_json::json!({
+                    "correlationId": id,
+                    "routingMode": mode,
+                    "status": "PROCESSING",
+                    "state": "QUEUED",
+                });
+                Handled::new(
+                    HeadersStep::Respond(Response::json(200, body.to_string().into_bytes())),
+                    vec![Counter::StatusServed],
+                )
+            }
+            Queued::Recorded => not_found(format!(
+                "incident {id} was accepted and recorded, but is no longer on the status board: \
+                     closed incidents are kept for ledger.closed_retention_seconds and at most \
+                     ledger.max_closed_incidents"
+            )),
+            Queued::No => not_found(format!("no incident {} is known", text::quoted(id))),
         }
     }
 
@@ -989,6 +1016,7 @@ impl Intake<'_> {
 
         let mut answers = Vec::with_capacity(items.len());
         let mut to_queue: Vec<(IncidentEvent, String)> = Vec::new();
+        let mut renewals: Vec<IncidentKey> = Vec::new();
         for item in items {
             match item {
                 Item::Event(ev) => {
@@ -1002,6 +1030,11 @@ impl Intake<'_> {
                         Ok(Outcome::Replay(first)) => {
                             rec.counters.push(Counter::Replayed);
                             answers.push(ItemAnswer::event(&ev, first, true));
+                            if ev.routing_mode == RoutingMode::Active
+                                && first == FirstAnswer::Accepted
+                            {
+                                renewals.push(ev.incident_key());
+                            }
                         }
                         Ok(Outcome::Conflict) => {
                             // Refuse the whole payload: forget its other items
@@ -1020,6 +1053,16 @@ impl Intake<'_> {
                     let replayed = match rec.record(&key, &body_digest(), FirstAnswer::Ignored) {
                         Ok(Outcome::New) => {
                             rec.counters.push(Counter::Ignored);
+                            // For `GET /emr/status/{id}`: why it was ignored.
+                            if let Err(e) = ignored::note(self.store, source, &id, &reason, now) {
+                                notes.push(Note {
+                                    level: NoteLevel::Warn,
+                                    message: format!(
+                                        "{source} {id} ignored, and the note of it for the status endpoint was not written: {e:?}"
+                                    ),
+                                    repeated: None,
+                                });
+                            }
                             false
                         }
                         Ok(Outcome::Replay(_) | Outcome::Conflict) => {
@@ -1084,6 +1127,26 @@ impl Intake<'_> {
                 return out;
             }
             rec.counters.push(Counter::Accepted);
+        }
+        // A re-sent activation says the incident is still open: its ttl
+        // runs again. Best effort: the replay's answer does not depend on it.
+        for incident in renewals {
+            let message = ControlMessage {
+                control: Control::Renew {
+                    incident,
+                    received_ms,
+                },
+            };
+            let enqueued = serde_json::to_vec(&message)
+                .map_err(|e| StoreError::Host(e.to_string()))
+                .and_then(|msg| self.sink.enqueue(&msg));
+            if let Err(e) = enqueued {
+                notes.push(Note {
+                    level: NoteLevel::Warn,
+                    message: format!("a replayed activation's renewal was not queued: {e:?}"),
+                    repeated: None,
+                });
+            }
         }
         Handled {
             value: accepted(&answers),
@@ -1190,6 +1253,7 @@ mod tests {
                 .create_keys(&w.store)
                 .unwrap();
             status::create_keys(&w.store).unwrap();
+            ignored::create_keys(&w.store).unwrap();
             w
         }
 
@@ -1265,14 +1329,26 @@ mod tests {
     }
 
     #[test]
-    fn a_repeat_gets_the_first_answer_and_is_not_queued_again() {
+    fn a_repeat_gets_the_first_answer_and_is_not_queued_again_but_renews() {
         let w = World::new();
         let first = w.canonical(&incident("INC-1", "EMERGENCY_ACTIVE"));
         let again = w.canonical(&incident("INC-1", "EMERGENCY_ACTIVE"));
         assert_eq!(again.status, 202);
         assert_eq!(again.header("idempotent-replayed"), Some("true"));
         assert_eq!(again.body, first.body);
-        assert_eq!(w.queue.messages.borrow().len(), 1);
+        // Not queued again as an event; the activation's ttl runs again.
+        let messages = w.queue.messages.borrow();
+        assert_eq!(messages.len(), 2);
+        assert!(matches!(
+            event::QueueMessage::decode(&messages[1]),
+            Ok(event::QueueMessage::Control(Control::Renew { incident, .. }))
+                if incident.id.as_str() == "INC-1"
+        ));
+        drop(messages);
+        // A replayed resolution renews nothing.
+        w.canonical(&incident("INC-1", "EMERGENCY_RESOLVED"));
+        w.canonical(&incident("INC-1", "EMERGENCY_RESOLVED"));
+        assert_eq!(w.queue.messages.borrow().len(), 3);
     }
 
     #[test]
@@ -1749,7 +1825,10 @@ mod tests {
                 .messages
                 .borrow()
                 .iter()
-                .map(|m| serde_json::from_slice(m).unwrap())
+                .filter_map(|m| match event::QueueMessage::decode(m).unwrap() {
+                    event::QueueMessage::Event(q) => Some(q),
+                    event::QueueMessage::Control(_) => None,
+                })
                 .collect()
         }
 
@@ -1926,6 +2005,23 @@ mod tests {
     }
 
     #[test]
+    fn an_ignored_event_can_be_looked_up_on_the_status_endpoint() {
+        let mut cfg: serde_json::Value = serde_json::from_str(SOURCES).unwrap();
+        cfg["status"] = json!({"insecure": true});
+        let s = Sources::with(&cfg.to_string());
+        s.now.set(at("2024-08-15T14:41:00Z"));
+        let out = s.servicenow(fixture!("servicenow/incident_low_priority.json"));
+        assert_eq!(body(&out.value)["status"], "IGNORED");
+        // What was recorded, with the facts the rules saw.
+        let r = s.get("/emr/status/INC0010031?source=servicenow", &[]);
+        assert_eq!(r.status, 200);
+        let v = body(&r);
+        assert_eq!(v["state"], "IGNORED", "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("priority=4"), "{v}");
+        assert_eq!(s.get("/emr/status/INC0010031?source=jsm", &[]).status, 404);
+    }
+
+    #[test]
     fn an_ignored_event_is_202_ignored_counted_logged_and_replayed_alike() {
         let s = Sources::new();
         s.now.set(at("2024-08-15T14:41:00Z"));
@@ -1942,6 +2038,7 @@ mod tests {
         assert_eq!(body(&out.value).get("statusUrl"), None);
         assert_eq!(out.value.header("idempotent-replayed"), None);
         assert_eq!(out.counters, vec![Counter::Ignored]);
+
         assert_eq!(out.notes.len(), 1);
         assert_eq!(out.notes[0].level, NoteLevel::Info);
         assert!(
@@ -2312,7 +2409,8 @@ mod tests {
         let out = intake.on_body(Source::Alertmanager, &h, am, now());
         assert_eq!(out.value.status, 202);
         assert_eq!(out.counters, vec![Counter::Replayed, Counter::Accepted]);
-        assert_eq!(sink.queue.messages.borrow().len(), 2);
+        // The second alert, and the first's renewal (a replayed activation).
+        assert_eq!(sink.queue.messages.borrow().len(), 3);
 
         // With a delivery id, the id is forgotten too.
         let pd = fixture!("pagerduty/incident_triggered.json");

@@ -147,16 +147,7 @@ pub struct Tool {
 impl Tool {
     /// The tool's name in audit lines and details.
     pub fn name(&self) -> &'static str {
-        tool_name(self.source)
-    }
-}
-
-fn tool_name(source: Source) -> &'static str {
-    match source {
-        Source::Pagerduty => "PagerDuty",
-        Source::Servicenow => "ServiceNow",
-        Source::Jsm => "Jira",
-        _ => "the tool",
+        self.source.label()
     }
 }
 
@@ -919,6 +910,7 @@ mod tests {
                 priority: 3,
                 group: None,
                 detail: None,
+                about: None,
             },
             received_ms: t(0).timestamp_millis(),
             delivery_id: None,

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::event::{
-    GroupId, IncidentKey, IncidentType, Priority, QueueId, QueuedEvent, RoutingMode, Source,
+    About, GroupId, IncidentKey, IncidentType, Priority, QueueId, QueuedEvent, RoutingMode, Source,
 };
 use crate::recovery::PersistedIncident;
 
@@ -185,6 +185,9 @@ pub struct Incident {
     pub events: Vec<EventRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub genesys: Option<GenesysRef>,
+    /// Its title and link, from the newest event that carried them.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub about: Option<About>,
 }
 
 impl Incident {
@@ -268,6 +271,10 @@ pub enum Applied {
     Stale,
     /// The same event again (same mode and timestamp): nothing changes.
     Duplicate,
+    /// The same activation again, of an incident still open: the tool says
+    /// it is open, so its ttl runs again from now ([`Ledger::renew`]). Only
+    /// its expiry changed (the group's row persists it).
+    Renewed,
     /// A new incident while [`Retention::max_open`] are already open:
     /// recorded as failed so it is visible, never silently dropped.
     Full,
@@ -519,6 +526,13 @@ impl Ledger {
             .map(|i| i.judge(q.event.routing_mode, q.event.timestamp, at));
         // A duplicate or an older event changes nothing a group sees: the
         // group index is left alone (and its cached desired state with it).
+        if judged == Some(Judged::Duplicate) && q.event.routing_mode == RoutingMode::Active {
+            // Alertmanager re-sends a firing alert as it was, every
+            // `repeat_interval`, for as long as it fires.
+            if self.renew(&key, chrono::Duration::zero(), now).is_some() {
+                return Applied::Renewed;
+            }
+        }
         let moot = matches!(judged, Some(Judged::Duplicate | Judged::Older));
         if !moot {
             self.unindex(&key);
@@ -656,6 +670,7 @@ impl Ledger {
                     ..record
                 }],
                 genesys: None,
+                about: ev.about.clone(),
             };
             if state == IncidentState::Open {
                 self.expiries.insert((expires_at, key.clone()));
@@ -702,6 +717,9 @@ impl Ledger {
         }
         inc.incident_type = ev.incident_type.clone();
         inc.priority = ev.priority;
+        if ev.about.is_some() {
+            inc.about.clone_from(&ev.about);
+        }
         if !ev.target_queue_ids.is_empty() || ev.routing_mode == RoutingMode::Active {
             inc.queues = ev.target_queue_ids.clone();
         }
@@ -796,6 +814,36 @@ impl Ledger {
         self.expiries.insert((until, key.clone()));
         inc.expires_at = Some(until);
         Some(inc.group.clone())
+    }
+
+    /// What `/emr/state` shows of one incident beside its group: who holds
+    /// it, what it is about, since when and until when.
+    pub fn brief(&self, key: &IncidentKey) -> serde_json::Value {
+        let Some(inc) = self.incidents.get(key) else {
+            return serde_json::json!({"source": key.source, "correlationId": key.id});
+        };
+        let since = inc
+            .events
+            .iter()
+            .filter(|e| e.routing_mode == RoutingMode::Active)
+            .map(|e| happened_at(e.timestamp, e.received_at))
+            .min();
+        let mut v = serde_json::json!({
+            "source": key.source,
+            "correlationId": key.id,
+            "priority": inc.priority,
+            "since": since.map(|t| t.to_rfc3339()),
+            "expiresAt": inc.expires_at.map(|t| t.to_rfc3339()),
+        });
+        if let (Some(obj), Some(about)) = (v.as_object_mut(), &inc.about) {
+            if let Some(t) = &about.title {
+                obj.insert("title".into(), t.clone().into());
+            }
+            if let Some(l) = &about.link {
+                obj.insert("link".into(), l.clone().into());
+            }
+        }
+        v
     }
 
     /// When the next open incident expires, for scheduling.
@@ -1045,6 +1093,7 @@ impl Ledger {
                 detail,
             }],
             genesys: None,
+            about: None,
         };
         self.expiries.insert((o.expires_at, key.clone()));
         self.incidents.insert(key.clone(), inc);

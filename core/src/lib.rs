@@ -11,6 +11,7 @@ pub mod contract;
 pub mod dedupe;
 pub mod event;
 pub mod genesys;
+pub mod ignored;
 pub mod intake;
 pub mod itsm;
 pub mod json;

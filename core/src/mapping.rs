@@ -44,8 +44,8 @@ use serde::Deserialize;
 
 use crate::contract::{MAX_QUEUES, TTL_MAX, TTL_MIN};
 use crate::event::{
-    CorrelationId, GroupId, IncidentEvent, IncidentType, Priority, QueueId, RoutingMode, Source,
-    DEFAULT_PRIORITY, DEFAULT_TTL_SECONDS, INCIDENT_TYPE_MAX,
+    About, CorrelationId, GroupId, IncidentEvent, IncidentType, Priority, QueueId, RoutingMode,
+    Source, DEFAULT_PRIORITY, DEFAULT_TTL_SECONDS, INCIDENT_TYPE_MAX,
 };
 use crate::problem::FieldError;
 use crate::sources::{Item, SourceConfig};
@@ -206,6 +206,8 @@ pub struct Candidate {
     /// update, not its creation): when it opens and no rule matches, an
     /// incident open here is released instead of left as it was.
     pub update: Update,
+    /// Its title and link, when the tool sent them.
+    pub about: Option<About>,
 }
 
 /// Whether a [`Candidate`] is an update of an incident (see the module doc).
@@ -455,6 +457,7 @@ impl Mapping {
                 .unwrap_or(DEFAULT_PRIORITY),
             group: rule.and_then(|r| r.group.clone()),
             detail: None,
+            about: c.about,
         }
     }
 
@@ -720,6 +723,7 @@ mod tests {
             type_hint: Some("My Mail Service".into()),
             natural_priority: Some(2),
             update: Update::No,
+            about: None,
         }
     }
 
@@ -929,6 +933,7 @@ mod tests {
             priority: DEFAULT_PRIORITY,
             group: None,
             detail: None,
+            about: None,
         };
         let e = event(m.refine_canonical(ev.clone()));
         assert_eq!(e.group.as_ref().map(GroupId::as_str), Some("eg-1"));

@@ -902,9 +902,10 @@ impl Reconciler {
         ids.dedup();
         let groups: Vec<Value> = ids
             .into_iter()
-            .map(|g| self.group_view(g, ledger.desired_for(g), self.groups.get(g)))
+            .map(|g| self.group_view(g, ledger, self.groups.get(g)))
             .collect();
         json!({
+            "summary": self.summary(ledger),
             "driver": self.cfg.driver.as_str(),
             "token": self.token.view(now),
             "pausedUntil": self.paused_until.filter(|p| *p > now).map(rfc3339),
@@ -946,16 +947,103 @@ impl Reconciler {
     /// [`VIEW_LIST_MAX`] with its total beside it, and the row's columns are
     /// bounded: a group of a thousand incidents with long queue lists once
     /// made this 1.4 MB (issue 12, finding 14).
-    fn group_view(
-        &self,
-        g: &GroupId,
-        d: &crate::ledger::Desired,
-        st: Option<&GroupState>,
-    ) -> Value {
+    /// One line for a person at 3 a.m.: which groups are in emergency,
+    /// since when, held by which incident; or that none is, and what stops
+    /// switching if anything does.
+    fn summary(&self, ledger: &Ledger) -> String {
+        let on: Vec<(&GroupId, &crate::ledger::Desired)> =
+            ledger.desired().filter(|(_, d)| d.enabled).collect();
+        let problem = self.health.reasons().into_iter().next();
+        if on.is_empty() {
+            let watched = self.groups.len().max(ledger.groups().count());
+            let mut line = format!(
+                "No group in emergency ({watched} group{} watched)",
+                if watched == 1 { "" } else { "s" }
+            );
+            if let Some(p) = problem {
+                line.push_str(&format!("; emr-edge cannot switch: {p}"));
+            }
+            return line;
+        }
+        let shown: Vec<String> = on
+            .iter()
+            .take(3)
+            .map(|(g, d)| {
+                let name = self
+                    .group_name(g)
+                    .map_or_else(|| g.to_string(), str::to_owned);
+                let since = d
+                    .incidents
+                    .iter()
+                    .filter_map(|k| ledger.get(k))
+                    .filter_map(|i| {
+                        i.events
+                            .iter()
+                            .map(|e| e.timestamp.min(e.received_at))
+                            .min()
+                    })
+                    .min()
+                    .map(|t| format!(" since {} UTC", t.format("%H:%M")))
+                    .unwrap_or_default();
+                let held = d.incidents.first().map_or_else(String::new, |k| {
+                    let more = d.incidents.len() - 1;
+                    format!(
+                        ", held by {} {}{}",
+                        k.source.label(),
+                        k.id,
+                        if more > 0 {
+                            format!(" and {more} more")
+                        } else {
+                            String::new()
+                        }
+                    )
+                });
+                let lagging = self
+                    .groups
+                    .get(*g)
+                    .and_then(|st| st.observed.as_ref())
+                    .is_some_and(|o| !o.enabled);
+                format!(
+                    "{name}{since}{held}{}",
+                    if lagging {
+                        " (not switched on in Genesys yet)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        let n = on.len();
+        let more = if n > shown.len() {
+            format!("; and {} more", n - shown.len())
+        } else {
+            String::new()
+        };
+        format!(
+            "{n} group{} in emergency: {}{more}",
+            if n == 1 { "" } else { "s" },
+            shown.join("; ")
+        )
+    }
+
+    /// A group's name, as Genesys last showed it.
+    fn group_name(&self, g: &GroupId) -> Option<&str> {
+        self.groups.get(g)?.observed.as_ref()?.name()
+    }
+
+    fn group_view(&self, g: &GroupId, ledger: &Ledger, st: Option<&GroupState>) -> Value {
+        let d = ledger.desired_for(g);
         let desired = d.view();
+        let incidents: Vec<Value> = d
+            .incidents
+            .iter()
+            .take(VIEW_LIST_MAX)
+            .map(|k| ledger.brief(k))
+            .collect();
         let mut v = json!({
             "id": g,
-            "openIncidents": desired.get("incidents"),
+            "name": self.group_name(g),
+            "openIncidents": incidents,
             "openIncidentsTotal": d.incidents.len(),
             "queues": desired.get("queues"),
             "queuesTotal": d.queues_total,

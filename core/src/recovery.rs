@@ -339,6 +339,7 @@ mod tests {
                 priority,
                 group: None,
                 detail: None,
+                about: None,
             },
             received_ms: t(0).timestamp_millis(),
             delivery_id: None,

@@ -312,6 +312,7 @@ mod tests {
                 priority: 3,
                 group: None,
                 detail: None,
+                about: None,
             },
             received_ms: 1_700_000_000_000,
             delivery_id: None,

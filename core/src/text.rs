@@ -24,6 +24,17 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// `s` without control characters, at most `max` characters: for text a
+/// person reads in a JSON view (an incident's title), where letters beyond
+/// ASCII are kept.
+pub fn shown(s: &str, max: usize) -> String {
+    s.trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(max)
+        .collect()
+}
+
 /// `s` for a problem detail: [`printable`], in quotes, with `...` after the
 /// closing quote when it was cut, so a reader knows it saw only the start.
 pub fn quoted(s: &str) -> String {

@@ -470,6 +470,28 @@ impl Stack {
         }
     }
 
+    /// Waits until the service's start-up reads of the configured groups
+    /// ([`genesys_config`]'s two) have been answered, so that a fault a
+    /// test adds next meets the calls the test makes, not those.
+    pub async fn startup_reads_done(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let read = |g: &str| {
+                !self
+                    .calls("GET", &format!("/api/v2/architect/emergencygroups/{g}"))
+                    .is_empty()
+            };
+            if read(emr_sim::DEFAULT_GROUP_ID) && read(emr_sim::CARRIER_OUTAGE_GROUP_ID) {
+                // Their answers reach the service a moment after the sim
+                // logs them.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the service did not read its configured groups at start");
+    }
+
     /// Posts a canonical incident and asserts the 202.
     pub async fn send(&self, body: &Value) -> reqwest::Response {
         let r = self

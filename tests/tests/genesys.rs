@@ -164,6 +164,7 @@ async fn server_errors_are_retried_until_success() {
         json!({"genesys": {"limits": {"backoff_initial_ms": 100, "backoff_max_ms": 400}}}),
     )
     .await;
+    s.startup_reads_done().await;
     s.sim
         .add_fault(
             Fault::answer(503)
@@ -194,6 +195,7 @@ async fn server_errors_are_retried_until_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_pauses_every_call_until_retry_after() {
     let s = Stack::start(SimConfig::default(), json!({})).await;
+    s.startup_reads_done().await;
     s.sim
         .add_fault(
             Fault::answer(429)

@@ -143,6 +143,16 @@ async fn a_priority_change_switches_the_group_on_and_releases_it() {
     assert!(text.contains("IGNORED"), "{text}");
     assert!(text.contains("priority=P3"), "{text}");
     assert!(!s.enabled(CARRIER));
+    // …and so does the status endpoint, afterwards.
+    let st = s.status("PPRIO1").await;
+    assert_eq!(st["state"], "IGNORED", "{st}");
+    assert!(
+        st["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("priority=P3"),
+        "{st}"
+    );
 
     // Raised to P1: it opens, the group switches.
     post(
@@ -153,6 +163,38 @@ async fn a_priority_change_switches_the_group_on_and_releases_it() {
     assert!(eventually(SOON, || s.enabled(CARRIER)).await);
     let st = status_until(&s, "PPRIO1", SOON, |v| latest_status(v) == "APPLIED").await;
     assert_eq!(st["state"], "OPEN", "{st}");
+    // Readable at 3 a.m.: the group's name, who holds it, what it is about.
+    // (The state is republished within a tick of the write's answer.)
+    let name = s.sim.emergency_group(CARRIER).unwrap().name;
+    let deadline = std::time::Instant::now() + SOON;
+    while s.group_state(CARRIER).await["name"] != json!(name)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = s.state().await;
+    let summary = state["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.starts_with("1 group in emergency: ")
+            && summary.contains("held by PagerDuty PPRIO1"),
+        "{summary}"
+    );
+    let group = s.group_state(CARRIER).await;
+    assert_eq!(group["name"], json!(name), "{group}");
+    assert!(summary.contains(&format!("{name} since ")), "{summary}");
+    let held = &group["openIncidents"][0];
+    assert_eq!(
+        held["title"], "SIP trunk carrier-a: 100% call setup failures",
+        "{held}"
+    );
+    assert!(
+        held["link"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("https://"),
+        "{held}"
+    );
+    assert!(held["expiresAt"].is_string(), "{held}");
 
     // Lowered to P3 again: released, the group switches back off.
     post(
@@ -186,4 +228,49 @@ async fn a_resolution_of_an_incident_never_open_here_says_so() {
     assert!(s
         .calls("PUT", "/api/v2/architect/emergencygroups/")
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_repeating_a_firing_alert_keeps_it_open() {
+    let s = Stack::start(
+        SimConfig::default(),
+        json!({"sources": {"alertmanager": {"insecure": true, "rules": [
+            {"match": {}, "group": CARRIER, "queues": ["q1"], "ttl_seconds": 60}
+        ]}}}),
+    )
+    .await;
+    let file = root().join("tests/fixtures/sources/alertmanager/firing.json");
+    let mut body: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    // One alert, firing for 55 s already: its ttl runs out 5 s from now.
+    body["alerts"].as_array_mut().unwrap().truncate(1);
+    let started = chrono::Utc::now() - chrono::Duration::seconds(55);
+    body["alerts"][0]["startsAt"] = json!(started.to_rfc3339());
+    let id = body["alerts"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = s.post_json("/webhooks/alertmanager", &body).await;
+    assert_eq!(r.status().as_u16(), 202);
+    assert!(eventually(SOON, || s.enabled(CARRIER)).await);
+    let first = expires_at(&s.status(&id).await);
+
+    // Alertmanager's `repeat_interval`: the same notification again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = s.post_json("/webhooks/alertmanager", &body).await;
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(
+        r.headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    // Past the first deadline: still open, its ttl running from the repeat.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let st = s.status(&id).await;
+    assert_eq!(st["state"], "OPEN", "{st}");
+    assert!(
+        expires_at(&st) >= first + chrono::Duration::seconds(50),
+        "{st}"
+    );
+    assert!(s.enabled(CARRIER));
 }

@@ -732,6 +732,7 @@ pub(crate) mod tests {
             priority: 3,
             group: group.map(|g| GroupId::parse(g).unwrap()),
             detail: None,
+            about: None,
         }
     }
 

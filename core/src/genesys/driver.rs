@@ -43,6 +43,16 @@ pub struct Observed {
     pub snapshot: Snapshot,
 }
 
+impl Observed {
+    /// The group's name, where the API carries one (emergency groups).
+    pub fn name(&self) -> Option<&str> {
+        match &self.snapshot {
+            Snapshot::Group(g) => g.name.as_deref(),
+            Snapshot::Guide(_) => None,
+        }
+    }
+}
+
 /// The object a write starts from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Snapshot {

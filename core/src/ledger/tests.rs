@@ -21,6 +21,7 @@ pub(crate) fn event(id: &str, mode: RoutingMode, ts: i64, queues: &[&str]) -> Qu
             priority: 3,
             group: None,
             detail: None,
+            about: None,
         },
         received_ms: t(ts).timestamp_millis(),
         delivery_id: None,
@@ -50,6 +51,7 @@ pub(crate) fn incident_with(
         seq: rank.1,
         events: Vec::new(),
         genesys: None,
+        about: None,
     }
 }
 
@@ -699,4 +701,21 @@ fn a_release_keeps_its_detail_on_the_status() {
         e.detail.as_deref(),
         Some("released: no rule matches any more")
     );
+}
+
+#[test]
+fn the_same_activation_again_renews_an_open_incident() {
+    let mut l = Ledger::default();
+    let q = event("I1", A, 0, &["q1"]);
+    l.apply(&q, g("G"), t(0));
+    // Soon after: a duplicate, nothing changes.
+    assert_eq!(l.apply(&q, g("G"), t(60)), Applied::Duplicate);
+    assert_eq!(l.get(&key("I1")).unwrap().expires_at, Some(t(3600)));
+    // Alertmanager's repeat, half a ttl later: its ttl runs again.
+    assert_eq!(l.apply(&q, g("G"), t(1800)), Applied::Renewed);
+    assert_eq!(l.get(&key("I1")).unwrap().expires_at, Some(t(5400)));
+    assert!(l.expire(t(3600)).is_empty());
+    // Once closed, a replay renews nothing.
+    l.apply(&event("I1", R, 4000, &[]), g("G"), t(4000));
+    assert_eq!(l.apply(&q, g("G"), t(4100)), Applied::Duplicate);
 }

@@ -521,6 +521,7 @@ impl World {
                 priority: 3,
                 group: Some(g(group)),
                 detail: None,
+                about: None,
             },
             received_ms: self.now.timestamp_millis(),
             delivery_id: None,

@@ -971,7 +971,16 @@ fn the_state_view_shows_desired_observed_and_the_last_reconcile() {
     assert_eq!(g1["queues"], json!(["q1", "q2"]));
     assert_eq!(
         g1["openIncidents"],
-        json!([{"source": "canonical", "correlationId": "INC-1"}])
+        json!([{"source": "canonical", "correlationId": "INC-1", "priority": 3,
+                "since": t(0).to_rfc3339(), "expiresAt": (t(0) + Duration::seconds(86_400)).to_rfc3339()}])
+    );
+    // The name Genesys gave the group, and one line for a person with it.
+    assert_eq!(g1["name"], "Carrier Outage", "{g1}");
+    // G2 is not read yet: its id stands for its name.
+    assert_eq!(
+        v["summary"],
+        "2 groups in emergency: Carrier Outage since 14:22 UTC, held by canonical INC-1; \
+         G2 since 14:22 UTC, held by canonical INC-2"
     );
     assert_eq!(g1["observed"]["enabled"], true);
     assert_eq!(g1["observed"]["version"], 2);

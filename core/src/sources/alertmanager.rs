@@ -30,7 +30,7 @@ use super::ids::{id_at, rfc3339};
 use super::node::Node;
 use super::pagerduty::p_number;
 use super::Reading;
-use crate::event::{Priority, RoutingMode};
+use crate::event::{About, Priority, RoutingMode};
 use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 
@@ -115,6 +115,14 @@ fn read_alert(
             .filter(|p: &Priority| (1..=5).contains(p))
             .or_else(|| label("severity").and_then(severity_priority)),
         update: Update::No,
+        about: About::new(
+            alert
+                .get("annotations")
+                .get("summary")
+                .as_str()
+                .or_else(|| label("alertname")),
+            alert.get("generatorURL").as_str(),
+        ),
     })
 }
 

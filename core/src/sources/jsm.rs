@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::ids::{epoch, id_at};
 use super::node::Node;
 use super::Reading;
-use crate::event::{Priority, RoutingMode};
+use crate::event::{About, Priority, RoutingMode};
 use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 use crate::text::printable;
@@ -132,6 +132,7 @@ pub(crate) fn read(root: &Value, _now: DateTime<Utc>) -> Result<Vec<Reading>, Ve
         } else {
             Update::No
         },
+        about: About::new(fields.get("summary").as_str(), None),
     })])
 }
 

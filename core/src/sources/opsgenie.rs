@@ -21,7 +21,7 @@ use super::ids::{correlation_id, epoch};
 use super::node::Node;
 use super::pagerduty::p_number;
 use super::Reading;
-use crate::event::RoutingMode;
+use crate::event::{About, RoutingMode};
 use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 use crate::text::printable;
@@ -109,6 +109,7 @@ pub(crate) fn read(root: &Value, now: DateTime<Utc>) -> Result<Vec<Reading>, Vec
         type_hint: None,
         natural_priority: priority.and_then(p_number),
         update: Update::No,
+        about: About::new(alert.get("message").as_str(), None),
     })])
 }
 

@@ -23,7 +23,7 @@ use serde_json::Value;
 use super::ids::{id_at, rfc3339};
 use super::node::Node;
 use super::Reading;
-use crate::event::{Priority, RoutingMode};
+use crate::event::{About, Priority, RoutingMode};
 use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 use crate::text::printable;
@@ -130,6 +130,7 @@ pub(crate) fn read(root: &Value, _now: DateTime<Utc>) -> Result<Vec<Reading>, Ve
         type_hint: service.get("summary").as_str().map(str::to_owned),
         natural_priority: priority.get("summary").as_str().and_then(p_number),
         update,
+        about: About::new(data.get("title").as_str(), data.get("html_url").as_str()),
     })])
 }
 
@@ -272,6 +273,16 @@ mod tests {
         assert_eq!(e.priority, 1);
         assert_eq!(e.timestamp, at("2024-08-15T14:40:00Z"));
         assert_eq!(e.detail, None);
+        // What a person reads on /emr/state: the incident's title and link.
+        let about = e.about.clone().unwrap();
+        assert_eq!(
+            about.title.as_deref(),
+            Some("SIP trunk carrier-a: 100% call setup failures")
+        );
+        assert_eq!(
+            about.link.as_deref(),
+            Some("https://acme.pagerduty.com/incidents/Q2UEJOMV3XYQ9N")
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use serde_json::Value;
 use super::ids::{correlation_id, servicenow_time};
 use super::node::Node;
 use super::Reading;
-use crate::event::{Priority, RoutingMode};
+use crate::event::{About, Priority, RoutingMode};
 use crate::mapping::{Candidate, Facts, Update, Verdict, Vocabulary};
 use crate::problem::FieldError;
 use crate::text::printable;
@@ -161,6 +161,7 @@ pub(crate) fn read(root: &Value, now: DateTime<Utc>) -> Result<Vec<Reading>, Vec
         } else {
             Update::No
         },
+        about: About::new(Field::read(&r.get("short_description")).both().next(), None),
     })])
 }
 

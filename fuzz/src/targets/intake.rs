@@ -369,7 +369,7 @@ fn send(
     // The queue holds what the counters say, as the service will read it.
     let queued: Vec<Vec<u8>> = queue.messages.borrow()[queued_before..].to_vec();
     let count = |c: Counter| counters.iter().filter(|x| **x == c).count();
-    let (mut events, mut controls) = (0, 0);
+    let (mut events, mut controls, mut renewals) = (0, 0, 0);
     for msg in &queued {
         match QueueMessage::decode(msg).expect("a queued message is unreadable") {
             QueueMessage::Event(q) => {
@@ -403,8 +403,17 @@ fn send(
                     req.path
                 );
             }
+            // Only a replayed activation of the route's own source renews.
+            QueueMessage::Control(Control::Renew { incident, .. }) => {
+                renewals += 1;
+                assert_eq!(Some(incident.source), source);
+            }
         }
     }
+    assert!(
+        renewals <= count(Counter::Replayed),
+        "a renewal without a replay"
+    );
     assert_eq!(
         events,
         count(Counter::Accepted),
