@@ -118,6 +118,24 @@ impl fmt::Display for ConfigError {
 /// an incident tool sends is far smaller).
 pub const MAX_BODY_LIMIT: u32 = 512_000;
 
+/// `intake.max_body_bytes` when the config gives none.
+pub const DEFAULT_MAX_BODY_BYTES: u32 = 65_536;
+
+/// `intake.max_body_bytes` as a plugin configuration says it, or the
+/// default: for the tools that render Envoy configs (`scripts/render.py`,
+/// the test and bench harnesses). Envoy's buffer filter after the emr-edge
+/// filter must let through every body the intake accepts: with a lower
+/// `max_request_bytes`, Envoy answers a body in between with its own
+/// plain-text 413 before the filter sees it. The shipped templates write
+/// `max_request_bytes: {{MAX_BODY_BYTES}}`, filled with this number.
+pub fn declared_max_body_bytes(config: &Value) -> u64 {
+    config
+        .get("intake")
+        .and_then(|i| i.get("max_body_bytes"))
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::from(DEFAULT_MAX_BODY_BYTES))
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -161,7 +179,7 @@ impl Default for RawIntake {
     fn default() -> Self {
         let d = DedupeConfig::default();
         Self {
-            max_body_bytes: 65_536,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             replay_window_seconds: DEFAULT_REPLAY_WINDOW_SECONDS,
             allow_unknown_fields: false,
             dedupe_window_seconds: d.window_seconds,
@@ -1026,6 +1044,21 @@ mod tests {
                 "genesys.watchdog.converging_seconds"
             ],
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_declared_body_limit_is_the_configs_or_the_default() {
+        let limit = |v: Value| declared_max_body_bytes(&v);
+        assert_eq!(limit(serde_json::json!({})), 65_536);
+        assert_eq!(limit(serde_json::json!({"intake": {}})), 65_536);
+        assert_eq!(
+            limit(serde_json::json!({"intake": {"max_body_bytes": 131_072}})),
+            131_072
+        );
+        assert_eq!(
+            parse(b"").unwrap().intake.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES as usize
         );
     }
 

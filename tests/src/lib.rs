@@ -62,12 +62,18 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-/// Fills `{{KEY}}` placeholders of an Envoy config template.
+/// Fills `{{KEY}}` placeholders of an Envoy config template, as
+/// `scripts/render.py` does: `{{MAX_BODY_BYTES}}` from the config's
+/// `intake.max_body_bytes`.
 pub fn render(template: &str, config: &Value, vars: &[(&str, String)]) -> String {
     let mut text = template.replace("{{EMR_CONFIG}}", &config.to_string());
     for (k, v) in vars {
         text = text.replace(&format!("{{{{{k}}}}}"), v);
     }
+    text = text.replace(
+        "{{MAX_BODY_BYTES}}",
+        &emr_core::config::declared_max_body_bytes(config).to_string(),
+    );
     assert!(!text.contains("{{"), "unrendered placeholder in template");
     text
 }

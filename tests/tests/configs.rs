@@ -238,3 +238,147 @@ fn a_secret_still_a_placeholder_is_refused_at_start() {
     );
     assert!(!err.contains("YOUR-CLIENT-SECRET"), "{err}");
 }
+
+/// Runs `scripts/render.py` as a user does; its output, or its error.
+fn render_py(template: &std::path::Path, config: &std::path::Path) -> Result<String, String> {
+    let d = dir();
+    let out = std::process::Command::new("python3")
+        .arg(root().join("scripts/render.py"))
+        .arg(template)
+        .arg(config)
+        .arg(format!("WASM={}", wasm_path().display()))
+        .args(["LISTEN_PORT=10000", "ADMIN_PORT=9901", "SIM_PORT=9902"])
+        .arg(format!("TLS_CERT={}", d.join("cert.pem").display()))
+        .arg(format!("TLS_KEY={}", d.join("key.pem").display()))
+        .arg("GENESYS_REGION=mypurecloud.ie")
+        .output()
+        .expect("python3");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Every `max_request_bytes` of a rendered config.
+fn buffer_limits(yaml: &str) -> Vec<u64> {
+    yaml.lines()
+        .filter_map(|l| l.trim().strip_prefix("max_request_bytes:"))
+        .map(|v| v.trim().parse().unwrap())
+        .collect()
+}
+
+/// The buffer filter's limit and `intake.max_body_bytes` cannot disagree in
+/// a config rendered from the shipped templates: render.py writes the one
+/// from the other, for the shipped configs, for a changed limit, and for a
+/// config that gives none (the default render.py assumes is emr-core's).
+#[test]
+fn the_buffer_limit_is_rendered_from_intake_max_body_bytes() {
+    let d = dir();
+    std::fs::create_dir_all(&d).unwrap();
+    for (template, config) in [
+        ("envoy/local.yaml.tmpl", "envoy/local.config.json"),
+        (
+            "envoy/production.example.yaml.tmpl",
+            "envoy/production.config.json",
+        ),
+    ] {
+        let text = std::fs::read_to_string(root().join(template)).unwrap();
+        assert!(
+            text.contains("max_request_bytes: {{MAX_BODY_BYTES}}"),
+            "{template} writes its buffer limit by hand"
+        );
+        let shipped: emr_e2e::Value =
+            serde_json::from_str(&std::fs::read_to_string(root().join(config)).unwrap()).unwrap();
+        let yaml = render_py(&root().join(template), &root().join(config)).unwrap();
+        assert_eq!(
+            buffer_limits(&yaml),
+            [shipped["intake"]["max_body_bytes"].as_u64().unwrap()],
+            "{template}"
+        );
+        for (intake, limit) in [
+            (json!({"max_body_bytes": 131_072}), 131_072),
+            (
+                json!({}),
+                u64::from(emr_core::config::DEFAULT_MAX_BODY_BYTES),
+            ),
+        ] {
+            let mut changed = shipped.clone();
+            changed["intake"] = intake;
+            let path = d.join("render-py.json");
+            std::fs::write(&path, changed.to_string()).unwrap();
+            let yaml = render_py(&root().join(template), &path).unwrap();
+            assert_eq!(buffer_limits(&yaml), [limit], "{template}");
+        }
+    }
+}
+
+/// A template that writes a lower limit by hand is refused by render.py,
+/// saying which line and why.
+#[test]
+fn render_py_refuses_a_buffer_limit_lower_than_the_intakes() {
+    let d = dir();
+    std::fs::create_dir_all(&d).unwrap();
+    let text = std::fs::read_to_string(root().join("envoy/local.yaml.tmpl"))
+        .unwrap()
+        .replace("{{MAX_BODY_BYTES}}", "65536");
+    let template = d.join("hand-written.yaml.tmpl");
+    std::fs::write(&template, text).unwrap();
+    let config = d.join("bigger-body.json");
+    std::fs::write(
+        &config,
+        json!({"intake": {"max_body_bytes": 131_072}}).to_string(),
+    )
+    .unwrap();
+    let err = render_py(&template, &config).unwrap_err();
+    assert!(
+        err.contains("the buffer filter's max_request_bytes (65536) is lower than intake.max_body_bytes (131072)"),
+        "{err}"
+    );
+    // Equal, or higher, is fine: the intake refuses what is over its own.
+    std::fs::write(
+        &config,
+        json!({"intake": {"max_body_bytes": 65_536}}).to_string(),
+    )
+    .unwrap();
+    render_py(&template, &config).unwrap();
+}
+
+/// End to end: with a larger intake limit, a body over the old 64 KiB
+/// reaches the filter and is accepted, instead of Envoy's own 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_larger_intake_limit_is_the_buffer_filters_too() {
+    let options = emr_e2e::EnvoyOptions {
+        config: json!({
+            "intake": {"max_body_bytes": 131_072},
+            "sources": {"canonical": {"insecure": true}},
+            "status": {"insecure": true}
+        }),
+        log_level: "warn",
+        ..emr_e2e::EnvoyOptions::default()
+    };
+    let envoy = tokio::task::spawn_blocking(move || emr_e2e::Envoy::start(options))
+        .await
+        .unwrap();
+    let mut body = emr_e2e::incident("INC-BIG-BODY", "EMERGENCY_ACTIVE", &["q1"]).to_string();
+    body.push_str(&" ".repeat(100_000));
+    let c = emr_e2e::reqwest::Client::new();
+    let r = c
+        .post(envoy.url("/webhooks/canonical"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+    // Over the intake's own limit: the filter's 413, as problem+json.
+    let r = c
+        .post(envoy.url("/webhooks/canonical"))
+        .header("content-type", "application/json")
+        .body(" ".repeat(140_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+}
