@@ -253,7 +253,7 @@ pub struct Config {
 /// Reads an environment variable (in the VM: `vm_config.environment_variables`).
 pub type Env<'a> = crate::envvar::Env<'a>;
 
-/// The sections of the configuration, in the order problems are told.
+/// The sections of the configuration.
 const SECTIONS: [&str; 6] = ["intake", "ledger", "sources", "status", "genesys", "itsm"];
 
 /// Parses and validates the plugin configuration. Empty means all defaults
