@@ -7,16 +7,29 @@ cd "$(dirname "$0")/.."
 
 : "${LISTEN_PORT:=10000}" "${ADMIN_PORT:=9901}" "${SIM_PORT:=9902}"
 : "${ENVOY:=.venv/bin/envoy-real}" "${WASM:=target/wasm32-wasip1/release/emr_edge.wasm}" "${SIM:=target/release/emr-sim}"
-RUN_DIR=target/run
+: "${RUN_DIR:=target/run}"
 mkdir -p "$RUN_DIR"
 
-# Local demo credentials: the simulator's seeded client. Real deployments
-# pass their own through the environment (see README, "Production").
-export EMR_GENESYS_CLIENT_ID="${EMR_GENESYS_CLIENT_ID:-emr-edge-client}"
-export EMR_GENESYS_CLIENT_SECRET="${EMR_GENESYS_CLIENT_SECRET:-emr-edge-secret}"
-# The PagerDuty route checks X-PagerDuty-Signature against this secret (see
-# docs/sources.md); a fake demo value unless you bring your own.
-export EMR_PAGERDUTY_SECRET="${EMR_PAGERDUTY_SECRET:-emr-demo-pagerduty-secret}"
+# Local demo credentials: the simulator's seeded client, and a fake
+# PagerDuty signing secret (the route checks X-PagerDuty-Signature against
+# it, see docs/sources.md). A variable you set yourself is used instead, and
+# each line below says which one was used.
+demo_or_yours() { # variable, demo value, what the demo value is
+  if [ -n "${!1:-}" ]; then
+    echo "$1 is set: using yours"
+  else
+    export "$1=$2"
+    echo "$1 is not set: using $3"
+  fi
+}
+demo_or_yours EMR_GENESYS_CLIENT_ID emr-edge-client "the simulator's demo client id"
+demo_or_yours EMR_GENESYS_CLIENT_SECRET emr-edge-secret "the simulator's demo client secret"
+demo_or_yours EMR_PAGERDUTY_SECRET emr-demo-pagerduty-secret "a demo PagerDuty signing secret"
+if [ "$EMR_GENESYS_CLIENT_ID" != emr-edge-client ] || [ "$EMR_GENESYS_CLIENT_SECRET" != emr-edge-secret ]; then
+  echo "  note: the simulator knows only its demo client; unset EMR_GENESYS_CLIENT_ID and"
+  echo "  EMR_GENESYS_CLIENT_SECRET, or its token endpoint refuses yours and no group switches"
+fi
+export EMR_GENESYS_CLIENT_ID EMR_GENESYS_CLIENT_SECRET EMR_PAGERDUTY_SECRET
 
 # HMAC-SHA256 of stdin with key $1, in hex: what PagerDuty puts after `v1=`.
 hmac_hex() {
@@ -47,15 +60,47 @@ python3 scripts/render.py envoy/local.yaml.tmpl envoy/local.config.json \
   > "$RUN_DIR/envoy.log" 2>&1 &
 pids+=($!)
 
+# Why Envoy did not start, most useful first: emr-edge's own refusal of its
+# configuration (one line per problem, each naming its field), else Envoy's
+# own errors; the whole log stays in the file.
+why_not_started() {
+  local refused
+  refused="$(grep -o 'invalid emr-edge configuration.*' "$RUN_DIR/envoy.log" | awk '!seen[$0]++' || true)"
+  echo
+  if [ -n "$refused" ]; then
+    echo "Envoy did not start: emr-edge refused its configuration (envoy/local.config.json,"
+    echo "and the EMR_* variables it names):"
+    echo
+    echo "$refused" | sed 's/^/  /'
+  else
+    echo "Envoy did not start. Its errors:"
+    echo
+    grep -E '\[(critical|error)\]' "$RUN_DIR/envoy.log" | tail -n 10 | sed 's/^/  /' || true
+  fi
+  echo
+  echo "The whole log: $RUN_DIR/envoy.log"
+}
+
+ready=
 for _ in $(seq 1 100); do
-  if [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = "LIVE" ]; then break; fi
+  if [ "$(curl -s "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" = "LIVE" ]; then ready=1; break; fi
   if ! kill -0 "${pids[1]}" 2>/dev/null; then
-    echo "Envoy exited; its log:"; tail -n 30 "$RUN_DIR/envoy.log"; exit 1
+    why_not_started; exit 1
+  fi
+  if ! kill -0 "${pids[0]}" 2>/dev/null; then
+    echo "The simulator exited; its log ($RUN_DIR/sim.log):"; tail -n 10 "$RUN_DIR/sim.log"; exit 1
   fi
   sleep 0.1
 done
+if [ -z "$ready" ]; then
+  echo "Envoy did not become ready within 10 s (admin: http://127.0.0.1:$ADMIN_PORT/ready)."
+  why_not_started; exit 1
+fi
 
 url="http://127.0.0.1:$LISTEN_PORT"
+sim="http://127.0.0.1:$SIM_PORT"
+# The demo's emergency group: the one the local config drives.
+group="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["genesys"]["default_group"])' envoy/local.config.json)"
 
 # A PagerDuty v3 webhook, signed now, exactly as PagerDuty would send it.
 # The signature covers these exact bytes: paste the command as printed.
@@ -82,16 +127,20 @@ emr-edge is running.
   intake     $url/webhooks/canonical   $url/webhooks/pagerduty
   status     $url/emr/status/{correlationId}[?source=canonical|pagerduty]     state: $url/emr/state     health: $url/emr/health
   Envoy      http://127.0.0.1:$ADMIN_PORT (stats: /stats?filter=emr)
-  simulator  http://127.0.0.1:$SIM_PORT (groups: /api/v2/architect/emergencygroups, log: /__sim/requests)
+  simulator  $sim (the switch: /__sim/groups, the calls emr-edge made: /__sim/requests)
   logs       $RUN_DIR/envoy.log  $RUN_DIR/sim.log
+
+The emergency groups in the simulated Genesys, "enabled" is the switch:
+
+  curl -s $sim/__sim/groups
 
 Open an incident:
 
   curl -i $url/webhooks/canonical -H 'content-type: application/json' -d '{"correlationId":"INC-DEMO-1","incidentType":"CARRIER_OUTAGE","targetQueueIds":["queue-12345","queue-67890"],"routingMode":"EMERGENCY_ACTIVE","timestamp":"'"\$(date -u +%Y-%m-%dT%H:%M:%SZ)"'","ttl":3600}'
 
-See it:
+See it (the group is now enabled):
 
-  curl -s $url/emr/status/INC-DEMO-1; curl -s $url/emr/state
+  curl -s $url/emr/status/INC-DEMO-1; curl -s $url/emr/state; curl -s $sim/__sim/groups
 
 Resolve it:
 
@@ -109,7 +158,7 @@ A wrong or missing signature is refused with 401 (docs/sources.md has every tool
 
 Switched a group by hand in the simulator? Hand it back to the incidents (JSON, or it is refused):
 
-  curl -i -X POST $url/emr/groups/3c3f7a3e-2f5c-4f3a-9b1e-000000000001/resume -H 'content-type: application/json'
+  curl -i -X POST $url/emr/groups/$group/resume -H 'content-type: application/json'
 
 Ctrl-C stops everything.
 MSG

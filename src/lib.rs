@@ -58,8 +58,11 @@ impl RootContext for Root {
         let config = match emr_core::config::parse(&raw, &env) {
             Ok(c) => c,
             Err(e) => {
-                // Envoy refuses the listener or bootstrap with this line logged.
-                host::log(LogLevel::Critical, &e.to_string());
+                // Envoy refuses the listener or bootstrap with these lines
+                // logged: one per problem, each naming its field.
+                for line in e.lines() {
+                    host::log(LogLevel::Critical, &line);
+                }
                 return false;
             }
         };

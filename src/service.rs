@@ -391,8 +391,10 @@ impl ServiceRoot {
                 g.started = true;
                 // Restart safety: read what survived in Genesys (the rows)
                 // before any write; without rows, check the configured
-                // groups for one our client left enabled.
-                let groups = g.reconciler.settings().configured_groups();
+                // groups for one our client left enabled. Every group the
+                // config names (its rules' too) is read at start, so a
+                // wrong one shows now, not at the incident.
+                let groups: Vec<_> = self.config.groups.iter().cloned().collect();
                 g.reconciler.start_recovery(&groups);
                 g.reconciler.mark_all(&self.ledger);
                 self.state_dirty = true;

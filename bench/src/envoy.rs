@@ -76,6 +76,12 @@ impl Envoy {
             ("ADMIN_PORT", admin_port.to_string()),
             ("SIM_PORT", spec.sim_port.to_string()),
             ("UPSTREAM_PORT", spec.upstream_port.to_string()),
+            // As scripts/render.py fills it: the buffer filter's limit is
+            // the intake's.
+            (
+                "MAX_BODY_BYTES",
+                emr_core::config::declared_max_body_bytes(&spec.config).to_string(),
+            ),
         ] {
             yaml = yaml.replace(&format!("{{{{{k}}}}}"), &v);
         }

@@ -3,54 +3,138 @@
 //!
 //! The same JSON is given to the intake filter and to the singleton service
 //! (YAML anchors keep it in one place in Envoy configs); each reads the parts
-//! it needs. A bad config is refused with the exact field named, which makes
-//! Envoy refuse to start rather than run half-configured.
+//! it needs. A bad config is refused with every problem named by its field,
+//! all at once, which makes Envoy refuse to start rather than run
+//! half-configured. Each section (and each source) is read on its own, so a
+//! typo in one does not hide the problems of the others; only a JSON syntax
+//! error stops the reading at the first.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 
 use std::sync::Arc;
 
 use crate::auth::{Credential, CredentialConfig};
 use crate::contract::{ContractRules, DEFAULT_REPLAY_WINDOW_SECONDS};
 use crate::dedupe::DedupeConfig;
-use crate::event::Source;
+use crate::event::{GroupId, Source};
 use crate::genesys::{GenesysConfig, GenesysSettings};
 use crate::itsm::{ItsmConfig, ItsmSettings};
 use crate::ledger::Retention;
+use crate::placeholder;
+use crate::problem::FieldError;
 use crate::quota::{Shares, RACE_MARGIN};
-use crate::sources::{CompiledSources, SourcesConfig};
+use crate::sources::{CompiledSources, SourceConfig, SourcesConfig};
 
-/// A refused configuration: which field, and why. Never holds a secret value.
+/// A refused configuration: every problem found, each naming its field.
+/// Never holds a secret value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub field: String,
-    pub message: String,
+    /// Never empty.
+    problems: Vec<FieldError>,
 }
+
+/// What every line about a refused configuration starts with (the filter's
+/// log lines, `make run`'s summary).
+pub const REFUSED: &str = "invalid emr-edge configuration";
 
 impl ConfigError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            field: field.into(),
-            message: message.into(),
+            problems: vec![FieldError::new(field, message)],
         }
     }
+
+    fn from_problems(problems: Vec<FieldError>) -> Self {
+        if problems.is_empty() {
+            return Self::new("$", "is invalid");
+        }
+        Self { problems }
+    }
+
+    /// Every problem: those of reading the JSON first, then the checks of
+    /// each section in turn.
+    pub fn problems(&self) -> &[FieldError] {
+        &self.problems
+    }
+
+    /// The fields named, in order.
+    pub fn fields(&self) -> Vec<&str> {
+        self.problems.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    /// One line per problem, each whole on its own (a log line is read
+    /// alone): `invalid emr-edge configuration: `field` message`, or with
+    /// `(2 of 3)` after the prefix when there are several.
+    pub fn lines(&self) -> Vec<String> {
+        let n = self.problems.len();
+        self.problems
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let count = if n > 1 {
+                    format!(" ({} of {n})", i + 1)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{REFUSED}{count}: `{}` {}",
+                    one_line(&p.field),
+                    one_line(&p.message)
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl ConfigError {
+    /// The one problem a test expects.
+    pub(crate) fn only(&self) -> &FieldError {
+        assert_eq!(self.problems.len(), 1, "{self}");
+        &self.problems[0]
+    }
+}
+
+/// `s` with control characters shown as `?`: a key of the config may hold
+/// a line break, and one problem is one line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid emr-edge configuration: `{}` {}",
-            self.field, self.message
-        )
+        f.write_str(&self.lines().join("\n"))
     }
 }
 
 /// Largest body the intake accepts at most (Genesys's own API limit; anything
 /// an incident tool sends is far smaller).
 pub const MAX_BODY_LIMIT: u32 = 512_000;
+
+/// `intake.max_body_bytes` when the config gives none.
+pub const DEFAULT_MAX_BODY_BYTES: u32 = 65_536;
+
+/// `intake.max_body_bytes` as a plugin configuration says it, or the
+/// default: for the tools that render Envoy configs (`scripts/render.py`,
+/// the test and bench harnesses). Envoy's buffer filter after the emr-edge
+/// filter must let through every body the intake accepts: with a lower
+/// `max_request_bytes`, Envoy answers a body in between with its own
+/// plain-text 413 before the filter sees it. The shipped templates write
+/// `max_request_bytes: {{MAX_BODY_BYTES}}`, filled with this number.
+pub fn declared_max_body_bytes(config: &Value) -> u64 {
+    config
+        .get("intake")
+        .and_then(|i| i.get("max_body_bytes"))
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::from(DEFAULT_MAX_BODY_BYTES))
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,7 +179,7 @@ impl Default for RawIntake {
     fn default() -> Self {
         let d = DedupeConfig::default();
         Self {
-            max_body_bytes: 65_536,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             replay_window_seconds: DEFAULT_REPLAY_WINDOW_SECONDS,
             allow_unknown_fields: false,
             dedupe_window_seconds: d.window_seconds,
@@ -159,19 +243,29 @@ pub struct Config {
     /// The ITSM status APIs polled for lost resolution webhooks; `None`
     /// when no `itsm` section is given.
     pub itsm: Option<Arc<ItsmSettings>>,
+    /// Every emergency group the config names: `genesys.default_group`,
+    /// `groups_by_incident_type`, `datatable.rows_by_group`,
+    /// `watchdog.groups` and each mapping rule's `group`. No other group is
+    /// ever driven, so no other can be resumed.
+    pub groups: BTreeSet<GroupId>,
 }
 
 /// Reads an environment variable (in the VM: `vm_config.environment_variables`).
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub type Env<'a> = crate::envvar::Env<'a>;
+
+/// The sections of the configuration.
+const SECTIONS: [&str; 6] = ["intake", "ledger", "sources", "status", "genesys", "itsm"];
 
 /// Parses and validates the plugin configuration. Empty means all defaults
 /// (every source and the status endpoints then refuse everything: fail closed).
+/// Refused with every problem found (see the module doc).
 pub fn parse(bytes: &[u8], env: Env<'_>) -> Result<Config, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return compile(RawConfig::default(), env);
+        return compile(RawConfig::default(), env).map_err(ConfigError::from_problems);
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+    let typed: Result<RawConfig, _> = serde_path_to_error::deserialize(de);
+    let typed_error = typed.as_ref().err().map(|e| {
         let path = e.path().to_string();
         // The root, and an unknown key `""` (serde_path_to_error names it by
         // its empty segment), are `$`: an error always names a field.
@@ -180,30 +274,161 @@ pub fn parse(bytes: &[u8], env: Env<'_>) -> Result<Config, ConfigError> {
         } else {
             path
         };
-        ConfigError::new(field, strip_position(&e.into_inner().to_string()))
-    })?;
-    compile(raw, env)
+        FieldError::new(field, strip_position(&e.inner().to_string()))
+    });
+    // Not JSON at all: nothing more can be read.
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            let error =
+                typed_error.unwrap_or_else(|| FieldError::new("$", strip_position(&e.to_string())));
+            return Err(ConfigError::from_problems(vec![error]));
+        }
+    };
+    let mut problems = Vec::new();
+    placeholder::scan(&value, "", &mut problems);
+    let placeholders: BTreeSet<String> = problems.iter().map(|p| p.field.clone()).collect();
+    let raw = match typed {
+        Ok(raw) => raw,
+        Err(_) => {
+            // Every section on its own finds what serde stopped at, and
+            // what lies after it. Only what a JSON value cannot show (a key
+            // given twice) is left to serde's own error.
+            let mut found = Vec::new();
+            let raw = read_sections(&value, &mut found);
+            if found.is_empty() {
+                problems.extend(typed_error);
+            }
+            problems.extend(found);
+            raw
+        }
+    };
+    match compile(raw, env) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError::from_problems(problems)),
+        Err(more) => {
+            // A placeholder is told once, as a placeholder, whatever else
+            // its value breaks.
+            problems.extend(
+                more.into_iter()
+                    .filter(|p| !placeholders.contains(&p.field)),
+            );
+            Err(ConfigError::from_problems(problems))
+        }
+    }
 }
 
-fn first_error(base: &str, errors: Vec<crate::problem::FieldError>) -> ConfigError {
-    let mut it = errors.into_iter();
-    match it.next() {
-        Some(e) => {
-            let field = if e.field.starts_with(base) {
-                e.field
-            } else {
-                format!("{base}.{}", e.field)
-            };
-            let more = it.count();
-            let message = if more > 0 {
-                format!("{} (and {more} more problem(s))", e.message)
-            } else {
-                e.message
-            };
-            ConfigError::new(field, message)
+/// Reads each section (and each source) on its own, so that every one of
+/// them is told about; a section that cannot be read keeps its defaults.
+fn read_sections(value: &Value, problems: &mut Vec<FieldError>) -> RawConfig {
+    let mut raw = RawConfig::default();
+    let Value::Object(map) = value else {
+        problems.push(FieldError::new(
+            "$",
+            format!(
+                "must be a JSON object of the sections {}",
+                backticked(SECTIONS.iter().copied())
+            ),
+        ));
+        return raw;
+    };
+    for (key, v) in map {
+        match key.as_str() {
+            "intake" => raw.intake = section(v, key, problems).unwrap_or_default(),
+            "ledger" => raw.ledger = section(v, key, problems).unwrap_or_default(),
+            "sources" => raw.sources = read_sources(v, problems),
+            "status" => raw.status = section(v, key, problems).unwrap_or_default(),
+            "genesys" => raw.genesys = section(v, key, problems).flatten(),
+            "itsm" => raw.itsm = section(v, key, problems).flatten(),
+            _ => problems.push(unknown_key(key, "", SECTIONS.iter().copied())),
         }
-        None => ConfigError::new(base, "is invalid"),
     }
+    raw
+}
+
+/// The `sources` section, one source at a time.
+fn read_sources(value: &Value, problems: &mut Vec<FieldError>) -> SourcesConfig {
+    let Value::Object(map) = value else {
+        return section(value, "sources", problems).unwrap_or_default();
+    };
+    let mut sources = SourcesConfig::default();
+    for (key, v) in map {
+        let field = format!("sources.{key}");
+        match Source::from_path_segment(key) {
+            Some(s) => {
+                *sources.get_mut(s) =
+                    section::<SourceConfig>(v, &field, problems).unwrap_or_default();
+            }
+            None => problems.push(unknown_key(
+                key,
+                "sources.",
+                Source::ALL.iter().map(|s| s.as_str()),
+            )),
+        }
+    }
+    sources
+}
+
+/// One part of the config read as `T`; its error is named under `base`.
+fn section<T: DeserializeOwned>(
+    value: &Value,
+    base: &str,
+    problems: &mut Vec<FieldError>,
+) -> Option<T> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." || path.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}.{path}")
+            };
+            problems.push(FieldError::new(
+                field,
+                strip_position(&e.inner().to_string()),
+            ));
+        })
+        .ok()
+}
+
+fn unknown_key<'a>(key: &str, base: &str, known: impl Iterator<Item = &'a str>) -> FieldError {
+    let field = if key.is_empty() {
+        // An empty key is named as the root (`$`), or as its section.
+        match base.strip_suffix('.') {
+            Some(b) => b.to_owned(),
+            None => "$".to_owned(),
+        }
+    } else {
+        format!("{base}{key}")
+    };
+    FieldError::new(
+        field,
+        format!(
+            "unknown field `{key}`, expected one of {}",
+            backticked(known)
+        ),
+    )
+}
+
+fn backticked<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `errors` of the part at `base`, each named from the root.
+fn under(base: &str, errors: Vec<FieldError>) -> impl Iterator<Item = FieldError> + '_ {
+    errors.into_iter().map(move |e| {
+        let field = if e.field.starts_with(base) {
+            e.field
+        } else if e.field.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}.{}", e.field)
+        };
+        FieldError::new(field, e.message)
+    })
 }
 
 fn strip_position(msg: &str) -> String {
@@ -212,110 +437,147 @@ fn strip_position(msg: &str) -> String {
         .to_owned()
 }
 
+/// `v`, or a problem named `field` when it is outside `min..=max`.
 fn in_range<T: PartialOrd + fmt::Display + Copy>(
     field: &str,
     v: T,
     min: T,
     max: T,
-) -> Result<T, ConfigError> {
+    problems: &mut Vec<FieldError>,
+) -> T {
     if v < min || v > max {
-        return Err(ConfigError::new(
+        problems.push(FieldError::new(
             field,
             format!("must be between {min} and {max}, got {v}"),
         ));
     }
-    Ok(v)
+    v
 }
 
-fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
+fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
+    let mut p = Vec::new();
     let i = raw.intake;
     let max_body = in_range(
         "intake.max_body_bytes",
         i.max_body_bytes,
         1024,
         MAX_BODY_LIMIT,
-    )?;
+        &mut p,
+    );
     let replay = in_range(
         "intake.replay_window_seconds",
         i.replay_window_seconds,
         60,
         7 * 86_400,
-    )?;
+        &mut p,
+    );
     let window = in_range(
         "intake.dedupe_window_seconds",
         i.dedupe_window_seconds,
         60,
         7 * 86_400,
-    )?;
-    let buckets = in_range("intake.dedupe_buckets", i.dedupe_buckets, 1, 16_384)?;
+        &mut p,
+    );
+    let buckets = in_range("intake.dedupe_buckets", i.dedupe_buckets, 1, 16_384, &mut p);
     let per_bucket = in_range(
         "intake.dedupe_entries_per_bucket",
         i.dedupe_entries_per_bucket,
         1,
         1024,
-    )?;
+        &mut p,
+    );
     let l = raw.ledger;
     let closed = in_range(
         "ledger.closed_retention_seconds",
         l.closed_retention_seconds,
         60,
         30 * 86_400,
-    )?;
+        &mut p,
+    );
     let max_closed = in_range(
         "ledger.max_closed_incidents",
         l.max_closed_incidents,
         1,
         1_000_000,
-    )?;
+        &mut p,
+    );
     let max_open = in_range(
         "ledger.max_open_incidents",
         l.max_open_incidents,
         1,
         1_000_000,
-    )?;
+        &mut p,
+    );
     let tombstones = in_range(
         "ledger.tombstones_per_source",
         l.tombstones_per_source,
         100,
         1_000_000,
-    )?;
+        &mut p,
+    );
     let contract = ContractRules {
         replay_window_seconds: replay,
         allow_unknown_fields: i.allow_unknown_fields,
     };
-    let sources = raw
-        .sources
-        .compile(env)
-        .map_err(|e| first_error("sources", e))?
-        .with_contract(&contract);
-    let shares = shares(&sources, max_open)?;
+    let sources = match raw.sources.compile(env) {
+        Ok(s) => Some(s.with_contract(&contract)),
+        Err(e) => {
+            p.extend(under("sources", e));
+            None
+        }
+    };
+    let shares = sources.as_ref().map(|s| shares(s, max_open, &mut p));
     let status = match (raw.status.auth, raw.status.insecure) {
         (Some(_), true) => {
-            return Err(ConfigError::new(
+            p.push(FieldError::new(
                 "status.insecure",
                 "cannot be set together with status.auth",
-            ))
+            ));
+            None
         }
-        (Some(auth), false) => StatusAccess::Credential(
-            auth.compile("status.auth", env)
-                .map_err(|e| first_error("status.auth", e))?,
-        ),
-        (None, true) => StatusAccess::Open,
-        (None, false) => StatusAccess::Closed,
+        (Some(auth), false) => match auth.compile("status.auth", env) {
+            Ok(c) => Some(StatusAccess::Credential(c)),
+            Err(e) => {
+                p.extend(under("status.auth", e));
+                None
+            }
+        },
+        (None, true) => Some(StatusAccess::Open),
+        (None, false) => Some(StatusAccess::Closed),
     };
-    no_shared_secrets(&sources, &status)?;
+    if let (Some(sources), Some(status)) = (&sources, &status) {
+        no_shared_secrets(sources, status, &mut p);
+    }
     let genesys = match raw.genesys {
-        Some(g) => Some(Arc::new(g.compile(env).map_err(|e| {
-            let e = e.prefixed("genesys");
-            ConfigError::new(e.field, e.message)
-        })?)),
+        Some(g) => match g.compile(env) {
+            Ok(g) => Some(Arc::new(g)),
+            Err(errors) => {
+                p.extend(errors.into_iter().map(|e| {
+                    let e = e.prefixed("genesys");
+                    FieldError::new(e.field, e.message)
+                }));
+                None
+            }
+        },
         None => None,
     };
     let itsm = match raw.itsm {
-        Some(i) => Some(Arc::new(i.compile(env).map_err(|e| {
-            ConfigError::new(format!("itsm.{}", e.field), e.message)
-        })?)),
+        Some(i) => match i.compile(env) {
+            Ok(i) => Some(Arc::new(i)),
+            Err(errors) => {
+                p.extend(
+                    errors
+                        .into_iter()
+                        .map(|e| FieldError::new(format!("itsm.{}", e.field), e.message)),
+                );
+                None
+            }
+        },
         None => None,
+    };
+    let (Some(sources), Some(shares), Some(status), true) = (sources, shares, status, p.is_empty())
+    else {
+        return Err(p);
     };
     // A tombstone must outlive any event time the intake still accepts.
     let skew = Source::ALL
@@ -323,12 +585,21 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         .map(|s| sources.get(*s).mapping().max_future_skew_seconds())
         .max()
         .unwrap_or(0);
+    let mut groups: BTreeSet<GroupId> = Source::ALL
+        .iter()
+        .flat_map(|s| sources.get(*s).mapping().groups())
+        .cloned()
+        .collect();
+    if let Some(g) = &genesys {
+        groups.extend(g.configured_groups());
+    }
     Ok(Config {
         sources,
         shares,
         status,
         genesys,
         itsm,
+        groups,
         intake: Intake {
             max_body_bytes: usize::try_from(max_body).unwrap_or(65_536),
             contract,
@@ -356,7 +627,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
 /// `max_open_incidents` says, and for the routes that take deliveries and
 /// say nothing, an equal part of what is left. The shares add up to at most
 /// the ledger's bound, so no source can take another's room.
-fn shares(sources: &CompiledSources, max_open: u32) -> Result<Shares, ConfigError> {
+fn shares(sources: &CompiledSources, max_open: u32, problems: &mut Vec<FieldError>) -> Shares {
     let mut limits = std::collections::BTreeMap::new();
     let mut given: u64 = 0;
     let mut unset = Vec::new();
@@ -364,7 +635,8 @@ fn shares(sources: &CompiledSources, max_open: u32) -> Result<Shares, ConfigErro
         let cfg = sources.get(s);
         match cfg.max_open_incidents() {
             Some(n) => {
-                in_range(&format!("sources.{s}.max_open_incidents"), n, 1, max_open)?;
+                let field = format!("sources.{s}.max_open_incidents");
+                in_range(&field, n, 1, max_open, problems);
                 given += u64::from(n);
                 limits.insert(s, n);
             }
@@ -373,38 +645,46 @@ fn shares(sources: &CompiledSources, max_open: u32) -> Result<Shares, ConfigErro
         }
     }
     if given > u64::from(max_open) {
-        return Err(ConfigError::new(
+        problems.push(FieldError::new(
             "sources",
             format!(
                 "the sources' max_open_incidents add up to {given}, more than \
                  ledger.max_open_incidents ({max_open}): one source could take another's room"
             ),
         ));
+        return Shares::new(limits);
     }
     let left = u64::from(max_open) - given;
-    if let Some(first) = unset.first() {
+    if !unset.is_empty() {
         let share = left / unset.len() as u64;
         if share == 0 {
-            return Err(ConfigError::new(
-                format!("sources.{first}.max_open_incidents"),
-                format!(
-                    "is not set, and ledger.max_open_incidents ({max_open}) leaves no room for it \
-                     after the shares given to other sources"
-                ),
-            ));
+            for s in unset {
+                problems.push(FieldError::new(
+                    format!("sources.{s}.max_open_incidents"),
+                    format!(
+                        "is not set, and ledger.max_open_incidents ({max_open}) leaves no room \
+                         for it after the shares given to other sources"
+                    ),
+                ));
+            }
+            return Shares::new(limits);
         }
         for s in unset {
             limits.insert(s, u32::try_from(share).unwrap_or(u32::MAX));
         }
     }
-    Ok(Shares::new(limits))
+    Shares::new(limits)
 }
 
 /// Refuses a secret that two routes accept: a delivery signed or
 /// authorised for one route would be accepted on the other (a Standard
 /// Webhooks delivery for `/webhooks/standard` replayed to
 /// `/webhooks/canonical` opened a second incident there).
-fn no_shared_secrets(sources: &CompiledSources, status: &StatusAccess) -> Result<(), ConfigError> {
+fn no_shared_secrets(
+    sources: &CompiledSources,
+    status: &StatusAccess,
+    problems: &mut Vec<FieldError>,
+) {
     // (route, [(config field, SHA-256 of a secret it accepts)])
     type Secrets = Vec<(String, [u8; 32])>;
     let mut routes: Vec<(String, Secrets)> = Source::ALL
@@ -425,7 +705,7 @@ fn no_shared_secrets(sources: &CompiledSources, status: &StatusAccess) -> Result
                 .flat_map(|(_, s)| s)
                 .find(|(_, d)| d == digest);
             if let Some((other, _)) = earlier {
-                return Err(ConfigError::new(
+                problems.push(FieldError::new(
                     field.clone(),
                     format!(
                         "uses the same secret as {other}: give each route its own, or a delivery \
@@ -435,7 +715,6 @@ fn no_shared_secrets(sources: &CompiledSources, status: &StatusAccess) -> Result
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -458,9 +737,148 @@ mod tests {
         // fuzz/regressions/plugin_config/unknown-empty-key
         for body in [&br#"{"": 1}"#[..], br#"{"intake": {"": 1}}"#, b"[1]"] {
             let e = parse(body).unwrap_err();
-            assert!(!e.field.is_empty(), "{e:?}");
+            assert!(!e.only().field.is_empty(), "{e:?}");
         }
-        assert_eq!(parse(br#"{"": 1}"#).unwrap_err().field, "$");
+        assert_eq!(parse(br#"{"": 1}"#).unwrap_err().only().field, "$");
+    }
+
+    #[test]
+    fn every_problem_is_told_at_once_each_naming_its_field() {
+        // A typo in one section, a wrong type in another, a bad source, a
+        // range, a missing secret and a group given by name: all of them.
+        let e = parse(
+            br#"{
+                "intake": {"max_body_bytes": 10, "replay_window_seconds": 1},
+                "ledger": {"max_closed_incidents": "many"},
+                "sources": {
+                    "pagerduty": {"auth": [{"kind": "pagerduty_signature", "secret_env": "PD"}],
+                                  "rules": [{"group": "Voice Outage"}]},
+                    "opsgenie": {"insecure": true, "rulez": []},
+                    "nagios": {}
+                },
+                "status": {"insecure": true},
+                "genesys": {"region": "mypurecloud.ie", "default_group": "g", "limits": {"burst": 0}},
+                "itsm": {"servicenow": {"insecure": true}},
+                "extra": 1
+            }"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.fields(),
+            [
+                "extra",
+                "ledger.max_closed_incidents",
+                "sources.nagios",
+                "sources.opsgenie.rulez",
+                "intake.max_body_bytes",
+                "intake.replay_window_seconds",
+                "sources.pagerduty.auth[0].secret_env",
+                "sources.pagerduty.rules[0].group",
+                "genesys.client_id_env",
+                "genesys.client_secret_env",
+                "genesys.limits.burst",
+                "itsm.servicenow.authority",
+            ],
+            "{e}"
+        );
+        // One line each, each whole on its own.
+        let shown = e.to_string();
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 12, "{shown}");
+        assert_eq!(
+            lines[4],
+            "invalid emr-edge configuration (5 of 12): `intake.max_body_bytes` must be between 1024 and 512000, got 10"
+        );
+        assert!(lines.iter().all(|l| l.starts_with(REFUSED)), "{shown}");
+        assert!(!shown.contains("more problem"), "{shown}");
+        // One problem: the line as it always was.
+        let e = parse(br#"{"intake":{"max_body_bytes":10}}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid emr-edge configuration: `intake.max_body_bytes` must be between 1024 and 512000, got 10"
+        );
+        // A key given twice is serde's to tell, and still told.
+        let e = parse(br#"{"intake":{},"intake":{}}"#).unwrap_err();
+        assert!(e.only().message.contains("duplicate field"), "{e}");
+        // Not JSON: the one syntax error.
+        let e = parse(br#"{"intake": {"max_body_bytes": 10,}}"#).unwrap_err();
+        assert_eq!(e.problems().len(), 1, "{e}");
+    }
+
+    #[test]
+    fn placeholders_left_from_the_example_are_refused_by_field() {
+        let env = |k: &str| match k {
+            "PD" => Some("a-long-enough-pagerduty-secret".to_owned()),
+            "ID" => Some("emr-edge-client".to_owned()),
+            "SECRET" => Some("REPLACE-WITH-GENESYS-CLIENT-SECRET".to_owned()),
+            _ => None,
+        };
+        let e = super::parse(
+            br#"{
+                "sources": {"pagerduty": {
+                    "auth": [{"kind": "pagerduty_signature", "secret_env": "PD"}],
+                    "rules": [{"match": {}, "queues": ["REPLACE-WITH-QUEUE-ID"]}]}},
+                "genesys": {
+                    "region": "mypurecloud.ie",
+                    "client_id_env": "ID", "client_secret_env": "SECRET",
+                    "default_group": "REPLACE-WITH-EMERGENCY-GROUP-ID",
+                    "groups_by_incident_type": {"CARRIER_OUTAGE": "Replace with the carrier group"},
+                    "datatable": {"id": "replace-with-datatable-id", "row_key": "{group}"}}
+            }"#,
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.fields(),
+            [
+                "genesys.datatable.id",
+                "genesys.default_group",
+                "genesys.groups_by_incident_type.CARRIER_OUTAGE",
+                "sources.pagerduty.rules[0].queues[0]",
+                "genesys.client_secret_env",
+            ],
+            "{e}"
+        );
+        let p = e.problems();
+        // Each told once, as a placeholder (not also as "not an id").
+        assert!(
+            p.iter()
+                .take(4)
+                .all(|p| p.message.starts_with("is still a placeholder")),
+            "{e}"
+        );
+        assert!(
+            p[4].message.contains("SECRET still holds a placeholder"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("GENESYS-CLIENT-SECRET"), "{e}");
+    }
+
+    #[test]
+    fn every_group_the_config_names_is_known() {
+        let env = |k: &str| match k {
+            "GENESYS_CLIENT_ID" => Some("emr-edge-client".to_owned()),
+            "GENESYS_CLIENT_SECRET" => Some("a-long-enough-client-secret".to_owned()),
+            _ => None,
+        };
+        let c = super::parse(
+            br#"{
+                "sources": {"pagerduty": {"insecure": true, "rules": [
+                    {"match": {"priority": "P1"}, "group": "g-rule"}, {"match": {}}]}},
+                "genesys": {"region": "mypurecloud.ie", "default_group": "g-default",
+                    "groups_by_incident_type": {"CARRIER_OUTAGE": "g-carrier"},
+                    "datatable": {"id": "t", "row_key": "r", "rows_by_group": {"g-row": "k"}},
+                    "watchdog": {"groups": ["g-watched"]}}
+            }"#,
+            &env,
+        )
+        .unwrap();
+        let groups: Vec<&str> = c.groups.iter().map(GroupId::as_str).collect();
+        assert_eq!(
+            groups,
+            ["g-carrier", "g-default", "g-row", "g-rule", "g-watched"]
+        );
+        assert!(parse(b"").unwrap().groups.is_empty());
     }
 
     #[test]
@@ -492,18 +910,18 @@ mod tests {
                 "alertmanager":{"insecure":true,"max_open_incidents":60}}}"#,
         )
         .unwrap_err();
-        assert_eq!(e.field, "sources");
-        assert!(e.message.contains("add up to 120"), "{e}");
+        assert_eq!(e.only().field, "sources");
+        assert!(e.only().message.contains("add up to 120"), "{e}");
         let e = parse(
             br#"{"ledger":{"max_open_incidents":100},"sources":{
                 "canonical":{"insecure":true,"max_open_incidents":100},
                 "alertmanager":{"insecure":true}}}"#,
         )
         .unwrap_err();
-        assert_eq!(e.field, "sources.alertmanager.max_open_incidents");
+        assert_eq!(e.only().field, "sources.alertmanager.max_open_incidents");
         let e = parse(br#"{"sources":{"canonical":{"insecure":true,"max_open_incidents":0}}}"#)
             .unwrap_err();
-        assert_eq!(e.field, "sources.canonical.max_open_incidents");
+        assert_eq!(e.only().field, "sources.canonical.max_open_incidents");
     }
 
     #[test]
@@ -515,10 +933,10 @@ mod tests {
         assert_eq!(c.sources.get(Source::Alertmanager).max_items(), 100);
         let e =
             parse(br#"{"sources":{"pagerduty":{"insecure":true,"max_alerts":20}}}"#).unwrap_err();
-        assert_eq!(e.field, "sources.pagerduty.max_alerts");
+        assert_eq!(e.only().field, "sources.pagerduty.max_alerts");
         let e =
             parse(br#"{"sources":{"alertmanager":{"insecure":true,"max_alerts":0}}}"#).unwrap_err();
-        assert_eq!(e.field, "sources.alertmanager.max_alerts");
+        assert_eq!(e.only().field, "sources.alertmanager.max_alerts");
     }
 
     #[test]
@@ -539,8 +957,11 @@ mod tests {
             &env,
         )
         .unwrap_err();
-        assert_eq!(e.field, "sources.standard.auth[0]");
-        assert!(e.message.contains("sources.canonical.auth[0]"), "{e}");
+        assert_eq!(e.only().field, "sources.standard.auth[0]");
+        assert!(
+            e.only().message.contains("sources.canonical.auth[0]"),
+            "{e}"
+        );
         assert!(!e.to_string().contains("MfKQ9r8"), "{e}");
         // A bearer token of a route reused as the /emr credential.
         let e = super::parse(
@@ -549,7 +970,7 @@ mod tests {
             &env,
         )
         .unwrap_err();
-        assert_eq!(e.field, "status.auth");
+        assert_eq!(e.only().field, "status.auth");
         // Distinct secrets, and one route listing two (a rotation): fine.
         super::parse(
             br#"{"sources":{"opsgenie":{"auth":[{"kind":"bearer","token_env":"TOKEN"},
@@ -584,22 +1005,22 @@ mod tests {
         assert!(matches!(cred.status, StatusAccess::Credential(_)));
         let missing =
             parse(br#"{"status":{"auth":{"kind":"bearer","token_env":"TOK"}}}"#).unwrap_err();
-        assert!(missing.field.starts_with("status.auth"), "{missing}");
+        assert!(missing.only().field.starts_with("status.auth"), "{missing}");
         assert!(!missing.to_string().contains("a-long-enough"));
         let both = super::parse(
             br#"{"status":{"insecure":true,"auth":{"kind":"bearer","token_env":"TOK"}}}"#,
             &env,
         )
         .unwrap_err();
-        assert_eq!(both.field, "status.insecure");
+        assert_eq!(both.only().field, "status.insecure");
     }
 
     #[test]
     fn sources_and_genesys_errors_are_prefixed() {
         let e = parse(br#"{"sources":{"pagerduty":{"auth":[{"kind":"pagerduty_signature","secret_env":"NOPE"}]}}}"#).unwrap_err();
-        assert!(e.field.starts_with("sources.pagerduty"), "{e}");
+        assert!(e.only().field.starts_with("sources.pagerduty"), "{e}");
         let e = parse(br#"{"genesys":{"region":"mypurecloud.ie"}}"#).unwrap_err();
-        assert!(e.field.starts_with("genesys"), "{e}");
+        assert!(e.only().field.starts_with("genesys"), "{e}");
     }
 
     #[test]
@@ -609,12 +1030,36 @@ mod tests {
         assert_eq!(itsm.tools.len(), 1);
         assert!(parse(b"{}").unwrap().itsm.is_none());
         let e = parse(br#"{"itsm":{"servicenow":{"insecure":true}}}"#).unwrap_err();
-        assert_eq!(e.field, "itsm.servicenow.authority");
+        assert_eq!(e.only().field, "itsm.servicenow.authority");
         let e = parse(br#"{"itsm":{"jira":{}}}"#).unwrap_err();
-        assert_eq!(e.field, "itsm.jira");
+        assert_eq!(e.only().field, "itsm.jira");
         let e = parse(br#"{"genesys":{"region":"mypurecloud.ie","default_group":"g","watchdog":{"period_seconds":1}}}"#);
         let e = e.unwrap_err();
-        assert!(e.field.starts_with("genesys"), "{e}");
+        assert_eq!(
+            e.fields(),
+            [
+                "genesys.client_id_env",
+                "genesys.client_secret_env",
+                "genesys.watchdog.period_seconds",
+                "genesys.watchdog.converging_seconds"
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_declared_body_limit_is_the_configs_or_the_default() {
+        let limit = |v: Value| declared_max_body_bytes(&v);
+        assert_eq!(limit(serde_json::json!({})), 65_536);
+        assert_eq!(limit(serde_json::json!({"intake": {}})), 65_536);
+        assert_eq!(
+            limit(serde_json::json!({"intake": {"max_body_bytes": 131_072}})),
+            131_072
+        );
+        assert_eq!(
+            parse(b"").unwrap().intake.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES as usize
+        );
     }
 
     #[test]
@@ -629,21 +1074,21 @@ mod tests {
     #[test]
     fn unknown_fields_are_named_with_their_path() {
         let e = parse(br#"{"intake":{"max_bodybytes":1}}"#).unwrap_err();
-        assert_eq!(e.field, "intake.max_bodybytes");
-        assert!(e.message.contains("unknown field"), "{e}");
+        assert_eq!(e.only().field, "intake.max_bodybytes");
+        assert!(e.only().message.contains("unknown field"), "{e}");
         let e = parse(br#"{"intakes":{}}"#).unwrap_err();
-        assert_eq!(e.field, "intakes");
+        assert_eq!(e.only().field, "intakes");
     }
 
     #[test]
     fn wrong_types_and_ranges_are_named() {
         let e = parse(br#"{"intake":{"max_body_bytes":"big"}}"#).unwrap_err();
-        assert_eq!(e.field, "intake.max_body_bytes");
+        assert_eq!(e.only().field, "intake.max_body_bytes");
         let e = parse(br#"{"intake":{"max_body_bytes":10}}"#).unwrap_err();
-        assert_eq!(e.field, "intake.max_body_bytes");
-        assert!(e.message.contains("between"));
+        assert_eq!(e.only().field, "intake.max_body_bytes");
+        assert!(e.only().message.contains("between"));
         let e = parse(br#"{"ledger":{"closed_retention_seconds":1}}"#).unwrap_err();
-        assert_eq!(e.field, "ledger.closed_retention_seconds");
+        assert_eq!(e.only().field, "ledger.closed_retention_seconds");
         assert!(parse(b"not json").is_err());
     }
 }

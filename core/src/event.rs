@@ -263,6 +263,43 @@ validated_string!(
     check_opaque_id
 );
 
+/// What counts as an emergency group's id, said wherever the config gives
+/// one that is not.
+pub const GROUP_ID_HINT: &str = "give the emergency group's id, not its name: Genesys ids are \
+     UUIDs such as 3c3f7a3e-2f5c-4f3a-9b1e-000000000001 \
+     (GET /api/v2/architect/emergencygroups?name=… lists a group's id); \
+     a name such as \"Voice Outage\" is not an id";
+
+impl GroupId {
+    /// A group id written in the config: the same rule as [`GroupId::parse`],
+    /// refused with a message that says what is wrong with this value and
+    /// what counts ([`GROUP_ID_HINT`]). Ids are not required to be UUIDs:
+    /// the simulator and the guide-contract driver use other ids, and whether
+    /// a group exists is Genesys's to say at start.
+    pub fn from_config(s: &str) -> Result<GroupId, String> {
+        GroupId::parse(s).map_err(|_| {
+            format!(
+                "{} is not an emergency group id ({}); {GROUP_ID_HINT}",
+                crate::text::quoted(s),
+                not_an_id_because(s)
+            )
+        })
+    }
+}
+
+/// Why `s` is not an id of the `[A-Za-z0-9._:-]` alphabet, in words.
+pub fn not_an_id_because(s: &str) -> &'static str {
+    if s.trim().is_empty() {
+        "it is empty"
+    } else if s.chars().any(char::is_whitespace) {
+        "it holds a space, as a name does"
+    } else if s.len() > GROUP_ID_MAX {
+        "it is longer than 128 characters"
+    } else {
+        "ids hold only A-Z, a-z, 0-9, '.', '_', ':' and '-'"
+    }
+}
+
 /// An incident's priority; 1 is the most urgent. Orders queue lists when
 /// several incidents drive one group.
 pub type Priority = u8;
@@ -565,6 +602,34 @@ mod tests {
             assert!(QueueId::parse(bad).is_err(), "{bad:?}");
             assert!(GroupId::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_group_id_in_the_config_is_refused_saying_what_counts() {
+        assert!(GroupId::from_config("3c3f7a3e-2f5c-4f3a-9b1e-000000000001").is_ok());
+        // Not a UUID, but an id: the simulator's and the guide driver's.
+        assert!(GroupId::from_config("eg-voice").is_ok());
+        let e = GroupId::from_config("Voice Outage").unwrap_err();
+        assert!(
+            e.starts_with("\"Voice Outage\" is not an emergency group id (it holds a space, as a name does); give the emergency group's id, not its name: Genesys ids are UUIDs such as 3c3f7a3e-"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("a name such as \"Voice Outage\" is not an id"),
+            "{e}"
+        );
+        assert!(GroupId::from_config("")
+            .unwrap_err()
+            .starts_with("\"\" is not an emergency group id (it is empty)"));
+        assert!(GroupId::from_config("<emergency group id>")
+            .unwrap_err()
+            .contains("(it holds a space"));
+        assert!(GroupId::from_config("<group>")
+            .unwrap_err()
+            .contains("(ids hold only A-Z"));
+        assert!(GroupId::from_config(&"g".repeat(129))
+            .unwrap_err()
+            .contains("longer than 128"));
     }
 
     #[test]

@@ -366,6 +366,27 @@ enum Queued {
     No,
 }
 
+/// The 404 for a resume of a group the config does not name.
+fn unknown_group(group: &GroupId, known: &std::collections::BTreeSet<GroupId>) -> Problem {
+    /// Listed by name at most; a config names few groups.
+    const LISTED: usize = 8;
+    let listed: Vec<&str> = known.iter().take(LISTED).map(GroupId::as_str).collect();
+    let message = match (known.len(), listed.join(", ")) {
+        (0, _) => "is not configured: the config names no emergency group".to_owned(),
+        (n, names) if n > LISTED => {
+            format!("is not configured: the config names {n} emergency groups ({names}, …)")
+        }
+        (_, names) => format!("is not configured: the config names {names}"),
+    };
+    Problem::not_found(format!(
+        "emergency group {} is not one emr-edge drives: only the groups its config names \
+         (genesys.default_group, groups_by_incident_type, datatable.rows_by_group, \
+         watchdog.groups, rules' group) can be resumed",
+        text::quoted(group.as_str())
+    ))
+    .with_error("group", message)
+}
+
 /// The value of `name` in a query string (`a=1&name=value`), undecoded:
 /// the values asked for here are plain words.
 fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
@@ -769,18 +790,34 @@ impl Intake<'_> {
     }
 
     /// Queues a resume for the service; answered at once (the body, if any,
-    /// is not read). Whether the group is known is for the service to say
-    /// (`GET /emr/state`, audit line): a filter only sees shared data.
-    fn resume(&self, id: &str, now: DateTime<Utc>) -> Handled<HeadersStep> {
-        let group = match GroupId::parse(id) {
+    /// is not read). The id is percent-decoded first (400 when the encoding
+    /// is broken); a group the config does not name is a 404, since no
+    /// other group is ever driven ([`Config::groups`]).
+    fn resume(&self, raw: &str, now: DateTime<Utc>) -> Handled<HeadersStep> {
+        let Some(id) = text::percent_decode(raw) else {
+            return refused(
+                &Problem::bad_request(format!(
+                    "the group id in the path, {}, is not valid percent-encoding",
+                    text::quoted(raw)
+                ))
+                .with_error(
+                    "group",
+                    "must be percent-encoded: '%' followed by two hex digits, as UTF-8",
+                ),
+            );
+        };
+        let group = match GroupId::parse(&id) {
             Ok(g) => g,
             Err(e) => {
                 return refused(
-                    &Problem::new(422, format!("{} is not a group id", text::quoted(id)))
+                    &Problem::new(422, format!("{} is not a group id", text::quoted(&id)))
                         .with_error("group", e.0),
                 )
             }
         };
+        if !self.config.groups.contains(&group) {
+            return refused(&unknown_group(&group, &self.config.groups));
+        }
         let message = ControlMessage {
             control: Control::Resume {
                 group: group.clone(),
@@ -2501,7 +2538,7 @@ mod tests {
                 .collect();
             s.w.intake().on_headers("POST", path, &h, true, now())
         };
-        let path = "/emr/groups/3c3f7a3e-2f5c-4f3a-9b1e-000000000001/resume";
+        let path = "/emr/groups/eg-voice/resume";
         let HeadersStep::Respond(r) = post(path, &[]).value else {
             panic!()
         };
@@ -2516,14 +2553,14 @@ mod tests {
         assert_eq!(out.counters, vec![Counter::ResumeQueued]);
         assert_eq!(
             body(&r),
-            json!({"group": "3c3f7a3e-2f5c-4f3a-9b1e-000000000001", "status": "RESUME_QUEUED", "stateUrl": "/emr/state"})
+            json!({"group": "eg-voice", "status": "RESUME_QUEUED", "stateUrl": "/emr/state"})
         );
         let queued = s.w.queue.messages.borrow().clone();
         assert_eq!(queued.len(), 1);
         assert_eq!(
             event::QueueMessage::decode(&queued[0]).unwrap(),
             event::QueueMessage::Control(Control::Resume {
-                group: GroupId::parse("3c3f7a3e-2f5c-4f3a-9b1e-000000000001").unwrap(),
+                group: GroupId::parse("eg-voice").unwrap(),
                 received_ms: now().timestamp_millis(),
             })
         );
@@ -2542,6 +2579,55 @@ mod tests {
             };
             assert_eq!(r.status, 404, "{other}");
         }
+        // The id is percent-decoded: `%2D` is '-'.
+        let HeadersStep::Respond(r) = post(
+            "/emr/groups/eg%2Dvoice/resume",
+            &[("authorization", &bearer)],
+        )
+        .value
+        else {
+            panic!()
+        };
+        assert_eq!(r.status, 202);
+        assert_eq!(body(&r)["group"], "eg-voice");
+        // A group the config does not name: 404, naming it and the known ones.
+        let out = post(
+            "/emr/groups/3c3f7a3e-2f5c-4f3a-9b1e-000000000001/resume",
+            &[("authorization", &bearer)],
+        );
+        assert_eq!(out.counters, vec![Counter::Refused(404)]);
+        let HeadersStep::Respond(r) = out.value else {
+            panic!()
+        };
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let b = body(&r);
+        assert!(
+            b["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("emergency group \"3c3f7a3e-2f5c-4f3a-9b1e-000000000001\" is not one emr-edge drives"),
+            "{b}"
+        );
+        assert_eq!(
+            b["errors"],
+            json!([{"field": "group", "message": "is not configured: the config names eg-voice"}])
+        );
+        // Broken percent-encoding: 400. A decoded id that is no id: 422.
+        for (path, status) in [
+            ("/emr/groups/eg%2voice/resume", 400),
+            ("/emr/groups/eg%zzvoice/resume", 400),
+            ("/emr/groups/%FF/resume", 400),
+            ("/emr/groups/Voice%20Outage/resume", 422),
+            ("/emr/groups/a%2Fb/resume", 422),
+        ] {
+            let HeadersStep::Respond(r) = post(path, &[("authorization", &bearer)]).value else {
+                panic!()
+            };
+            assert_eq!(r.status, status, "{path}");
+            assert_eq!(body(&r)["errors"][0]["field"], "group", "{path}");
+        }
+        assert_eq!(s.w.queue.messages.borrow().len(), 2, "only the two 202s");
         // A broken queue: 503, retry.
         *s.w.queue.broken.borrow_mut() = true;
         let HeadersStep::Respond(r) = post(path, &[("authorization", &bearer)]).value else {
@@ -2551,10 +2637,28 @@ mod tests {
     }
 
     #[test]
+    fn without_groups_in_the_config_no_resume_is_queued() {
+        let s = Sources::with(r#"{"status": {"insecure": true}}"#);
+        let h = vec![("content-type".to_owned(), "application/json".to_owned())];
+        let out =
+            s.w.intake()
+                .on_headers("POST", "/emr/groups/eg-voice/resume", &h, true, now());
+        let HeadersStep::Respond(r) = out.value else {
+            panic!()
+        };
+        assert_eq!(r.status, 404);
+        assert_eq!(
+            body(&r)["errors"][0]["message"],
+            "is not configured: the config names no emergency group"
+        );
+        assert!(s.w.queue.messages.borrow().is_empty());
+    }
+
+    #[test]
     fn a_resume_a_page_elsewhere_could_send_is_refused_and_not_queued() {
         let s = Sources::new();
         let bearer = format!("Bearer {STATUS_TOKEN}");
-        let path = "/emr/groups/3c3f7a3e-2f5c-4f3a-9b1e-000000000001/resume";
+        let path = "/emr/groups/eg-voice/resume";
         let post = |headers: &[(&str, &str)]| {
             let h: Vec<(String, String)> = headers
                 .iter()

@@ -163,15 +163,18 @@ pub struct ItsmSettings {
 pub type EnvReader<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 impl ItsmConfig {
-    pub fn compile(self, env: EnvReader<'_>) -> Result<ItsmSettings, ItsmConfigError> {
+    /// Validates every tool and reads its credentials through `env`. Every
+    /// problem is returned, not only the first.
+    pub fn compile(self, env: EnvReader<'_>) -> Result<ItsmSettings, Vec<ItsmConfigError>> {
+        let mut errors = Vec::new();
         if !(1..=16).contains(&self.max_in_flight) {
-            return Err(err(
+            errors.push(err(
                 "max_in_flight",
                 format!("must be between 1 and 16, got {}", self.max_in_flight),
             ));
         }
         if !(1..=600).contains(&self.polls_per_minute) {
-            return Err(err(
+            errors.push(err(
                 "polls_per_minute",
                 format!("must be between 1 and 600, got {}", self.polls_per_minute),
             ));
@@ -183,12 +186,19 @@ impl ItsmConfig {
             ("jsm", Source::Jsm, self.jsm),
         ] {
             if let Some(cfg) = cfg {
-                let tool = compile_tool(source, cfg, env).map_err(|e| ItsmConfigError {
-                    field: format!("{name}.{}", e.field),
-                    message: e.message,
-                })?;
-                tools.insert(source, tool);
+                match compile_tool(source, cfg, env) {
+                    Ok(tool) => {
+                        tools.insert(source, tool);
+                    }
+                    Err(e) => errors.extend(e.into_iter().map(|e| ItsmConfigError {
+                        field: format!("{name}.{}", e.field),
+                        message: e.message,
+                    })),
+                }
             }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         Ok(ItsmSettings {
             tools,
@@ -199,23 +209,17 @@ impl ItsmConfig {
 }
 
 fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, ItsmConfigError> {
-    if name.trim().is_empty() {
-        return Err(err(field, "must name an environment variable"));
-    }
-    match env(name) {
-        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
-        _ => Err(err(
-            field,
-            format!("environment variable `{name}` is not set or empty; pass it to the VM with vm_config.environment_variables"),
-        )),
-    }
+    crate::envvar::read(env, name)
+        .map(|v| v.trim().to_owned())
+        .map_err(|m| err(field, m))
 }
 
 fn compile_tool(
     source: Source,
     c: ToolConfig,
     env: EnvReader<'_>,
-) -> Result<Tool, ItsmConfigError> {
+) -> Result<Tool, Vec<ItsmConfigError>> {
+    let mut errors = Vec::new();
     let (default_cluster, default_authority) = match source {
         Source::Pagerduty => ("pagerduty_api", Some("api.pagerduty.com")),
         Source::Servicenow => ("servicenow_api", None),
@@ -223,18 +227,21 @@ fn compile_tool(
     };
     let cluster = c.cluster.unwrap_or_else(|| default_cluster.to_owned());
     if cluster.trim().is_empty() || cluster.chars().any(char::is_control) {
-        return Err(err("cluster", "must name an Envoy cluster"));
+        errors.push(err("cluster", "must name an Envoy cluster"));
     }
     let authority = match c.authority.or(default_authority.map(str::to_owned)) {
         Some(a) => {
-            check_authority(&a).map_err(|m| err("authority", m))?;
+            if let Err(m) = check_authority(&a) {
+                errors.push(err("authority", m));
+            }
             a
         }
         None => {
-            return Err(err(
+            errors.push(err(
                 "authority",
                 "is required: the API host (`acme.service-now.com`, `acme.atlassian.net`)",
-            ))
+            ));
+            String::new()
         }
     };
     let auth = match (
@@ -245,58 +252,76 @@ fn compile_tool(
     ) {
         (true, None, None, None) => None,
         (true, ..) => {
-            return Err(err(
-                "insecure",
-                "cannot be set together with a credential",
-            ))
+            errors.push(err("insecure", "cannot be set together with a credential"));
+            None
         }
-        (false, Some(t), None, None) => {
-            let token = read_env(env, "token_env", t)?;
-            Some(AuthHeader(if source == Source::Pagerduty {
+        (false, Some(t), None, None) => match read_env(env, "token_env", t) {
+            Ok(token) => Some(AuthHeader(if source == Source::Pagerduty {
                 format!("Token token={token}")
             } else {
                 format!("Bearer {token}")
-            }))
-        }
-        (false, None, Some(u), Some(p)) if source != Source::Pagerduty => {
-            let user = read_env(env, "username_env", u)?;
-            let password = read_env(env, "password_env", p)?;
-            if user.contains(':') {
-                return Err(err(
-                    "username_env",
-                    format!("the user in `{u}` must not contain ':' (it is sent as HTTP Basic credentials)"),
-                ));
+            })),
+            Err(e) => {
+                errors.push(e);
+                None
             }
-            let raw = format!("{user}:{password}");
-            Some(AuthHeader(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
-            )))
+        },
+        (false, None, Some(u), Some(p)) if source != Source::Pagerduty => {
+            match (
+                read_env(env, "username_env", u),
+                read_env(env, "password_env", p),
+            ) {
+                (Ok(user), Ok(_)) if user.contains(':') => {
+                    errors.push(err(
+                        "username_env",
+                        format!("the user in `{u}` must not contain ':' (it is sent as HTTP Basic credentials)"),
+                    ));
+                    None
+                }
+                (Ok(user), Ok(password)) => {
+                    let raw = format!("{user}:{password}");
+                    Some(AuthHeader(format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(raw)
+                    )))
+                }
+                (user, password) => {
+                    errors.extend(user.err());
+                    errors.extend(password.err());
+                    None
+                }
+            }
         }
         (false, None, None, None) => {
-            return Err(err(
+            errors.push(err(
                 "token_env",
                 "a credential is required (token_env, or username_env and password_env); `insecure: true` only for a local simulator",
-            ))
+            ));
+            None
         }
         _ if source == Source::Pagerduty => {
-            return Err(err("token_env", "PagerDuty takes a REST API key in token_env only"))
+            errors.push(err(
+                "token_env",
+                "PagerDuty takes a REST API key in token_env only",
+            ));
+            None
         }
         _ => {
-            return Err(err(
+            errors.push(err(
                 "token_env",
                 "give either token_env, or both username_env and password_env",
-            ))
+            ));
+            None
         }
     };
     if !(1..=86_400).contains(&c.poll_seconds) {
-        return Err(err(
+        errors.push(err(
             "poll_seconds",
             format!("must be between 1 and 86400, got {}", c.poll_seconds),
         ));
     }
     if !(100..=60_000).contains(&c.timeout_ms) {
-        return Err(err(
+        errors.push(err(
             "timeout_ms",
             format!("must be between 100 and 60000, got {}", c.timeout_ms),
         ));
@@ -309,10 +334,13 @@ fn compile_tool(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
     {
-        return Err(err(
+        errors.push(err(
             "table",
             "must be a ServiceNow table name ([A-Za-z0-9_])",
         ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     Ok(Tool {
         source,
@@ -875,8 +903,38 @@ mod tests {
         }
     }
 
+    /// The settings, or the first error (`every_problem_is_reported`
+    /// checks that none is lost).
     fn settings(v: Value) -> Result<ItsmSettings, ItsmConfigError> {
-        ItsmConfig::deserialize(v).unwrap().compile(&env)
+        ItsmConfig::deserialize(v)
+            .unwrap()
+            .compile(&env)
+            .map_err(|mut e| e.remove(0))
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let errors = ItsmConfig::deserialize(json!({
+            "max_in_flight": 0,
+            "pagerduty": {"token_env": "MISSING", "poll_seconds": 0},
+            "servicenow": {"username_env": "SN_USER", "password_env": "ALSO_MISSING", "table": "a b"}
+        }))
+        .unwrap()
+        .compile(&env)
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "max_in_flight",
+                "pagerduty.token_env",
+                "pagerduty.poll_seconds",
+                "servicenow.authority",
+                "servicenow.password_env",
+                "servicenow.table",
+            ]
+        );
+        assert!(errors[1].message.contains("host_env_keys"), "{errors:?}");
     }
 
     fn all() -> Arc<ItsmSettings> {

@@ -461,6 +461,11 @@ impl Mapping {
         }
     }
 
+    /// The emergency groups the rules name.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupId> + '_ {
+        self.rules.iter().filter_map(|r| r.group.as_ref())
+    }
+
     /// The name of the rule `facts` would match, for logs and tests.
     pub fn matching_rule(&self, facts: &Facts) -> Option<&str> {
         self.rules
@@ -509,8 +514,8 @@ fn compile_rule(
             .ok()
     });
     let group = r.group.as_deref().and_then(|g| {
-        GroupId::parse(g)
-            .map_err(|e| errors.push(FieldError::new(format!("{base}.group"), e.0)))
+        GroupId::from_config(g)
+            .map_err(|m| errors.push(FieldError::new(format!("{base}.group"), m)))
             .ok()
     });
     let queues = compile_queues(&r.queues, &format!("{base}.queues"), errors);

@@ -4,7 +4,8 @@
 //! A path, a header, a key or an id can be as long as Envoy lets a request
 //! be (tens of kilobytes) and hold anything. Echoed whole, a 404 for a
 //! 20,000-character path would be 20,000 characters long, and a control
-//! character would reach a log line. Everything shown goes through here.
+//! character would reach a log line. Everything shown goes through here,
+//! and so does the one decoding a path segment needs ([`percent_decode`]).
 
 /// The most characters of sender text shown anywhere.
 pub const SHOWN_MAX: usize = 64;
@@ -42,6 +43,33 @@ pub fn quoted(s: &str) -> String {
     format!("{:?}{}", printable(s), if cut { "..." } else { "" })
 }
 
+/// A path segment with its percent-encoding undone (RFC 3986: `%` and two
+/// hex digits is one byte; `+` stays `+`). `None` when a `%` is not
+/// followed by two hex digits, or the bytes are not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = bytes.next().and_then(hex_value)?;
+            let lo = bytes.next().and_then(hex_value)?;
+            out.push(hi << 4 | lo);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
@@ -73,5 +101,18 @@ mod tests {
         assert_eq!(quoted("a\"b\\"), r#""a\"b\\""#);
         let long = quoted(&"/".repeat(20_000));
         assert!(long.len() <= SHOWN_MAX + 5, "{long}");
+    }
+
+    #[test]
+    fn percent_decoding_undoes_the_encoding_or_says_it_is_broken() {
+        assert_eq!(percent_decode("eg-voice").as_deref(), Some("eg-voice"));
+        assert_eq!(percent_decode("eg%2Dvoice").as_deref(), Some("eg-voice"));
+        assert_eq!(percent_decode("a%20b%2fc").as_deref(), Some("a b/c"));
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("\u{e9}"));
+        assert_eq!(percent_decode("").as_deref(), Some(""));
+        for broken in ["%", "%2", "a%G1", "%%20", "%FF", "x%2"] {
+            assert_eq!(percent_decode(broken), None, "{broken}");
+        }
     }
 }

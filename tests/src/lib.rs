@@ -62,12 +62,18 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-/// Fills `{{KEY}}` placeholders of an Envoy config template.
+/// Fills `{{KEY}}` placeholders of an Envoy config template, as
+/// `scripts/render.py` does: `{{MAX_BODY_BYTES}}` from the config's
+/// `intake.max_body_bytes`.
 pub fn render(template: &str, config: &Value, vars: &[(&str, String)]) -> String {
     let mut text = template.replace("{{EMR_CONFIG}}", &config.to_string());
     for (k, v) in vars {
         text = text.replace(&format!("{{{{{k}}}}}"), v);
     }
+    text = text.replace(
+        "{{MAX_BODY_BYTES}}",
+        &emr_core::config::declared_max_body_bytes(config).to_string(),
+    );
     assert!(!text.contains("{{"), "unrendered placeholder in template");
     text
 }
@@ -379,6 +385,47 @@ pub fn genesys_config() -> Value {
             "limits": {"call_timeout_ms": 2000}
         }
     })
+}
+
+/// What the tests put where the production example says `REPLACE-WITH-…`:
+/// the simulator's seeded ids (the example is refused at start until each
+/// one is replaced).
+pub const PRODUCTION_PLACEHOLDERS: [(&str, &str); 3] = [
+    ("REPLACE-WITH-EMERGENCY-GROUP-ID", emr_sim::DEFAULT_GROUP_ID),
+    ("REPLACE-WITH-DATATABLE-ID", emr_sim::DEFAULT_DATATABLE_ID),
+    ("REPLACE-WITH-QUEUE-ID", "queue-12345"),
+];
+
+/// `envoy/production.config.json` as shipped, placeholders included.
+pub fn production_config_as_shipped() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(root().join("envoy/production.config.json"))
+            .expect("envoy/production.config.json"),
+    )
+    .expect("production config JSON")
+}
+
+/// The production example with its placeholders filled in as a deployment
+/// would ([`PRODUCTION_PLACEHOLDERS`]); panics on a placeholder it does not
+/// know, so a new one in the example is noticed here.
+pub fn production_config() -> Value {
+    fn fill(v: &mut Value) {
+        match v {
+            Value::String(s) if s.contains("REPLACE-WITH") => {
+                let (_, real) = PRODUCTION_PLACEHOLDERS
+                    .iter()
+                    .find(|(p, _)| p == s)
+                    .unwrap_or_else(|| panic!("a placeholder the tests do not fill: {s}"));
+                *s = (*real).to_owned();
+            }
+            Value::Array(items) => items.iter_mut().for_each(fill),
+            Value::Object(map) => map.values_mut().for_each(fill),
+            _ => {}
+        }
+    }
+    let mut config = production_config_as_shipped();
+    fill(&mut config);
+    config
 }
 
 /// Merges `patch` into `base`: objects recursively, except that an empty

@@ -311,7 +311,8 @@ fn the_limits_tested_are_the_shipped_ones() {
         ),
         format!("max_request_headers_kb: {MAX_HEADERS_KB}"),
         format!("max_headers_count: {MAX_HEADERS_COUNT}"),
-        format!("max_request_bytes: {MAX_BODY_BYTES}"),
+        // Filled from the config's intake.max_body_bytes, checked below.
+        "max_request_bytes: {{MAX_BODY_BYTES}}".to_owned(),
         "max_active_downstream_connections: 10000".to_owned(),
     ] {
         assert!(

@@ -194,7 +194,8 @@ fn basic_auth() -> String {
 async fn a_resume_from_another_site_is_refused_and_one_from_a_script_accepted() {
     let envoy = start(config()).await;
     let c = reqwest::Client::new();
-    let path = "/emr/groups/3c3f7a3e-2f5c-4f3a-9b1e-000000000001/resume";
+    // The group the config's PagerDuty rule names.
+    let path = "/emr/groups/eg-voice/resume";
     let own_origin = format!("http://127.0.0.1:{}", envoy.listen_port);
     let resume = |headers: &[(&str, &str)]| {
         let mut req = c
@@ -244,6 +245,57 @@ async fn a_resume_from_another_site_is_refused_and_one_from_a_script_accepted() 
     assert_eq!(envoy.counter("emr.intake.resumes_queued"), 2);
     assert_eq!(envoy.counter("emr.intake.refused.403"), 4);
     assert_eq!(envoy.counter("emr.intake.refused.415"), 2);
+}
+
+/// `POST /emr/groups/{id}/resume` decodes the id; a group the config does
+/// not name is a 404 naming it, a broken encoding a 400; neither is queued.
+#[tokio::test]
+async fn a_resume_of_an_unknown_group_is_a_404_and_the_id_is_decoded() {
+    let envoy = start(config()).await;
+    let c = reqwest::Client::new();
+    let resume = |group: &str| {
+        let req = c
+            .post(envoy.url(&format!("/emr/groups/{group}/resume")))
+            .header("authorization", basic_auth())
+            .header("content-type", "application/json");
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+            (status, ct, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, ct, body) = resume("3c3f7a3e-2f5c-4f3a-9b1e-000000000001").await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (404, "application/problem+json"),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"3c3f7a3e-2f5c-4f3a-9b1e-000000000001\" is not one emr-edge drives"),
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["field"], "group");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "is not configured: the config names eg-voice"
+    );
+    let (status, _, body) = resume("eg%2Dvoice").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["group"], "eg-voice");
+    let (status, ct, body) = resume("eg%2voice").await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (400, "application/problem+json"),
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["field"], "group");
+    assert_eq!(envoy.counter("emr.intake.resumes_queued"), 1);
+    assert_eq!(envoy.counter("emr.intake.refused.404"), 1);
+    assert_eq!(envoy.counter("emr.intake.refused.400"), 1);
 }
 
 /// Envoy 1.40's HTTP/1 codec accepts an obs-fold (a header line continued

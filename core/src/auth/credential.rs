@@ -363,7 +363,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e[0].field, "emr.status.credential.username_env");
         assert_eq!(e[1].field, "emr.status.credential.password_env");
-        assert_eq!(e[1].message, "environment variable NOPE is not set");
+        assert_eq!(e[1].message, crate::envvar::not_set("NOPE"));
         let e = compile(r#"{"kind":"bearer","token_env":"TOKEN","header":"x emr"}"#).unwrap_err();
         assert_eq!(e[0].field, "emr.status.credential.header");
     }

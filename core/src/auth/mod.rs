@@ -410,7 +410,7 @@ mod tests {
             vec![
                 FieldError::new(
                     "sources.pagerduty.auth[0].secret_envs[1]",
-                    "environment variable PD_SECRET_2 is not set"
+                    crate::envvar::not_set("PD_SECRET_2")
                 ),
                 FieldError::new(
                     "sources.pagerduty.auth[1]",

@@ -70,24 +70,13 @@ pub(crate) fn read_env(
     field: &str,
     errors: &mut Vec<FieldError>,
 ) -> Option<String> {
-    if var.trim().is_empty() {
-        errors.push(FieldError::new(field, "must name an environment variable"));
-        return None;
-    }
-    let Some(value) = env(var) else {
-        errors.push(FieldError::new(
-            field,
-            format!("environment variable {var} is not set"),
-        ));
-        return None;
+    let value = match crate::envvar::read(env, var) {
+        Ok(v) => v,
+        Err(message) => {
+            errors.push(FieldError::new(field, message));
+            return None;
+        }
     };
-    if value.is_empty() {
-        errors.push(FieldError::new(
-            field,
-            format!("environment variable {var} is empty"),
-        ));
-        return None;
-    }
     if value.trim() != value {
         errors.push(FieldError::new(
             field,
@@ -182,7 +171,13 @@ mod tests {
         assert!(read_secret_env(&env, " ", "e", &mut errors).is_none());
         assert_eq!(errors.len(), 5);
         assert_eq!(errors[0].field, "a.secret_env");
-        assert_eq!(errors[0].message, "environment variable MISSING is not set");
+        assert!(
+            errors[0]
+                .message
+                .starts_with("environment variable MISSING is not set: "),
+            "{errors:?}"
+        );
+        assert!(errors[0].message.contains("host_env_keys"), "{errors:?}");
         let all = format!("{errors:?}");
         assert!(!all.contains("tiny"));
         assert!(!all.contains("0123456789abcdef"));

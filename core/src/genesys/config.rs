@@ -346,9 +346,12 @@ pub type EnvReader<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 impl GenesysSettings {
     /// Parses and compiles a `genesys` section given as JSON.
-    pub fn from_json(value: &serde_json::Value, env: EnvReader<'_>) -> Result<Self, ConfigError> {
-        let cfg =
-            GenesysConfig::deserialize(value).map_err(|e| ConfigError::new("", e.to_string()))?;
+    pub fn from_json(
+        value: &serde_json::Value,
+        env: EnvReader<'_>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let cfg = GenesysConfig::deserialize(value)
+            .map_err(|e| vec![ConfigError::new("", e.to_string())])?;
         cfg.compile(env)
     }
 
@@ -410,10 +413,12 @@ impl GenesysSettings {
 }
 
 impl GenesysConfig {
-    /// Validates everything and reads the credentials through `env`.
-    pub fn compile(self, env: EnvReader<'_>) -> Result<GenesysSettings, ConfigError> {
+    /// Validates everything and reads the credentials through `env`. Every
+    /// problem is returned, not only the first.
+    pub fn compile(self, env: EnvReader<'_>) -> Result<GenesysSettings, Vec<ConfigError>> {
+        let mut p = Problems::default();
         let region = match &self.region {
-            Some(r) => Some(resolve_region(r).ok_or_else(|| {
+            Some(r) => p.take(resolve_region(r).ok_or_else(|| {
                 ConfigError::new(
                     "region",
                     format!(
@@ -425,21 +430,27 @@ impl GenesysConfig {
                             .join(", ")
                     ),
                 )
-            })?),
+            })),
             None => None,
         };
+        // An unknown region has its own error: the hosts it would give are
+        // not missing on top of it.
+        let region_given = self.region.is_some();
         let host = |field: &str, explicit: &Option<String>, prefix: &str| match (explicit, region) {
             (Some(h), _) => check_authority(h)
-                .map(|()| h.clone())
+                .map(|()| Some(h.clone()))
                 .map_err(|m| ConfigError::new(field, m)),
-            (None, Some(r)) => Ok(format!("{prefix}.{r}")),
+            (None, Some(r)) => Ok(Some(format!("{prefix}.{r}"))),
+            (None, None) if region_given => Ok(None),
             (None, None) => Err(ConfigError::new(
                 field,
                 "set `region`, or both `login_host` and `api_host`",
             )),
         };
-        let login_authority = host("login_host", &self.login_host, "login")?;
-        let api_authority = host("api_host", &self.api_host, "api")?;
+        let login_authority = p
+            .take(host("login_host", &self.login_host, "login"))
+            .flatten();
+        let api_authority = p.take(host("api_host", &self.api_host, "api")).flatten();
         let cluster = |field: &str, v: &str| {
             if v.trim().is_empty() || v.chars().any(char::is_control) {
                 Err(ConfigError::new(field, "must name an Envoy cluster"))
@@ -447,124 +458,148 @@ impl GenesysConfig {
                 Ok(v.to_owned())
             }
         };
-        let login_cluster = cluster("login_cluster", &self.login_cluster)?;
-        let api_cluster = cluster("api_cluster", &self.api_cluster)?;
+        let login_cluster = p.take(cluster("login_cluster", &self.login_cluster));
+        let api_cluster = p.take(cluster("api_cluster", &self.api_cluster));
 
-        let client_id = read_env(env, "client_id_env", &self.client_id_env)?;
-        if client_id.contains(':') {
-            return Err(ConfigError::new(
-                "client_id_env",
-                format!(
-                    "the client id in `{}` must not contain ':' (it is sent as HTTP Basic credentials)",
-                    self.client_id_env
-                ),
-            ));
-        }
+        let client_id = p.take(
+            read_env(env, "client_id_env", &self.client_id_env)
+                .and_then(|id| check_client_id(&self.client_id_env, id)),
+        );
         let client_secret =
-            Secret::new(read_env(env, "client_secret_env", &self.client_secret_env)?);
+            p.take(read_env(env, "client_secret_env", &self.client_secret_env).map(Secret::new));
 
-        let default_group = GroupId::parse(&self.default_group)
-            .map_err(|e| ConfigError::new("default_group", e.0))?;
+        let default_group = p.take(group_id("default_group", &self.default_group));
         let mut groups_by_incident_type = BTreeMap::new();
         for (ty, group) in &self.groups_by_incident_type {
             let field = format!("groups_by_incident_type.{ty}");
-            let ty = IncidentType::parse(ty).map_err(|e| ConfigError::new(&field, e.0))?;
-            let group = GroupId::parse(group).map_err(|e| ConfigError::new(&field, e.0))?;
-            if self.driver == DriverKind::GuideContract && group != default_group {
-                return Err(ConfigError::new(
+            let ty = p.take(IncidentType::parse(ty).map_err(|e| ConfigError::new(&field, e.0)));
+            let Some(group) = p.take(group_id(&field, group)) else {
+                continue;
+            };
+            if self.driver == DriverKind::GuideContract
+                && default_group.as_ref().is_some_and(|d| *d != group)
+            {
+                p.push(ConfigError::new(
                     field,
                     "the guide-contract driver has one global switch: every incident type drives default_group",
                 ));
+                continue;
             }
-            groups_by_incident_type.insert(ty, group);
+            if let Some(ty) = ty {
+                groups_by_incident_type.insert(ty, group);
+            }
         }
 
-        let datatable = match self.datatable {
-            None => None,
-            Some(dt) => {
-                if dt.id.trim().is_empty() || dt.id.chars().any(char::is_control) {
-                    return Err(ConfigError::new("datatable.id", "must be a data table id"));
-                }
-                check_row_key("datatable.row_key", &dt.row_key)?;
-                let mut rows_by_group = BTreeMap::new();
-                for (group, key) in &dt.rows_by_group {
-                    let field = format!("datatable.rows_by_group.{group}");
-                    let group = GroupId::parse(group).map_err(|e| ConfigError::new(&field, e.0))?;
-                    check_row_key(&field, key)?;
+        let datatable = self.datatable.map(|dt| {
+            p.take(check_datatable_id(&dt.id));
+            p.take(check_row_key("datatable.row_key", &dt.row_key));
+            let mut rows_by_group = BTreeMap::new();
+            for (group, key) in &dt.rows_by_group {
+                let field = format!("datatable.rows_by_group.{group}");
+                let group = p.take(group_id(&field, group));
+                if let (Some(group), Some(())) = (group, p.take(check_row_key(&field, key))) {
                     rows_by_group.insert(group, key.clone());
                 }
-                Some(DatatableSettings {
-                    id: dt.id,
-                    row_key: dt.row_key,
-                    rows_by_group,
-                    persist_incidents: dt.persist_incidents,
-                })
             }
-        };
+            DatatableSettings {
+                id: dt.id,
+                row_key: dt.row_key,
+                rows_by_group,
+                persist_incidents: dt.persist_incidents,
+            }
+        });
 
         let l = self.limits;
-        in_range("limits.max_in_flight", l.max_in_flight, 1, 64)?;
-        in_range("limits.call_timeout_ms", l.call_timeout_ms, 100, 60_000)?;
-        in_range("limits.max_backlog", l.max_backlog, 1, 100_000)?;
-        in_range("limits.max_version_retries", l.max_version_retries, 0, 10)?;
-        in_range(
-            "limits.backoff_initial_ms",
-            l.backoff_initial_ms,
-            10,
-            60_000,
-        )?;
-        in_range(
-            "limits.backoff_max_ms",
-            l.backoff_max_ms,
-            l.backoff_initial_ms,
-            600_000,
-        )?;
-        in_range(
-            "limits.retry_after_default_s",
-            l.retry_after_default_s,
-            1,
-            3_600,
-        )?;
-        in_range("limits.retry_after_max_s", l.retry_after_max_s, 1, 86_400)?;
-        in_range(
+        for r in [
+            in_range("limits.max_in_flight", l.max_in_flight, 1, 64),
+            in_range("limits.max_backlog", l.max_backlog, 1, 100_000),
+        ] {
+            p.take(r);
+        }
+        for r in [
+            in_range("limits.call_timeout_ms", l.call_timeout_ms, 100, 60_000),
+            in_range(
+                "limits.backoff_initial_ms",
+                l.backoff_initial_ms,
+                10,
+                60_000,
+            ),
+            in_range(
+                "limits.backoff_max_ms",
+                l.backoff_max_ms,
+                l.backoff_initial_ms,
+                600_000,
+            ),
+            in_range(
+                "limits.retry_after_default_s",
+                l.retry_after_default_s,
+                1,
+                3_600,
+            ),
+            in_range("limits.retry_after_max_s", l.retry_after_max_s, 1, 86_400),
+            in_range(
+                "limits.bad_credentials_retry_s",
+                l.bad_credentials_retry_s,
+                1,
+                86_400,
+            ),
+        ] {
+            p.take(r);
+        }
+        for r in [
+            in_range("limits.max_version_retries", l.max_version_retries, 0, 10),
+            in_range("limits.requests_per_minute", l.requests_per_minute, 1, 300),
+            in_range("limits.burst", l.burst, 1, 300),
+        ] {
+            p.take(r);
+        }
+        p.take(in_range(
             "limits.token_refresh_percent",
             l.token_refresh_percent,
             50,
             95,
-        )?;
-        in_range(
-            "limits.bad_credentials_retry_s",
-            l.bad_credentials_retry_s,
-            1,
-            86_400,
-        )?;
-        in_range("limits.requests_per_minute", l.requests_per_minute, 1, 300)?;
-        in_range("limits.burst", l.burst, 1, 300)?;
+        ));
         let g = self.guide;
-        in_range("guide.priority", g.priority, 1, 1_000)?;
-        in_range("guide.pending_poll_ms", g.pending_poll_ms, 10, 60_000)?;
-        in_range("guide.max_pending_reads", g.max_pending_reads, 1, 1_000)?;
+        p.take(in_range("guide.priority", g.priority, 1, 1_000));
+        p.take(in_range(
+            "guide.pending_poll_ms",
+            g.pending_poll_ms,
+            10,
+            60_000,
+        ));
+        p.take(in_range(
+            "guide.max_pending_reads",
+            g.max_pending_reads,
+            1,
+            1_000,
+        ));
         let w = self.watchdog;
-        in_range(
+        p.take(in_range(
             "watchdog.period_seconds",
             w.period_seconds,
             MIN_PERIOD_SECONDS,
             86_400,
-        )?;
-        in_range(
+        ));
+        p.take(in_range(
             "watchdog.converging_seconds",
             w.converging_seconds,
             1,
             w.period_seconds,
-        )?;
-        in_range("watchdog.grace_seconds", w.grace_seconds, 0, 3_600)?;
+        ));
+        p.take(in_range(
+            "watchdog.grace_seconds",
+            w.grace_seconds,
+            0,
+            3_600,
+        ));
         if w.groups.len() > 256 {
-            return Err(ConfigError::new("watchdog.groups", "at most 256 groups"));
+            p.push(ConfigError::new("watchdog.groups", "at most 256 groups"));
         }
         let mut watched = Vec::new();
         for (i, group) in w.groups.iter().enumerate() {
-            let field = format!("watchdog.groups[{i}]");
-            watched.push(GroupId::parse(group).map_err(|e| ConfigError::new(&field, e.0))?);
+            if let Some(g) = p.take(group_id(&format!("watchdog.groups[{i}]"), group)) {
+                watched.push(g);
+            }
         }
         let watchdog = WatchdogSettings {
             period: chrono::Duration::seconds(i64::from(w.period_seconds)),
@@ -573,6 +608,28 @@ impl GenesysConfig {
             groups: watched,
         };
 
+        let (
+            Some(login_authority),
+            Some(api_authority),
+            Some(login_cluster),
+            Some(api_cluster),
+            Some(client_id),
+            Some(client_secret),
+            Some(default_group),
+            true,
+        ) = (
+            login_authority,
+            api_authority,
+            login_cluster,
+            api_cluster,
+            client_id,
+            client_secret,
+            default_group,
+            p.0.is_empty(),
+        )
+        else {
+            return Err(p.into_errors());
+        };
         Ok(GenesysSettings {
             login: Endpoint {
                 cluster: login_cluster,
@@ -610,6 +667,79 @@ impl GenesysConfig {
             watchdog,
         })
     }
+}
+
+/// The errors found so far: a config is refused with all of them at once.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// The value, or `None` with its error kept.
+    fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.0.push(e)).ok()
+    }
+
+    fn push(&mut self, e: ConfigError) {
+        self.0.push(e);
+    }
+
+    /// Never empty: a value missing without an error is a bug, said as one.
+    fn into_errors(self) -> Vec<ConfigError> {
+        if self.0.is_empty() {
+            vec![ConfigError::new("", "is invalid")]
+        } else {
+            self.0
+        }
+    }
+}
+
+/// A group id given at `field` ([`GroupId::from_config`] says what counts).
+fn group_id(field: &str, value: &str) -> Result<GroupId, ConfigError> {
+    GroupId::from_config(value).map_err(|m| ConfigError::new(field, m))
+}
+
+/// The OAuth client id read from `var`: sent as HTTP Basic credentials, and
+/// never a name or a sentence.
+fn check_client_id(var: &str, id: String) -> Result<String, ConfigError> {
+    if id.contains(':') {
+        return Err(ConfigError::new(
+            "client_id_env",
+            format!(
+                "the client id in `{var}` must not contain ':' (it is sent as HTTP Basic credentials)"
+            ),
+        ));
+    }
+    if id.chars().any(char::is_whitespace) {
+        return Err(ConfigError::new(
+            "client_id_env",
+            format!(
+                "the client id in `{var}` holds a space: give the OAuth client's id (a UUID, \
+                 shown under Admin > Integrations > OAuth), not its name"
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+/// The data table's id goes into request paths; a name is not an id.
+fn check_datatable_id(id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "datatable.id",
+        format!(
+            "{} is not a data table id ({}); give the table's id, not its name: Genesys ids are \
+             UUIDs (GET /api/v2/flows/datatables lists the tables with their ids)",
+            crate::text::quoted(id),
+            crate::event::not_an_id_because(id)
+        ),
+    ))
 }
 
 /// The Genesys domain for a region given as domain or AWS name.
@@ -654,18 +784,9 @@ fn check_row_key(field: &str, key: &str) -> Result<(), ConfigError> {
 }
 
 fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, ConfigError> {
-    if name.trim().is_empty() {
-        return Err(ConfigError::new(field, "must name an environment variable"));
-    }
-    match env(name) {
-        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
-        _ => Err(ConfigError::new(
-            field,
-            format!(
-                "environment variable `{name}` is not set or empty; pass it to the VM with vm_config.environment_variables"
-            ),
-        )),
-    }
+    crate::envvar::read(env, name)
+        .map(|v| v.trim().to_owned())
+        .map_err(|m| ConfigError::new(field, m))
 }
 
 fn in_range<T: PartialOrd + fmt::Display + Copy>(
@@ -711,8 +832,10 @@ pub(crate) mod tests {
         })
     }
 
+    /// The settings, or the first error (`every_problem_is_reported` checks
+    /// that none is lost).
     fn compile(v: Value) -> Result<GenesysSettings, ConfigError> {
-        GenesysSettings::from_json(&v, &env)
+        GenesysSettings::from_json(&v, &env).map_err(|mut e| e.remove(0))
     }
 
     fn with(mut v: Value, key: &str, val: Value) -> Value {
@@ -821,6 +944,108 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_problem_is_reported() {
+        let mut v = base();
+        v["region"] = json!("mars.pure.cloud");
+        v["client_secret_env"] = json!("NOPE");
+        v["default_group"] = json!("Voice Outage");
+        v["groups_by_incident_type"] = json!({"carrier": "G", "OTHER": "a b"});
+        v["datatable"] = json!({"id": "My Table", "row_key": "", "rows_by_group": {"x y": "k"}});
+        v["limits"] = json!({"max_in_flight": 0, "burst": 0});
+        v["watchdog"] = json!({"grace_seconds": 3601, "groups": ["ok", ""]});
+        let errors = GenesysSettings::from_json(&v, &env).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "region",
+                "client_secret_env",
+                "default_group",
+                "groups_by_incident_type.OTHER",
+                "groups_by_incident_type.carrier",
+                "datatable.id",
+                "datatable.row_key",
+                "datatable.rows_by_group.x y",
+                "limits.max_in_flight",
+                "limits.burst",
+                "watchdog.grace_seconds",
+                "watchdog.groups[1]",
+            ]
+        );
+        // An unknown region is not also "set region or the hosts".
+        assert!(!fields.contains(&"login_host"));
+    }
+
+    #[test]
+    fn names_where_ids_belong_are_refused_saying_what_counts() {
+        let e = compile(with(base(), "default_group", json!("Voice Outage"))).unwrap_err();
+        assert_eq!(e.field, "default_group");
+        assert!(
+            e.message.starts_with(
+                "\"Voice Outage\" is not an emergency group id (it holds a space, as a name does)"
+            ),
+            "{e}"
+        );
+        assert!(e.message.contains("Genesys ids are UUIDs such as"), "{e}");
+        let e = compile(with(
+            base(),
+            "watchdog",
+            json!({"groups": ["<emergency group id>"]}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "watchdog.groups[0]");
+        let e = compile(with(
+            base(),
+            "datatable",
+            json!({"id": "EMR queues", "row_key": "{group}"}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "datatable.id");
+        assert!(
+            e.message
+                .starts_with("\"EMR queues\" is not a data table id (it holds a space"),
+            "{e}"
+        );
+        // Ids that are not UUIDs stay accepted (the simulator's, a guide
+        // service's): only what cannot be an id is refused.
+        compile(with(
+            base(),
+            "datatable",
+            json!({"id": "emr-datatable-0001", "row_key": "{group}"}),
+        ))
+        .unwrap();
+        let named = |name: &str| -> Option<String> {
+            match name {
+                "GENESYS_CLIENT_ID" => Some("emr edge client".to_owned()),
+                other => env(other),
+            }
+        };
+        let e = GenesysSettings::from_json(&base(), &named).unwrap_err();
+        assert_eq!(e[0].field, "client_id_env");
+        assert!(e[0].message.contains("holds a space"), "{e:?}");
+    }
+
+    #[test]
+    fn a_credential_still_a_placeholder_is_refused_without_its_value() {
+        let todo = |name: &str| -> Option<String> {
+            match name {
+                "GENESYS_CLIENT_SECRET" => Some("REPLACE-WITH-CLIENT-SECRET".to_owned()),
+                other => env(other),
+            }
+        };
+        let e = GenesysSettings::from_json(&base(), &todo).unwrap_err();
+        assert_eq!(e[0].field, "client_secret_env");
+        assert!(
+            e[0].message
+                .contains("GENESYS_CLIENT_SECRET still holds a placeholder"),
+            "{e:?}"
+        );
+        assert!(!e[0].message.contains("CLIENT-SECRET"), "{e:?}");
+        let e = compile(with(base(), "client_id_env", json!("UNSET"))).unwrap_err();
+        assert!(e.message.contains("host_env_keys"), "{e}");
+    }
+
+    #[test]
     fn unknown_and_missing_fields_are_refused_by_name() {
         let e = compile(with(base(), "regoin", json!("x"))).unwrap_err();
         assert!(e.message.contains("regoin"), "{e}");
@@ -847,7 +1072,7 @@ pub(crate) mod tests {
             }
         };
         let e = GenesysSettings::from_json(&base(), &bad_id).unwrap_err();
-        assert_eq!(e.field, "client_id_env");
+        assert_eq!(e[0].field, "client_id_env");
     }
 
     #[test]

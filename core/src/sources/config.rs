@@ -351,10 +351,7 @@ mod tests {
                 "sources.pagerduty.rules[0].match.labels",
             ]
         );
-        assert_eq!(
-            errors[1].message,
-            "environment variable PD_SECRET_2 is not set"
-        );
+        assert_eq!(errors[1].message, crate::envvar::not_set("PD_SECRET_2"));
     }
 
     #[test]

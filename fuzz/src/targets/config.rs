@@ -44,11 +44,15 @@ pub fn plugin_config(data: &[u8]) {
     }
     match first {
         Err(e) => {
-            // An unknown key `""` is named `$` (regression `unknown-empty-key`).
-            assert!(!e.field.is_empty(), "an error names no field: {e:?}");
-            assert!(!e.message.is_empty(), "an error gives no reason: {e:?}");
             let shown = e.to_string();
-            assert!(shown.contains(&e.field));
+            assert!(!e.problems().is_empty(), "a refusal says nothing: {e:?}");
+            for p in e.problems() {
+                // An unknown key `""` is named `$` (regression `unknown-empty-key`).
+                assert!(!p.field.is_empty(), "an error names no field: {e:?}");
+                assert!(!p.message.is_empty(), "an error gives no reason: {e:?}");
+            }
+            // One line per problem, each saying what it is about.
+            assert_eq!(shown.lines().count(), e.problems().len(), "{shown}");
             for (name, value) in ENV {
                 // Short values ("config-user") may be a config's own words.
                 if value.len() >= 12 && !contains(data, value.trim().as_bytes()) {

@@ -367,11 +367,7 @@ pub async fn production_envoy(patch: impl Fn(String) -> String + Send + 'static)
         std::fs::write(&template, patch(text)).expect("template");
         EnvoyOptions {
             template,
-            config: serde_json::from_str(
-                &std::fs::read_to_string(root().join("envoy/production.config.json"))
-                    .expect("config"),
-            )
-            .expect("config JSON"),
+            config: emr_e2e::production_config(),
             env: [
                 ("EMR_GENESYS_CLIENT_ID", "framing-client-id"),
                 (
