@@ -466,6 +466,8 @@ pub(crate) struct World {
     pub max_out: usize,
     /// Groups adopted at start.
     pub adopted: Vec<GroupId>,
+    /// Lines for the error log.
+    pub alarms: Vec<String>,
     seq: i64,
 }
 
@@ -498,6 +500,7 @@ impl World {
             lost: Vec::new(),
             max_out: 0,
             adopted: Vec::new(),
+            alarms: Vec::new(),
             seq: 0,
         }
     }
@@ -575,6 +578,7 @@ impl World {
                     self.adopted.push(group);
                 }
                 Effect::Audit(v) => self.audits.push(v),
+                Effect::Alarm(line) => self.alarms.push(line),
                 Effect::Metric(m) => self.metrics.push(m),
             }
         }
