@@ -65,42 +65,52 @@ struct ServiceMetrics {
     defined: BTreeMap<&'static str, Metric>,
 }
 
+/// What a state machine's metric sample does to its stat.
+#[derive(Debug, Clone, Copy)]
+enum Sample {
+    Count,
+    Histogram(u64),
+    Gauge(u64),
+}
+
 impl ServiceMetrics {
     /// `watchdog_skipped_overridden` → `emr.watchdog.skipped_overridden`,
     /// `genesys_failures_forbidden` → `emr.genesys.failures.forbidden`.
-    fn sample(&mut self, name: &'static str, histogram: Option<u64>) {
+    fn sample(&mut self, name: &'static str, sample: Sample) {
         let metric = *self.defined.entry(name).or_insert_with(|| {
             let full = format!(
                 "emr.{}",
                 name.replacen('_', ".", 1)
                     .replacen("failures_", "failures.", 1)
             );
-            if histogram.is_some() {
-                Metric::histogram(&full)
-            } else {
-                Metric::counter(&full)
+            match sample {
+                Sample::Count => Metric::counter(&full),
+                Sample::Histogram(_) => Metric::histogram(&full),
+                Sample::Gauge(_) => Metric::gauge(&full),
             }
         });
-        match histogram {
-            Some(v) => metric.record(v),
-            None => metric.add(1),
+        match sample {
+            Sample::Count => metric.add(1),
+            Sample::Histogram(v) => metric.record(v),
+            Sample::Gauge(v) => metric.set(v),
         }
     }
 
     fn reconcile(&mut self, m: &ReconcileMetric) {
-        let value = match m {
-            ReconcileMetric::CalloutLatencyMs(ms) => Some(*ms),
-            _ => None,
+        let sample = match m {
+            ReconcileMetric::CalloutLatencyMs(ms) => Sample::Histogram(*ms),
+            ReconcileMetric::ContendedGroups(n) => Sample::Gauge(*n),
+            _ => Sample::Count,
         };
-        self.sample(m.name(), value);
+        self.sample(m.name(), sample);
     }
 
     fn poll(&mut self, m: &PollMetric) {
-        let value = match m {
-            PollMetric::LatencyMs(ms) => Some(*ms),
-            _ => None,
+        let sample = match m {
+            PollMetric::LatencyMs(ms) => Sample::Histogram(*ms),
+            _ => Sample::Count,
         };
-        self.sample(m.name(), value);
+        self.sample(m.name(), sample);
     }
 }
 
@@ -217,7 +227,7 @@ impl ServiceRoot {
                 }
             ),
         );
-        Ok(Self {
+        let mut root = Self {
             ledger: Ledger::new(config.retention),
             board: Board::default(),
             queue_id,
@@ -246,7 +256,13 @@ impl ServiceRoot {
                 resumes: Metric::counter("emr.service.resumes"),
                 defined: BTreeMap::new(),
             },
-        })
+        };
+        if root.genesys.is_some() {
+            // The gauge exists from the start: an alert on it needs no
+            // "absent" case.
+            root.metrics.reconcile(&ReconcileMetric::ContendedGroups(0));
+        }
+        Ok(root)
     }
 
     pub fn on_queue_ready(&mut self, queue_id: u32) {
@@ -504,7 +520,7 @@ impl ServiceRoot {
                         self.state_dirty = true;
                     }
                     Effect::Audit(line) => audit(line),
-                    Effect::Problem(text) => host::log(LogLevel::Error, &text),
+                    Effect::Alarm(line) => host::log(LogLevel::Error, &line),
                     Effect::Metric(m) => {
                         if m == ReconcileMetric::TokenRefresh {
                             token_refreshed = true;

@@ -733,6 +733,47 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_complete_example_compiles() {
+        const EXAMPLE: &str = include_str!("../../examples/config.json");
+        // Every variable the example names, with a plausible value.
+        let env = |k: &str| {
+            use base64::Engine as _;
+            let v = if k.contains("WHSEC") {
+                // One secret per route: a shared one is refused.
+                let key = format!("{k}-0123456789abcdef");
+                format!(
+                    "whsec_{}",
+                    base64::engine::general_purpose::STANDARD.encode(key)
+                )
+            } else if k.ends_with("_USER") {
+                "emr-edge".to_string()
+            } else {
+                format!("{}-0123456789abcdef", k.to_ascii_lowercase())
+            };
+            EXAMPLE.contains(k).then_some(v)
+        };
+        let c = crate::config::parse(EXAMPLE.as_bytes(), &env).unwrap();
+        assert!(c.sources.insecure_sources().is_empty());
+        assert!(c.genesys.is_some() && c.itsm.is_some());
+        // The names the docs use, and only those.
+        let docs = [
+            include_str!("../../docs/sources.md"),
+            include_str!("../../docs/convergence.md"),
+            include_str!("../../docs/configuration.md"),
+        ];
+        for name in EXAMPLE.split('"').filter(|s| s.starts_with("EMR_")) {
+            assert!(
+                docs.iter().any(|d| d.contains(name)),
+                "{name} is in the example but in no doc"
+            );
+        }
+        // Without its variables, it names each one.
+        let none = |_: &str| None;
+        let e = crate::config::parse(EXAMPLE.as_bytes(), &none).unwrap_err();
+        assert!(e.lines().len() >= 15, "{:?}", e.lines());
+    }
+
+    #[test]
     fn an_unknown_empty_key_is_named_as_the_root() {
         // fuzz/regressions/plugin_config/unknown-empty-key
         for body in [&br#"{"": 1}"#[..], br#"{"intake": {"": 1}}"#, b"[1]"] {

@@ -37,6 +37,15 @@
 //! client is timed and corrected once it outlasted `watchdog.grace`. A read
 //! that finds Genesys as wanted ends drift and any override.
 //!
+//! **Contention** (two writers with our credentials): the third drift by our
+//! own client within the contention window is not corrected. The group is
+//! flagged *contended* on the state view, with an error line
+//! ([`Effect::Alarm`]), an audit line and [`Metric::Contended`], and its
+//! drift is not corrected until an incident event of the group, a resume,
+//! or a whole window with Genesys as wanted and no change by our client
+//! that we did not make. Transitions (events, our own ledger's changes)
+//! still write.
+//!
 //! **The request budget** ([`crate::genesys::budget`]): every call spends
 //! from one token bucket; routine checks only start while a reserve is left.
 //!
@@ -64,8 +73,9 @@
 //!    published status of the incidents it returns. `Restore`/`Adopt`: put
 //!    the incidents into the ledger (the reconciler has queued their groups
 //!    already; their reads are answered only after the effect is applied).
-//!    `Audit`: log one line.
-//!    `Metric`: bump the counter / record the histogram named by `name()`.
+//!    `Audit`: log one line. `Alarm`: log it at error level.
+//!    `Metric`: bump the counter / record the histogram / set the gauge
+//!    named by `name()`.
 //! 6. Tick: set the tick period so `poll` runs at `next_wakeup()` (or
 //!    earlier; extra polls are harmless). After an answer that emitted
 //!    `Metric::TokenRefresh`, mirror `export_token()` into shared data.
@@ -89,7 +99,7 @@ use crate::genesys::token::{backoff, StoredToken, TokenManager, TokenOutcome};
 use crate::genesys::{Request, USER_AGENT};
 use crate::ledger::{GenesysRef, Ledger, Settle, VIEW_LIST_MAX};
 use crate::recovery::{self, PersistedIncident};
-use crate::watchdog::{self, Facts, Verdict};
+use crate::watchdog::{self, Corrections, Facts, Verdict};
 use health::{Check, Health};
 
 pub use crate::genesys::{CallResult, HttpCall, OpId};
@@ -151,11 +161,13 @@ pub enum Effect {
     /// One JSON audit line (a decision: incident ids, before, after, what
     /// Genesys answered).
     Audit(Value),
+    /// A line for Envoy's log at error level: something an operator must
+    /// act on (beside its audit line, which is logged at info): a group
+    /// another instance keeps writing, or something that stops switching
+    /// (refused credentials, a missing group or permission, an unreadable
+    /// data table; the list is on [`Reconciler::health`]).
+    Alarm(String),
     Metric(Metric),
-    /// Something now stops switching (refused credentials, a missing group
-    /// or permission, an unreadable data table): log it at **error**. The
-    /// list is on [`Reconciler::health`].
-    Problem(String),
 }
 
 /// Why a call failed, for metrics.
@@ -191,7 +203,8 @@ impl FailureKind {
 }
 
 /// A metric sample. Counters count one per sample; `CalloutLatencyMs` is a
-/// histogram value. [`Metric::name`] is the stat name.
+/// histogram value and `ContendedGroups` a gauge's. [`Metric::name`] is the
+/// stat name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
     /// A write changed the switch in Genesys.
@@ -225,6 +238,11 @@ pub enum Metric {
     SkippedOverridden,
     /// A held group given back by an incident event or a resume.
     Resumed,
+    /// A group flagged contended: our own client keeps changing it with
+    /// versions we did not write (another instance, a script).
+    Contended,
+    /// Gauge: the groups flagged contended now.
+    ContendedGroups(u64),
     /// An incident persisted in a row, handed back at start.
     Restored,
     /// A group adopted at start.
@@ -264,6 +282,8 @@ impl Metric {
             Metric::Overridden => "watchdog_overridden",
             Metric::SkippedOverridden => "watchdog_skipped_overridden",
             Metric::Resumed => "watchdog_resumed",
+            Metric::Contended => "watchdog_contended",
+            Metric::ContendedGroups(_) => "watchdog_contended_groups",
             Metric::Restored => "recovery_restored",
             Metric::Adopted => "recovery_adopted",
             Metric::BudgetWait => "genesys_budget_waits",
@@ -367,6 +387,8 @@ enum Then {
     Settle,
     /// The group is held for a person: only the row was written.
     Hold(String),
+    /// The group is contended: only the row was written.
+    Contended(String),
     /// Drift by our client is being timed: read again then.
     Grace(DateTime<Utc>),
 }
@@ -418,6 +440,19 @@ struct OverrideInfo {
     date_modified: Option<String>,
     modified_by: Option<String>,
     modified_by_app: Option<String>,
+}
+
+/// A group our own client keeps changing behind our back, whose drift we no
+/// longer correct.
+#[derive(Debug, Clone, PartialEq)]
+struct ContendedInfo {
+    since: DateTime<Utc>,
+    /// When a read last showed a change by our own client we did not make.
+    last_seen: DateTime<Utc>,
+    /// The latest version read, and who wrote it.
+    version: Option<u64>,
+    modified_by_app: Option<String>,
+    detail: String,
 }
 
 /// Where recovery at start stands.
@@ -484,6 +519,10 @@ struct GroupState {
     drift_since: Option<DateTime<Utc>>,
     /// Held for a person until an incident event or a resume.
     overridden: Option<OverrideInfo>,
+    /// Its latest drift corrections, counted toward contention.
+    corrections: Corrections,
+    /// Flagged contended: its drift is not corrected.
+    contended: Option<ContendedInfo>,
     /// An incident event or resume came (at this time): the next read may
     /// write over a change that was not ours, made before it.
     authorized: Option<DateTime<Utc>>,
@@ -510,6 +549,8 @@ impl Default for GroupState {
             next_check: None,
             drift_since: None,
             overridden: None,
+            corrections: Corrections::default(),
+            contended: None,
             authorized: None,
             known_version: None,
             adopt_check: false,
@@ -614,7 +655,7 @@ impl Reconciler {
             }
         );
         if self.health.fail(check, detail, cx.now) {
-            cx.fx.push(Effect::Problem(text));
+            cx.fx.push(Effect::Alarm(text));
         }
     }
 
@@ -697,18 +738,26 @@ impl Reconciler {
             );
             return cx.fx;
         }
-        let was = self
+        let (was, was_contended) = self
             .groups
             .get_mut(group)
-            .and_then(|st| st.overridden.take());
+            .map(|st| (st.overridden.take(), st.contended.take()))
+            .unwrap_or_default();
         cx.metric(Metric::Resumed);
         self.audit(
             group,
             "resumed",
             None,
-            json!({"by": "POST /emr/groups/{id}/resume", "wasOverridden": was.is_some()}),
+            json!({
+                "by": "POST /emr/groups/{id}/resume",
+                "wasOverridden": was.is_some(),
+                "wasContended": was_contended.is_some(),
+            }),
             &mut cx,
         );
+        if was_contended.is_some() {
+            self.contended_gauge(&mut cx);
+        }
         self.mark_event(group, now);
         self.pump(&mut cx);
         cx.fx
@@ -951,6 +1000,28 @@ impl Reconciler {
     /// since when, held by which incident; or that none is, and what stops
     /// switching if anything does.
     fn summary(&self, ledger: &Ledger) -> String {
+        let line = self.summary_of_groups(ledger);
+        let contended: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, st)| st.contended.is_some())
+            .map(|(g, _)| {
+                self.group_name(g)
+                    .map_or_else(|| g.to_string(), str::to_owned)
+            })
+            .take(3)
+            .collect();
+        if contended.is_empty() {
+            return line;
+        }
+        format!(
+            "{line}; another emr-edge instance (or a script with this OAuth client) keeps writing {}: \
+             exactly one instance may run",
+            contended.join(", ")
+        )
+    }
+
+    fn summary_of_groups(&self, ledger: &Ledger) -> String {
         let on: Vec<(&GroupId, &crate::ledger::Desired)> =
             ledger.desired().filter(|(_, d)| d.enabled).collect();
         let problem = self.health.reasons().into_iter().next();
@@ -1050,6 +1121,7 @@ impl Reconciler {
             "desired": desired,
             "phase": "idle",
             "overridden": false,
+            "contended": null,
         });
         if let (Some(obj), Some(problem)) = (v.as_object_mut(), self.health.of_group(g)) {
             obj.insert("problem".into(), problem);
@@ -1089,6 +1161,24 @@ impl Reconciler {
                 }),
             );
         }
+        obj.insert(
+            "contended".into(),
+            st.contended.as_ref().map_or(Value::Null, |c| {
+                json!({
+                    "since": rfc3339(c.since),
+                    "lastSeen": rfc3339(c.last_seen),
+                    "version": c.version,
+                    "modifiedByApp": c.modified_by_app,
+                    "detail": c.detail,
+                    "resume": format!(
+                        "once one emr-edge instance is left: POST /emr/groups/{g}/resume, or the next \
+                         incident event for this group; by itself after {} s with the group as wanted \
+                         and no change by our client that this instance did not make",
+                        self.cfg.watchdog.contention_window().num_seconds()
+                    ),
+                })
+            }),
+        );
         if let Some(since) = st.drift_since {
             let correct_at = since + self.cfg.watchdog.grace;
             obj.insert(
@@ -1992,6 +2082,13 @@ impl Reconciler {
             st.observed = Some(observed.clone());
             st.observed_at = Some(cx.now);
         }
+        if cycle.authorized {
+            self.lift_contention(g, answer, cx);
+        }
+        if let Decision::InSync | Decision::Write(_) = &decision {
+            let in_sync = matches!(decision, Decision::InSync);
+            self.contention_read(g, &observed, in_sync, answer, cx);
+        }
         let (group_write, then) = match decision {
             Decision::Refuse(reason) => {
                 self.fail(g, reason, Some(answer), cx);
@@ -2104,6 +2201,88 @@ impl Reconciler {
         }
     }
 
+    /// An incident event (or resume) started this cycle: it decides, so a
+    /// contended group is no longer held. Its corrections stay counted: if
+    /// the fight starts again, its first drift flags the group again.
+    fn lift_contention(&mut self, g: &GroupId, answer: &Answer, cx: &mut Cx<'_>) {
+        let lifted = self.groups.get_mut(g).and_then(|st| st.contended.take());
+        if let Some(c) = lifted {
+            self.audit(
+                g,
+                "contention-lifted",
+                Some(answer),
+                json!({"by": "incident event", "contendedSince": rfc3339(c.since)}),
+                cx,
+            );
+            self.contended_gauge(cx);
+        }
+    }
+
+    /// A read of a contended group: a change by our own client that we did
+    /// not make keeps it contended for another window; a whole window
+    /// without one, with Genesys as wanted, gives it back
+    /// ([`watchdog::contention_over`]).
+    fn contention_read(
+        &mut self,
+        g: &GroupId,
+        observed: &Observed,
+        in_sync: bool,
+        answer: &Answer,
+        cx: &mut Cx<'_>,
+    ) {
+        let writer = watchdog::writer(
+            observed.modified_by_app.as_deref(),
+            &self.cfg.client_id,
+            self.our_app.as_deref(),
+        );
+        let window = self.cfg.watchdog.contention_window();
+        let Some(st) = self.groups.get_mut(g) else {
+            return;
+        };
+        let ours = st.known_version;
+        let Some(c) = st.contended.as_mut() else {
+            return;
+        };
+        // Whose it is may not be known yet: only a person's is surely not ours.
+        let changed_by_our_client = observed.version.is_some()
+            && observed.version != c.version
+            && observed.version != ours
+            && writer != watchdog::Writer::Foreign;
+        if changed_by_our_client {
+            c.last_seen = cx.now;
+        }
+        c.version = observed.version;
+        c.modified_by_app.clone_from(&observed.modified_by_app);
+        if !watchdog::contention_over(in_sync, c.last_seen, cx.now, window) {
+            return;
+        }
+        let quiet_since = c.last_seen;
+        st.contended = None;
+        self.audit(
+            g,
+            "contention-ended",
+            Some(answer),
+            json!({
+                "quietSince": rfc3339(quiet_since),
+                "detail": "Genesys is as wanted and our own client has made no change we did not make for a whole window",
+            }),
+            cx,
+        );
+        self.contended_gauge(cx);
+    }
+
+    /// Sets the gauge of contended groups.
+    fn contended_gauge(&self, cx: &mut Cx<'_>) {
+        let n = self
+            .groups
+            .values()
+            .filter(|st| st.contended.is_some())
+            .count();
+        cx.metric(Metric::ContendedGroups(
+            u64::try_from(n).unwrap_or(u64::MAX),
+        ));
+    }
+
     /// A read differs from the target: [`watchdog::judge`] decides. `Some`
     /// says how the cycle ends (with the group write only for
     /// `Then::Settle`); `None` means it was handled here (adopted, or
@@ -2126,6 +2305,7 @@ impl Reconciler {
         );
         let tracks_queues = self.driver.tracks_queues();
         let grace = self.cfg.watchdog.grace;
+        let window = self.cfg.watchdog.contention_window();
         let mut authorized = cycle.authorized;
         if authorized {
             // The event (or resume) decides only over changes made before it.
@@ -2171,6 +2351,8 @@ impl Reconciler {
                 new_version: observed.version.is_some() && observed.version != st.known_version,
                 writer,
                 drift_since: st.drift_since,
+                contended: st.contended.is_some(),
+                recent_corrections: st.corrections.recent(cx.now, window),
                 now: cx.now,
                 grace,
             };
@@ -2193,6 +2375,9 @@ impl Reconciler {
                 let drift = {
                     let st = self.groups.entry(g.clone()).or_default();
                     st.overridden = None;
+                    if corrects_drift {
+                        st.corrections.record(cx.now);
+                    }
                     st.drift_since.take()
                 };
                 if was_held {
@@ -2260,6 +2445,63 @@ impl Reconciler {
                     cx,
                 );
                 Some(Then::Hold(held_reason))
+            }
+            Verdict::Contended => {
+                let detail = format!(
+                    "another emr-edge instance (or a script with this OAuth client) keeps writing \
+                     emergency group {g}: our own OAuth client ({who}) changed it in a version \
+                     this instance did not write for the {} time within {w} s; exactly one \
+                     emr-edge instance may run until cluster mode exists; emr-edge stops \
+                     correcting {g} until the next incident event for it, \
+                     POST /emr/groups/{g}/resume, or {w} s with it as wanted and untouched",
+                    ordinal(watchdog::CONTENDED_AT_DRIFT),
+                    w = window.num_seconds()
+                );
+                let drift = {
+                    let st = self.groups.entry(g.clone()).or_default();
+                    st.contended = Some(ContendedInfo {
+                        since: cx.now,
+                        last_seen: cx.now,
+                        version: observed.version,
+                        modified_by_app: observed.modified_by_app.clone(),
+                        detail: detail.clone(),
+                    });
+                    st.drift_since.take()
+                };
+                cx.metric(Metric::Contended);
+                self.contended_gauge(cx);
+                cx.fx
+                    .push(Effect::Alarm(format!("emr-edge: contended: {detail}")));
+                self.audit(
+                    g,
+                    "contended",
+                    Some(answer),
+                    json!({
+                        "driftSince": drift.map(rfc3339),
+                        "windowSeconds": window.num_seconds(),
+                        "observed": observed_json(observed),
+                        "target": target_json(target),
+                        "detail": detail,
+                    }),
+                    cx,
+                );
+                Some(Then::Contended(format!("contended: {detail}")))
+            }
+            Verdict::HoldContended => {
+                self.audit(
+                    g,
+                    "skipped-contended",
+                    Some(answer),
+                    json!({"observed": observed_json(observed), "target": target_json(target)}),
+                    cx,
+                );
+                let detail = self
+                    .groups
+                    .get(g)
+                    .and_then(|st| st.contended.as_ref())
+                    .map(|c| c.detail.clone())
+                    .unwrap_or_default();
+                Some(Then::Contended(format!("contended: {detail}")))
             }
             Verdict::Drift { since, correct_at } => {
                 let first = {
@@ -2373,15 +2615,8 @@ impl Reconciler {
                 }
                 self.settle_applied(g, cycle, target, result, cx);
             }
-            Then::Hold(reason) => {
-                self.note(g, "overridden", Some(reason.clone()), None, cx.now);
-                cx.fx.push(Effect::Settle {
-                    group: g.clone(),
-                    outcome: Settle::Failed(reason),
-                    genesys: cycle.genesys.clone(),
-                });
-                self.end_cycle(g, cx.now, cycle.wrote_group);
-            }
+            Then::Hold(reason) => self.hold(g, cycle, "overridden", reason, cx),
+            Then::Contended(reason) => self.hold(g, cycle, "contended", reason, cx),
             Then::Grace(at) => {
                 let st = self.groups.entry(g.clone()).or_default();
                 if std::mem::take(&mut st.dirty) {
@@ -2407,6 +2642,25 @@ impl Reconciler {
                 );
             }
         }
+    }
+
+    /// Ends a cycle that does not write the group (held for a person, or
+    /// contended): its incidents' pending events fail with `reason`.
+    fn hold(
+        &mut self,
+        g: &GroupId,
+        cycle: Cycle,
+        result: &'static str,
+        reason: String,
+        cx: &mut Cx<'_>,
+    ) {
+        self.note(g, result, Some(reason.clone()), None, cx.now);
+        cx.fx.push(Effect::Settle {
+            group: g.clone(),
+            outcome: Settle::Failed(reason),
+            genesys: cycle.genesys.clone(),
+        });
+        self.end_cycle(g, cx.now, cycle.wrote_group);
     }
 
     fn wait_pending(
@@ -2751,6 +3005,18 @@ impl Reconciler {
             _ => Some(row),
         }
     }
+}
+
+/// "3rd", for a count in a sentence.
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {

@@ -20,11 +20,24 @@
 //!   a script with our credentials). The grace runs from the first read that
 //!   saw the drift, so the correction never comes earlier than `grace` after
 //!   the change itself.
+//! - **Two writers with our credentials are not fought** (*contention*):
+//!   drift by our own client is corrected twice, but the third
+//!   ([`CONTENDED_AT_DRIFT`]) within [`WatchdogSettings::contention_window`]
+//!   is not: the group is flagged *contended* and its drift is no longer
+//!   corrected. Two emr-edge instances against one org (or a script with
+//!   our OAuth client) otherwise flip a group every grace period, each
+//!   taking the other's writes for drift. An incident event or a resume
+//!   clears the flag (an event decides), and so does a whole window with
+//!   Genesys as wanted and no change by our client that we did not make
+//!   ([`contention_over`]). The corrections stay counted through a clear,
+//!   so a fight that starts again is flagged at its first drift.
 //! - **After a restart**, a group found enabled by our own client while the
 //!   rebuilt ledger wants it off is adopted (kept on, as a synthetic incident
 //!   that expires), never switched off blind.
 //!
 //! Everything here is pure: the caller passes `now` and what it knows.
+
+use std::collections::VecDeque;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
@@ -62,6 +75,20 @@ impl Default for WatchdogConfig {
 /// Floor of `period_seconds`: the watchdog must not become a poller.
 pub const MIN_PERIOD_SECONDS: u32 = 5;
 
+/// The drift by our own client, counted within the contention window, that
+/// is not corrected but flags the group *contended*: the third.
+///
+/// One drift is someone using our credentials once, or the overlap of a
+/// rolling restart; two in a window can still be a one-off (a script run
+/// twice, an overlap that lasted two checks). Three, each outlasting the
+/// grace, is two writers taking turns: with the defaults (period 30 s, grace
+/// 10 s) two instances flip a group about every 25 s, so the third drift
+/// comes within two minutes of the fight starting.
+pub const CONTENDED_AT_DRIFT: u32 = 3;
+/// The shortest contention window: drift corrections older than this do not
+/// count.
+pub const CONTENTION_WINDOW_MIN: Duration = Duration::seconds(600);
+
 /// The watchdog section, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchdogSettings {
@@ -77,11 +104,24 @@ impl WatchdogSettings {
         now + if wrote { self.converging } else { self.period }
     }
 
+    /// How far back drift corrections count toward contention: ten minutes
+    /// ([`CONTENTION_WINDOW_MIN`]), or longer when the period is so long that
+    /// a fight needs longer to show [`CONTENDED_AT_DRIFT`] drifts. In a fight
+    /// one instance's next drift comes at most two periods and two graces
+    /// after its previous correction (the other instance's check and grace,
+    /// then its own); the window holds three such turns.
+    pub fn contention_window(&self) -> Duration {
+        let turn = (self.period + self.grace) * 2;
+        (turn * 3).max(CONTENTION_WINDOW_MIN)
+    }
+
     pub fn view(&self) -> Value {
         json!({
             "periodSeconds": self.period.num_seconds(),
             "convergingSeconds": self.converging.num_seconds(),
             "graceSeconds": self.grace.num_seconds(),
+            "contendedAtDrift": CONTENDED_AT_DRIFT,
+            "contentionWindowSeconds": self.contention_window().num_seconds(),
         })
     }
 }
@@ -124,6 +164,42 @@ pub fn writer(modified_by_app: Option<&str>, client_id: &str, our_app: Option<&s
     }
 }
 
+/// The latest drift corrections of one group, to tell a one-off drift from
+/// two writers taking turns. It keeps the last `CONTENDED_AT_DRIFT - 1`
+/// times only: memory stays a few bytes per group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Corrections(VecDeque<DateTime<Utc>>);
+
+impl Corrections {
+    /// A drift correction decided at `at`.
+    pub fn record(&mut self, at: DateTime<Utc>) {
+        self.0.push_back(at);
+        let keep = usize::try_from(CONTENDED_AT_DRIFT.saturating_sub(1)).unwrap_or(usize::MAX);
+        while self.0.len() > keep {
+            self.0.pop_front();
+        }
+    }
+
+    /// Corrections decided within `window` before `now`.
+    pub fn recent(&self, now: DateTime<Utc>, window: Duration) -> u32 {
+        let n = self.0.iter().filter(|at| now - **at < window).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+/// Whether a contended group is given back by itself: Genesys is as the
+/// incidents want, and no read showed a change by our own client that we
+/// did not make for a whole window (since `last_seen`). Held out of sync,
+/// it stays held however quiet: writing then is what starts a fight again.
+pub fn contention_over(
+    in_sync: bool,
+    last_seen: DateTime<Utc>,
+    now: DateTime<Utc>,
+    window: Duration,
+) -> bool {
+    in_sync && now - last_seen >= window
+}
+
 /// What the reconciler knows when a read differs from the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
@@ -143,6 +219,10 @@ pub struct Facts {
     pub writer: Writer,
     /// When drift was first seen, if it is being timed.
     pub drift_since: Option<DateTime<Utc>>,
+    /// Flagged contended already: its drift is not corrected.
+    pub contended: bool,
+    /// Drift corrections of the group within the contention window.
+    pub recent_corrections: u32,
     pub now: DateTime<Utc>,
     pub grace: Duration,
 }
@@ -157,6 +237,11 @@ pub enum Verdict {
     Override,
     /// Overridden already: do not write it.
     Hold,
+    /// Our own client moved it again: the third drift
+    /// ([`CONTENDED_AT_DRIFT`]) within the contention window. Flag the group contended and do not write it.
+    Contended,
+    /// Contended already: its drift is not corrected.
+    HoldContended,
     /// Our own client moved it: read again at `correct_at`, correct then.
     Drift {
         since: DateTime<Utc>,
@@ -197,14 +282,19 @@ pub fn judge(f: &Facts) -> Verdict {
             corrects_drift: false,
         };
     }
+    if f.contended {
+        return Verdict::HoldContended;
+    }
     let since = f.drift_since.unwrap_or(f.now).min(f.now);
     let correct_at = since + f.grace;
-    if f.now >= correct_at {
+    if f.now < correct_at {
+        Verdict::Drift { since, correct_at }
+    } else if f.recent_corrections.saturating_add(1) >= CONTENDED_AT_DRIFT {
+        Verdict::Contended
+    } else {
         Verdict::Write {
             corrects_drift: true,
         }
-    } else {
-        Verdict::Drift { since, correct_at }
     }
 }
 
@@ -231,6 +321,8 @@ mod tests {
             new_version: false,
             writer: Writer::Ours,
             drift_since: None,
+            contended: false,
+            recent_corrections: 0,
             now: t(100),
             grace: Duration::seconds(10),
         }
@@ -393,6 +485,119 @@ mod tests {
             }),
             WRITE
         );
+    }
+
+    /// Drift by our own client that outlasted the grace.
+    fn drift_due() -> Facts {
+        Facts {
+            new_version: true,
+            drift_since: Some(t(90)),
+            ..facts()
+        }
+    }
+
+    const CORRECT: Verdict = Verdict::Write {
+        corrects_drift: true,
+    };
+
+    #[test]
+    fn the_third_drift_by_our_client_within_the_window_is_not_corrected() {
+        // The first and the second are corrected: a one-off, or two.
+        for recent_corrections in [0, 1] {
+            let f = Facts {
+                recent_corrections,
+                ..drift_due()
+            };
+            assert_eq!(judge(&f), CORRECT, "{recent_corrections}");
+        }
+        let third = Facts {
+            recent_corrections: 2,
+            ..drift_due()
+        };
+        assert_eq!(judge(&third), Verdict::Contended);
+        // Still timed against the grace first: a drift that ends by itself
+        // within it is no fight.
+        let early = Facts {
+            now: t(95),
+            ..third.clone()
+        };
+        assert!(matches!(judge(&early), Verdict::Drift { .. }));
+        // Once contended, drift is neither timed nor corrected…
+        for f in [drift_due(), facts()] {
+            let held = Facts {
+                contended: true,
+                ..f
+            };
+            assert_eq!(judge(&held), Verdict::HoldContended);
+        }
+        // …but an incident event or resume decides, a transition of our own
+        // ledger is made, and a person's change still wins.
+        let contended = Facts {
+            contended: true,
+            ..drift_due()
+        };
+        let event = Facts {
+            authorized: true,
+            ..contended.clone()
+        };
+        assert_eq!(judge(&event), WRITE);
+        let transition = Facts {
+            transition: true,
+            ..contended.clone()
+        };
+        assert_eq!(judge(&transition), WRITE);
+        let person = Facts {
+            writer: Writer::Foreign,
+            ..contended
+        };
+        assert_eq!(judge(&person), Verdict::Override);
+    }
+
+    #[test]
+    fn corrections_count_within_the_window_only_and_few_are_kept() {
+        let window = Duration::seconds(600);
+        let mut c = Corrections::default();
+        assert_eq!(c.recent(t(0), window), 0);
+        c.record(t(0));
+        c.record(t(100));
+        assert_eq!(c.recent(t(100), window), 2);
+        // The first ages out of the window; the second is still in it.
+        assert_eq!(c.recent(t(600), window), 1);
+        assert_eq!(c.recent(t(700), window), 0);
+        // Only the latest CONTENDED_AT_DRIFT - 1 are kept.
+        for s in 0..50 {
+            c.record(t(1_000 + s));
+        }
+        assert_eq!(c.0.len(), 2);
+        assert_eq!(c.recent(t(1_049), window), 2);
+    }
+
+    #[test]
+    fn the_contention_window_is_ten_minutes_or_three_turns_of_a_fight() {
+        let s = WatchdogSettings::default();
+        assert_eq!(s.contention_window(), Duration::seconds(600));
+        let fast = WatchdogSettings {
+            period: Duration::seconds(5),
+            grace: Duration::zero(),
+            ..WatchdogSettings::default()
+        };
+        assert_eq!(fast.contention_window(), Duration::seconds(600));
+        // Checks every 5 minutes: a fight takes longer to show 3 drifts.
+        let slow = WatchdogSettings {
+            period: Duration::seconds(300),
+            grace: Duration::seconds(10),
+            ..WatchdogSettings::default()
+        };
+        assert_eq!(slow.contention_window(), Duration::seconds(6 * 310));
+    }
+
+    #[test]
+    fn a_contended_group_is_given_back_after_a_quiet_window_in_sync_only() {
+        let w = Duration::seconds(600);
+        assert!(!contention_over(true, t(0), t(599), w));
+        assert!(contention_over(true, t(0), t(600), w));
+        // Out of sync it stays held, however long it is quiet.
+        assert!(!contention_over(false, t(0), t(100_000), w));
     }
 
     #[test]

@@ -458,8 +458,6 @@ pub(crate) struct World {
     pub now: DateTime<Utc>,
     pub settles: Vec<(GroupId, Settle, Option<GenesysRef>)>,
     pub audits: Vec<Value>,
-    /// Lines the glue logs at error (`Effect::Problem`).
-    pub problems: Vec<String>,
     pub metrics: Vec<Metric>,
     /// Calls dispatched and not answered yet.
     pub out: VecDeque<HttpCall>,
@@ -468,6 +466,8 @@ pub(crate) struct World {
     pub max_out: usize,
     /// Groups adopted at start.
     pub adopted: Vec<GroupId>,
+    /// Lines for the error log.
+    pub alarms: Vec<String>,
     seq: i64,
 }
 
@@ -495,12 +495,12 @@ impl World {
             now: t(0),
             settles: Vec::new(),
             audits: Vec::new(),
-            problems: Vec::new(),
             metrics: Vec::new(),
             out: VecDeque::new(),
             lost: Vec::new(),
             max_out: 0,
             adopted: Vec::new(),
+            alarms: Vec::new(),
             seq: 0,
         }
     }
@@ -580,7 +580,7 @@ impl World {
                     self.adopted.push(group);
                 }
                 Effect::Audit(v) => self.audits.push(v),
-                Effect::Problem(text) => self.problems.push(text),
+                Effect::Alarm(line) => self.alarms.push(line),
                 Effect::Metric(m) => self.metrics.push(m),
             }
         }

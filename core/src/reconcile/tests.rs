@@ -1075,12 +1075,12 @@ fn a_missing_group_or_permission_is_a_problem_until_it_works() {
     w.fake.fault(Get, Fault::status(404));
     w.activate("INC-1", &["q1"], "G1");
     w.run_until(10_000);
-    assert_eq!(w.problems.len(), 1, "{:?}", w.problems);
+    assert_eq!(w.alarms.len(), 1, "{:?}", w.alarms);
     assert!(
-        w.problems[0]
+        w.alarms[0]
             .starts_with("emr-edge cannot switch: emergency group G1: no such emergency group"),
         "{}",
-        w.problems[0]
+        w.alarms[0]
     );
     let reasons = w.rec.take_health_change().unwrap();
     assert!(reasons[0].contains("404"), "{reasons:?}");
@@ -1095,7 +1095,7 @@ fn a_missing_group_or_permission_is_a_problem_until_it_works() {
     assert!(w.fake.enabled("G1"));
     assert_eq!(w.rec.take_health_change(), Some(Vec::new()));
     assert!(w.rec.health().is_ok());
-    assert_eq!(w.problems.len(), 1, "logged once: {:?}", w.problems);
+    assert_eq!(w.alarms.len(), 1, "logged once: {:?}", w.alarms);
 }
 
 #[test]
@@ -1113,11 +1113,11 @@ fn refused_credentials_are_a_problem() {
     w.activate("INC-1", &["q1"], "G1");
     w.run_until(10_000);
     assert!(
-        w.problems
+        w.alarms
             .iter()
             .any(|p| p.contains("Genesys refused the OAuth client credentials")),
         "{:?}",
-        w.problems
+        w.alarms
     );
     let v = w.rec.state_view(&w.ledger, w.now);
     assert_eq!(v["health"]["problems"][0]["check"], "credentials", "{v}");

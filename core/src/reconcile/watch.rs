@@ -540,3 +540,195 @@ fn a_change_stamped_after_the_event_is_the_persons_last_word() {
     w.run_until(10_000);
     assert!(w.fake.enabled("G1"));
 }
+
+// ---- contention: two writers with our credentials -------------------------
+
+/// Runs until `until_ms` while another instance with our OAuth client, whose
+/// ledger wants `G1` off, checks it every 7 s and switches it off whenever
+/// it finds it on (as this reconciler does the other way round).
+fn fight(w: &mut World, until_ms: i64) {
+    let mut ms = (w.now - t(0)).num_milliseconds();
+    while ms < until_ms {
+        ms += 1_000;
+        w.run_until(ms);
+        w.now = t(ms);
+        if ms % 7_000 == 0 && w.fake.enabled("G1") {
+            w.fake.clock = w.now;
+            w.fake.own_write("G1", false);
+        }
+    }
+}
+
+fn contended(w: &World) -> Value {
+    let v = w.rec.state_view(&w.ledger, w.now);
+    group(&v, "G1")["contended"].clone()
+}
+
+fn audit_at(w: &World, decision: &str) -> Option<DateTime<Utc>> {
+    w.audits
+        .iter()
+        .find(|a| a["decision"] == decision)
+        .and_then(|a| a["at"].as_str())
+        .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+        .map(|at| at.with_timezone(&Utc))
+}
+
+fn last_gauge(w: &World) -> Option<u64> {
+    w.metrics.iter().rev().find_map(|m| match m {
+        Metric::ContendedGroups(n) => Some(*n),
+        _ => None,
+    })
+}
+
+#[test]
+fn two_writers_fighting_are_flagged_at_the_third_drift_and_no_longer_corrected() {
+    let mut w = watched_incident();
+    w.now = t(1_000);
+    fight(&mut w, 300_000);
+    // Two corrections, then the third drift flags the group instead.
+    assert_eq!(count(&w, Metric::Corrected), 2);
+    assert_eq!(count(&w, Metric::Contended), 1);
+    assert_eq!(puts_since(&w, 1).len(), 2, "{:?}", puts_since(&w, 1));
+    let flagged = audit_at(&w, "contended").expect("flagged");
+    assert!(puts_since(&w, 1).iter().all(|p| *p < flagged));
+    assert!(flagged < t(120_000), "flagged at {flagged}");
+    // The other writer has the last word: nothing flips it back.
+    assert!(!w.fake.enabled("G1"));
+    assert!(decisions(&w).contains(&"skipped-contended".to_owned()));
+    // The error line names the group and says what to do.
+    assert_eq!(w.alarms.len(), 1, "{:?}", w.alarms);
+    let alarm = &w.alarms[0];
+    for needle in [
+        "emergency group G1",
+        "another emr-edge instance (or a script with this OAuth client)",
+        "exactly one emr-edge instance may run",
+        "stops correcting G1",
+        "3rd time within 600 s",
+    ] {
+        assert!(alarm.contains(needle), "{needle}: {alarm}");
+    }
+    let c = contended(&w);
+    assert_eq!(c["since"], json!(rfc3339(flagged)));
+    assert_eq!(c["modifiedByApp"], "emr-edge");
+    assert!(c["detail"].as_str().unwrap().contains("keeps writing"));
+    assert_eq!(last_gauge(&w), Some(1));
+    let v = w.rec.state_view(&w.ledger, w.now);
+    assert_eq!(group(&v, "G1")["lastReconcile"]["result"], "contended");
+    assert!(group(&v, "G1")["drift"].is_null());
+    assert_eq!(v["watchdog"]["contentionWindowSeconds"], 600);
+    // Much later the fight still goes on and still nothing is written.
+    fight(&mut w, 1_200_000);
+    assert_eq!(puts_since(&w, 1).len(), 2);
+    assert_eq!(count(&w, Metric::Contended), 1);
+    assert!(!contended(&w).is_null());
+}
+
+#[test]
+fn a_single_drift_or_drifts_far_apart_never_flag_a_group() {
+    let mut w = watched_incident();
+    // One drift, and a second a minute later: both corrected.
+    for at in [20_000, 80_000] {
+        w.run_until(at);
+        w.now = t(at);
+        w.fake.clock = w.now;
+        w.fake.own_write("G1", false);
+        w.run_until(at + 50_000);
+        assert!(w.fake.enabled("G1"), "not corrected after {at}");
+    }
+    // A third, more than the window after the first correction.
+    w.run_until(700_000);
+    w.now = t(700_000);
+    w.fake.own_write("G1", false);
+    w.run_until(760_000);
+    assert!(w.fake.enabled("G1"));
+    assert_eq!(count(&w, Metric::Corrected), 3);
+    assert_eq!(count(&w, Metric::Contended), 0);
+    assert!(w.alarms.is_empty());
+    assert!(contended(&w).is_null());
+    assert_eq!(last_gauge(&w), None);
+}
+
+#[test]
+fn an_incident_event_clears_contention_and_a_renewed_fight_is_flagged_at_once() {
+    let mut w = watched_incident();
+    w.now = t(1_000);
+    fight(&mut w, 200_000);
+    assert!(!contended(&w).is_null());
+    let before = puts_since(&w, 1).len();
+    // An incident event of the group decides: written, flag lifted.
+    w.activate("INC-2", &["q2"], "G1");
+    w.drain();
+    assert!(w.fake.enabled("G1"));
+    assert_eq!(puts_since(&w, 1).len(), before + 1);
+    assert!(contended(&w).is_null());
+    assert!(decisions(&w).contains(&"contention-lifted".to_owned()));
+    assert_eq!(last_gauge(&w), Some(0));
+    assert_eq!(w.status_of("INC-2"), EventStatus::Applied);
+    // The other writer goes on: still within the window of the corrections
+    // that were counted, its next drift flags the group again, uncorrected.
+    fight(&mut w, 300_000);
+    assert_eq!(puts_since(&w, 1).len(), before + 1);
+    assert_eq!(count(&w, Metric::Contended), 2);
+    assert_eq!(count(&w, Metric::Corrected), 2);
+    assert!(!contended(&w).is_null());
+    assert_eq!(last_gauge(&w), Some(1));
+}
+
+#[test]
+fn a_resume_clears_contention() {
+    let mut w = watched_incident();
+    w.now = t(1_000);
+    fight(&mut w, 200_000);
+    assert!(!contended(&w).is_null());
+    let before = puts_since(&w, 1).len();
+    let fx = w.rec.resume(&g("G1"), &w.ledger, w.now);
+    w.apply(fx);
+    w.drain();
+    assert!(contended(&w).is_null());
+    assert!(w.fake.enabled("G1"));
+    assert_eq!(puts_since(&w, 1).len(), before + 1);
+    let line = w
+        .audits
+        .iter()
+        .find(|a| a["decision"] == "resumed")
+        .unwrap();
+    assert_eq!(line["wasContended"], true);
+    assert_eq!(line["wasOverridden"], false);
+    assert_eq!(last_gauge(&w), Some(0));
+}
+
+#[test]
+fn contention_ends_by_itself_after_a_quiet_window_in_sync_only() {
+    let mut w = watched_incident();
+    w.now = t(1_000);
+    fight(&mut w, 200_000);
+    let flagged = audit_at(&w, "contended").unwrap();
+    // The other instance stops. Genesys stays as it left it (off), not as
+    // wanted: held however long it stays quiet.
+    w.run_until(1_500_000);
+    assert!(!contended(&w).is_null());
+    assert!(!w.fake.enabled("G1"));
+    assert_eq!(puts_since(&w, 1).len(), 2);
+    // It is put back as wanted by our client (not by this instance): the
+    // window starts again from that change.
+    w.now = t(1_500_000);
+    w.fake.clock = w.now;
+    w.fake.own_write("G1", true);
+    w.run_until(2_050_000);
+    assert!(!contended(&w).is_null(), "not quiet for a window yet");
+    w.run_until(2_200_000);
+    assert!(contended(&w).is_null(), "still contended");
+    let ended = audit_at(&w, "contention-ended").unwrap();
+    assert!(ended >= t(1_500_000) + Duration::seconds(600), "{ended}");
+    assert!(ended > flagged);
+    assert_eq!(last_gauge(&w), Some(0));
+    assert_eq!(puts_since(&w, 1).len(), 2);
+    // Given back: a single drift is corrected again (the old corrections
+    // are out of the window).
+    w.now = t(2_250_000);
+    w.fake.clock = w.now;
+    w.fake.own_write("G1", false);
+    w.run_until(2_310_000);
+    assert!(w.fake.enabled("G1"));
+    assert_eq!(count(&w, Metric::Contended), 1);
+}

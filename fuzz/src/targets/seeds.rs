@@ -491,10 +491,8 @@ fn dedupe_seeds(out: &mut Vec<SeedFile>) {
 }
 
 fn config_seeds(out: &mut Vec<SeedFile>) {
-    let example = fixture!("example_config.json");
-    let mut full = br#"{"sources": "#.to_vec();
-    full.extend_from_slice(example);
-    full.extend_from_slice(b"}");
+    // The documented complete example, every section.
+    let full = include_bytes!("../../../examples/config.json").to_vec();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", Vec::new()),
         ("blank", b" \n".to_vec()),

@@ -34,7 +34,7 @@ const BARE: &str = r#"{
   "standard": {"insecure": true}
 }"#;
 
-/// `tests/fixtures/sources/example_config.json`'s rules and modes.
+/// `examples/config.json`'s rules and modes.
 const EXAMPLE: &str = r#"{
   "canonical": {"insecure": true, "rules": [
     {"match": {"incident_type": ["CARRIER_OUTAGE", "SIP_TRUNK_DOWN"]}, "group": "eg-voice", "priority": 1}]},
