@@ -778,7 +778,7 @@ const WARM_PROBES: usize = 45;
 const COLD_PROBES: usize = 27;
 
 /// Activation latency. emr-edge spends every Genesys call from a token
-/// bucket (README, "The request budget"); the bench sets it to the most the
+/// bucket (docs/convergence.md, "The request budget"); the bench sets it to the most the
 /// config allows (300 a minute, burst 300) and starts a fresh Envoy — a full
 /// bucket — for each series, sized to fit in it. More probes back to back
 /// would measure the budget (a call every 0.2 s), not the reaction time.

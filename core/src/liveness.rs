@@ -7,7 +7,7 @@
 //! accepting (503 + `Retry-After`, which every incident tool retries) once
 //! it is stale; `GET /emr/health` answers 503 too, for the orchestrator's
 //! liveness probe to restart Envoy, after which the service recovers the
-//! open incidents (README, "Restart recovery").
+//! open incidents (docs/convergence.md, "Restart safety").
 
 use std::cell::Cell;
 

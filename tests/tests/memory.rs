@@ -47,7 +47,8 @@ async fn flood(envoy: &Arc<Envoy>, start: usize, n: usize) {
     }
 }
 
-/// The bound this test holds Envoy to, stated in the README: the stores
+/// The bound this test holds Envoy to, stated in docs/architecture.md
+/// ("Bounded memory"): the stores
 /// fill well before 100,000 unique incidents, after which another 100,000
 /// add at most 4 MiB; 200,000 in all add at most 24 MiB over the idle
 /// process (measured: about 9 MiB, then flat).
