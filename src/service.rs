@@ -361,19 +361,25 @@ impl ServiceRoot {
         audit(applied.audit_line(q, &group, now));
     }
 
+    /// The tool still says `key` is open (a poll, or a repeated
+    /// activation): its ttl runs again. When the expiry moved, its status
+    /// and the state are refreshed, and its group's row, which persists the
+    /// expiry for a restart.
+    fn renew(&mut self, key: &IncidentKey, at_least: chrono::Duration, now: DateTime<Utc>) {
+        if let Some(group) = self.ledger.renew(key, at_least, now) {
+            self.board.mark(key);
+            self.state_dirty = true;
+            if let Some(g) = &mut self.genesys {
+                g.reconciler.mark_dirty(&group);
+            }
+        }
+    }
+
     /// A control message from the intake.
     fn control(&mut self, c: Control, now: DateTime<Utc>) {
         match c {
             Control::Renew { incident, .. } => {
-                // Its row persists the new expiry for a restart.
-                let at_least = chrono::Duration::zero();
-                if let Some(group) = self.ledger.renew(&incident, at_least, now) {
-                    self.board.mark(&incident);
-                    self.state_dirty = true;
-                    if let Some(g) = &mut self.genesys {
-                        g.reconciler.mark_dirty(&group);
-                    }
-                }
+                self.renew(&incident, chrono::Duration::zero(), now);
             }
             Control::Resume { group, .. } => {
                 self.metrics.resumes.add(1);
@@ -567,16 +573,7 @@ impl ServiceRoot {
                         }
                         self.state_dirty = true;
                     }
-                    PollEffect::Renew { key, at_least } => {
-                        if let Some(group) = self.ledger.renew(&key, at_least, now) {
-                            self.board.mark(&key);
-                            self.state_dirty = true;
-                            if let Some(g) = &mut self.genesys {
-                                // Its row persists the expiry for a restart.
-                                g.reconciler.mark_dirty(&group);
-                            }
-                        }
-                    }
+                    PollEffect::Renew { key, at_least } => self.renew(&key, at_least, now),
                     PollEffect::Audit(line) => audit(line),
                     PollEffect::Metric(m) => self.metrics.poll(&m),
                 }

@@ -117,11 +117,8 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::ledger::tests::t;
     use crate::store::MemoryStore;
-
-    fn t(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_723_731_721 + s, 0).unwrap()
-    }
 
     #[test]
     fn an_ignored_event_can_be_looked_up_with_its_reason() {

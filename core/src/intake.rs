@@ -870,14 +870,17 @@ impl Intake<'_> {
         if CorrelationId::parse(id).is_err() {
             return not_found(format!("no incident {} is known", text::quoted(id)));
         }
-        match status::find(self.store, id, source) {
-            Ok(status::Found::One(v)) => Handled::new(
+        let served = |v: &serde_json::Value| {
+            Handled::new(
                 HeadersStep::Respond(Response::json(
                     200,
-                    serde_json::to_vec(&v).unwrap_or_default(),
+                    serde_json::to_vec(v).unwrap_or_default(),
                 )),
                 vec![Counter::StatusServed],
-            ),
+            )
+        };
+        match status::find(self.store, id, source) {
+            Ok(status::Found::One(v)) => served(&v),
             Ok(status::Found::Ambiguous(sources)) => {
                 let names: Vec<String> = sources.iter().map(|s| status_url(*s, id)).collect();
                 refused(
@@ -892,13 +895,7 @@ impl Intake<'_> {
                 )
             }
             Ok(status::Found::Nothing) => match ignored::find(self.store, id, source) {
-                Ok(Some(v)) => Handled::new(
-                    HeadersStep::Respond(Response::json(
-                        200,
-                        serde_json::to_vec(&v).unwrap_or_default(),
-                    )),
-                    vec![Counter::StatusServed],
-                ),
+                Ok(Some(v)) => served(&v),
                 Ok(None) => self.not_on_board(id, source, now),
                 Err(e) => self.unavailable(&e),
             },

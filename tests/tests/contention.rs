@@ -56,13 +56,17 @@ async fn second_instance(s: &Stack) -> Envoy {
         .expect("Envoy start panicked")
 }
 
-/// One group's entry of an instance's `/emr/state` (`Null` when absent).
-async fn group_state(http: &emr_e2e::reqwest::Client, envoy: &Envoy, group: &str) -> Value {
+/// One instance's `GET /emr/state` (`Null` when it does not answer).
+async fn state_of(http: &emr_e2e::reqwest::Client, envoy: &Envoy) -> Value {
     let Ok(r) = http.get(envoy.url("/emr/state")).send().await else {
         return Value::Null;
     };
-    let state: Value = r.json().await.unwrap_or(Value::Null);
-    state["groups"]
+    r.json().await.unwrap_or(Value::Null)
+}
+
+/// One group's entry of an instance's `/emr/state` (`Null` when absent).
+async fn group_state(http: &emr_e2e::reqwest::Client, envoy: &Envoy, group: &str) -> Value {
+    state_of(http, envoy).await["groups"]
         .as_array()
         .and_then(|gs| gs.iter().find(|g| g["id"] == group).cloned())
         .unwrap_or(Value::Null)
@@ -171,14 +175,7 @@ async fn two_instances_stop_fighting_over_a_group_and_say_so() {
     );
     assert_eq!(c["modifiedByApp"], emr_sim::EMR_EDGE_CLIENT_NAME, "{g}");
     assert_eq!(g["lastReconcile"]["result"], "contended", "{g}");
-    let state: Value = http
-        .get(instances[x].url("/emr/state"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = state_of(http, instances[x]).await;
     let summary = state["summary"].as_str().unwrap_or_default();
     assert!(summary.contains("another emr-edge instance"), "{summary}");
     assert_stat(instances[x], "emr.watchdog.contended", 1).await;

@@ -20,13 +20,19 @@ async fn health(s: &Stack) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// Waits until `/emr/health` says `degraded`; returns its answer.
-async fn degraded(s: &Stack) -> (u16, Value) {
+/// Waits until `/emr/health` says `degraded`, and asserts it is a 200
+/// (up, not dead: a probe must not restart it); returns its reasons.
+async fn degraded(s: &Stack) -> String {
     let deadline = std::time::Instant::now() + SOON;
     loop {
         let (status, body) = health(s).await;
         if body["status"] == "degraded" || std::time::Instant::now() >= deadline {
-            return (status, body);
+            assert_eq!(
+                (status, &body["status"]),
+                (200, &json!("degraded")),
+                "{body}"
+            );
+            return body["reasons"].to_string();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -50,10 +56,7 @@ async fn a_wrong_client_secret_is_degraded_health_at_start() {
         (EMR_EDGE_CLIENT_ID, "not-the-right-secret-at-all"),
     )
     .await;
-    let (status, body) = degraded(&s).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["status"], "degraded", "{body}");
-    let reasons = body["reasons"].to_string();
+    let reasons = degraded(&s).await;
     assert!(reasons.contains("credentials"), "{reasons}");
     assert!(!reasons.contains("not-the-right-secret"), "{reasons}");
     let line = log_line(
@@ -74,13 +77,7 @@ async fn a_group_that_does_not_exist_is_degraded_health_at_start() {
         json!({"genesys": {"groups_by_incident_type": {"SIP_TRUNK_DOWN": MISSING}}}),
     )
     .await;
-    let (status, body) = degraded(&s).await;
-    assert_eq!(
-        (status, &body["status"]),
-        (200, &json!("degraded")),
-        "{body}"
-    );
-    let reasons = body["reasons"].to_string();
+    let reasons = degraded(&s).await;
     assert!(reasons.contains(MISSING), "{reasons}");
     assert!(reasons.contains("not its name"), "{reasons}");
     let line = log_line(&s, &format!("emergency group {MISSING}"));
@@ -112,4 +109,35 @@ async fn a_correct_setup_is_ok_health() {
     assert!(s.calls("GET", "/api/v2/architect/emergencygroups/").len() >= 2);
     let (status, body) = health(&s).await;
     assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_a_permission_is_degraded_health_at_start() {
+    // The OAuth client's role cannot read emergency groups.
+    let mut sim = SimConfig::default();
+    for c in &mut sim.clients {
+        if c.id == EMR_EDGE_CLIENT_ID {
+            c.permissions.retain(|p| p != "routing:emergencyGroup:view");
+        }
+    }
+    let s = Stack::start(sim, json!({})).await;
+    let reasons = degraded(&s).await;
+    assert!(reasons.contains("lacks a permission"), "{reasons}");
+    assert!(reasons.contains("routing:emergencyGroup:view"), "{reasons}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_table_that_does_not_exist_is_degraded_health_at_start() {
+    let s = Stack::start(
+        SimConfig::default(),
+        json!({"genesys": {"datatable": {"id": "0d1e2f3a-4b5c-4d6e-8f70-00000000beef"}}}),
+    )
+    .await;
+    let reasons = degraded(&s).await;
+    assert!(
+        reasons.contains("datatable: no such data table"),
+        "{reasons}"
+    );
+    let line = log_line(&s, "emr-edge cannot switch: the data table cannot be read");
+    assert!(line.contains("[error]"), "not logged at error: {line:?}");
 }

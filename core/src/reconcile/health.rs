@@ -125,10 +125,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-
-    fn t(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_723_731_721 + s, 0).unwrap()
-    }
+    use crate::ledger::tests::t;
 
     #[test]
     fn a_failed_check_is_news_once_and_clears_when_it_works() {
