@@ -32,7 +32,7 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use serde_json::json;
 
 use crate::host::{self, Shared, QUEUE_NAME};
-use crate::metrics::Metric;
+use crate::metrics::{self, Metric};
 
 /// How often the service wakes up: expiry, pruning, reconciler timers and
 /// the state view are handled here rather than per event.
@@ -247,8 +247,8 @@ impl ServiceRoot {
             recorded_ms: 0,
             recorded_dirty: false,
             metrics: ServiceMetrics {
-                events: Metric::counter("emr.service.events"),
-                decode_errors: Metric::counter("emr.service.decode_errors"),
+                events: Metric::counter(metrics::SERVICE_EVENTS),
+                decode_errors: Metric::counter(metrics::SERVICE_DECODE_ERRORS),
                 stale: Metric::counter("emr.service.stale_events"),
                 expired: Metric::counter("emr.service.expired"),
                 full: Metric::counter("emr.service.ledger_full"),

@@ -28,7 +28,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::event::{
-    About, GroupId, IncidentKey, IncidentType, Priority, QueueId, QueuedEvent, RoutingMode, Source,
+    About, CorrelationId, GroupId, IncidentKey, IncidentType, Priority, QueueId, QueuedEvent,
+    RoutingMode, Source,
 };
 use crate::recovery::PersistedIncident;
 
@@ -154,7 +155,7 @@ pub const MAX_EVENTS_PER_INCIDENT: usize = 16;
 #[serde(rename_all = "camelCase")]
 pub struct Incident {
     #[serde(rename = "correlationId")]
-    pub id: String,
+    pub id: CorrelationId,
     pub source: crate::event::Source,
     pub incident_type: IncidentType,
     pub group: GroupId,
@@ -191,13 +192,11 @@ pub struct Incident {
 }
 
 impl Incident {
-    pub fn key(&self) -> Option<IncidentKey> {
-        crate::event::CorrelationId::parse(&self.id)
-            .ok()
-            .map(|id| IncidentKey {
-                source: self.source,
-                id,
-            })
+    pub fn key(&self) -> IncidentKey {
+        IncidentKey {
+            source: self.source,
+            id: self.id.clone(),
+        }
     }
 
     /// The status of the newest event: the incident's status.
@@ -633,7 +632,7 @@ impl Ledger {
                 ),
             };
             let inc = Incident {
-                id: ev.correlation_id.as_str().to_owned(),
+                id: ev.correlation_id.clone(),
                 source: ev.source,
                 incident_type: ev.incident_type.clone(),
                 group,
@@ -1069,7 +1068,7 @@ impl Ledger {
             self.groups.insert(group.clone(), GroupIndex::default());
         }
         let inc = Incident {
-            id: key.id.as_str().to_owned(),
+            id: key.id.clone(),
             source: key.source,
             incident_type: o.incident_type,
             group,

@@ -72,7 +72,7 @@ pub struct PersistedIncident(
 
 impl PersistedIncident {
     pub fn of(inc: &Incident) -> Option<Self> {
-        let key = inc.key()?;
+        let key = inc.key();
         Some(Self(
             key.source,
             key.id,
@@ -144,7 +144,7 @@ pub fn encode(group: &GroupId, open: &[&Incident]) -> String {
         let room =
             MAX_CHARS.saturating_sub(envelope + items.len() + usize::from(!items.is_empty()));
         // Its JSON is at least its strings, quoted, and the numbers' commas.
-        let least = inc.id.len()
+        let least = inc.id.as_str().len()
             + inc.incident_type.as_str().len()
             + inc
                 .queues
@@ -188,7 +188,7 @@ impl<'a> PersistedRef<'a> {
     fn of(inc: &'a Incident) -> Option<Self> {
         Some(Self(
             inc.source,
-            &inc.id,
+            inc.id.as_str(),
             &inc.incident_type,
             &inc.queues,
             inc.priority,

@@ -362,7 +362,7 @@ mod tests {
         let n = bucket_of(id);
         let mut incidents: Vec<&Incident> = ledger
             .incidents()
-            .filter(|i| bucket_of(&i.id) == n)
+            .filter(|i| bucket_of(i.id.as_str()) == n)
             .collect();
         // The board's members are ordered by key; ties in time keep it.
         incidents.sort_by_key(|i| i.key());

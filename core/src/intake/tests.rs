@@ -1506,7 +1506,7 @@ fn service_records(s: &Sources, ledger: &mut Ledger, book: &mut quota::Book) {
         board.mark(&q.event.incident_key());
     }
     s.w.queue.messages.borrow_mut().clear();
-    for i in ledger.incidents().filter_map(|i| i.key()) {
+    for i in ledger.incidents().map(|i| i.key()) {
         board.mark(&i);
     }
     board.publish(ledger, &s.w.store).unwrap();

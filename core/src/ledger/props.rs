@@ -186,7 +186,7 @@ proptest! {
                 prop_assert_eq!(d.enabled, !open.is_empty());
                 prop_assert_eq!(&d.queues, &queues);
                 prop_assert_eq!(d.queues_total, queues.len());
-                let keys: Vec<IncidentKey> = open.iter().filter_map(|i| i.key()).collect();
+                let keys: Vec<IncidentKey> = open.iter().map(|i| i.key()).collect();
                 prop_assert_eq!(&d.incidents, &keys);
             }
             for s in [Source::Canonical, Source::Pagerduty] {

@@ -36,7 +36,7 @@ pub(crate) fn incident_with(
     queues: &[QueueId],
 ) -> Incident {
     Incident {
-        id: key.id.as_str().to_owned(),
+        id: key.id.clone(),
         source: key.source,
         incident_type: IncidentType::parse("CARRIER_OUTAGE").unwrap(),
         group: g("G"),
