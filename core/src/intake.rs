@@ -520,6 +520,58 @@ fn event_fingerprint(ev: &IncidentEvent) -> Fingerprint {
     f.finish()
 }
 
+/// Why a delivery's handling stops before its 202.
+enum Stop {
+    /// The answer is ready: a replay of the whole delivery, or a conflict.
+    Answer(Response),
+    /// Over the source's share: 429, nothing kept.
+    OverShare(Problem),
+    /// The dedupe store failed: 503, nothing kept.
+    Store(StoreError),
+    /// The queue refused an event: 503; what was queued stays recorded.
+    Unavailable(StoreError),
+}
+
+/// What judging a delivery's items found.
+struct JudgedItems {
+    answers: Vec<ItemAnswer>,
+    /// New events, with their dedupe keys.
+    to_queue: Vec<(IncidentEvent, String)>,
+    /// Open incidents a replayed activation renews.
+    renewals: Vec<IncidentKey>,
+}
+
+/// The delivery's id, as queued with its events, and its dedupe key when
+/// this request recorded it (to forget on a failure).
+struct Delivered<'a> {
+    delivery_id: Option<&'a str>,
+    delivery_key: Option<String>,
+}
+
+/// A body's digest, computed at most once: only a delivery id or an
+/// ignored item needs it.
+struct BodyDigest<'a> {
+    body: &'a [u8],
+    digest: OnceCell<Fingerprint>,
+}
+
+impl<'a> BodyDigest<'a> {
+    fn new(body: &'a [u8]) -> Self {
+        Self {
+            body,
+            digest: OnceCell::new(),
+        }
+    }
+
+    fn digest(&self) -> Fingerprint {
+        *self.digest.get_or_init(|| digest(self.body))
+    }
+
+    fn hex(&self) -> String {
+        hex::encode(&self.digest())
+    }
+}
+
 /// Records dedupe keys for one request, remembering which it added so a
 /// refusal or failure can forget them again.
 struct Recorder<'a> {
@@ -528,6 +580,8 @@ struct Recorder<'a> {
     now: i64,
     counters: Vec<Counter>,
     added: Vec<String>,
+    /// Log lines of an accepted delivery (a refused one logs its refusal).
+    notes: Vec<Note>,
 }
 
 impl Recorder<'_> {
@@ -994,7 +1048,8 @@ impl Intake<'_> {
         }
     }
 
-    /// Dedupes, queues and answers a parsed delivery (see the module doc).
+    /// Dedupes, queues and answers a parsed delivery (see the module doc),
+    /// in steps: the delivery id, each item, the source's share, the queue.
     fn accept(
         &self,
         source: Source,
@@ -1008,49 +1063,99 @@ impl Intake<'_> {
             now: now.timestamp(),
             counters: Vec::with_capacity(parsed.items.len() + 2),
             added: Vec::new(),
+            notes: Vec::new(),
         };
-        // Only a delivery id or an ignored item needs the body's digest.
-        let body_digest = OnceCell::new();
-        let body_digest = || *body_digest.get_or_init(|| digest(body));
-        let body_hex = OnceCell::new();
-        let body_hex = || body_hex.get_or_init(|| hex::encode(&body_digest())).clone();
+        let body = BodyDigest::new(body);
         let Parsed { items, delivery_id } = parsed;
-
-        let mut notes = Vec::new();
-        let mut delivery_key = None;
-        if let Some(id) = &delivery_id {
-            let key = event::delivery_key(source, id);
-            match rec.record(&key, &body_digest(), FirstAnswer::Accepted) {
-                Ok(Outcome::New) => delivery_key = Some(key),
-                Ok(Outcome::Replay(_)) => {
-                    rec.counters.push(Counter::Replayed);
-                    let answers: Vec<ItemAnswer> = items.iter().map(ItemAnswer::first).collect();
-                    return Handled::new(accepted(&answers), rec.counters);
-                }
-                Ok(Outcome::Conflict) => {
-                    // No signature covers PagerDuty's or Jira's delivery id,
-                    // so whoever saw one can claim it first with another
-                    // body (issue 12, finding 7). A delivery id only marks
-                    // a replay of the same body; another body is judged by
-                    // its events' own keys, like a delivery with no id.
-                    rec.counters.push(Counter::DeliveryIdReused);
-                    notes.push(Note {
-                        level: NoteLevel::Info,
-                        message: format!(
-                            "{source} delivery id {} was seen before with another body; \
-                             its events are judged on their own",
-                            text::quoted(id)
-                        ),
-                        repeated: Some(Repeated::DeliveryIdReused(source)),
-                    });
-                }
-                Err(e) => return self.failed(rec, &e),
-            }
+        let steps = self
+            .record_delivery(source, delivery_id.as_deref(), &items, &body, &mut rec)
+            .and_then(|delivery_key| {
+                let judged = self.judge_items(source, items, &body, now, &mut rec)?;
+                let to_queue = self
+                    .take_slots(source, judged.to_queue)
+                    .map_err(|r| match r {
+                        // Nothing of this delivery is kept: the sender's retry,
+                        // once there is room, is processed in full.
+                        Refusal::Full(p) => Stop::OverShare(p),
+                        Refusal::Store(e) => Stop::Store(e),
+                    })?;
+                let queued = Delivered {
+                    delivery_id: delivery_id.as_deref(),
+                    delivery_key,
+                };
+                self.enqueue(source, to_queue, &queued, now, &mut rec)?;
+                self.queue_renewals(judged.renewals, now, &mut rec);
+                Ok(judged.answers)
+            });
+        match steps {
+            Ok(answers) => Handled {
+                value: accepted(&answers),
+                counters: rec.counters,
+                notes: rec.notes,
+            },
+            Err(stop) => self.stopped(source, rec, stop),
         }
+    }
 
-        let mut answers = Vec::with_capacity(items.len());
-        let mut to_queue: Vec<(IncidentEvent, String)> = Vec::new();
-        let mut renewals: Vec<IncidentKey> = Vec::new();
+    /// A delivery id already seen with this body: the whole delivery is a
+    /// replay, answered as it was. Returns the id's dedupe key when new.
+    fn record_delivery(
+        &self,
+        source: Source,
+        delivery_id: Option<&str>,
+        items: &[Item],
+        body: &BodyDigest<'_>,
+        rec: &mut Recorder<'_>,
+    ) -> Result<Option<String>, Stop> {
+        let Some(id) = delivery_id else {
+            return Ok(None);
+        };
+        let key = event::delivery_key(source, id);
+        match rec.record(&key, &body.digest(), FirstAnswer::Accepted) {
+            Ok(Outcome::New) => Ok(Some(key)),
+            Ok(Outcome::Replay(_)) => {
+                rec.counters.push(Counter::Replayed);
+                let answers: Vec<ItemAnswer> = items.iter().map(ItemAnswer::first).collect();
+                Err(Stop::Answer(accepted(&answers)))
+            }
+            Ok(Outcome::Conflict) => {
+                // No signature covers PagerDuty's or Jira's delivery id, so
+                // whoever saw one can claim it first with another body
+                // (issue 12, finding 7). A delivery id only marks a replay
+                // of the same body; another body is judged by its events'
+                // own keys, like a delivery with no id.
+                rec.counters.push(Counter::DeliveryIdReused);
+                rec.notes.push(Note {
+                    level: NoteLevel::Info,
+                    message: format!(
+                        "{source} delivery id {} was seen before with another body; \
+                         its events are judged on their own",
+                        text::quoted(id)
+                    ),
+                    repeated: Some(Repeated::DeliveryIdReused(source)),
+                });
+                Ok(None)
+            }
+            Err(e) => Err(Stop::Store(e)),
+        }
+    }
+
+    /// Each item against the dedupe store: new events to queue, replays
+    /// answered as before (a replayed activation renews its incident),
+    /// ignored items noted; a conflicting event refuses the whole payload.
+    fn judge_items(
+        &self,
+        source: Source,
+        items: Vec<Item>,
+        body: &BodyDigest<'_>,
+        now: DateTime<Utc>,
+        rec: &mut Recorder<'_>,
+    ) -> Result<JudgedItems, Stop> {
+        let mut out = JudgedItems {
+            answers: Vec::with_capacity(items.len()),
+            to_queue: Vec::new(),
+            renewals: Vec::new(),
+        };
         for item in items {
             match item {
                 Item::Event(ev) => {
@@ -1058,16 +1163,17 @@ impl Intake<'_> {
                     let fingerprint = event_fingerprint(&ev);
                     match rec.record(&key, &fingerprint, FirstAnswer::Accepted) {
                         Ok(Outcome::New) => {
-                            answers.push(ItemAnswer::event(&ev, FirstAnswer::Accepted, false));
-                            to_queue.push((ev, key));
+                            out.answers
+                                .push(ItemAnswer::event(&ev, FirstAnswer::Accepted, false));
+                            out.to_queue.push((ev, key));
                         }
                         Ok(Outcome::Replay(first)) => {
                             rec.counters.push(Counter::Replayed);
-                            answers.push(ItemAnswer::event(&ev, first, true));
+                            out.answers.push(ItemAnswer::event(&ev, first, true));
                             if ev.routing_mode == RoutingMode::Active
                                 && first == FirstAnswer::Accepted
                             {
-                                renewals.push(ev.incident_key());
+                                out.renewals.push(ev.incident_key());
                             }
                         }
                         Ok(Outcome::Conflict) => {
@@ -1075,117 +1181,156 @@ impl Intake<'_> {
                             // so a corrected retry is processed in full.
                             rec.forget_all();
                             rec.counters.push(Counter::Conflict);
-                            return Handled::new(Response::problem(&conflict(&ev)), rec.counters);
+                            return Err(Stop::Answer(Response::problem(&conflict(&ev))));
                         }
-                        Err(e) => return self.failed(rec, &e),
+                        Err(e) => return Err(Stop::Store(e)),
                     }
                 }
                 Item::Ignored { id, reason } => {
-                    let key = event::ignored_key(source, &id, &body_hex());
-                    // The body digest is in the key, so this can only be new
-                    // or a replay of the same delivery.
-                    let replayed = match rec.record(&key, &body_digest(), FirstAnswer::Ignored) {
-                        Ok(Outcome::New) => {
-                            rec.counters.push(Counter::Ignored);
-                            // For `GET /emr/status/{id}`: why it was ignored.
-                            if let Err(e) = ignored::note(self.store, source, &id, &reason, now) {
-                                notes.push(Note {
-                                    level: NoteLevel::Warn,
-                                    message: format!(
-                                        "{source} {id} ignored, and the note of it for the status endpoint was not written: {e:?}"
-                                    ),
-                                    repeated: None,
-                                });
-                            }
-                            false
-                        }
-                        Ok(Outcome::Replay(_) | Outcome::Conflict) => {
-                            rec.counters.push(Counter::Replayed);
-                            true
-                        }
-                        Err(e) => return self.failed(rec, &e),
-                    };
-                    notes.push(Note {
-                        level: NoteLevel::Info,
-                        message: format!(
-                            "{source} {id} ignored{}: {reason}",
-                            if replayed { " (replayed)" } else { "" }
-                        ),
-                        repeated: None,
-                    });
-                    answers.push(ItemAnswer::ignored(id, reason, replayed));
+                    let replayed = self.record_ignored(source, &id, &reason, body, now, rec)?;
+                    out.answers.push(ItemAnswer::ignored(id, reason, replayed));
                 }
             }
         }
+        Ok(out)
+    }
 
-        let to_queue = match self.take_slots(source, to_queue) {
-            Ok(events) => events,
-            Err(Refusal::Full(p)) => {
-                // Nothing of this delivery is kept: the sender's retry,
-                // once there is room, is processed in full.
-                rec.forget_all();
-                rec.counters.push(Counter::Refused(p.status));
-                let line = format!("{source} delivery refused (429): {}", p.detail);
-                return Handled::new(Response::problem(&p), rec.counters)
-                    .note_repeated(Repeated::OverShare(source), line);
+    /// An ignored item: recorded (so the same delivery gets the same
+    /// answer), noted for the status endpoint, logged. Returns whether it
+    /// was a replay.
+    fn record_ignored(
+        &self,
+        source: Source,
+        id: &str,
+        reason: &str,
+        body: &BodyDigest<'_>,
+        now: DateTime<Utc>,
+        rec: &mut Recorder<'_>,
+    ) -> Result<bool, Stop> {
+        let key = event::ignored_key(source, id, &body.hex());
+        // The body digest is in the key, so this can only be new or a
+        // replay of the same delivery.
+        let replayed = match rec.record(&key, &body.digest(), FirstAnswer::Ignored) {
+            Ok(Outcome::New) => {
+                rec.counters.push(Counter::Ignored);
+                // For `GET /emr/status/{id}`: why it was ignored.
+                if let Err(e) = ignored::note(self.store, source, id, reason, now) {
+                    rec.notes.push(Note {
+                        level: NoteLevel::Warn,
+                        message: format!(
+                            "{source} {id} ignored, and the note of it for the status endpoint was not written: {e:?}"
+                        ),
+                        repeated: None,
+                    });
+                }
+                false
             }
-            Err(Refusal::Store(e)) => return self.failed(rec, &e),
+            Ok(Outcome::Replay(_) | Outcome::Conflict) => {
+                rec.counters.push(Counter::Replayed);
+                true
+            }
+            Err(e) => return Err(Stop::Store(e)),
         };
+        rec.notes.push(Note {
+            level: NoteLevel::Info,
+            message: format!(
+                "{source} {id} ignored{}: {reason}",
+                if replayed { " (replayed)" } else { "" }
+            ),
+            repeated: None,
+        });
+        Ok(replayed)
+    }
 
+    /// Queues the new events in order. One that cannot be queued is
+    /// forgotten with those after it and the delivery id, so the sender's
+    /// retry is processed rather than answered as a replay of something
+    /// that never happened, and their slots are given back. Events already
+    /// queued stay recorded: the retry replays them.
+    fn enqueue(
+        &self,
+        source: Source,
+        to_queue: Vec<(IncidentEvent, String, bool)>,
+        queued: &Delivered<'_>,
+        now: DateTime<Utc>,
+        rec: &mut Recorder<'_>,
+    ) -> Result<(), Stop> {
         let received_ms = now.timestamp_millis();
         let mut queue = to_queue.into_iter();
         while let Some((ev, key, slot)) = queue.next() {
-            let queued = QueuedEvent {
+            let message = QueuedEvent {
                 received_ms,
-                delivery_id: delivery_id.clone(),
+                delivery_id: queued.delivery_id.map(str::to_owned),
                 event: ev,
                 slot,
             };
-            let enqueued = serde_json::to_vec(&queued)
+            let enqueued = serde_json::to_vec(&message)
                 .map_err(|e| StoreError::Host(e.to_string()))
                 .and_then(|msg| self.sink.enqueue(&msg));
             if let Err(e) = enqueued {
-                // Not queued: forget it, those after it and the delivery id,
-                // so the sender's retry is processed rather than answered as
-                // a replay of something that never happened; and give back
-                // their slots. Events already queued stay recorded: the
-                // retry replays them.
                 let rest: Vec<(String, bool)> = queue.map(|(_, k, s)| (k, s)).collect();
                 let unused = u32::from(slot)
                     + u32::try_from(rest.iter().filter(|(_, s)| *s).count()).unwrap_or(0);
                 let _ = quota::give_back(self.store, source, unused);
                 let keys: Vec<String> = rest.into_iter().map(|(k, _)| k).collect();
-                rec.forget(std::iter::once(&key).chain(&keys).chain(&delivery_key));
-                let mut out = self.unavailable(&e);
-                out.counters.extend(rec.counters);
-                return out;
+                rec.forget(
+                    std::iter::once(&key)
+                        .chain(&keys)
+                        .chain(&queued.delivery_key),
+                );
+                return Err(Stop::Unavailable(e));
             }
             rec.counters.push(Counter::Accepted);
         }
-        // A re-sent activation says the incident is still open: its ttl
-        // runs again. Best effort: the replay's answer does not depend on it.
+        Ok(())
+    }
+
+    /// A re-sent activation says the incident is still open: its ttl runs
+    /// again. Best effort: the replay's answer does not depend on it.
+    fn queue_renewals(
+        &self,
+        renewals: Vec<IncidentKey>,
+        now: DateTime<Utc>,
+        rec: &mut Recorder<'_>,
+    ) {
         for incident in renewals {
             let message = ControlMessage {
                 control: Control::Renew {
                     incident,
-                    received_ms,
+                    received_ms: now.timestamp_millis(),
                 },
             };
             let enqueued = serde_json::to_vec(&message)
                 .map_err(|e| StoreError::Host(e.to_string()))
                 .and_then(|msg| self.sink.enqueue(&msg));
             if let Err(e) = enqueued {
-                notes.push(Note {
+                rec.notes.push(Note {
                     level: NoteLevel::Warn,
                     message: format!("a replayed activation's renewal was not queued: {e:?}"),
                     repeated: None,
                 });
             }
         }
-        Handled {
-            value: accepted(&answers),
-            counters: rec.counters,
-            notes,
+    }
+
+    /// The answer of a delivery whose handling stopped before its 202.
+    fn stopped(&self, source: Source, rec: Recorder<'_>, stop: Stop) -> Handled<Response> {
+        match stop {
+            Stop::Answer(r) => Handled::new(r, rec.counters),
+            Stop::OverShare(p) => {
+                rec.forget_all();
+                let mut counters = rec.counters;
+                counters.push(Counter::Refused(p.status));
+                let line = format!("{source} delivery refused (429): {}", p.detail);
+                Handled::new(Response::problem(&p), counters)
+                    .note_repeated(Repeated::OverShare(source), line)
+            }
+            Stop::Store(e) => self.failed(rec, &e),
+            Stop::Unavailable(e) => {
+                let mut out = self.unavailable(&e);
+                out.counters.extend(rec.counters);
+                out
+            }
         }
     }
 
