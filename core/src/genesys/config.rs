@@ -417,6 +417,56 @@ impl GenesysConfig {
     /// problem is returned, not only the first.
     pub fn compile(self, env: EnvReader<'_>) -> Result<GenesysSettings, Vec<ConfigError>> {
         let mut p = Problems::default();
+        let (login, api) = self.endpoints(&mut p);
+        let client_id = p.take(
+            read_env(env, "client_id_env", &self.client_id_env)
+                .and_then(|id| check_client_id(&self.client_id_env, id)),
+        );
+        let client_secret =
+            p.take(read_env(env, "client_secret_env", &self.client_secret_env).map(Secret::new));
+        let default_group = p.take(group_id("default_group", &self.default_group));
+        let groups_by_incident_type = self.groups_by_type(default_group.as_ref(), &mut p);
+        let datatable = self.datatable.map(|dt| dt.compile(&mut p));
+        let limits = self.limits.check(&mut p);
+        let guide = self.guide.check(&mut p);
+        let watchdog = compile_watchdog(&self.watchdog, &mut p);
+
+        let (
+            Some(login),
+            Some(api),
+            Some(client_id),
+            Some(client_secret),
+            Some(default_group),
+            true,
+        ) = (
+            login,
+            api,
+            client_id,
+            client_secret,
+            default_group,
+            p.0.is_empty(),
+        )
+        else {
+            return Err(p.into_errors());
+        };
+        Ok(GenesysSettings {
+            login,
+            api,
+            client_id,
+            client_secret,
+            driver: self.driver,
+            default_group,
+            groups_by_incident_type,
+            datatable,
+            limits,
+            guide,
+            watchdog,
+        })
+    }
+
+    /// The login and API endpoints: the region's hosts, or the ones given,
+    /// and the Envoy clusters that reach them.
+    fn endpoints(&self, p: &mut Problems) -> (Option<Endpoint>, Option<Endpoint>) {
         let region = match &self.region {
             Some(r) => p.take(resolve_region(r).ok_or_else(|| {
                 ConfigError::new(
@@ -460,15 +510,24 @@ impl GenesysConfig {
         };
         let login_cluster = p.take(cluster("login_cluster", &self.login_cluster));
         let api_cluster = p.take(cluster("api_cluster", &self.api_cluster));
+        let endpoint = |cluster: Option<String>, authority: Option<String>| {
+            Some(Endpoint {
+                cluster: cluster?,
+                authority: authority?,
+            })
+        };
+        (
+            endpoint(login_cluster, login_authority),
+            endpoint(api_cluster, api_authority),
+        )
+    }
 
-        let client_id = p.take(
-            read_env(env, "client_id_env", &self.client_id_env)
-                .and_then(|id| check_client_id(&self.client_id_env, id)),
-        );
-        let client_secret =
-            p.take(read_env(env, "client_secret_env", &self.client_secret_env).map(Secret::new));
-
-        let default_group = p.take(group_id("default_group", &self.default_group));
+    /// `groups_by_incident_type`, checked.
+    fn groups_by_type(
+        &self,
+        default_group: Option<&GroupId>,
+        p: &mut Problems,
+    ) -> BTreeMap<IncidentType, GroupId> {
         let mut groups_by_incident_type = BTreeMap::new();
         for (ty, group) in &self.groups_by_incident_type {
             let field = format!("groups_by_incident_type.{ty}");
@@ -477,7 +536,7 @@ impl GenesysConfig {
                 continue;
             };
             if self.driver == DriverKind::GuideContract
-                && default_group.as_ref().is_some_and(|d| *d != group)
+                && default_group.is_some_and(|d| *d != group)
             {
                 p.push(ConfigError::new(
                     field,
@@ -489,27 +548,35 @@ impl GenesysConfig {
                 groups_by_incident_type.insert(ty, group);
             }
         }
+        groups_by_incident_type
+    }
+}
 
-        let datatable = self.datatable.map(|dt| {
-            p.take(check_datatable_id(&dt.id));
-            p.take(check_row_key("datatable.row_key", &dt.row_key));
-            let mut rows_by_group = BTreeMap::new();
-            for (group, key) in &dt.rows_by_group {
-                let field = format!("datatable.rows_by_group.{group}");
-                let group = p.take(group_id(&field, group));
-                if let (Some(group), Some(())) = (group, p.take(check_row_key(&field, key))) {
-                    rows_by_group.insert(group, key.clone());
-                }
+impl DatatableConfig {
+    fn compile(self, p: &mut Problems) -> DatatableSettings {
+        p.take(check_datatable_id(&self.id));
+        p.take(check_row_key("datatable.row_key", &self.row_key));
+        let mut rows_by_group = BTreeMap::new();
+        for (group, key) in &self.rows_by_group {
+            let field = format!("datatable.rows_by_group.{group}");
+            let group = p.take(group_id(&field, group));
+            if let (Some(group), Some(())) = (group, p.take(check_row_key(&field, key))) {
+                rows_by_group.insert(group, key.clone());
             }
-            DatatableSettings {
-                id: dt.id,
-                row_key: dt.row_key,
-                rows_by_group,
-                persist_incidents: dt.persist_incidents,
-            }
-        });
+        }
+        DatatableSettings {
+            id: self.id,
+            row_key: self.row_key,
+            rows_by_group,
+            persist_incidents: self.persist_incidents,
+        }
+    }
+}
 
-        let l = self.limits;
+impl LimitsConfig {
+    /// Each limit within its range.
+    fn check(&self, p: &mut Problems) -> Limits {
+        let l = self;
         for r in [
             in_range("limits.max_in_flight", l.max_in_flight, 1, 64),
             in_range("limits.max_backlog", l.max_backlog, 1, 100_000),
@@ -559,113 +626,80 @@ impl GenesysConfig {
             50,
             95,
         ));
-        let g = self.guide;
-        p.take(in_range("guide.priority", g.priority, 1, 1_000));
+        Limits {
+            max_in_flight: l.max_in_flight,
+            call_timeout_ms: l.call_timeout_ms,
+            max_backlog: l.max_backlog,
+            max_version_retries: l.max_version_retries,
+            backoff_initial_ms: l.backoff_initial_ms,
+            backoff_max_ms: l.backoff_max_ms,
+            retry_after_default_s: l.retry_after_default_s,
+            retry_after_max_s: l.retry_after_max_s,
+            token_refresh_percent: l.token_refresh_percent,
+            bad_credentials_retry_s: l.bad_credentials_retry_s,
+            requests_per_minute: l.requests_per_minute,
+            burst: l.burst,
+        }
+    }
+}
+
+impl GuideConfig {
+    fn check(&self, p: &mut Problems) -> GuideSettings {
+        p.take(in_range("guide.priority", self.priority, 1, 1_000));
         p.take(in_range(
             "guide.pending_poll_ms",
-            g.pending_poll_ms,
+            self.pending_poll_ms,
             10,
             60_000,
         ));
         p.take(in_range(
             "guide.max_pending_reads",
-            g.max_pending_reads,
+            self.max_pending_reads,
             1,
             1_000,
         ));
-        let w = self.watchdog;
-        p.take(in_range(
-            "watchdog.period_seconds",
-            w.period_seconds,
-            MIN_PERIOD_SECONDS,
-            86_400,
-        ));
-        p.take(in_range(
-            "watchdog.converging_seconds",
-            w.converging_seconds,
-            1,
-            w.period_seconds,
-        ));
-        p.take(in_range(
-            "watchdog.grace_seconds",
-            w.grace_seconds,
-            0,
-            3_600,
-        ));
-        if w.groups.len() > 256 {
-            p.push(ConfigError::new("watchdog.groups", "at most 256 groups"));
+        GuideSettings {
+            priority: self.priority,
+            pending_poll_ms: self.pending_poll_ms,
+            max_pending_reads: self.max_pending_reads,
         }
-        let mut watched = Vec::new();
-        for (i, group) in w.groups.iter().enumerate() {
-            if let Some(g) = p.take(group_id(&format!("watchdog.groups[{i}]"), group)) {
-                watched.push(g);
-            }
-        }
-        let watchdog = WatchdogSettings {
-            period: chrono::Duration::seconds(i64::from(w.period_seconds)),
-            converging: chrono::Duration::seconds(i64::from(w.converging_seconds)),
-            grace: chrono::Duration::seconds(i64::from(w.grace_seconds)),
-            groups: watched,
-        };
+    }
+}
 
-        let (
-            Some(login_authority),
-            Some(api_authority),
-            Some(login_cluster),
-            Some(api_cluster),
-            Some(client_id),
-            Some(client_secret),
-            Some(default_group),
-            true,
-        ) = (
-            login_authority,
-            api_authority,
-            login_cluster,
-            api_cluster,
-            client_id,
-            client_secret,
-            default_group,
-            p.0.is_empty(),
-        )
-        else {
-            return Err(p.into_errors());
-        };
-        Ok(GenesysSettings {
-            login: Endpoint {
-                cluster: login_cluster,
-                authority: login_authority,
-            },
-            api: Endpoint {
-                cluster: api_cluster,
-                authority: api_authority,
-            },
-            client_id,
-            client_secret,
-            driver: self.driver,
-            default_group,
-            groups_by_incident_type,
-            datatable,
-            limits: Limits {
-                max_in_flight: l.max_in_flight,
-                call_timeout_ms: l.call_timeout_ms,
-                max_backlog: l.max_backlog,
-                max_version_retries: l.max_version_retries,
-                backoff_initial_ms: l.backoff_initial_ms,
-                backoff_max_ms: l.backoff_max_ms,
-                retry_after_default_s: l.retry_after_default_s,
-                retry_after_max_s: l.retry_after_max_s,
-                token_refresh_percent: l.token_refresh_percent,
-                bad_credentials_retry_s: l.bad_credentials_retry_s,
-                requests_per_minute: l.requests_per_minute,
-                burst: l.burst,
-            },
-            guide: GuideSettings {
-                priority: g.priority,
-                pending_poll_ms: g.pending_poll_ms,
-                max_pending_reads: g.max_pending_reads,
-            },
-            watchdog,
-        })
+/// The `watchdog` section, checked.
+fn compile_watchdog(w: &WatchdogConfig, p: &mut Problems) -> WatchdogSettings {
+    p.take(in_range(
+        "watchdog.period_seconds",
+        w.period_seconds,
+        MIN_PERIOD_SECONDS,
+        86_400,
+    ));
+    p.take(in_range(
+        "watchdog.converging_seconds",
+        w.converging_seconds,
+        1,
+        w.period_seconds,
+    ));
+    p.take(in_range(
+        "watchdog.grace_seconds",
+        w.grace_seconds,
+        0,
+        3_600,
+    ));
+    if w.groups.len() > 256 {
+        p.push(ConfigError::new("watchdog.groups", "at most 256 groups"));
+    }
+    let mut watched = Vec::new();
+    for (i, group) in w.groups.iter().enumerate() {
+        if let Some(g) = p.take(group_id(&format!("watchdog.groups[{i}]"), group)) {
+            watched.push(g);
+        }
+    }
+    WatchdogSettings {
+        period: chrono::Duration::seconds(i64::from(w.period_seconds)),
+        converging: chrono::Duration::seconds(i64::from(w.converging_seconds)),
+        grace: chrono::Duration::seconds(i64::from(w.grace_seconds)),
+        groups: watched,
     }
 }
 
