@@ -108,7 +108,7 @@ use crate::ledger::{GenesysRef, Ledger, VIEW_LIST_MAX};
 
 use group::{
     Act, Action, ContendedInfo, Cycle, GroupState, LastReconcile, OverrideInfo, Phase, Step, Then,
-    WriteRecord,
+    Wait, WriteRecord,
 };
 use health::{Check, Health};
 use schedule::{Op, OpKind};
@@ -279,7 +279,9 @@ impl Reconciler {
                 Marked::Queued
             }
             // Paced: looked at again, in case the change is a switch.
-            Phase::Waiting { why: "pacing", .. } => {
+            Phase::Waiting {
+                why: Wait::Pacing, ..
+            } => {
                 if let Phase::Waiting { cycle, .. } = std::mem::replace(&mut st.phase, Phase::Idle)
                 {
                     st.phase = Phase::Queued(cycle);
@@ -304,7 +306,7 @@ impl Reconciler {
         st.authorized = Some(st.authorized.map_or(now, |a| a.max(now)));
         // Waiting out a grace or for our identity: the event decides now.
         if let Phase::Waiting {
-            why: "grace" | "identity",
+            why: Wait::Grace | Wait::Identity,
             cycle,
             ..
         } = &st.phase

@@ -13,6 +13,7 @@ use crate::genesys::token::backoff;
 use crate::genesys::CallResult;
 use crate::ledger::{Settle, VIEW_LIST_MAX};
 
+use super::group::{Outcome, Reached, Wait};
 use super::health::Check;
 use super::{
     genesys_ref, observed_json, rfc3339, row_view, target_json, Act, Action, Cx, Cycle, Effect,
@@ -119,7 +120,13 @@ impl Reconciler {
                 // One refresh, one more try (from the read).
                 cycle.auth_retried = true;
                 self.token.invalidate(token_generation);
-                self.note(g, "retrying", Some(answer.describe()), Some(answer), cx.now);
+                self.note(
+                    g,
+                    Outcome::Retrying,
+                    Some(answer.describe()),
+                    Some(answer),
+                    cx.now,
+                );
                 self.audit(g, "token-refresh-and-retry", Some(answer), json!({}), cx);
                 self.requeue_front(g, cycle);
             }
@@ -158,7 +165,13 @@ impl Reconciler {
                     );
                     self.fail(g, reason, Some(answer), cx);
                 } else {
-                    self.note(g, "retrying", Some(answer.describe()), Some(answer), cx.now);
+                    self.note(
+                        g,
+                        Outcome::Retrying,
+                        Some(answer.describe()),
+                        Some(answer),
+                        cx.now,
+                    );
                     self.audit(g, "conflict-reread", Some(answer), json!({}), cx);
                     self.send_read(g, cycle, cx);
                 }
@@ -166,7 +179,7 @@ impl Reconciler {
             AnswerClass::RateLimited => {
                 self.note(
                     g,
-                    "rate-limited",
+                    Outcome::RateLimited,
                     Some(answer.describe()),
                     Some(answer),
                     cx.now,
@@ -195,10 +208,10 @@ impl Reconciler {
         st.phase = Phase::Waiting {
             until,
             cycle,
-            why: "backoff",
+            why: Wait::Backoff,
         };
         st.dirty = false;
-        self.note(g, "retrying", Some(reason.clone()), answer, cx.now);
+        self.note(g, Outcome::Retrying, Some(reason.clone()), answer, cx.now);
         self.audit(
             g,
             "retry-after-backoff",
@@ -317,7 +330,7 @@ impl Reconciler {
         }
         let mut actions = actions.into_iter();
         match actions.next() {
-            None => self.finish(g, cycle, target, then, "in-sync", cx),
+            None => self.finish(g, cycle, target, then, Reached::InSync, cx),
             Some(action) => {
                 let act = Act {
                     action,
@@ -338,21 +351,21 @@ impl Reconciler {
         cycle: Cycle,
         target: Target,
         then: Then,
-        result: &'static str,
+        reached: Reached,
         cx: &mut Cx<'_>,
     ) {
         match then {
             Then::Settle => {
-                if result == "in-sync" {
+                if reached == Reached::InSync {
                     cx.metric(Metric::InSync);
                     if cycle.check {
                         cx.metric(Metric::CheckInSync);
                     }
                 }
-                self.settle_applied(g, cycle, target, result, cx);
+                self.settle_applied(g, cycle, target, reached, cx);
             }
-            Then::Hold(reason) => self.hold(g, cycle, "overridden", reason, cx),
-            Then::Contended(reason) => self.hold(g, cycle, "contended", reason, cx),
+            Then::Hold(reason) => self.hold(g, cycle, Outcome::Overridden, reason, cx),
+            Then::Contended(reason) => self.hold(g, cycle, Outcome::Contended, reason, cx),
             Then::Grace(at) => {
                 let st = self.groups.entry(g.clone()).or_default();
                 if std::mem::take(&mut st.dirty) {
@@ -366,12 +379,12 @@ impl Reconciler {
                             check: true,
                             ..Cycle::default()
                         },
-                        why: "grace",
+                        why: Wait::Grace,
                     };
                 }
                 self.note(
                     g,
-                    "drift",
+                    Outcome::Drift,
                     Some(format!("corrected at {} unless it ends first", rfc3339(at))),
                     None,
                     cx.now,
@@ -386,7 +399,7 @@ impl Reconciler {
         &mut self,
         g: &GroupId,
         cycle: Cycle,
-        result: &'static str,
+        result: Outcome,
         reason: String,
         cx: &mut Cx<'_>,
     ) {
@@ -413,10 +426,10 @@ impl Reconciler {
         st.phase = Phase::Waiting {
             until,
             cycle,
-            why: "pending",
+            why: Wait::Pending,
         };
         st.dirty = false;
-        self.note(g, "pending", None, Some(answer), cx.now);
+        self.note(g, Outcome::Pending, None, Some(answer), cx.now);
         self.audit(
             g,
             "pending",
@@ -434,7 +447,7 @@ impl Reconciler {
                 Some(dt) => row_request(&dt.id, row, *create),
                 None => {
                     // Cannot happen: rows are only planned with a table.
-                    self.finish(g, cycle, act.target, act.then, "applied", cx);
+                    self.finish(g, cycle, act.target, act.then, Reached::Applied, cx);
                     return;
                 }
             },
@@ -528,7 +541,7 @@ impl Reconciler {
                 };
                 self.act(g, cycle, act, cx);
             }
-            None => self.finish(g, cycle, target, then, "applied", cx),
+            None => self.finish(g, cycle, target, then, Reached::Applied, cx),
         }
     }
 
@@ -539,7 +552,7 @@ impl Reconciler {
         g: &GroupId,
         cycle: Cycle,
         target: Target,
-        result: &'static str,
+        reached: Reached,
         cx: &mut Cx<'_>,
     ) {
         let current = self.target(g, cx.ledger);
@@ -558,7 +571,7 @@ impl Reconciler {
         st.failures = 0;
         st.last = Some(LastReconcile {
             at: cx.now,
-            result,
+            result: Outcome::Reached(reached),
             detail: None,
             http_status: genesys.as_ref().and_then(|r| r.http_status),
             correlation_id: genesys.as_ref().and_then(|r| r.correlation_id.clone()),
@@ -586,7 +599,7 @@ impl Reconciler {
         st.failures = 0;
         st.last = Some(LastReconcile {
             at: cx.now,
-            result: "failed",
+            result: Outcome::Failed,
             detail: Some(reason.clone()),
             http_status: answer.and_then(|a| a.status),
             correlation_id: answer.and_then(|a| a.correlation_id.clone()),
@@ -617,7 +630,7 @@ impl Reconciler {
     pub(super) fn note(
         &mut self,
         g: &GroupId,
-        result: &'static str,
+        result: Outcome,
         detail: Option<String>,
         answer: Option<&Answer>,
         now: DateTime<Utc>,

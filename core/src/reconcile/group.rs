@@ -45,11 +45,11 @@ pub(super) enum Phase {
     Idle,
     /// Waiting for a slot, a token or the end of a pause; starts with a read.
     Queued(Cycle),
-    /// Backoff after a failure, or a `PENDING` state settling; then queued.
+    /// Waiting until `until` (see [`Wait`] for what for); then queued.
     Waiting {
         until: DateTime<Utc>,
         cycle: Cycle,
-        why: &'static str,
+        why: Wait,
     },
     /// A call of this group is out.
     InFlight(OpId),
@@ -61,6 +61,34 @@ pub(super) enum Phase {
         step: Step,
         req: Request,
     },
+}
+
+/// What a [`Phase::Waiting`] group waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Backoff after a failure.
+    Backoff,
+    /// A `PENDING` state settling.
+    Pending,
+    /// Drift by our own client being timed against the grace.
+    Grace,
+    /// Our client's name being learned (`tokens/me`).
+    Identity,
+    /// A row-only refresh paced ([`ROW_REFRESH_PACE`](super::ROW_REFRESH_PACE)).
+    Pacing,
+}
+
+impl Wait {
+    /// The phase's name on the state view.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Wait::Backoff => "backoff",
+            Wait::Pending => "pending",
+            Wait::Grace => "grace",
+            Wait::Identity => "identity",
+            Wait::Pacing => "pacing",
+        }
+    }
 }
 
 /// One write a cycle still has to make.
@@ -136,11 +164,53 @@ pub(super) struct ContendedInfo {
     pub(super) detail: String,
 }
 
+/// How a cycle that reached its target found Genesys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reached {
+    /// Already as wanted: nothing was written.
+    InSync,
+    /// As wanted after our writes.
+    Applied,
+}
+
+/// The result of a group's latest cycle (or its latest step), as the state
+/// view names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Reached(Reached),
+    Failed,
+    Retrying,
+    RateLimited,
+    Pending,
+    Drift,
+    Identity,
+    Overridden,
+    Contended,
+}
+
+impl Outcome {
+    /// The `result` on the state view.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Reached(Reached::InSync) => "in-sync",
+            Outcome::Reached(Reached::Applied) => "applied",
+            Outcome::Failed => "failed",
+            Outcome::Retrying => "retrying",
+            Outcome::RateLimited => "rate-limited",
+            Outcome::Pending => "pending",
+            Outcome::Drift => "drift",
+            Outcome::Identity => "identity",
+            Outcome::Overridden => "overridden",
+            Outcome::Contended => "contended",
+        }
+    }
+}
+
 /// How the latest cycle (or its latest step) ended.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct LastReconcile {
     pub(super) at: DateTime<Utc>,
-    pub(super) result: &'static str,
+    pub(super) result: Outcome,
     pub(super) detail: Option<String>,
     pub(super) http_status: Option<u16>,
     pub(super) correlation_id: Option<String>,

@@ -11,6 +11,7 @@ use crate::genesys::driver::{Observed, Target};
 use crate::recovery::{self};
 use crate::watchdog::{self, Facts, Verdict};
 
+use super::group::{Outcome, Wait};
 use super::{
     modified_after, observed_json, ordinal, rfc3339, target_json, ContendedInfo, Cx, Cycle, Effect,
     Metric, OverrideInfo, Phase, Reconciler, Then, AFTER_EVENT_MARGIN,
@@ -427,12 +428,12 @@ impl Reconciler {
         st.phase = Phase::Waiting {
             until,
             cycle,
-            why: "identity",
+            why: Wait::Identity,
         };
         st.dirty = false;
         self.note(
             g,
-            "identity",
+            Outcome::Identity,
             Some("learning our OAuth client's name to tell whose change this is".into()),
             Some(answer),
             cx.now,

@@ -10,6 +10,7 @@ use crate::genesys::{Request, USER_AGENT};
 use crate::ledger::Ledger;
 use crate::recovery::{self};
 
+use super::group::Wait;
 use super::{Cx, Cycle, Effect, Metric, Phase, Reconciler, Recovery, Step, OP_GRACE_MS};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,7 +186,7 @@ impl Reconciler {
                     st.phase = Phase::Waiting {
                         until,
                         cycle,
-                        why: "pacing",
+                        why: Wait::Pacing,
                     };
                     continue;
                 }

@@ -209,7 +209,7 @@ impl Reconciler {
             Phase::Queued(_) => "queued",
             Phase::Waiting { why, until, .. } => {
                 obj.insert("retryAt".into(), rfc3339(*until).into());
-                *why
+                why.as_str()
             }
             Phase::InFlight(op) => {
                 if let Some(o) = self.ops.get(op) {
@@ -285,7 +285,7 @@ impl Reconciler {
                 "lastReconcile".into(),
                 json!({
                     "at": rfc3339(l.at),
-                    "result": l.result,
+                    "result": l.result.as_str(),
                     "detail": l.detail,
                     "httpStatus": l.http_status,
                     "correlationId": l.correlation_id,
