@@ -302,15 +302,15 @@ impl Reconciler {
                 }
             }
         };
-        let row = self.row_to_write(g, &target, cx.ledger, cx.now);
+        let row_write = self.row_to_write(g, &target, cx.ledger, cx.now);
         let mut actions = Vec::new();
         if target.enabled {
             // Queues first, so a flow on the emergency path finds them.
-            actions.extend(row.map(|row| Action::Row { row, create: false }));
+            actions.extend(row_write);
             actions.extend(group_write.map(Action::Group));
         } else {
             actions.extend(group_write.map(Action::Group));
-            actions.extend(row.map(|row| Action::Row { row, create: false }));
+            actions.extend(row_write);
         }
         let writes_group = actions.iter().any(|a| matches!(a, Action::Group(_)));
         let decision = match (&then, actions.len(), writes_group) {
@@ -443,14 +443,7 @@ impl Reconciler {
     pub(super) fn act(&mut self, g: &GroupId, cycle: Cycle, act: Act, cx: &mut Cx<'_>) {
         let req = match &act.action {
             Action::Group(req) => req.clone(),
-            Action::Row { row, create } => match &self.cfg.datatable {
-                Some(dt) => row_request(&dt.id, row, *create),
-                None => {
-                    // Cannot happen: rows are only planned with a table.
-                    self.finish(g, cycle, act.target, act.then, Reached::Applied, cx);
-                    return;
-                }
-            },
+            Action::Row { table, row, create } => row_request(table, row, *create),
         };
         self.send(g, cycle, Step::Act(Box::new(act)), req, cx);
     }

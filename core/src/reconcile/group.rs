@@ -95,7 +95,13 @@ impl Wait {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Action {
     Group(Request),
-    Row { row: QueueRow, create: bool },
+    /// A data-table row: it names its table, so a row write cannot be
+    /// planned without one.
+    Row {
+        table: String,
+        row: QueueRow,
+        create: bool,
+    },
 }
 
 /// What an out call was for.

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::event::GroupId;
 use crate::genesys::answer::Answer;
 use crate::genesys::driver::{Observed, Target};
-use crate::recovery::{self};
+use crate::recovery;
 use crate::watchdog::{self, Facts, Verdict};
 
 use super::group::{Outcome, Wait};

@@ -8,7 +8,7 @@ use crate::event::GroupId;
 use crate::genesys::{HttpCall, OpId};
 use crate::genesys::{Request, USER_AGENT};
 use crate::ledger::Ledger;
-use crate::recovery::{self};
+use crate::recovery;
 
 use super::group::Wait;
 use super::{Cx, Cycle, Effect, Metric, Phase, Reconciler, Recovery, Step, OP_GRACE_MS};

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::genesys::answer::{Answer, AnswerClass};
 use crate::genesys::models::TokenInfo;
 use crate::genesys::token::{backoff, TokenOutcome};
-use crate::recovery::{self};
+use crate::recovery;
 
 use super::health::Check;
 use super::{

@@ -7,9 +7,9 @@ use crate::event::GroupId;
 use crate::genesys::driver::Target;
 use crate::genesys::models::{join_ids, summarise_ids, QueueRow};
 use crate::ledger::Ledger;
-use crate::recovery::{self};
+use crate::recovery;
 
-use super::{rfc3339, Reconciler};
+use super::{rfc3339, Action, Reconciler};
 
 impl Reconciler {
     /// What the ledger wants for `g` now.
@@ -63,14 +63,15 @@ impl Reconciler {
             && (!has_row || a.incidents == b.incidents)
     }
 
-    /// The row to write for `target`, unless the last one written matches.
+    /// The row write for `target`, unless the last row written matches.
     pub(super) fn row_to_write(
         &self,
         g: &GroupId,
         target: &Target,
         ledger: &Ledger,
         now: DateTime<Utc>,
-    ) -> Option<QueueRow> {
+    ) -> Option<Action> {
+        let table = self.cfg.datatable.as_ref()?.id.clone();
         let key = self.cfg.row_key_for(g)?;
         let (queue_ids, _) = join_ids(&target.queues);
         let row = QueueRow {
@@ -87,7 +88,11 @@ impl Reconciler {
         let written = self.groups.get(g).and_then(|st| st.row_written.as_ref());
         match written {
             Some(w) if w.same_content(&row) => None,
-            _ => Some(row),
+            _ => Some(Action::Row {
+                table,
+                row,
+                create: false,
+            }),
         }
     }
 }
