@@ -111,7 +111,7 @@ use group::{
     Wait, WriteRecord,
 };
 use health::{Check, Health};
-use schedule::{Op, OpKind};
+use schedule::{GroupOp, Op, OpKind};
 use startup::{Identity, Recovery, RecoveryReport};
 
 pub use crate::genesys::{CallResult, HttpCall, OpId};

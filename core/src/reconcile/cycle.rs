@@ -15,10 +15,11 @@ use crate::ledger::{Settle, VIEW_LIST_MAX};
 
 use super::group::{Outcome, Reached, Wait};
 use super::health::Check;
+use super::judge::Read;
 use super::{
     genesys_ref, observed_json, rfc3339, row_view, target_json, Act, Action, Cx, Cycle, Effect,
-    FailureKind, LastReconcile, Metric, Op, OpKind, Phase, Reconciler, Step, Then, WriteRecord,
-    ROW_REFRESH_PACE,
+    FailureKind, GroupOp, LastReconcile, Metric, Op, OpKind, Phase, Reconciler, Step, Then,
+    WriteRecord, ROW_REFRESH_PACE,
 };
 
 impl Reconciler {
@@ -46,14 +47,9 @@ impl Reconciler {
                 attempts,
                 token_generation,
             } => self.rows_answered(page, attempts, token_generation, &answer, body, cx),
-            OpKind::Group {
-                group,
-                cycle,
-                step,
-                token_generation,
-            } => {
-                self.judge_group_answer(&group, &answer, cx);
-                self.group_answered(&group, cycle, step, token_generation, &answer, body, cx);
+            OpKind::Group(op) => {
+                self.judge_group_answer(&op.group, &answer, cx);
+                self.group_answered(op, &answer, body, cx);
             }
         }
     }
@@ -97,17 +93,20 @@ impl Reconciler {
         })));
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn group_answered(
         &mut self,
-        g: &GroupId,
-        mut cycle: Cycle,
-        step: Step,
-        token_generation: u64,
+        op: GroupOp,
         answer: &Answer,
         body: &[u8],
         cx: &mut Cx<'_>,
     ) {
+        let GroupOp {
+            group,
+            mut cycle,
+            step,
+            token_generation,
+        } = op;
+        let g = &group;
         if answer.class != AnswerClass::Success {
             cycle.genesys = Some(answer.genesys_ref());
         }
@@ -286,15 +285,13 @@ impl Reconciler {
                 (None, Then::Settle)
             }
             Decision::Write(req) => {
-                match self.judge_read(
-                    g,
-                    cycle.clone(),
-                    changed_in_cycle,
-                    &observed,
-                    &target,
+                let read = Read {
+                    observed: &observed,
+                    target: &target,
                     answer,
-                    cx,
-                ) {
+                    changed_in_cycle,
+                };
+                match self.judge_read(g, cycle.clone(), &read, cx) {
                     Some(Then::Settle) => (Some(req), Then::Settle),
                     Some(then) => (None, then),
                     // Adopted, or waiting to learn whose change it is.

@@ -26,12 +26,18 @@ pub(super) enum OpKind {
         attempts: u32,
         token_generation: u64,
     },
-    Group {
-        group: GroupId,
-        cycle: Cycle,
-        step: Step,
-        token_generation: u64,
-    },
+    Group(GroupOp),
+}
+
+/// A call of one group's cycle: the cycle travels with it, and comes back
+/// with the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct GroupOp {
+    pub(super) group: GroupId,
+    pub(super) cycle: Cycle,
+    pub(super) step: Step,
+    /// The token it was sent with (a 401 invalidates that one only).
+    pub(super) token_generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -430,12 +436,12 @@ impl Reconciler {
         let call = self.api_call(op, req, authorization);
         self.insert_op(
             op,
-            OpKind::Group {
+            OpKind::Group(GroupOp {
                 group: g.clone(),
                 cycle,
                 step,
                 token_generation: generation,
-            },
+            }),
             now,
         );
         self.groups.entry(g.clone()).or_default().phase = Phase::InFlight(op);
