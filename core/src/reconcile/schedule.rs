@@ -82,16 +82,7 @@ impl Reconciler {
     pub(super) fn pump(&mut self, cx: &mut Cx<'_>) {
         let now = cx.now;
         self.rescan(cx.ledger);
-        let mut woken: Vec<GroupId> = Vec::new();
-        for (g, st) in self.groups.iter_mut() {
-            if let Phase::Waiting { until, cycle, .. } = &st.phase {
-                if *until <= now {
-                    st.phase = Phase::Queued(cycle.clone());
-                    woken.push(g.clone());
-                }
-            }
-        }
-        self.ready.extend(woken);
+        self.wake_waiting(now);
         if let Some(p) = self.paused_until {
             if now < p {
                 return;
@@ -102,6 +93,37 @@ impl Reconciler {
             self.budget_wait = None;
         }
         let max = self.cfg.limits.max_in_flight;
+        if !self.token_ready(max, cx) {
+            return;
+        }
+        self.send_startup_calls(max, cx);
+        if self.is_recovering() {
+            // Nothing is written (or read for a decision) before the rows.
+            return;
+        }
+        self.send_deferred(max, cx);
+        self.schedule_checks(now);
+        self.start_reads(max, cx);
+    }
+
+    /// Groups whose wait is over are queued.
+    fn wake_waiting(&mut self, now: DateTime<Utc>) {
+        let mut woken: Vec<GroupId> = Vec::new();
+        for (g, st) in self.groups.iter_mut() {
+            if let Phase::Waiting { until, cycle, .. } = &st.phase {
+                if *until <= now {
+                    st.phase = Phase::Queued(cycle.clone());
+                    woken.push(g.clone());
+                }
+            }
+        }
+        self.ready.extend(woken);
+    }
+
+    /// Asks for a token when one is needed. If the login host refused our
+    /// credentials, every queued cycle fails. Whether calls can go out.
+    fn token_ready(&mut self, max: usize, cx: &mut Cx<'_>) -> bool {
+        let now = cx.now;
         let has_work = !self.ready.is_empty() || self.is_recovering() || self.identity.wanted;
         if self.ops.len() < max && self.token.needs_fetch(now, has_work) && self.take_budget(cx) {
             let op = self.alloc_op();
@@ -115,11 +137,15 @@ impl Reconciler {
                     self.fail(&g, reason.clone(), None, cx);
                 }
             }
-            return;
+            return false;
         }
-        if self.token.bearer(now).is_none() {
-            return;
-        }
+        self.token.bearer(now).is_some()
+    }
+
+    /// The start-up calls that are due: a page of the rows (recovery) and
+    /// our client's name.
+    fn send_startup_calls(&mut self, max: usize, cx: &mut Cx<'_>) {
+        let now = cx.now;
         if let Recovery::Rows {
             page,
             attempts,
@@ -136,11 +162,10 @@ impl Reconciler {
         if identity_due && self.ops.len() < max {
             self.send_identity(cx);
         }
-        if self.is_recovering() {
-            // Nothing is written (or read for a decision) before the rows.
-            return;
-        }
-        // Writes that wait for the budget go before any new read.
+    }
+
+    /// Writes that wait for the budget go before any new read.
+    fn send_deferred(&mut self, max: usize, cx: &mut Cx<'_>) {
         while self.ops.len() < max && self.budget_wait.is_none() {
             let Some(g) = self.deferred.pop_front() else {
                 break;
@@ -164,7 +189,12 @@ impl Reconciler {
                 break;
             }
         }
-        self.schedule_checks(now);
+    }
+
+    /// Starts queued cycles with their read while there are slots and
+    /// budget; a row-only refresh paced a moment ago waits instead.
+    fn start_reads(&mut self, max: usize, cx: &mut Cx<'_>) {
+        let now = cx.now;
         while self.ops.len() < max && self.budget_wait.is_none() && self.deferred.is_empty() {
             let Some(g) = self.ready.pop_front() else {
                 break;
