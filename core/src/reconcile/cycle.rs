@@ -8,9 +8,9 @@ use serde_json::{json, Map, Value};
 
 use crate::event::GroupId;
 use crate::genesys::answer::{Answer, AnswerClass};
-use crate::genesys::driver::{row_request, Decision, Target};
+use crate::genesys::driver::{row_request, Decision, Observed, Target};
 use crate::genesys::token::backoff;
-use crate::genesys::CallResult;
+use crate::genesys::{CallResult, Request};
 use crate::ledger::{Settle, VIEW_LIST_MAX};
 
 use super::group::{Outcome, Reached, Wait};
@@ -236,15 +236,7 @@ impl Reconciler {
                 return;
             }
         };
-        cycle.genesys = Some(genesys_ref(answer, &observed));
-        if cycle.check && cycle.reads == 0 {
-            cx.metric(Metric::Checked);
-        }
-        let changed_in_cycle = cycle.reads > 0 && observed.version != cycle.first_version;
-        if cycle.reads == 0 {
-            cycle.first_version = observed.version;
-        }
-        cycle.reads = cycle.reads.saturating_add(1);
+        let changed_in_cycle = count_read(&mut cycle, &observed, answer, cx);
         let before = observed_json(&observed);
         let target = self.target(g, cx.ledger);
         let decision = self.driver.decide(g, &observed, &target);
@@ -266,18 +258,7 @@ impl Reconciler {
                 return;
             }
             Decision::Pending => {
-                cycle.pending_reads += 1;
-                if cycle.pending_reads > self.cfg.guide.max_pending_reads {
-                    // After the backoff, as many patient reads again.
-                    cycle.pending_reads = 0;
-                    let reason = format!(
-                        "the routing state stayed PENDING for {} reads",
-                        self.cfg.guide.max_pending_reads
-                    );
-                    self.retry_later(g, cycle, reason, Some(answer), cx);
-                } else {
-                    self.wait_pending(g, cycle, before, answer, cx);
-                }
+                self.pending_read(g, cycle, before, answer, cx);
                 return;
             }
             Decision::InSync => {
@@ -299,24 +280,8 @@ impl Reconciler {
                 }
             }
         };
-        let row_write = self.row_to_write(g, &target, cx.ledger, cx.now);
-        let mut actions = Vec::new();
-        if target.enabled {
-            // Queues first, so a flow on the emergency path finds them.
-            actions.extend(row_write);
-            actions.extend(group_write.map(Action::Group));
-        } else {
-            actions.extend(group_write.map(Action::Group));
-            actions.extend(row_write);
-        }
-        let writes_group = actions.iter().any(|a| matches!(a, Action::Group(_)));
-        let decision = match (&then, actions.len(), writes_group) {
-            (Then::Settle, 0, _) => Some("in-sync"),
-            (_, 0, _) => None,
-            (_, _, true) => Some("write"),
-            (_, _, false) => Some("write-row"),
-        };
-        if let Some(decision) = decision {
+        let actions = self.writes(g, &target, group_write, cx);
+        if let Some(decision) = decision_name(&then, &actions) {
             self.audit(
                 g,
                 decision,
@@ -339,6 +304,52 @@ impl Reconciler {
                 self.act(g, cycle, act, cx);
             }
         }
+    }
+
+    /// A read found `PENDING`: read again after a pause, or after a backoff
+    /// once it stayed so for `guide.max_pending_reads` reads.
+    fn pending_read(
+        &mut self,
+        g: &GroupId,
+        mut cycle: Cycle,
+        before: Value,
+        answer: &Answer,
+        cx: &mut Cx<'_>,
+    ) {
+        cycle.pending_reads += 1;
+        if cycle.pending_reads > self.cfg.guide.max_pending_reads {
+            // After the backoff, as many patient reads again.
+            cycle.pending_reads = 0;
+            let reason = format!(
+                "the routing state stayed PENDING for {} reads",
+                self.cfg.guide.max_pending_reads
+            );
+            self.retry_later(g, cycle, reason, Some(answer), cx);
+        } else {
+            self.wait_pending(g, cycle, before, answer, cx);
+        }
+    }
+
+    /// The writes a cycle makes, in order: the row before the group when
+    /// switching on, after it when switching off.
+    fn writes(
+        &self,
+        g: &GroupId,
+        target: &Target,
+        group_write: Option<Request>,
+        cx: &Cx<'_>,
+    ) -> Vec<Action> {
+        let row_write = self.row_to_write(g, target, cx.ledger, cx.now);
+        let mut actions = Vec::new();
+        if target.enabled {
+            // Queues first, so a flow on the emergency path finds them.
+            actions.extend(row_write);
+            actions.extend(group_write.map(Action::Group));
+        } else {
+            actions.extend(group_write.map(Action::Group));
+            actions.extend(row_write);
+        }
+        actions
     }
 
     /// Ends a cycle once its writes (if any) are done.
@@ -666,5 +677,32 @@ impl Reconciler {
             line.extend(extra);
         }
         cx.fx.push(Effect::Audit(Value::Object(line)));
+    }
+}
+
+/// Counts a read of the cycle (and a watchdog check's first). Whether the
+/// group's version moved since the cycle's first read.
+fn count_read(cycle: &mut Cycle, observed: &Observed, answer: &Answer, cx: &mut Cx<'_>) -> bool {
+    cycle.genesys = Some(genesys_ref(answer, observed));
+    if cycle.check && cycle.reads == 0 {
+        cx.metric(Metric::Checked);
+    }
+    let changed_in_cycle = cycle.reads > 0 && observed.version != cycle.first_version;
+    if cycle.reads == 0 {
+        cycle.first_version = observed.version;
+    }
+    cycle.reads = cycle.reads.saturating_add(1);
+    changed_in_cycle
+}
+
+/// The audit decision for a cycle's writes; `None` when it writes nothing
+/// and does not settle (held, contended, timed).
+fn decision_name(then: &Then, actions: &[Action]) -> Option<&'static str> {
+    let writes_group = actions.iter().any(|a| matches!(a, Action::Group(_)));
+    match (then, actions.len(), writes_group) {
+        (Then::Settle, 0, _) => Some("in-sync"),
+        (_, 0, _) => None,
+        (_, _, true) => Some("write"),
+        (_, _, false) => Some("write-row"),
     }
 }
