@@ -2,13 +2,17 @@
 //! reconcile, what is out or waiting; recovery, the token and the pause;
 //! and its one-line summary.
 
-use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Map, Value};
 
 use crate::event::GroupId;
+use crate::genesys::driver::Observed;
 use crate::ledger::{Ledger, VIEW_LIST_MAX};
 
-use super::{rfc3339, row_view, GroupState, Phase, Reconciler, Recovery};
+use super::{
+    rfc3339, row_view, ContendedInfo, GroupState, LastReconcile, OverrideInfo, Phase, Reconciler,
+    Recovery, WriteRecord,
+};
 
 impl Reconciler {
     /// For `GET /emr/state`: per group desired, observed, last reconcile,
@@ -204,55 +208,19 @@ impl Reconciler {
         let (Some(obj), Some(st)) = (v.as_object_mut(), st) else {
             return v;
         };
-        let phase = match &st.phase {
-            Phase::Idle => "idle",
-            Phase::Queued(_) => "queued",
-            Phase::Waiting { why, until, .. } => {
-                obj.insert("retryAt".into(), rfc3339(*until).into());
-                why.as_str()
-            }
-            Phase::InFlight(op) => {
-                if let Some(o) = self.ops.get(op) {
-                    obj.insert("inFlightSince".into(), rfc3339(o.sent_at).into());
-                }
-                "in-flight"
-            }
-            Phase::Deferred { .. } => "deferred",
-        };
+        let phase = self.phase_view(&st.phase, obj);
         obj.insert("phase".into(), phase.into());
         obj.insert("dirty".into(), st.dirty.into());
         obj.insert("overridden".into(), st.overridden.is_some().into());
         if let Some(o) = &st.overridden {
-            obj.insert(
-                "override".into(),
-                json!({
-                    "since": rfc3339(o.since),
-                    "enabled": o.enabled,
-                    "version": o.version,
-                    "dateModified": o.date_modified,
-                    "modifiedBy": o.modified_by,
-                    "modifiedByApp": o.modified_by_app,
-                    "resume": format!("POST /emr/groups/{g}/resume, or the next incident event for this group"),
-                }),
-            );
+            obj.insert("override".into(), o.view(g));
         }
+        let window = self.cfg.watchdog.contention_window();
         obj.insert(
             "contended".into(),
-            st.contended.as_ref().map_or(Value::Null, |c| {
-                json!({
-                    "since": rfc3339(c.since),
-                    "lastSeen": rfc3339(c.last_seen),
-                    "version": c.version,
-                    "modifiedByApp": c.modified_by_app,
-                    "detail": c.detail,
-                    "resume": format!(
-                        "once one emr-edge instance is left: POST /emr/groups/{g}/resume, or the next \
-                         incident event for this group; by itself after {} s with the group as wanted \
-                         and no change by our client that this instance did not make",
-                        self.cfg.watchdog.contention_window().num_seconds()
-                    ),
-                })
-            }),
+            st.contended
+                .as_ref()
+                .map_or(Value::Null, |c| c.view(g, window)),
         );
         if let Some(since) = st.drift_since {
             let correct_at = since + self.cfg.watchdog.grace;
@@ -266,47 +234,109 @@ impl Reconciler {
         }
         obj.insert(
             "observed".into(),
-            st.observed.as_ref().map_or(Value::Null, |o| {
-                json!({
-                    "enabled": o.enabled,
-                    "pending": o.pending,
-                    "version": o.version,
-                    "dateModified": o.date_modified,
-                    "modifiedBy": o.modified_by,
-                    "modifiedByApp": o.modified_by_app,
-                    "state": o.lifecycle,
-                    "queues": o.queues.as_ref().map(|q| q.iter().take(VIEW_LIST_MAX).collect::<Vec<_>>()),
-                    "at": st.observed_at.map(rfc3339),
-                })
-            }),
+            st.observed
+                .as_ref()
+                .map_or(Value::Null, |o| observed_view(o, st.observed_at)),
         );
         if let Some(l) = &st.last {
-            obj.insert(
-                "lastReconcile".into(),
-                json!({
-                    "at": rfc3339(l.at),
-                    "result": l.result.as_str(),
-                    "detail": l.detail,
-                    "httpStatus": l.http_status,
-                    "correlationId": l.correlation_id,
-                }),
-            );
+            obj.insert("lastReconcile".into(), l.view());
         }
         if let Some(w) = &st.last_written {
-            obj.insert(
-                "lastWritten".into(),
-                json!({
-                    "at": rfc3339(w.at),
-                    "enabled": w.enabled,
-                    "version": w.version,
-                    "dateModified": w.date_modified,
-                    "modifiedByApp": w.modified_by_app,
-                }),
-            );
+            obj.insert("lastWritten".into(), w.view());
         }
         if let Some(r) = &st.row_written {
             obj.insert("row".into(), row_view(r));
         }
         v
     }
+
+    /// The phase's name; a wait adds when it ends, a call out when it left.
+    fn phase_view(&self, phase: &Phase, obj: &mut Map<String, Value>) -> &'static str {
+        match phase {
+            Phase::Idle => "idle",
+            Phase::Queued(_) => "queued",
+            Phase::Waiting { why, until, .. } => {
+                obj.insert("retryAt".into(), rfc3339(*until).into());
+                why.as_str()
+            }
+            Phase::InFlight(op) => {
+                if let Some(o) = self.ops.get(op) {
+                    obj.insert("inFlightSince".into(), rfc3339(o.sent_at).into());
+                }
+                "in-flight"
+            }
+            Phase::Deferred { .. } => "deferred",
+        }
+    }
+}
+
+impl OverrideInfo {
+    fn view(&self, g: &GroupId) -> Value {
+        json!({
+            "since": rfc3339(self.since),
+            "enabled": self.enabled,
+            "version": self.version,
+            "dateModified": self.date_modified,
+            "modifiedBy": self.modified_by,
+            "modifiedByApp": self.modified_by_app,
+            "resume": format!("POST /emr/groups/{g}/resume, or the next incident event for this group"),
+        })
+    }
+}
+
+impl ContendedInfo {
+    fn view(&self, g: &GroupId, window: Duration) -> Value {
+        json!({
+            "since": rfc3339(self.since),
+            "lastSeen": rfc3339(self.last_seen),
+            "version": self.version,
+            "modifiedByApp": self.modified_by_app,
+            "detail": self.detail,
+            "resume": format!(
+                "once one emr-edge instance is left: POST /emr/groups/{g}/resume, or the next \
+                 incident event for this group; by itself after {} s with the group as wanted \
+                 and no change by our client that this instance did not make",
+                window.num_seconds()
+            ),
+        })
+    }
+}
+
+impl LastReconcile {
+    fn view(&self) -> Value {
+        json!({
+            "at": rfc3339(self.at),
+            "result": self.result.as_str(),
+            "detail": self.detail,
+            "httpStatus": self.http_status,
+            "correlationId": self.correlation_id,
+        })
+    }
+}
+
+impl WriteRecord {
+    fn view(&self) -> Value {
+        json!({
+            "at": rfc3339(self.at),
+            "enabled": self.enabled,
+            "version": self.version,
+            "dateModified": self.date_modified,
+            "modifiedByApp": self.modified_by_app,
+        })
+    }
+}
+
+/// Genesys as a read showed it, and when.
+fn observed_view(o: &Observed, at: Option<DateTime<Utc>>) -> Value {
+    json!({
+        "enabled": o.enabled,
+        "pending": o.pending,
+        "version": o.version,
+        "dateModified": o.date_modified,
+        "modifiedBy": o.modified_by,
+        "modifiedByApp": o.modified_by_app,
+        "state": o.lifecycle,
+        "queues": o.queues.as_ref().map(|q| q.iter().take(VIEW_LIST_MAX).collect::<Vec<_>>()),
+        "at": at.map(rfc3339),
+    })
 }
