@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::genesys::answer::{Answer, AnswerClass};
 use crate::genesys::models::TokenInfo;
 use crate::genesys::token::{backoff, TokenOutcome};
-use crate::recovery;
+use crate::recovery::{self, RowsPage};
 
 use super::health::Check;
 use super::{
@@ -170,48 +170,7 @@ impl Reconciler {
         };
         match answer.class {
             AnswerClass::Success => match recovery::parse_rows_page(body) {
-                Ok(rows) => {
-                    self.health.pass(&Check::DataTable);
-                    for bad in &rows.unreadable {
-                        cx.fx.push(Effect::Audit(json!({
-                            "kind": "emr.recovery",
-                            "at": rfc3339(cx.now),
-                            "decision": "row-unreadable",
-                            "detail": bad,
-                        })));
-                    }
-                    let more = rows.has_more();
-                    for doc in rows.groups {
-                        self.report.groups += 1;
-                        self.report.persisted_incidents += doc.o.len();
-                        for _ in &doc.o {
-                            cx.metric(Metric::Restored);
-                        }
-                        cx.fx.push(Effect::Audit(json!({
-                            "kind": "emr.recovery",
-                            "at": rfc3339(cx.now),
-                            "decision": "restore",
-                            "group": doc.g,
-                            "incidents": doc.o.iter().map(|p| p.key().to_string()).collect::<Vec<_>>(),
-                            "omitted": doc.m,
-                        })));
-                        self.groups.entry(doc.g.clone()).or_default().adopt_check = true;
-                        self.mark_dirty(&doc.g);
-                        cx.fx.push(Effect::Restore {
-                            group: doc.g,
-                            incidents: doc.o,
-                        });
-                    }
-                    if more {
-                        self.recovery = Recovery::Rows {
-                            page: page + 1,
-                            attempts: 0,
-                            not_before: None,
-                        };
-                    } else {
-                        self.finish_recovery(None, cx);
-                    }
-                }
+                Ok(rows) => self.restore_rows(page, rows, cx),
                 Err(e) => self.finish_recovery(Some(e), cx),
             },
             AnswerClass::Unauthorized if attempts + 1 < MAX_ROWS_ATTEMPTS => {
@@ -228,33 +187,81 @@ impl Reconciler {
                 let until = cx.now + backoff(&self.cfg, attempts + 1);
                 self.recovery = retry(attempts + 1, Some(until));
             }
-            _ => {
-                let detail = format!(
-                    "could not read the data table's rows: {}",
-                    answer.describe()
-                );
-                // A table that is not there or not ours to read will not
-                // come back by itself; a 5xx streak might, at the next start.
-                if matches!(
-                    answer.class,
-                    AnswerClass::NotFound | AnswerClass::Forbidden | AnswerClass::Refused
-                ) {
-                    let hint = match answer.class {
-                        AnswerClass::NotFound => "no such data table: check genesys.datatable.id",
-                        AnswerClass::Forbidden => {
-                            "the OAuth client's role cannot read the data table"
-                        }
-                        _ => "Genesys refused to list the data table's rows",
-                    };
-                    self.check_failed(
-                        Check::DataTable,
-                        format!("{hint}; Genesys answered {}", answer.describe()),
-                        cx,
-                    );
-                }
-                self.finish_recovery(Some(detail), cx);
-            }
+            _ => self.rows_unreadable(answer, cx),
         }
+    }
+
+    /// A page of rows read: every group a row names is handed its
+    /// persisted incidents (and read, possibly adopted); then the next
+    /// page, or recovery is over.
+    fn restore_rows(&mut self, page: u32, rows: RowsPage, cx: &mut Cx<'_>) {
+        self.health.pass(&Check::DataTable);
+        for bad in &rows.unreadable {
+            cx.fx.push(Effect::Audit(json!({
+                "kind": "emr.recovery",
+                "at": rfc3339(cx.now),
+                "decision": "row-unreadable",
+                "detail": bad,
+            })));
+        }
+        let more = rows.has_more();
+        for doc in rows.groups {
+            self.report.groups += 1;
+            self.report.persisted_incidents += doc.o.len();
+            for _ in &doc.o {
+                cx.metric(Metric::Restored);
+            }
+            cx.fx.push(Effect::Audit(json!({
+                "kind": "emr.recovery",
+                "at": rfc3339(cx.now),
+                "decision": "restore",
+                "group": doc.g,
+                "incidents": doc.o.iter().map(|p| p.key().to_string()).collect::<Vec<_>>(),
+                "omitted": doc.m,
+            })));
+            self.groups.entry(doc.g.clone()).or_default().adopt_check = true;
+            self.mark_dirty(&doc.g);
+            cx.fx.push(Effect::Restore {
+                group: doc.g,
+                incidents: doc.o,
+            });
+        }
+        if more {
+            self.recovery = Recovery::Rows {
+                page: page + 1,
+                attempts: 0,
+                not_before: None,
+            };
+        } else {
+            self.finish_recovery(None, cx);
+        }
+    }
+
+    /// The rows cannot be read: recovery goes on without them. A table that
+    /// is not there or not ours to read fails its check.
+    fn rows_unreadable(&mut self, answer: &Answer, cx: &mut Cx<'_>) {
+        let detail = format!(
+            "could not read the data table's rows: {}",
+            answer.describe()
+        );
+        // A table that is not there or not ours to read will not
+        // come back by itself; a 5xx streak might, at the next start.
+        if matches!(
+            answer.class,
+            AnswerClass::NotFound | AnswerClass::Forbidden | AnswerClass::Refused
+        ) {
+            let hint = match answer.class {
+                AnswerClass::NotFound => "no such data table: check genesys.datatable.id",
+                AnswerClass::Forbidden => "the OAuth client's role cannot read the data table",
+                _ => "Genesys refused to list the data table's rows",
+            };
+            self.check_failed(
+                Check::DataTable,
+                format!("{hint}; Genesys answered {}", answer.describe()),
+                cx,
+            );
+        }
+        self.finish_recovery(Some(detail), cx);
     }
 
     /// Recovery is over: reconciles may write from now on. Without the rows,
