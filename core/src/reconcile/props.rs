@@ -13,6 +13,7 @@ use serde_json::json;
 use super::fake::{t, Fault, Kind, World};
 use super::*;
 use crate::event::RoutingMode;
+use crate::ledger::Settle;
 
 fn kind(i: u8) -> Kind {
     match i % 4 {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::fake::{g, t, Fault, Kind, World};
 use super::*;
 use crate::event::RoutingMode;
-use crate::ledger::EventStatus;
+use crate::ledger::{EventStatus, Settle};
 
 use Kind::{GetGroup as Get, GuideGet, GuidePost, Me, PutGroup as Put, Row, Token};
 

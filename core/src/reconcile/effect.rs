@@ -1,0 +1,172 @@
+//! What the reconciler hands the glue: [`Effect`]s to carry out, the
+//! [`FailureKind`] of a failed call and the [`Metric`] samples with their
+//! stat names. Plain values, so the reconciler's tests need no host mock.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::event::{GroupId, IncidentKey};
+use crate::genesys::answer::AnswerClass;
+use crate::genesys::HttpCall;
+use crate::ledger::{GenesysRef, Settle};
+use crate::recovery::PersistedIncident;
+
+/// What the glue must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Dispatch this call; hand its answer to [`Reconciler::on_result`](super::Reconciler::on_result).
+    Call(HttpCall),
+    /// `ledger.settle_group(group, outcome, genesys, now)`, then refresh the
+    /// published status of the incidents it returns.
+    Settle {
+        group: GroupId,
+        outcome: Settle,
+        genesys: Option<GenesysRef>,
+    },
+    /// Recovery at start: `ledger.restore(p, group, now)` for each incident
+    /// (the ledger skips those it knows already), and refresh their status.
+    Restore {
+        group: GroupId,
+        incidents: Vec<PersistedIncident>,
+    },
+    /// Recovery at start: the group was found enabled by our own client with
+    /// nothing persisted to explain it. `ledger.adopt(key, group, detail,
+    /// expires_at, now)`.
+    Adopt {
+        group: GroupId,
+        key: IncidentKey,
+        expires_at: DateTime<Utc>,
+        detail: String,
+    },
+    /// One JSON audit line (a decision: incident ids, before, after, what
+    /// Genesys answered).
+    Audit(Value),
+    /// A line for Envoy's log at error level: something an operator must
+    /// act on (beside its audit line, which is logged at info): a group
+    /// another instance keeps writing, or something that stops switching
+    /// (refused credentials, a missing group or permission, an unreadable
+    /// data table; the list is on [`Reconciler::health`](super::Reconciler::health)).
+    Alarm(String),
+    Metric(Metric),
+}
+
+/// Why a call failed, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    VersionConflict,
+    RateLimited,
+    ServerError,
+    Transport,
+    Refused,
+    /// A 2xx whose body could not be read.
+    Malformed,
+    /// The login host refused the client credentials.
+    BadCredentials,
+}
+
+impl FailureKind {
+    pub(super) fn of(class: AnswerClass) -> FailureKind {
+        match class {
+            AnswerClass::Unauthorized => FailureKind::Unauthorized,
+            AnswerClass::Forbidden => FailureKind::Forbidden,
+            AnswerClass::NotFound => FailureKind::NotFound,
+            AnswerClass::VersionConflict => FailureKind::VersionConflict,
+            AnswerClass::RateLimited => FailureKind::RateLimited,
+            AnswerClass::ServerError => FailureKind::ServerError,
+            AnswerClass::Transport => FailureKind::Transport,
+            AnswerClass::Refused | AnswerClass::Success => FailureKind::Refused,
+        }
+    }
+}
+
+/// A metric sample. Counters count one per sample; `CalloutLatencyMs` is a
+/// histogram value and `ContendedGroups` a gauge's. [`Metric::name`] is the
+/// stat name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// A write changed the switch in Genesys.
+    Transition,
+    /// A reconcile found Genesys already as wanted.
+    InSync,
+    /// A reconcile ended applied.
+    Applied,
+    /// A reconcile ended failed.
+    Failed,
+    /// A call got an error answer (or none).
+    Failure(FailureKind),
+    TokenRefresh,
+    RowWrite,
+    /// A 429 paused every call.
+    RateLimitPause,
+    /// `mark_dirty` found the backlog full.
+    BacklogFull,
+    CalloutLatencyMs(u64),
+    /// A watchdog read.
+    Checked,
+    /// A watchdog read found Genesys as wanted.
+    CheckInSync,
+    /// Drift by our own client seen (timed against the grace).
+    DriftSeen,
+    /// Drift corrected after the grace period.
+    Corrected,
+    /// A change by someone else: the group is held (overridden).
+    Overridden,
+    /// A held group was not written.
+    SkippedOverridden,
+    /// A held group given back by an incident event or a resume.
+    Resumed,
+    /// A group flagged contended: our own client keeps changing it with
+    /// versions we did not write (another instance, a script).
+    Contended,
+    /// Gauge: the groups flagged contended now.
+    ContendedGroups(u64),
+    /// An incident persisted in a row, handed back at start.
+    Restored,
+    /// A group adopted at start.
+    Adopted,
+    /// A call waited for the request budget.
+    BudgetWait,
+}
+
+impl Metric {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Metric::Transition => "genesys_transitions",
+            Metric::InSync => "genesys_in_sync",
+            Metric::Applied => "genesys_applied",
+            Metric::Failed => "genesys_failed",
+            Metric::Failure(k) => match k {
+                FailureKind::Unauthorized => "genesys_failures_unauthorized",
+                FailureKind::Forbidden => "genesys_failures_forbidden",
+                FailureKind::NotFound => "genesys_failures_not_found",
+                FailureKind::VersionConflict => "genesys_failures_version_conflict",
+                FailureKind::RateLimited => "genesys_failures_rate_limited",
+                FailureKind::ServerError => "genesys_failures_server_error",
+                FailureKind::Transport => "genesys_failures_transport",
+                FailureKind::Refused => "genesys_failures_refused",
+                FailureKind::Malformed => "genesys_failures_malformed",
+                FailureKind::BadCredentials => "genesys_failures_bad_credentials",
+            },
+            Metric::TokenRefresh => "genesys_token_refreshes",
+            Metric::RowWrite => "genesys_row_writes",
+            Metric::RateLimitPause => "genesys_rate_limit_pauses",
+            Metric::BacklogFull => "genesys_backlog_full",
+            Metric::CalloutLatencyMs(_) => "genesys_callout_latency_ms",
+            Metric::Checked => "watchdog_checked",
+            Metric::CheckInSync => "watchdog_in_sync",
+            Metric::DriftSeen => "watchdog_drift",
+            Metric::Corrected => "watchdog_corrected",
+            Metric::Overridden => "watchdog_overridden",
+            Metric::SkippedOverridden => "watchdog_skipped_overridden",
+            Metric::Resumed => "watchdog_resumed",
+            Metric::Contended => "watchdog_contended",
+            Metric::ContendedGroups(_) => "watchdog_contended_groups",
+            Metric::Restored => "recovery_restored",
+            Metric::Adopted => "recovery_adopted",
+            Metric::BudgetWait => "genesys_budget_waits",
+        }
+    }
+}
