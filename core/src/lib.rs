@@ -4,6 +4,34 @@
 //! crate bytes, headers and the time, and carries out what comes back. Nothing
 //! here reads a clock or a global, so every rule is testable to the second,
 //! natively and compiled to wasm.
+//!
+//! # Module map
+//!
+//! A webhook, in the order it is handled:
+//!
+//! - [`intake`]: the filter's decisions for one request: route, body limit,
+//!   authentication ([`auth`]), parsing ([`sources`], the canonical
+//!   [`contract`]), the mapping rules ([`mapping`]), dedupe ([`dedupe`]), the
+//!   source's share ([`quota`]), the queue; `/emr/*` answers ([`status`],
+//!   [`liveness`], [`ignored`]).
+//! - [`event`]: the validated values every module shares ([`event::IncidentEvent`],
+//!   ids, the queue messages).
+//!
+//! The singleton service, from the queue to Genesys:
+//!
+//! - [`ledger`]: open and closed incidents, what each group wants, expiry,
+//!   retention.
+//! - [`reconcile`]: the state machine that drives each emergency group to
+//!   what the ledger wants, through the Genesys API ([`genesys`]: config,
+//!   token, answers, drivers, models), with its watchdog rules
+//!   ([`watchdog`]), restart recovery ([`recovery`]) and health.
+//! - [`itsm`]: the status polls that find lost resolutions and keep open
+//!   incidents open.
+//!
+//! Around them: [`config`] (the plugin configuration, every problem at
+//! once), [`store`] (the shared-data trait and its in-memory twin),
+//! [`problem`] (problem+json), [`text`], [`json`], [`rfc3339`],
+//! [`log_budget`], [`placeholder`], [`envvar`].
 
 pub mod auth;
 pub mod config;

@@ -10,9 +10,41 @@ fn dir() -> std::path::PathBuf {
     root().join("target/e2e/configs")
 }
 
+/// A throwaway certificate and key for the templates that terminate TLS,
+/// made once per run: the tests run in parallel, and one must never read a
+/// key another is still writing.
+fn tls_files() -> (std::path::PathBuf, std::path::PathBuf) {
+    static MADE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let d = dir();
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    MADE.get_or_init(|| {
+        std::fs::create_dir_all(&d).unwrap();
+        let (tmp_cert, tmp_key) = (d.join("cert.pem.new"), d.join("key.pem.new"));
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=emr-edge.test"])
+            .arg("-keyout")
+            .arg(&tmp_key)
+            .arg("-out")
+            .arg(&tmp_cert)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(&tmp_key, &key).unwrap();
+        std::fs::rename(&tmp_cert, &cert).unwrap();
+    });
+    (cert, key)
+}
+
 fn render_to_file(template: &str, config: &emr_e2e::Value, name: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(root().join(template)).unwrap();
-    let d = dir();
+    let (cert, key) = tls_files();
     let yaml = render(
         &text,
         config,
@@ -21,8 +53,8 @@ fn render_to_file(template: &str, config: &emr_e2e::Value, name: &str) -> std::p
             ("LISTEN_PORT", "10000".into()),
             ("ADMIN_PORT", "9901".into()),
             ("SIM_PORT", "9902".into()),
-            ("TLS_CERT", d.join("cert.pem").display().to_string()),
-            ("TLS_KEY", d.join("key.pem").display().to_string()),
+            ("TLS_CERT", cert.display().to_string()),
+            ("TLS_KEY", key.display().to_string()),
             ("GENESYS_REGION", "mypurecloud.ie".into()),
         ],
     );
@@ -65,30 +97,6 @@ fn a_bad_plugin_configuration_is_refused_naming_the_field() {
 
 #[test]
 fn the_production_example_validates_with_its_secrets_from_the_environment() {
-    std::fs::create_dir_all(dir()).unwrap();
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=emr-edge.test",
-        ])
-        .arg("-keyout")
-        .arg(dir().join("key.pem"))
-        .arg("-out")
-        .arg(dir().join("cert.pem"))
-        .output()
-        .expect("openssl");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
     let config = emr_e2e::production_config();
     let path = render_to_file(
         "envoy/production.example.yaml.tmpl",
@@ -241,15 +249,15 @@ fn a_secret_still_a_placeholder_is_refused_at_start() {
 
 /// Runs `scripts/render.py` as a user does; its output, or its error.
 fn render_py(template: &std::path::Path, config: &std::path::Path) -> Result<String, String> {
-    let d = dir();
+    let (cert, key) = tls_files();
     let out = std::process::Command::new("python3")
         .arg(root().join("scripts/render.py"))
         .arg(template)
         .arg(config)
         .arg(format!("WASM={}", wasm_path().display()))
         .args(["LISTEN_PORT=10000", "ADMIN_PORT=9901", "SIM_PORT=9902"])
-        .arg(format!("TLS_CERT={}", d.join("cert.pem").display()))
-        .arg(format!("TLS_KEY={}", d.join("key.pem").display()))
+        .arg(format!("TLS_CERT={}", cert.display()))
+        .arg(format!("TLS_KEY={}", key.display()))
         .arg("GENESYS_REGION=mypurecloud.ie")
         .output()
         .expect("python3");
