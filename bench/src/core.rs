@@ -251,7 +251,7 @@ pub fn full_ledger(shape: LedgerShape) -> Result<()> {
 
 /// What the singleton does per queued event when its ledger holds
 /// `shape.open` open incidents of `shape.queues` queues of
-/// `shape.queue_len` characters each, in one group (issue 12's attack:
+/// `shape.queue_len` characters each, in one group (RELIABILITY.md's hostile senders, #1:
 /// 1,000 × 50 × 128), natively — no V8, no host calls (the status store is
 /// in memory): decode, ledger, board mark, audit line, then once per
 /// `shape.batch` events the dirty status buckets published and, as a

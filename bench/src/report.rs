@@ -418,7 +418,7 @@ fn service(s: &mut String, res: &Results) {
     for f in &res.service {
         let label = match f.ledger.as_str() {
             "small" => "small, the same incident shape",
-            "full" => "**full: issue 12's attack**",
+            "full" => "**full: hostile senders #1**",
             "full-short-queues" => "full, short queues",
             other => other,
         };

@@ -502,7 +502,7 @@ fn start(ctx: &mut Ctx) -> Result<Start> {
     })
 }
 
-/// The ledgers of the `service` phase: issue 12's attack (1,000 open
+/// The ledgers of the `service` phase: the hostile-senders attack #1 (RELIABILITY.md) (1,000 open
 /// incidents of 50 queues of 128 characters, one group), the same incident
 /// shape in a small ledger, and 1,000 open incidents of two short queues.
 const LEDGERS: [(&str, crate::core::LedgerShape); 3] = [

@@ -983,7 +983,7 @@ mod tests {
     #[test]
     fn one_secret_on_two_routes_is_refused() {
         // A Standard Webhooks delivery signed for /webhooks/standard was
-        // accepted on /webhooks/canonical (issue 12, finding 11).
+        // accepted on /webhooks/canonical (RELIABILITY.md, hostile senders, #11).
         let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let env = |k: &str| match k {
             "A" | "B" => Some(whsec.to_owned()),

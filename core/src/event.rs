@@ -497,7 +497,7 @@ pub enum Control {
     Resume { group: GroupId, received_ms: i64 },
     /// An activation arrived again (a replay: Alertmanager re-sends a firing
     /// alert every `repeat_interval`): the tool still says the incident is
-    /// open, so its ttl runs again from now (`Ledger::renew`, issue 13).
+    /// open, so its ttl runs again from now (`Ledger::renew`).
     #[serde(rename_all = "camelCase")]
     Renew {
         incident: IncidentKey,

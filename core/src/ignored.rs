@@ -1,4 +1,4 @@
-//! The recently ignored events, for `GET /emr/status/{id}` (issue 13).
+//! The recently ignored events, for `GET /emr/status/{id}`.
 //!
 //! An event no rule matches is answered `202 IGNORED` and never reaches the
 //! service, so the status board (which the service writes) has nothing

@@ -1121,7 +1121,7 @@ impl Intake<'_> {
             Ok(Outcome::Conflict) => {
                 // No signature covers PagerDuty's or Jira's delivery id, so
                 // whoever saw one can claim it first with another body
-                // (issue 12, finding 7). A delivery id only marks a replay
+                // (RELIABILITY.md, hostile senders, #7). A delivery id only marks a replay
                 // of the same body; another body is judged by its events'
                 // own keys, like a delivery with no id.
                 rec.counters.push(Counter::DeliveryIdReused);

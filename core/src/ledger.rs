@@ -1,12 +1,12 @@
 //! The incident ledger: every incident the service knows, its latest event,
 //! and from that the desired state of each emergency group.
 //!
-//! The ledger lives in the singleton service. Its rules (DESIGN §6):
+//! The ledger lives in the singleton service. Its rules (docs/genesys.md, "What emr-edge does to a group"):
 //! - an incident is keyed by source + id; its newest event *by time* wins,
 //!   so a resolution that overtakes its activation still resolves. An
 //!   event's time is the sender's `timestamp`, but never later than when we
 //!   received it: a sender's clock ahead of ours (or a forged future date)
-//!   must not outrank what is received after it (issue 12, finding 8);
+//!   must not outrank what is received after it (RELIABILITY.md, hostile senders, #8);
 //! - a group is desired enabled iff at least one open, unexpired incident
 //!   maps to it; its queue list is the open incidents' queues in priority,
 //!   then arrival, order, without repeats, at most [`MAX_GROUP_QUEUES`]
@@ -796,7 +796,7 @@ impl Ledger {
     }
 
     /// The tool's status API says the open incident `key` is still open
-    /// (issue 13): its ttl is a backstop for when polling fails, not a
+    /// (docs/convergence.md, "TTL"): its ttl is a backstop for when polling fails, not a
     /// deadline. The expiry moves to `ttl` after `now`, and never closer
     /// than `at_least` (two poll periods: one failed poll must not let it
     /// lapse). It moves only in steps of at least a quarter of the ttl, so

@@ -23,7 +23,7 @@
 //!    **update** (a PagerDuty `incident.priority_updated`, a Jira
 //!    `jira:issue_updated`, a ServiceNow record changed after its creation)
 //!    while `reevaluate_updates` is on (the default), which becomes a
-//!    resolution that *releases* the incident if it is open here (issue 13:
+//!    resolution that *releases* the incident if it is open here (
 //!    a P1 lowered to P3 no longer holds the emergency group). A matching
 //!    update opens the incident, or updates it: a P3 raised to P1 switches.
 //!

@@ -4,7 +4,7 @@
 //! Without shares, one source's credential was enough to fill it — four
 //! Alertmanager notifications of 473 firing alerts did — and every other
 //! source's next incident was answered 202 and then recorded `FAILED`
-//! (issue 12, finding 2). Now each source has its own share
+//! (RELIABILITY.md, hostile senders, #2). Now each source has its own share
 //! ([`Shares`]), the shares add up to at most the ledger's bound, and an
 //! event that would open an incident beyond its source's share is refused
 //! at the intake (429 + `Retry-After`), before anything is recorded.

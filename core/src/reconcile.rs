@@ -9,7 +9,7 @@
 //!
 //! One reconcile of a group (a *cycle*) is: a pre-flight read, a decision,
 //! and only if Genesys differs from the target, the writes — then a settle.
-//! The rules (DESIGN §6–§7):
+//! The rules (docs/genesys.md and docs/convergence.md):
 //! - one call per group at a time, `max_in_flight` calls overall, and a
 //!   bounded backlog of groups waiting for a slot; any number of
 //!   `mark_dirty`s during a cycle makes exactly one more cycle after it;
@@ -133,8 +133,7 @@ const AFTER_EVENT_MARGIN: Duration = Duration::seconds(1);
 /// rewritten (a longer queue list, more incident ids) at most this often.
 /// One sender's thousand incidents for one group otherwise kept that group
 /// in back-to-back read-and-row-write cycles, and the request budget they
-/// spent made another group's switch wait seconds for its calls (issue 12,
-/// finding 1). A switch — the group's `enabled` changing — is never paced.
+/// spent made another group's switch wait seconds for its calls (RELIABILITY.md, hostile senders, /// #1). A switch — the group's `enabled` changing — is never paced.
 const ROW_REFRESH_PACE: Duration = Duration::seconds(2);
 
 /// Whether `date_modified` (RFC 3339) is after `t`; unreadable means no.
@@ -381,7 +380,7 @@ impl Reconciler {
                 not_before: None,
             };
             self.fallback_groups = groups.to_vec();
-            // Every configured group is read once the rows are (issue 13:
+            // Every configured group is read once the rows are (
             // a group given by name, or missing, shows at start, not at the
             // incident), and is on `/emr/state` from the start.
             for g in groups {

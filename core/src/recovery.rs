@@ -132,7 +132,7 @@ pub struct Persisted {
 /// Written as it would serialise a [`Persisted`], but in one pass: a group
 /// can hold a thousand open incidents of fifty long queues, and serialising
 /// the growing document once per incident made each row write cost
-/// milliseconds of the service's time (issue 12, finding 1). An incident
+/// milliseconds of the service's time (RELIABILITY.md, hostile senders, #1). An incident
 /// that cannot fit is told by its size before it is serialised.
 pub fn encode(group: &GroupId, open: &[&Incident]) -> String {
     let group_json = serde_json::to_string(group).unwrap_or_default();

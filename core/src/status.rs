@@ -10,7 +10,7 @@
 //! Alertmanager alert may share one), so every entry carries its source and
 //! a lookup may name it ([`find`]). The per-bucket cap is per source: ids
 //! can be chosen to land in one bucket, and a source's flood must not push
-//! another source's incidents off the board (issue 12, finding 9).
+//! another source's incidents off the board (RELIABILITY.md, hostile senders, #9).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -4,7 +4,7 @@
 //! The reconciler (`crate::reconcile`) reads every group it knows again every
 //! `period` (every `converging` after it wrote the group, to see the change
 //! stick), and hands each read that differs from the target to [`judge`].
-//! The rules (DESIGN §6):
+//! The rules (docs/convergence.md, "The watchdog" and "People win"):
 //!
 //! - **An incident event, or an explicit resume, decides.** A cycle that one
 //!   of them started writes whatever a person did (people win only until the

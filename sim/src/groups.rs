@@ -1,6 +1,6 @@
 //! Architect emergency groups: the model, the store and the API handlers.
 //!
-//! This is the real switch emr-edge drives (DESIGN §2): `enabled` says whether an emergency is
+//! This is the real switch emr-edge drives (docs/genesys-api.md): `enabled` says whether an emergency is
 //! occurring; `state` is only the object's lifecycle. Writes are optimistic: a PUT carries the
 //! `version` it read, a stale one gets a 409, and every write bumps `version` and stamps
 //! `dateModified` and `modifiedByApp` — which is how emr-edge tells its own writes from a

@@ -1,6 +1,6 @@
 //! The guide's own contract, `GET`/`POST /api/v2/telephony/emergencyrouting`.
 //!
-//! Not a real Genesys API (DESIGN §2): it stands for an internal service some sites put in front
+//! Not a real Genesys API (docs/genesys-api.md): it stands for an internal service some sites put in front
 //! of Genesys, and backs emr-edge's second driver. A POST asks for `ACTIVE` or `INACTIVE`; the
 //! answer and every GET show `PENDING` until the configured propagation delay has passed, then
 //! the requested state. Any valid token may call it (the guide's scopes do not exist).

@@ -1,4 +1,4 @@
-//! Incident status endpoints of the ITSM tools, for emr-edge's lost-resolution poll (issue 4).
+//! Incident status endpoints of the ITSM tools, for emr-edge's lost-resolution poll.
 //!
 //! Each answers only what the poll reads, in the shape of the real API:
 //! - PagerDuty `GET /incidents/{id}` → `{"incident": {"id", "status", …}}`;

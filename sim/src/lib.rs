@@ -2,7 +2,7 @@
 //!
 //! One listener serves both the login host (`/oauth/token`) and the API host (`/api/v2/…`), plus
 //! the ITSM status endpoints and a control API under `/__sim/`, so Envoy's clusters can all point
-//! at it. Models, status codes and error bodies follow the real services (DESIGN §2), so the
+//! at it. Models, status codes and error bodies follow the real services (docs/genesys-api.md), so the
 //! driver is tested against what production will answer, failures included.
 //!
 //! In-process use (tests):

@@ -1,7 +1,7 @@
 //! The accept loop and per-connection serving.
 //!
 //! `axum::serve` cannot close a connection without answering, and "connection reset" is a
-//! failure emr-edge must handle (DESIGN §7), so connections are served here with hyper directly.
+//! failure emr-edge must handle (docs/genesys.md, the answer table), so connections are served here with hyper directly.
 //! Each connection gets a [`ConnectionControl`] in its requests' extensions; a handler that asks
 //! for a reset makes the connection task drop the connection with `SO_LINGER` 0, which sends a
 //! TCP RST — what a crashed or overloaded upstream looks like to Envoy.

@@ -109,8 +109,8 @@ fn the_production_example_validates_with_its_secrets_from_the_environment() {
     let err = validate(&path).unwrap_err();
     assert!(err.contains("sources.canonical"), "{err}");
     assert!(!err.contains("canonical-token-0123456789"));
-    // One secret for two routes refuses to start too (issue 12, finding
-    // 11): the canonical token reused as the /emr credential.
+    // One secret for two routes refuses to start too (RELIABILITY.md,
+    // hostile senders, #11): the canonical token reused as the /emr credential.
     let mut shared = env;
     shared[4] = ("EMR_STATUS_TOKEN", "canonical-token-0123456789");
     let err = validate_with_env(&path, &shared).unwrap_err();

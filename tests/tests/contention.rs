@@ -1,5 +1,5 @@
-//! Two emr-edge instances against one Genesys org (issue 13, correctness
-//! item 3): each takes the other's writes for drift by our own client. They
+//! Two emr-edge instances against one Genesys org (docs/convergence.md,
+//! "One instance per Genesys org"): each takes the other's writes for drift by our own client. They
 //! must not flip the group for ever: the third drift within the window flags
 //! it *contended* on one of them, which stops correcting it, says so in an
 //! error line, an audit line, `/emr/state` and its metrics.

@@ -1,4 +1,4 @@
-//! A new user's first hour (issue 13): what is wrong with the Genesys side
+//! A new user's first hour: what is wrong with the Genesys side
 //! shows at start — logged at error, on `/emr/state`, and as a `degraded`
 //! `/emr/health` — not during the first incident.
 

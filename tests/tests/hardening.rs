@@ -1,4 +1,4 @@
-//! Hostile senders with a valid credential (issue 12): each attack the
+//! Hostile senders with a valid credential (RELIABILITY.md, hostile senders): each attack the
 //! adversarial review ran end to end, run again against a real Envoy and
 //! the simulator, and shown to fail. RELIABILITY.md lists them with the
 //! bound that stops each and what these tests measured (`--nocapture`

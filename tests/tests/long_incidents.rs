@@ -1,4 +1,4 @@
-//! Long incidents and changing priorities (issue 13), through a real Envoy
+//! Long incidents and changing priorities, through a real Envoy
 //! and the simulator's PagerDuty:
 //!
 //! - while PagerDuty's status API says an incident is open, it outlives its

@@ -651,7 +651,7 @@ async fn redeliveries_replay_and_new_events_of_one_incident_are_new() {
     assert_eq!((replayed.as_deref(), &again), (Some("true"), &first));
     // The same delivery id with another payload: no signature covers the
     // id, so it only marks a replay of the same body; this event is judged
-    // by its own key, and is new (issue 12, finding 7).
+    // by its own key, and is new (RELIABILITY.md, hostile senders, #7).
     let other = pagerduty(
         "pagerduty/incident_triggered.json",
         t + chrono::Duration::seconds(1),

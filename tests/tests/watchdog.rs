@@ -1,5 +1,5 @@
 //! Genesys converges to the truth even when webhooks, Envoy or people do not
-//! cooperate (issue 4), through a real Envoy and the simulator. Periods are
+//! cooperate (docs/convergence.md), through a real Envoy and the simulator. Periods are
 //! short by config (watchdog every 5 s — its floor —, 1 s after a write,
 //! grace 3 s, ITSM polls every 2 s); every wait has a bound.
 
@@ -396,7 +396,7 @@ async fn after_genesys_is_down_routing_converges_once_it_returns() {
     s.send(&event("INC-DOWN", "EMERGENCY_ACTIVE", &["q1"], -5))
         .await;
     on_and_applied(&s, "INC-DOWN").await;
-    // Down for 10 s (issue 4 says 30 s; 10 s shows the same and keeps the
+    // Down for 10 s (an outage of 30 s or 10 s: 10 s shows the same and keeps the
     // suite fast). The resolution arrives while it is down.
     let outage = Duration::from_secs(10);
     s.sim.go_down(outage, OutageMode::Reset).unwrap();

@@ -1,4 +1,4 @@
-//! An HTTP answer from Genesys, sorted into the classes of DESIGN §7.
+//! An HTTP answer from Genesys, sorted into the classes docs/genesys.md's answer table acts on.
 //!
 //! The class decides what the reconciler does next; the rest (correlation id,
 //! `Retry-After`, rate-limit headers, Genesys's error code and message) is

@@ -6,7 +6,7 @@
 //!   [`GenesysSettings`] (hosts, clusters, credentials, group mapping, limits);
 //! - [`models`]: Genesys's JSON models (emergency group, error body, token,
 //!   data-table row, the guide's routing contract);
-//! - [`answer`]: an HTTP answer sorted into DESIGN §7's classes, with
+//! - [`answer`]: an HTTP answer sorted into the classes of docs/genesys.md's answer table, with
 //!   `Retry-After`, `ININ-Correlation-Id` and rate-limit headers read;
 //! - [`token`]: the client-credentials token and when to refresh it;
 //! - [`budget`]: the token bucket every call to Genesys spends from;

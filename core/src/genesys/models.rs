@@ -137,8 +137,8 @@ impl std::fmt::Debug for TokenAnswer {
 /// The most characters one string column of the row holds. Genesys
 /// documents no limit per cell, only the 512,000-byte request body; a group
 /// of a thousand incidents with fifty long queues each once made a row of
-/// 181 KB, and a larger one would be refused for good (issue 12, finding
-/// 6). At 4,000 per column the whole row stays near 12 KB.
+/// 181 KB, and a larger one would be refused for good (RELIABILITY.md, hostile
+/// senders, #6). At 4,000 per column the whole row stays near 12 KB.
 pub const MAX_COLUMN_CHARS: usize = 4_000;
 
 /// Joins `ids` with `,` within [`MAX_COLUMN_CHARS`]: whole ids only, in

@@ -1454,7 +1454,7 @@ fn a_signed_standard_webhook_is_found_queued_before_the_service_records_it() {
     assert_eq!((r.status, &body(&r)["state"]), (200, &json!("QUEUED")));
 }
 
-// ---- issue 12: hostile senders with a valid credential ------------------
+// ---- hostile senders with a valid credential (RELIABILITY.md) ------------------
 
 /// The every-source config with `patch` merged in.
 fn sources_with(patch: Value) -> Sources {
@@ -1606,7 +1606,7 @@ fn an_alertmanager_notification_over_max_alerts_is_refused_whole() {
 #[test]
 fn a_pagerduty_event_older_than_the_replay_window_is_refused() {
     // PagerDuty signs no time: a captured delivery stays valid, so its
-    // event time is held to the replay window (issue 12, finding 5).
+    // event time is held to the replay window (RELIABILITY.md, hostile senders, #5).
     let s = Sources::new();
     let pd = fixture!("pagerduty/incident_triggered.json");
     s.now.set(now() + chrono::Duration::days(2));

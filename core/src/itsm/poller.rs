@@ -62,7 +62,7 @@ pub enum PollEffect {
     /// at_least, now)`; if it returns the group, refresh the incident's
     /// status and the group's row (`Reconciler::mark_dirty`), which
     /// persists the new expiry for a restart. While the tool answers that
-    /// the incident is open, it never expires here (issue 13).
+    /// the incident is open, it never expires here.
     Renew {
         key: IncidentKey,
         at_least: Duration,

@@ -6,7 +6,7 @@
 //! every queue of every open incident, with a repeat check for each: a
 //! sender that opened a thousand incidents of fifty queues each made that
 //! tens of thousands of string comparisons per queue on every read of
-//! every group, and stalled the service for seconds (issue 12, finding 1).
+//! every group, and stalled the service for seconds (RELIABILITY.md, hostile senders, #1).
 //! Here each queue remembers its *slots* — where the open incidents list
 //! it — and the list is read off the queues' best slots in order. Opening
 //! or closing an incident costs its own queues; reading the list costs at

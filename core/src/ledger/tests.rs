@@ -287,7 +287,7 @@ fn a_flood_of_unique_incidents_is_capped_and_visible() {
     );
     let inc = l.get(&key("I3")).unwrap();
     assert_eq!(inc.status(), EventStatus::Failed);
-    // Refused, never shown as resolved (issue 12, finding 2).
+    // Refused, never shown as resolved (RELIABILITY.md, hostile senders, #2).
     assert_eq!(inc.state, IncidentState::Refused);
     assert_eq!(serde_json::to_value(inc).unwrap()["state"], "REFUSED");
     assert!(inc
@@ -459,7 +459,7 @@ fn open_incidents_of_a_group_are_most_urgent_first() {
     assert_eq!(ids, ["HIGH", "LOW"]);
 }
 
-// ---- issue 12: hostile senders with a valid credential ----------------------
+// ---- hostile senders with a valid credential (RELIABILITY.md) ----------------------
 
 fn keyed(source: Source, id: &str) -> IncidentKey {
     IncidentKey {

@@ -7,7 +7,7 @@
 //! and its last event time. They are kept per source, each source within
 //! its own bound, so that one source's flood of closed incidents (an
 //! Alertmanager token holder sending thousands of resolutions) can only
-//! push out that source's own tombstones (issue 12, finding 5). They last
+//! push out that source's own tombstones (RELIABILITY.md, hostile senders, #5). They last
 //! [`super::Retention::tombstone_seconds`]: the replay window plus the
 //! future skew, after which the intake refuses such an event by its time.
 

@@ -1,4 +1,4 @@
-//! What stops emr-edge from switching, as Genesys has told us (issue 13):
+//! What stops emr-edge from switching, as Genesys has told us:
 //! refused client credentials, a group that does not exist (or was given by
 //! name), a missing permission, an unreadable data table.
 //!

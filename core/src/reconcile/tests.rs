@@ -1,5 +1,5 @@
 //! The reconciler against a fake Genesys: one test per answer class of
-//! DESIGN §7, plus tokens, coalescing, limits, both drivers, the data-table
+//! The answer table of docs/genesys.md, plus tokens, coalescing, limits, both drivers, the data-table
 //! row and the state view.
 
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]

@@ -69,7 +69,7 @@ impl Reconciler {
     /// One group of `GET /emr/state`. Every list in it is cut at
     /// [`VIEW_LIST_MAX`] with its total beside it, and the row's columns are
     /// bounded: a group of a thousand incidents with long queue lists once
-    /// made this 1.4 MB (issue 12, finding 14).
+    /// made this 1.4 MB (RELIABILITY.md, hostile senders, #14).
     /// One line for a person at 3 a.m.: which groups are in emergency,
     /// since when, held by which incident; or that none is, and what stops
     /// switching if anything does.

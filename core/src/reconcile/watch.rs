@@ -1,5 +1,5 @@
 //! The watchdog, people-win, the request budget and restart recovery,
-//! against the fake Genesys: each test is one scenario of issue 4, timed to
+//! against the fake Genesys: each test is one scenario of docs/convergence.md, timed to
 //! the second.
 
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]

@@ -2,7 +2,7 @@
 //!
 //! One event per delivery: `{"event": {"event_type", "occurred_at", "data"}}`.
 //! `incident.triggered` and `incident.reopened` open, `incident.resolved`
-//! resolves. `incident.priority_updated` re-evaluates the rules (issue 13):
+//! resolves. `incident.priority_updated` re-evaluates the rules:
 //! a P3 raised to P1 opens, a P1 lowered to P3 releases its group (see
 //! `crate::mapping`; `reevaluate_updates: false` ignores it), unless the
 //! incident is already resolved there. Other `incident.*` events
@@ -307,7 +307,7 @@ mod tests {
         let items = priority_update(&insecure, |d| d["status"] = "resolved".into());
         assert!(matches!(&items[..], [Item::Ignored { reason, .. }]
             if reason == "a priority change of an incident resolved there"));
-        // Turned off: ignored, as before issue 13.
+        // Turned off: ignored, as it was before updates re-evaluated the rules.
         let off = compiled(
             Source::Pagerduty,
             r#"{"insecure": true, "reevaluate_updates": false,
