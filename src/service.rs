@@ -25,6 +25,7 @@ use emr_core::quota;
 use emr_core::reconcile::{
     CallResult, Effect, HttpCall, Metric as ReconcileMetric, OpId, Reconciler,
 };
+use emr_core::rfc3339;
 use emr_core::status::{self, Board};
 use emr_core::store::{ensure_key, SharedStore};
 use proxy_wasm::hostcalls;
@@ -385,7 +386,7 @@ impl ServiceRoot {
                 self.metrics.resumes.add(1);
                 let Some(g) = &mut self.genesys else {
                     audit(
-                        json!({"audit": "resume", "at": now.to_rfc3339(), "group": group,
+                        json!({"audit": "resume", "at": rfc3339::text(now), "group": group,
                                  "outcome": "ignored: no genesys section, nothing is driven"}),
                     );
                     return;
@@ -694,10 +695,10 @@ impl ServiceRoot {
                 audit(json!({
                     "audit": "expired",
                     "decision": "expired",
-                    "at": now.to_rfc3339(),
+                    "at": rfc3339::text(now),
                     "incident": key.to_string(),
                     "group": inc.map(|i| i.group.as_str()),
-                    "expiresAt": inc.and_then(|i| i.expires_at).map(|t| t.to_rfc3339()),
+                    "expiresAt": inc.and_then(|i| i.expires_at).map(rfc3339::text),
                 }));
             }
             if !expired.is_empty() {
@@ -758,7 +759,7 @@ impl ServiceRoot {
                     .desired()
                     .map(|(id, d)| json!({"id": id, "desired": d.view()}))
                     .collect();
-                json!({"updatedAt": now.to_rfc3339(), "genesys": null, "groups": groups})
+                json!({"updatedAt": rfc3339::text(now), "genesys": null, "groups": groups})
             }
         };
         if let (Some(obj), Some(p)) = (state.as_object_mut(), &self.poller) {

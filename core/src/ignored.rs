@@ -104,7 +104,7 @@ pub fn find(
                 "state": "IGNORED",
                 "status": "IGNORED",
                 "reason": n.reason,
-                "receivedAt": n.received_at.to_rfc3339(),
+                "receivedAt": crate::rfc3339::text(n.received_at),
                 "detail": "this event was answered IGNORED: it opened and resolved nothing, \
                            and nothing about it was written to Genesys",
             })

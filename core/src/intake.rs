@@ -37,7 +37,7 @@
 
 use std::cell::OnceCell;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::auth::{self, hex};
@@ -485,7 +485,7 @@ fn conflict(ev: &IncidentEvent) -> Problem {
                 "{} {} at {} was already accepted with a different payload",
                 ev.correlation_id,
                 ev.routing_mode,
-                ev.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)
+                crate::rfc3339::text(ev.timestamp)
             ),
         )
         .with_error(

@@ -290,10 +290,10 @@ impl Applied {
     ) -> serde_json::Value {
         serde_json::json!({
             "audit": "event",
-            "at": now.to_rfc3339(),
+            "at": crate::rfc3339::text(now),
             "incident": q.event.incident_key().to_string(),
             "routingMode": q.event.routing_mode,
-            "timestamp": q.event.timestamp.to_rfc3339(),
+            "timestamp": crate::rfc3339::text(q.event.timestamp),
             "group": group,
             "deliveryId": q.delivery_id,
             "outcome": format!("{self:?}"),
@@ -838,8 +838,8 @@ impl Ledger {
             "source": key.source,
             "correlationId": key.id,
             "priority": inc.priority,
-            "since": since.map(|t| t.to_rfc3339()),
-            "expiresAt": inc.expires_at.map(|t| t.to_rfc3339()),
+            "since": since.map(crate::rfc3339::text),
+            "expiresAt": inc.expires_at.map(crate::rfc3339::text),
         });
         if let (Some(obj), Some(about)) = (v.as_object_mut(), &inc.about) {
             if let Some(t) = &about.title {

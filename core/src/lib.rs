@@ -27,6 +27,8 @@
 //!   ([`watchdog`]), restart recovery ([`recovery`]) and health.
 //! - [`itsm`]: the status polls that find lost resolutions and keep open
 //!   incidents open.
+//! - [`callout`]: what both state machines share about asking another
+//!   service over HTTP: the call, its answer, the request budget.
 //!
 //! Around them: [`config`] (the plugin configuration, every problem at
 //! once), [`store`] (the shared-data trait and its in-memory twin),
@@ -34,6 +36,7 @@
 //! [`log_budget`], [`placeholder`], [`envvar`].
 
 pub mod auth;
+pub mod callout;
 pub mod config;
 pub mod contract;
 pub mod dedupe;

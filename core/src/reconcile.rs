@@ -46,7 +46,7 @@
 //! that we did not make. Transitions (events, our own ledger's changes)
 //! still write.
 //!
-//! **The request budget** ([`crate::genesys::budget`]): every call spends
+//! **The request budget** ([`crate::callout::budget`]): every call spends
 //! from one token bucket; routine checks only start while a reserve is left.
 //!
 //! **Recovery** ([`crate::recovery`]): after [`Reconciler::start_recovery`]
@@ -94,18 +94,19 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
+use crate::callout::Budget;
 use crate::event::GroupId;
 use crate::genesys::answer::{Answer, RateLimit};
-use crate::genesys::budget::Budget;
 use crate::genesys::config::GenesysSettings;
 use crate::genesys::driver::{driver_for, Driver, Observed, Target};
 use crate::genesys::models::QueueRow;
 use crate::genesys::token::{StoredToken, TokenManager};
 use crate::ledger::{GenesysRef, Ledger, VIEW_LIST_MAX};
 
+use crate::rfc3339::text as rfc3339;
 use group::{
     Act, Action, ContendedInfo, Cycle, GroupState, LastReconcile, OverrideInfo, Phase, Step, Then,
     Wait, WriteRecord,
@@ -114,7 +115,7 @@ use health::{Check, Health};
 use schedule::{GroupOp, Op, OpKind};
 use startup::{Identity, Recovery, RecoveryReport};
 
-pub use crate::genesys::{CallResult, HttpCall, OpId};
+pub use crate::callout::{CallResult, HttpCall, OpId};
 pub use effect::{Effect, FailureKind, Metric};
 
 /// Extra time past a call's timeout before the reconciler gives up on it by
@@ -551,10 +552,6 @@ fn ordinal(n: u32) -> String {
         _ => "th",
     };
     format!("{n}{suffix}")
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn genesys_ref(answer: &Answer, o: &Observed) -> GenesysRef {

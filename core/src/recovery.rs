@@ -28,7 +28,7 @@
 //! group's `dateModified`: routing stays on across the restart, and cannot
 //! stay on forever.
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -37,6 +37,7 @@ use crate::event::{
     DEFAULT_TTL_SECONDS,
 };
 use crate::ledger::Incident;
+pub use crate::rfc3339::text as rfc3339;
 
 /// The row column that carries the open incidents.
 pub const COLUMN: &str = "openIncidents";
@@ -301,10 +302,6 @@ pub fn adopted_expiry(date_modified: Option<&str>, now: DateTime<Utc>) -> DateTi
         .filter(|d| *d <= now)
         .unwrap_or(now);
     since + Duration::seconds(ADOPT_TTL_SECONDS)
-}
-
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]

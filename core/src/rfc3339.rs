@@ -105,6 +105,14 @@ fn parse_fast(s: &str) -> Option<DateTime<Utc>> {
     Some(date.and_time(time).and_utc())
 }
 
+/// The one format of every time emr-edge writes itself (audit lines, the
+/// state and status views): RFC 3339 in UTC, with `Z` and milliseconds,
+/// e.g. `2024-08-15T14:22:01.000Z`. (A time a sender gave is echoed by
+/// [`serialize`], as precise as it came, also with `Z`.)
+pub fn text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Reads a timestamp as chrono's `Deserialize` for `DateTime<Utc>` does.
 pub fn parse(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     match parse_fast(s) {

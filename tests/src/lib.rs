@@ -845,3 +845,42 @@ impl Stack {
         a
     }
 }
+
+/// Every string in `v` that is a time is in the one format emr-edge writes:
+/// RFC 3339, UTC, `Z`, with 0, 3, 6 or 9 fraction digits (never `+00:00`).
+pub fn assert_one_time_format(v: &Value, path: &str) {
+    match v {
+        Value::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => {
+            let (main, frac) = s
+                .strip_suffix('Z')
+                .map(|m| m.split_once('.').unwrap_or((m, "")))
+                .unwrap_or_else(|| panic!("{path}: {s} is not in UTC with Z"));
+            assert_eq!(main.len(), 19, "{path}: {s}");
+            assert!(
+                [0, 3, 6, 9].contains(&frac.len()) && frac.bytes().all(|b| b.is_ascii_digit()),
+                "{path}: {s}"
+            );
+        }
+        Value::Array(items) => {
+            for (i, x) in items.iter().enumerate() {
+                assert_one_time_format(x, &format!("{path}[{i}]"));
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                assert_one_time_format(x, &format!("{path}.{k}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// [`assert_one_time_format`] on every JSON audit line of Envoy's log;
+/// returns how many it read.
+pub fn assert_audit_times_in_one_format(log: &str) -> usize {
+    log.lines()
+        .filter_map(|l| l.find("{\"").map(|i| &l[i..]))
+        .filter_map(|j| serde_json::from_str::<Value>(j).ok())
+        .inspect(|v| assert_one_time_format(v, "audit line"))
+        .count()
+}

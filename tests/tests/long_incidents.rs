@@ -195,6 +195,10 @@ async fn a_priority_change_switches_the_group_on_and_releases_it() {
         "{held}"
     );
     assert!(held["expiresAt"].is_string(), "{held}");
+    // Every time emr-edge writes is in one format: the views and the log.
+    emr_e2e::assert_one_time_format(&state, "/emr/state");
+    emr_e2e::assert_one_time_format(&s.status("PPRIO1").await, "/emr/status");
+    assert!(emr_e2e::assert_audit_times_in_one_format(&s.envoy.log()) > 3);
 
     // Lowered to P3 again: released, the group switches back off.
     post(

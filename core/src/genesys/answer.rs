@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::models::{ErrorBody, OAuthErrorBody};
 use super::CallResult;
+use crate::callout::{header, parse_retry_after};
 use crate::ledger::GenesysRef;
 
 /// What an answer means for the operation that got it.
@@ -264,28 +265,6 @@ fn is_version_mismatch(e: &ErrorBody) -> bool {
     e.message
         .as_deref()
         .is_some_and(|m| m.to_ascii_lowercase().contains(VERSION_MISMATCH))
-}
-
-/// The value of header `name` in `headers` (case-insensitive).
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-/// `Retry-After` as seconds from `now`: delta-seconds (what Genesys sends) or
-/// an HTTP-date. A date in the past is 0.
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<u64> {
-    let value = value.trim();
-    if let Ok(s) = value.parse::<u64>() {
-        return Some(s);
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?;
-    let delta = at.with_timezone(&Utc) - now;
-    // Round up: waiting a fraction too long is fine, too short is not.
-    let ms = delta.num_milliseconds().max(0);
-    u64::try_from((ms + 999) / 1000).ok()
 }
 
 /// The `[42]` of "Retry the request in [42] seconds".

@@ -342,19 +342,28 @@ impl TokenManager {
         });
         if let Some(obj) = v.as_object_mut() {
             if let Some(t) = &self.current {
-                obj.insert("obtainedAt".into(), t.obtained_at.to_rfc3339().into());
-                obj.insert("refreshAt".into(), t.refresh_at.to_rfc3339().into());
-                obj.insert("expiresAt".into(), t.expires_at.to_rfc3339().into());
+                obj.insert(
+                    "obtainedAt".into(),
+                    crate::rfc3339::text(t.obtained_at).into(),
+                );
+                obj.insert(
+                    "refreshAt".into(),
+                    crate::rfc3339::text(t.refresh_at).into(),
+                );
+                obj.insert(
+                    "expiresAt".into(),
+                    crate::rfc3339::text(t.expires_at).into(),
+                );
             }
             match &self.fetch {
                 Fetch::Backoff { until } => {
-                    obj.insert("retryAt".into(), until.to_rfc3339().into());
+                    obj.insert("retryAt".into(), crate::rfc3339::text(*until).into());
                 }
                 Fetch::Rejected {
                     since, retry_at, ..
                 } => {
-                    obj.insert("rejectedSince".into(), since.to_rfc3339().into());
-                    obj.insert("retryAt".into(), retry_at.to_rfc3339().into());
+                    obj.insert("rejectedSince".into(), crate::rfc3339::text(*since).into());
+                    obj.insert("retryAt".into(), crate::rfc3339::text(*retry_at).into());
                 }
                 Fetch::Idle | Fetch::InFlight => {}
             }

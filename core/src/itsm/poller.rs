@@ -4,18 +4,17 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
+use crate::callout::{header, parse_retry_after, Budget, CallResult, HttpCall, OpId, USER_AGENT};
 use crate::event::{IncidentKey, Source};
-use crate::genesys::answer::{header, parse_retry_after};
-use crate::genesys::budget::Budget;
-use crate::genesys::{CallResult, HttpCall, OpId, USER_AGENT};
 use crate::ledger::{IncidentState, Ledger};
 use crate::sources::ids::HASHED_PREFIX;
 
 use super::config::{ItsmSettings, Tool};
 use super::tools::{parse_jira, parse_pagerduty, parse_servicenow, request, ToolStatus};
+use crate::rfc3339::text as rfc3339;
 
 /// A metric sample; [`PollMetric::name`] is the stat name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,8 +415,4 @@ impl Poller {
             "recent": self.recent,
         })
     }
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }

@@ -8,11 +8,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::callout::{CallResult, HttpCall};
 use crate::event::{
     CorrelationId, GroupId, IncidentEvent, IncidentKey, IncidentType, QueueId, QueuedEvent,
     RoutingMode, Source,
 };
-use crate::genesys::{CallResult, HttpCall};
 use crate::ledger::Ledger;
 
 fn t(s: i64) -> DateTime<Utc> {

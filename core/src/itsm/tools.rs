@@ -2,8 +2,8 @@
 
 use serde_json::Value;
 
+use crate::callout::encode_segment;
 use crate::event::Source;
-use crate::genesys::encode_segment;
 
 use super::config::Tool;
 

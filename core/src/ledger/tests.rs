@@ -97,10 +97,10 @@ fn the_audit_line_says_what_arrived_and_what_it_did() {
         line,
         serde_json::json!({
             "audit": "event",
-            "at": t(1).to_rfc3339(),
+            "at": "2024-08-15T14:22:02.000Z",
             "incident": "canonical:I1",
             "routingMode": "EMERGENCY_ACTIVE",
-            "timestamp": t(0).to_rfc3339(),
+            "timestamp": "2024-08-15T14:22:01.000Z",
             "group": "G",
             "deliveryId": "d-1",
             "outcome": "Opened",

@@ -6,11 +6,12 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 
+use crate::callout::CallResult;
 use crate::event::GroupId;
 use crate::genesys::answer::{Answer, AnswerClass};
 use crate::genesys::driver::{row_request, Decision, Observed, Target};
 use crate::genesys::token::backoff;
-use crate::genesys::{CallResult, Request};
+use crate::genesys::Request;
 use crate::ledger::{Settle, VIEW_LIST_MAX};
 
 use super::group::{Outcome, Reached, Wait};

@@ -5,9 +5,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::callout::HttpCall;
 use crate::event::{GroupId, IncidentKey};
 use crate::genesys::answer::AnswerClass;
-use crate::genesys::HttpCall;
 use crate::ledger::{GenesysRef, Settle};
 use crate::recovery::PersistedIncident;
 

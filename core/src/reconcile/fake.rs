@@ -192,7 +192,7 @@ impl FakeGenesys {
         grp["version"] = json!(v + 1);
         grp["enabled"] = json!(enabled);
         grp["modifiedByApp"] = json!("emr-edge");
-        grp["dateModified"] = json!(self.clock.to_rfc3339());
+        grp["dateModified"] = json!(crate::rfc3339::text(self.clock));
     }
 
     /// A person flips the group in the admin UI.
@@ -202,7 +202,7 @@ impl FakeGenesys {
         grp["version"] = json!(v + 1);
         grp["enabled"] = json!(enabled);
         grp["modifiedByApp"] = json!("Genesys Cloud Admin UI");
-        grp["dateModified"] = json!(self.clock.to_rfc3339());
+        grp["dateModified"] = json!(crate::rfc3339::text(self.clock));
     }
 
     fn kind_of(call: &HttpCall) -> Kind {
@@ -341,7 +341,7 @@ impl FakeGenesys {
                 assert_eq!(body, expect, "the PUT must carry the object as read");
                 let mut next = body;
                 next["version"] = json!(have + 1);
-                next["dateModified"] = json!(now.to_rfc3339());
+                next["dateModified"] = json!(crate::rfc3339::text(now));
                 next["modifiedByApp"] = json!("emr-edge");
                 next.as_object_mut().unwrap().remove("modifiedBy");
                 self.groups.insert(id, next.clone());
@@ -385,7 +385,7 @@ impl FakeGenesys {
                 if let Some(rc) = body.get("routingConfiguration") {
                     self.guide["routingConfiguration"] = rc.clone();
                 }
-                self.guide["lastUpdated"] = json!(now.to_rfc3339());
+                self.guide["lastUpdated"] = json!(crate::rfc3339::text(now));
                 self.guide_pending = self.guide_delay_reads;
                 let mut v = self.guide.clone();
                 if self.guide_pending > 0 {

@@ -98,7 +98,7 @@ impl Health {
     pub fn of_group(&self, g: &GroupId) -> Option<Value> {
         self.problems
             .get(&Check::Group(g.clone()))
-            .map(|p| json!({"since": p.since.to_rfc3339(), "detail": p.detail}))
+            .map(|p| json!({"since": crate::rfc3339::text(p.since), "detail": p.detail}))
     }
 
     /// For `GET /emr/state`.
@@ -108,7 +108,7 @@ impl Health {
             .iter()
             .take(MAX_SHOWN)
             .map(|(check, p)| {
-                json!({"check": check.name(), "since": p.since.to_rfc3339(), "detail": p.detail})
+                json!({"check": check.name(), "since": crate::rfc3339::text(p.since), "detail": p.detail})
             })
             .collect();
         json!({

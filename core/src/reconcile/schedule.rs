@@ -4,9 +4,10 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::callout::USER_AGENT;
 use crate::event::GroupId;
+use crate::genesys::Request;
 use crate::genesys::{HttpCall, OpId};
-use crate::genesys::{Request, USER_AGENT};
 use crate::ledger::Ledger;
 use crate::recovery;
 

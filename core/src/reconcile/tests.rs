@@ -972,7 +972,7 @@ fn the_state_view_shows_desired_observed_and_the_last_reconcile() {
     assert_eq!(
         g1["openIncidents"],
         json!([{"source": "canonical", "correlationId": "INC-1", "priority": 3,
-                "since": t(0).to_rfc3339(), "expiresAt": (t(0) + Duration::seconds(86_400)).to_rfc3339()}])
+                "since": "2024-08-15T14:22:01.000Z", "expiresAt": "2024-08-16T14:22:01.000Z"}])
     );
     // The name Genesys gave the group, and one line for a person with it.
     assert_eq!(g1["name"], "Carrier Outage", "{g1}");
@@ -1121,4 +1121,56 @@ fn refused_credentials_are_a_problem() {
     );
     let v = w.rec.state_view(&w.ledger, w.now);
     assert_eq!(v["health"]["problems"][0]["check"], "credentials", "{v}");
+}
+
+/// Every string in `v` that is a time is in the one format emr-edge writes:
+/// RFC 3339, UTC, `Z`, with 0, 3, 6 or 9 fraction digits (never `+00:00`).
+fn assert_one_time_format(v: &Value, path: &str) {
+    match v {
+        Value::String(s) if DateTime::parse_from_rfc3339(s).is_ok() => {
+            let (main, frac) = s
+                .strip_suffix('Z')
+                .map(|m| m.split_once('.').unwrap_or((m, "")))
+                .unwrap_or_else(|| panic!("{path}: {s} is not in UTC with Z"));
+            assert_eq!(main.len(), 19, "{path}: {s}");
+            assert!(
+                [0, 3, 6, 9].contains(&frac.len()) && frac.bytes().all(|b| b.is_ascii_digit()),
+                "{path}: {s}"
+            );
+        }
+        Value::Array(items) => {
+            for (i, x) in items.iter().enumerate() {
+                assert_one_time_format(x, &format!("{path}[{i}]"));
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                assert_one_time_format(x, &format!("{path}.{k}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_time_the_edge_writes_has_one_format() {
+    let mut w = world();
+    w.fake.fault(Put, Fault::status(503));
+    w.activate("INC-1", &["q1"], "G1");
+    w.run_until(30_000);
+    w.resolve("INC-1", "G1");
+    w.drain();
+    let mut seen = 0;
+    let state = w.rec.state_view(&w.ledger, w.now);
+    assert_one_time_format(&state, "state");
+    for (i, a) in w.audits.iter().enumerate() {
+        assert_one_time_format(a, &format!("audit[{i}]"));
+        seen += usize::from(a.get("at").is_some());
+    }
+    for inc in w.ledger.incidents() {
+        assert_one_time_format(&serde_json::to_value(inc).unwrap(), "incident");
+        let key = inc.key();
+        assert_one_time_format(&w.ledger.brief(&key), "brief");
+    }
+    assert!(seen > 3, "audit lines with a time: {seen}");
 }
