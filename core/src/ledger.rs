@@ -852,6 +852,7 @@ impl Ledger {
         v
     }
 
+    #[cfg(test)]
     /// When the next open incident expires, for scheduling.
     pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
         self.expiries.first().map(|(at, _)| *at)

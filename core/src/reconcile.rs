@@ -56,9 +56,10 @@
 //! ([`Effect::Adopt`]) rather than switch it off.
 //!
 //! How the glue drives it:
-//! 1. `on_configure`: `Reconciler::new(Arc::new(settings))`, optionally
-//!    `import_token` from shared data, `start_recovery(..)`, `mark_all(&ledger)`,
-//!    `poll`.
+//! 1. At start, `Reconciler::new(Arc::new(settings))` and, optionally,
+//!    `import_token` from shared data; at the service's first tick,
+//!    `start_recovery(..)` with every group the config names, then
+//!    `mark_all(&ledger)` and `poll`.
 //! 2. For each dequeued event: `ledger.apply(..)`, then `mark_event(group)`
 //!    when the desired state may have changed (`mark_dirty` for changes that
 //!    are no incident event, like an expiry); one `poll` per batch. A resume
@@ -76,9 +77,10 @@
 //!    `Audit`: log one line. `Alarm`: log it at error level.
 //!    `Metric`: bump the counter / record the histogram / set the gauge
 //!    named by `name()`.
-//! 6. Tick: set the tick period so `poll` runs at `next_wakeup()` (or
-//!    earlier; extra polls are harmless). After an answer that emitted
-//!    `Metric::TokenRefresh`, mirror `export_token()` into shared data.
+//! 6. Tick: a fixed 100 ms tick, and after each queue batch, calls `poll`
+//!    (polling when nothing is due is harmless: the reconciler keeps its own
+//!    deadlines). After an answer that emitted `Metric::TokenRefresh`,
+//!    mirror `export_token()` into shared data.
 //!
 //! Layout: this file holds the [`Reconciler`] and the calls the glue makes
 //! on it; its child modules add `impl Reconciler` blocks along the steps:
@@ -465,6 +467,7 @@ impl Reconciler {
         cx.fx
     }
 
+    #[cfg(test)]
     /// When `poll` should run next: a backoff or `PENDING` wait ending, a
     /// 429 pause ending, the token's refresh time, a call's deadline. `None`:
     /// nothing is scheduled (answers and `mark_dirty` drive it).
@@ -526,16 +529,19 @@ impl Reconciler {
         self.token.import(token, now)
     }
 
+    #[cfg(test)]
     /// Calls out now.
     pub fn in_flight(&self) -> usize {
         self.ops.len()
     }
 
+    #[cfg(test)]
     /// What was last read from Genesys for `group`.
     pub fn observed(&self, group: &GroupId) -> Option<&Observed> {
         self.groups.get(group).and_then(|st| st.observed.as_ref())
     }
 
+    #[cfg(test)]
     /// The `modifiedByApp` Genesys stamped on our own latest write.
     pub fn our_app(&self) -> Option<&str> {
         self.our_app.as_deref()

@@ -181,6 +181,7 @@ impl Poller {
         }
     }
 
+    #[cfg(test)]
     /// Incidents tracked now.
     pub fn tracked(&self) -> usize {
         self.next.len()
@@ -382,6 +383,7 @@ impl Poller {
         fx
     }
 
+    #[cfg(test)]
     /// When `poll` should run next.
     pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
         let due = self.schedule.first().map(|(at, _)| *at);
