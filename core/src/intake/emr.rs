@@ -1,0 +1,297 @@
+//! The `/emr/*` endpoints a filter answers from what the service
+//! published: an incident's status (the board, else the ignored notes,
+//! else the queue's dedupe record), the state view, health, and a resume
+//! queued for the service.
+
+use super::*;
+
+/// Whether an event the status board does not show is waiting for the
+/// service.
+enum Queued {
+    Yes(RoutingMode),
+    /// Accepted, and recorded since: pruned or not yet published.
+    Recorded,
+    No,
+}
+
+/// The 404 for a resume of a group the config does not name.
+fn unknown_group(group: &GroupId, known: &std::collections::BTreeSet<GroupId>) -> Problem {
+    /// Listed by name at most; a config names few groups.
+    const LISTED: usize = 8;
+    let listed: Vec<&str> = known.iter().take(LISTED).map(GroupId::as_str).collect();
+    let message = match (known.len(), listed.join(", ")) {
+        (0, _) => "is not configured: the config names no emergency group".to_owned(),
+        (n, names) if n > LISTED => {
+            format!("is not configured: the config names {n} emergency groups ({names}, …)")
+        }
+        (_, names) => format!("is not configured: the config names {names}"),
+    };
+    Problem::not_found(format!(
+        "emergency group {} is not one emr-edge drives: only the groups its config names \
+         (genesys.default_group, groups_by_incident_type, datatable.rows_by_group, \
+         watchdog.groups, rules' group) can be resumed",
+        text::quoted(group.as_str())
+    ))
+    .with_error("group", message)
+}
+
+/// The value of `name` in a query string (`a=1&name=value`), undecoded:
+/// the values asked for here are plain words.
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// What `?source=` may name.
+fn source_names() -> String {
+    let names: Vec<&str> = Source::ANY.iter().map(|s| s.as_str()).collect();
+    format!("must be one of {}", names.join(", "))
+}
+
+/// Where an incident's status is read: qualified by its source, since an
+/// id is unique within its source only.
+pub fn status_url(source: Source, id: &str) -> String {
+    format!("{STATUS_PREFIX}{id}?source={source}")
+}
+
+impl Intake<'_> {
+    pub(super) fn state(&self) -> Handled<HeadersStep> {
+        match self.store.get(status::STATE_KEY) {
+            Ok(v) => {
+                let body = v
+                    .value
+                    .filter(|b| !b.is_empty())
+                    .unwrap_or_else(|| b"{\"groups\":[]}".to_vec());
+                Handled::new(
+                    HeadersStep::Respond(Response::json(200, body)),
+                    vec![Counter::StatusServed],
+                )
+            }
+            Err(e) => self.unavailable(&e),
+        }
+    }
+
+    /// `GET /emr/health`: 200 while the service beats, 503 when it has
+    /// stopped or not started (see [`crate::liveness`]).
+    pub(super) fn health(&self, now: DateTime<Utc>) -> Handled<HeadersStep> {
+        let stored = match self.store.get(liveness::HEARTBEAT_KEY) {
+            Ok(v) => v.value,
+            Err(e) => return self.unavailable(&e),
+        };
+        let problem = match Liveness::assess(stored.as_deref(), now) {
+            Liveness::Alive { age_ms } => {
+                // Up, but told by Genesys it cannot switch: still a 200, so
+                // a liveness probe does not restart it for a wrong secret.
+                let reasons = match self.store.get(liveness::HEALTH_KEY) {
+                    Ok(v) => liveness::read_health(v.value.as_deref()),
+                    Err(_) => Vec::new(),
+                };
+                let body = if reasons.is_empty() {
+                    serde_json::json!({"status": "ok", "heartbeatAgeMs": age_ms})
+                } else {
+                    serde_json::json!({"status": "degraded", "reasons": reasons,
+                                       "heartbeatAgeMs": age_ms, "stateUrl": STATE_PATH})
+                };
+                return Handled::new(
+                    HeadersStep::Respond(Response::json(200, body.to_string().into_bytes())),
+                    vec![Counter::StatusServed],
+                );
+            }
+            Liveness::NotStarted => Problem::new(503, "the emr-edge service has not started"),
+            Liveness::Stalled { age_ms } => Problem::new(503, Liveness::stalled_detail(age_ms)),
+        };
+        Handled::new(
+            HeadersStep::Respond(Response::problem(&problem)),
+            vec![Counter::StatusServed],
+        )
+    }
+
+    /// Queues a resume for the service; answered at once (the body, if any,
+    /// is not read). The id is percent-decoded first (400 when the encoding
+    /// is broken); a group the config does not name is a 404, since no
+    /// other group is ever driven ([`Config::groups`]).
+    pub(super) fn resume(&self, raw: &str, now: DateTime<Utc>) -> Handled<HeadersStep> {
+        let Some(id) = text::percent_decode(raw) else {
+            return refused(
+                &Problem::bad_request(format!(
+                    "the group id in the path, {}, is not valid percent-encoding",
+                    text::quoted(raw)
+                ))
+                .with_error(
+                    "group",
+                    "must be percent-encoded: '%' followed by two hex digits, as UTF-8",
+                ),
+            );
+        };
+        let group = match GroupId::parse(&id) {
+            Ok(g) => g,
+            Err(e) => {
+                return refused(
+                    &Problem::new(422, format!("{} is not a group id", text::quoted(&id)))
+                        .with_error("group", e.0),
+                )
+            }
+        };
+        if !self.config.groups.contains(&group) {
+            return refused(&unknown_group(&group, &self.config.groups));
+        }
+        let message = ControlMessage {
+            control: Control::Resume {
+                group: group.clone(),
+                received_ms: now.timestamp_millis(),
+            },
+        };
+        let bytes = match serde_json::to_vec(&message) {
+            Ok(b) => b,
+            Err(e) => return self.unavailable(&StoreError::Host(e.to_string())),
+        };
+        if let Err(e) = self.sink.enqueue(&bytes) {
+            return self.unavailable(&e);
+        }
+        let body = serde_json::json!({
+            "group": group,
+            "status": "RESUME_QUEUED",
+            "stateUrl": STATE_PATH,
+        });
+        Handled::new(
+            HeadersStep::Respond(Response::json(202, body.to_string().into_bytes())),
+            vec![Counter::ResumeQueued],
+        )
+        .note(
+            NoteLevel::Info,
+            format!("resume of emergency group {group} queued for the service"),
+        )
+    }
+
+    /// `GET /emr/status/{id}[?source=name]`. An id is unique within its
+    /// source only: without `source`, an id two sources use is refused
+    /// (409, naming the sources) rather than answered with either.
+    pub(super) fn status(
+        &self,
+        id: &str,
+        query: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Handled<HeadersStep> {
+        let not_found = |detail: String| {
+            refused(
+                &Problem::not_found(detail).with_error("correlationId", "is not known to emr-edge"),
+            )
+        };
+        let source = match query_value(query, "source") {
+            None => None,
+            Some(name) => match Source::from_name(name) {
+                Some(s) => Some(s),
+                None => {
+                    return refused(
+                        &Problem::new(422, format!("{} is not a source", text::quoted(name)))
+                            .with_error("source", source_names()),
+                    )
+                }
+            },
+        };
+        if CorrelationId::parse(id).is_err() {
+            return not_found(format!("no incident {} is known", text::quoted(id)));
+        }
+        let served = |v: &serde_json::Value| {
+            Handled::new(
+                HeadersStep::Respond(Response::json(
+                    200,
+                    serde_json::to_vec(v).unwrap_or_default(),
+                )),
+                vec![Counter::StatusServed],
+            )
+        };
+        match status::find(self.store, id, source) {
+            Ok(status::Found::One(v)) => served(&v),
+            Ok(status::Found::Ambiguous(sources)) => {
+                let names: Vec<String> = sources.iter().map(|s| status_url(*s, id)).collect();
+                refused(
+                    &Problem::new(
+                        409,
+                        format!(
+                            "several sources have an incident {id}: ask for one of {}",
+                            names.join(", ")
+                        ),
+                    )
+                    .with_error("source", "is required: several sources use this id"),
+                )
+            }
+            Ok(status::Found::Nothing) => match ignored::find(self.store, id, source) {
+                Ok(Some(v)) => served(&v),
+                Ok(None) => self.not_on_board(id, source, now),
+                Err(e) => self.unavailable(&e),
+            },
+            Err(e) => self.unavailable(&e),
+        }
+    }
+
+    /// A status lookup the board and the ignored notes know nothing of:
+    /// queued, recorded and pruned since, or never seen.
+    fn not_on_board(
+        &self,
+        id: &str,
+        source: Option<Source>,
+        now: DateTime<Utc>,
+    ) -> Handled<HeadersStep> {
+        let not_found = |detail: String| {
+            refused(
+                &Problem::not_found(detail).with_error("correlationId", "is not known to emr-edge"),
+            )
+        };
+        match self.queued(id, source, now) {
+            Queued::Yes(mode) => {
+                let body = serde_json::json!({
+                    "correlationId": id,
+                    "routingMode": mode,
+                    "status": "PROCESSING",
+                    "state": "QUEUED",
+                });
+                Handled::new(
+                    HeadersStep::Respond(Response::json(200, body.to_string().into_bytes())),
+                    vec![Counter::StatusServed],
+                )
+            }
+            Queued::Recorded => not_found(format!(
+                "incident {id} was accepted and recorded, but is no longer on the status board: \
+                     closed incidents are kept for ledger.closed_retention_seconds and at most \
+                     ledger.max_closed_incidents"
+            )),
+            Queued::No => not_found(format!("no incident {} is known", text::quoted(id))),
+        }
+    }
+
+    /// Whether an incident the board does not show was accepted a moment
+    /// ago and waits for the service. Only the sender-keyed routes can be
+    /// found this way: a tool event's dedupe key holds its event time.
+    fn queued(&self, id: &str, source: Option<Source>, now: DateTime<Utc>) -> Queued {
+        let dedupe = Dedupe::new(self.config.intake.dedupe);
+        let seen = [Source::Canonical, Source::Standard]
+            .into_iter()
+            .filter(|s| source.is_none_or(|wanted| wanted == *s))
+            .flat_map(|s| [RoutingMode::Active, RoutingMode::Resolved].map(|m| (s, m)))
+            .find_map(|(s, m)| {
+                let key = event::idempotency_key(s, id, m, now);
+                let at = dedupe.seen_at(self.store, &key, now.timestamp()).ok()??;
+                Some((m, at))
+            });
+        let Some((mode, accepted_s)) = seen else {
+            return Queued::No;
+        };
+        // Recorded once the service has recorded an event received after
+        // it (the queue keeps order); a second of slack covers the dedupe
+        // store's whole seconds and the workers' race to the queue.
+        let stored = self
+            .store
+            .get(liveness::RECORDED_KEY)
+            .ok()
+            .and_then(|v| v.value);
+        let recorded_ms = liveness::read_recorded(stored.as_deref());
+        match recorded_ms {
+            Some(ms) if ms >= accepted_s.saturating_add(2).saturating_mul(1000) => Queued::Recorded,
+            _ => Queued::Yes(mode),
+        }
+    }
+}
