@@ -75,20 +75,13 @@ enum Sample {
 }
 
 impl ServiceMetrics {
-    /// `watchdog_skipped_overridden` → `emr.watchdog.skipped_overridden`,
-    /// `genesys_failures_forbidden` → `emr.genesys.failures.forbidden`.
+    /// The core names each metric as documented
+    /// (`emr.genesys.failures.forbidden`); it is defined at its first sample.
     fn sample(&mut self, name: &'static str, sample: Sample) {
-        let metric = *self.defined.entry(name).or_insert_with(|| {
-            let full = format!(
-                "emr.{}",
-                name.replacen('_', ".", 1)
-                    .replacen("failures_", "failures.", 1)
-            );
-            match sample {
-                Sample::Count => Metric::counter(&full),
-                Sample::Histogram(_) => Metric::histogram(&full),
-                Sample::Gauge(_) => Metric::gauge(&full),
-            }
+        let metric = *self.defined.entry(name).or_insert_with(|| match sample {
+            Sample::Count => Metric::counter(name),
+            Sample::Histogram(_) => Metric::histogram(name),
+            Sample::Gauge(_) => Metric::gauge(name),
         });
         match sample {
             Sample::Count => metric.add(1),

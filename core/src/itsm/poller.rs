@@ -35,12 +35,12 @@ pub enum PollMetric {
 impl PollMetric {
     pub fn name(&self) -> &'static str {
         match self {
-            PollMetric::Polled => "itsm_polled",
-            PollMetric::PolledResolved => "itsm_polled_resolved",
-            PollMetric::NotFound => "itsm_not_found",
-            PollMetric::Failed => "itsm_poll_failed",
-            PollMetric::RateLimited => "itsm_rate_limited",
-            PollMetric::LatencyMs(_) => "itsm_latency_ms",
+            PollMetric::Polled => "emr.itsm.polled",
+            PollMetric::PolledResolved => "emr.itsm.polled_resolved",
+            PollMetric::NotFound => "emr.itsm.not_found",
+            PollMetric::Failed => "emr.itsm.poll_failed",
+            PollMetric::RateLimited => "emr.itsm.rate_limited",
+            PollMetric::LatencyMs(_) => "emr.itsm.latency_ms",
         }
     }
 }

@@ -1036,14 +1036,19 @@ fn what_we_wrote_is_kept_for_the_watchdog() {
 
 #[test]
 fn metric_names_are_stable() {
-    assert_eq!(Metric::Transition.name(), "genesys_transitions");
+    // The names docs/metrics.md documents, as the glue defines them.
+    assert_eq!(Metric::Transition.name(), "emr.genesys.transitions");
     assert_eq!(
         Metric::Failure(FailureKind::RateLimited).name(),
-        "genesys_failures_rate_limited"
+        "emr.genesys.failures.rate_limited"
     );
     assert_eq!(
         Metric::CalloutLatencyMs(3).name(),
-        "genesys_callout_latency_ms"
+        "emr.genesys.callout_latency_ms"
+    );
+    assert_eq!(
+        Metric::SkippedOverridden.name(),
+        "emr.watchdog.skipped_overridden"
     );
 }
 
