@@ -11,14 +11,6 @@ use emr_core::intake::Counter;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Metric(Option<u32>);
 
-/// Events the service took off the queue and recorded. Written by the
-/// service and read by every filter for the queue's backlog (with
-/// `emr.intake.accepted`): one name, or the backlog gate would refuse every
-/// event once the two drifted apart.
-pub const SERVICE_EVENTS: &str = "emr.service.events";
-/// Queue messages the service could not read; counted as taken off too.
-pub const SERVICE_DECODE_ERRORS: &str = "emr.service.decode_errors";
-
 impl Metric {
     pub fn counter(name: &str) -> Self {
         Metric(hostcalls::define_metric(MetricType::Counter, name).ok())
@@ -104,8 +96,8 @@ impl IntakeMetrics {
             status_served: Metric::counter("emr.status.served"),
             resumes_queued: Metric::counter("emr.intake.resumes_queued"),
             delivery_ids_reused: Metric::counter("emr.intake.delivery_id_reused"),
-            processed: Metric::counter(SERVICE_EVENTS),
-            decode_errors: Metric::counter(SERVICE_DECODE_ERRORS),
+            processed: Metric::counter(emr_core::service::EVENTS_METRIC),
+            decode_errors: Metric::counter(emr_core::service::DECODE_ERRORS_METRIC),
         }
     }
 

@@ -19,6 +19,9 @@
 //!
 //! The singleton service, from the queue to Genesys:
 //!
+//! - [`service`]: the singleton itself: owns the ledger, the status board,
+//!   the reconciler, the poller and their cadences; says what the glue must
+//!   do.
 //! - [`ledger`]: open and closed incidents, what each group wants, expiry,
 //!   retention.
 //! - [`reconcile`]: the state machine that drives each emergency group to
@@ -57,6 +60,7 @@ pub mod quota;
 pub mod reconcile;
 pub mod recovery;
 pub mod rfc3339;
+pub mod service;
 pub mod sources;
 pub mod status;
 pub mod store;

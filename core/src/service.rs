@@ -1,0 +1,730 @@
+//! The singleton service's decisions: it drains the event queue into the
+//! incident ledger, drives Genesys through the reconciler (and its
+//! watchdog), polls the ITSM tools for lost resolutions, expires incidents,
+//! and publishes status for the filters.
+//!
+//! [`Service`] owns the ledger, the status board, the reconciler, the
+//! poller and the cadences. Like [`crate::intake::Intake`] for the filter,
+//! it is given the host's shared store and the time, and hands back what the
+//! glue must do ([`Out`]): calls to dispatch, metric samples, log lines. The
+//! glue (`src/service.rs`) keeps only what needs the host: dequeueing,
+//! dispatching with its token map, reading answers, and writing metrics and
+//! logs.
+//!
+//! Both state machines (the reconciler and the ITSM poller) hand out calls
+//! with their own op ids; a [`Callout`] says which one an answer goes to.
+//!
+//! At start the reconciler recovers first (restart safety, see
+//! [`crate::recovery`]): nothing is written to Genesys before the data
+//! table's rows have been read back into the ledger.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::callout::{CallResult, HttpCall, OpId};
+use crate::config::Config;
+use crate::event::{Control, GroupId, IncidentKey, QueueMessage, QueuedEvent};
+use crate::itsm::{PollEffect, PollMetric, Poller};
+use crate::ledger::{Applied, Ledger};
+use crate::reconcile::{Effect, Metric as ReconcileMetric, Reconciler};
+use crate::rfc3339;
+use crate::status::{self, Board};
+use crate::store::{ensure_key, SharedStore};
+use crate::{ignored, liveness, quota};
+
+/// The filters read it, with `emr.intake.accepted`, for the queue's
+/// backlog: one name for the writer and the readers, or the backlog gate
+/// would refuse every event once the two drifted apart.
+pub const EVENTS_METRIC: &str = "emr.service.events";
+/// Queue messages the service could not read; counted as taken off too.
+pub const DECODE_ERRORS_METRIC: &str = "emr.service.decode_errors";
+/// The service's own counters, defined by the glue at start so that every
+/// one is on `/stats` (at 0) before anything happens.
+pub const COUNTERS: [&str; 6] = [
+    EVENTS_METRIC,
+    DECODE_ERRORS_METRIC,
+    "emr.service.stale_events",
+    "emr.service.expired",
+    "emr.service.ledger_full",
+    "emr.service.resumes",
+];
+/// Gauge: incidents open now.
+pub const OPEN_GAUGE: &str = "emr.service.open_incidents";
+/// How often the glue ticks the service.
+pub const TICK_MS: i64 = 100;
+/// Pruning walks the whole ledger: once a second is plenty.
+const PRUNE_EVERY_MS: i64 = 1000;
+/// Status freshness under load. Short, so that each publish is short: the
+/// buckets written grow with the time between publishes, and a long publish
+/// stalls the requests behind it when the service shares a worker's core.
+const STATUS_EVERY_MS: i64 = 5;
+/// Buckets of a removal sweep written per publish, for the same reason: a
+/// sweep under a flood touches every bucket.
+const SWEEP_PER_PUBLISH: usize = 64;
+/// The group used when no `genesys` section maps incidents to groups.
+const UNMAPPED_GROUP: &str = "default";
+/// Where the Genesys token is mirrored, so a reloaded VM need not log in again.
+pub const TOKEN_KEY: &str = "emr.genesys.token";
+
+/// Which state machine a callout belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callout {
+    Genesys(OpId),
+    Itsm(OpId),
+}
+
+/// What one metric sample does to its stat, named by the core as
+/// documented (`emr.genesys.failures.forbidden`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sample {
+    Count(u64),
+    Histogram(u64),
+    Gauge(u64),
+}
+
+/// How loud a log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Audit lines: one JSON line per decision, never a secret.
+    Info,
+    Warn,
+    /// Something an operator must act on.
+    Error,
+}
+
+/// What the glue must do after a call into the service.
+#[derive(Debug, Default)]
+pub struct Out {
+    /// Calls to dispatch; one that cannot be dispatched goes back through
+    /// [`Service::dispatch_failed`].
+    pub calls: Vec<(Callout, HttpCall)>,
+    pub samples: Vec<(&'static str, Sample)>,
+    pub logs: Vec<(Level, String)>,
+}
+
+impl Out {
+    fn log(&mut self, level: Level, line: String) {
+        self.logs.push((level, line));
+    }
+
+    fn audit(&mut self, line: serde_json::Value) {
+        self.logs.push((Level::Info, line.to_string()));
+    }
+
+    fn count(&mut self, name: &'static str, n: u64) {
+        if n > 0 {
+            self.samples.push((name, Sample::Count(n)));
+        }
+    }
+
+    fn reconcile(&mut self, m: ReconcileMetric) {
+        let sample = match m {
+            ReconcileMetric::CalloutLatencyMs(ms) => Sample::Histogram(ms),
+            ReconcileMetric::ContendedGroups(n) => Sample::Gauge(n),
+            _ => Sample::Count(1),
+        };
+        self.samples.push((m.name(), sample));
+    }
+
+    fn poll(&mut self, m: PollMetric) {
+        let sample = match m {
+            PollMetric::LatencyMs(ms) => Sample::Histogram(ms),
+            _ => Sample::Count(1),
+        };
+        self.samples.push((m.name(), sample));
+    }
+
+    /// `result` of a store write, logged at error when it failed.
+    fn check<T, E: std::fmt::Debug>(&mut self, result: Result<T, E>, what: &str) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.log(Level::Error, format!("emr-edge: cannot {what}: {e:?}"));
+                None
+            }
+        }
+    }
+}
+
+/// The reconciler, and whether it has started.
+struct Genesys {
+    reconciler: Reconciler,
+    /// Recovery and the first poll wait for the first tick or batch: Envoy
+    /// creates the main-thread root twice, and only the live one gets ticks
+    /// and events.
+    started: bool,
+}
+
+/// What a queue batch did, counted once per batch.
+#[derive(Debug, Default)]
+struct Tally {
+    events: u64,
+    stale: u64,
+    full: u64,
+}
+
+/// The service: see the module doc.
+pub struct Service {
+    ledger: Ledger,
+    board: Board,
+    config: Config,
+    default_group: GroupId,
+    genesys: Option<Genesys>,
+    poller: Option<Poller>,
+    /// Desired or observed state may have changed since the state view was
+    /// published.
+    state_dirty: bool,
+    last_prune: DateTime<Utc>,
+    last_expire: DateTime<Utc>,
+    last_status: DateTime<Utc>,
+    last_removals: DateTime<Utc>,
+    last_state: DateTime<Utc>,
+    last_beat: DateTime<Utc>,
+    /// The sources' shares of open incidents, as written for the filters.
+    slots: quota::Book,
+    /// The receipt time of the newest event recorded (ms), for the filters'
+    /// `QUEUED` answers; and whether it changed since it was written.
+    recorded_ms: i64,
+    recorded_dirty: bool,
+}
+
+/// Creates every shared-data key the service and the filters use; safe to
+/// repeat (a key that exists is left as it is).
+pub fn create_keys(config: &Config, store: &dyn SharedStore) -> Result<(), String> {
+    crate::dedupe::Dedupe::new(config.intake.dedupe)
+        .create_keys(store)
+        .map_err(|e| format!("cannot create dedupe keys: {e:?}"))?;
+    status::create_keys(store).map_err(|e| format!("cannot create status keys: {e:?}"))?;
+    ignored::create_keys(store)
+        .map_err(|e| format!("cannot create the ignored-event keys: {e:?}"))?;
+    ensure_key(store, liveness::HEALTH_KEY)
+        .map_err(|e| format!("cannot create the health key: {e:?}"))?;
+    quota::create_keys(store).map_err(|e| format!("cannot create the share keys: {e:?}"))?;
+    ensure_key(store, TOKEN_KEY).map_err(|e| format!("cannot create the token key: {e:?}"))
+}
+
+impl Service {
+    /// The service for `config`, with the token a previous VM mirrored into
+    /// `store`, if any.
+    pub fn new(
+        config: Config,
+        store: &dyn SharedStore,
+        now: DateTime<Utc>,
+    ) -> Result<(Self, Out), String> {
+        let mut out = Out::default();
+        let default_group =
+            GroupId::parse(UNMAPPED_GROUP).map_err(|e| format!("default group: {}", e.0))?;
+        let genesys = config.genesys.as_ref().map(|settings| {
+            let mut reconciler = Reconciler::new(settings.clone());
+            if let Some(token) = store
+                .get(TOKEN_KEY)
+                .ok()
+                .and_then(|v| v.value)
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                reconciler.import_token(token, now);
+            }
+            Genesys {
+                reconciler,
+                started: false,
+            }
+        });
+        let poller = config.itsm.as_ref().map(|s| Poller::new(s.clone()));
+        if let Some(open) = poller
+            .as_ref()
+            .map(Poller::insecure_tools)
+            .filter(|t| !t.is_empty())
+        {
+            out.log(
+                Level::Warn,
+                format!(
+                    "ITSM status APIs polled without a credential (insecure): {}",
+                    open.join(", ")
+                ),
+            );
+        }
+        out.log(
+            Level::Info,
+            format!(
+                "emr-edge service started ({})",
+                if genesys.is_some() {
+                    "Genesys configured"
+                } else {
+                    "no genesys section: recording only"
+                }
+            ),
+        );
+        if genesys.is_some() {
+            // The gauge exists from the start: an alert on it needs no
+            // "absent" case.
+            out.reconcile(ReconcileMetric::ContendedGroups(0));
+        }
+        let service = Self {
+            ledger: Ledger::new(config.retention),
+            board: Board::default(),
+            config,
+            default_group,
+            genesys,
+            poller,
+            state_dirty: true,
+            last_prune: DateTime::<Utc>::MIN_UTC,
+            last_expire: DateTime::<Utc>::MIN_UTC,
+            last_status: DateTime::<Utc>::MIN_UTC,
+            last_removals: DateTime::<Utc>::MIN_UTC,
+            last_state: DateTime::<Utc>::MIN_UTC,
+            last_beat: DateTime::<Utc>::MIN_UTC,
+            slots: quota::Book::default(),
+            recorded_ms: 0,
+            recorded_dirty: false,
+        };
+        Ok((service, out))
+    }
+
+    /// A batch taken off the queue (`decode_errors` more could not be
+    /// read). `audit_events`: whether an audit line per event is wanted (at
+    /// `--log-level warn` it was a tenth of the service's cost per event,
+    /// built and dropped).
+    pub fn on_messages(
+        &mut self,
+        messages: Vec<QueueMessage>,
+        decode_errors: u64,
+        audit_events: bool,
+        store: &dyn SharedStore,
+        now: DateTime<Utc>,
+    ) -> Out {
+        let mut out = Out::default();
+        let mut tally = Tally::default();
+        for message in messages {
+            match message {
+                QueueMessage::Event(q) => self.record(&q, audit_events, now, &mut tally, &mut out),
+                QueueMessage::Control(c) => self.control(c, now, &mut out),
+            }
+        }
+        // Counters once per batch: under a flood each host call per event
+        // is a measurable share of the main thread.
+        out.count(EVENTS_METRIC, tally.events);
+        out.count(DECODE_ERRORS_METRIC, decode_errors);
+        out.count("emr.service.stale_events", tally.stale);
+        out.count("emr.service.ledger_full", tally.full);
+        // One reconcile pass per batch: many events for a group coalesce.
+        self.drive(now, &mut out);
+        self.maintain(store, now, false, &mut out);
+        out
+    }
+
+    /// The tick: timers that passed, and the time-driven work.
+    pub fn on_tick(&mut self, store: &dyn SharedStore, now: DateTime<Utc>) -> Out {
+        let mut out = Out::default();
+        self.drive(now, &mut out);
+        self.maintain(store, now, true, &mut out);
+        out
+    }
+
+    /// The answer to a callout.
+    pub fn on_result(
+        &mut self,
+        callout: Callout,
+        result: CallResult,
+        store: &dyn SharedStore,
+        now: DateTime<Utc>,
+    ) -> Out {
+        let mut out = Out::default();
+        self.answered(callout, result, now, &mut out);
+        self.state_dirty = true;
+        // Settles change incidents' status: publish promptly.
+        self.maintain(store, now, false, &mut out);
+        out
+    }
+
+    /// A call the glue could not even dispatch: failed at once, which may
+    /// yield more to do.
+    pub fn dispatch_failed(
+        &mut self,
+        callout: Callout,
+        store: &dyn SharedStore,
+        now: DateTime<Utc>,
+    ) -> Out {
+        let mut out = Out::default();
+        self.answered(callout, CallResult::Failed, now, &mut out);
+        self.mirror_token_if_refreshed(&out, store);
+        out
+    }
+
+    fn answered(
+        &mut self,
+        callout: Callout,
+        result: CallResult,
+        now: DateTime<Utc>,
+        out: &mut Out,
+    ) {
+        match callout {
+            Callout::Genesys(op) => {
+                if let Some(g) = &mut self.genesys {
+                    let effects = g.reconciler.on_result(op, result, &self.ledger, now);
+                    self.apply_effects(effects, now, out);
+                }
+            }
+            Callout::Itsm(op) => {
+                if let Some(p) = &mut self.poller {
+                    let effects = p.on_result(op, result, &self.ledger, now);
+                    self.apply_poll_effects(effects, now, out);
+                }
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        q: &QueuedEvent,
+        audit_events: bool,
+        now: DateTime<Utc>,
+        tally: &mut Tally,
+        out: &mut Out,
+    ) {
+        let group = match &self.config.genesys {
+            Some(settings) => settings.group_for(&q.event),
+            None => q
+                .event
+                .group
+                .clone()
+                .unwrap_or_else(|| self.default_group.clone()),
+        };
+        let key = q.event.incident_key();
+        let applied = self.ledger.apply(q, group.clone(), now);
+        self.slots.recorded(q);
+        if q.received_ms > self.recorded_ms {
+            self.recorded_ms = q.received_ms;
+            self.recorded_dirty = true;
+        }
+        tally.events += 1;
+        match applied {
+            Applied::Stale => tally.stale += 1,
+            Applied::Full => tally.full += 1,
+            _ => {}
+        }
+        self.board.mark(&key);
+        for key in self.ledger.take_dropped() {
+            self.board.forget(&key);
+        }
+        if !matches!(applied, Applied::Duplicate | Applied::Stale | Applied::Full) {
+            self.state_dirty = true;
+            if let Some(g) = &mut self.genesys {
+                if matches!(applied, Applied::ResolvedUnknown | Applied::Renewed) {
+                    // Changes nothing wanted: no say over a person's change.
+                    // (A renewal's new expiry reaches the row this way.)
+                    g.reconciler.mark_dirty(&group);
+                } else {
+                    // An incident event: it also ends a person's override.
+                    g.reconciler.mark_event(&group, now);
+                    // The group the incident left, if it moved, at once too.
+                    for left in self.ledger.take_left() {
+                        g.reconciler.mark_event(&left, now);
+                    }
+                }
+            }
+        }
+        if matches!(applied, Applied::Opened | Applied::Updated) {
+            if let Some(p) = &mut self.poller {
+                p.watch(&key, &self.ledger, now);
+            }
+        }
+        if audit_events {
+            out.audit(applied.audit_line(q, &group, now));
+        }
+    }
+
+    /// The tool still says `key` is open (a poll, or a repeated
+    /// activation): its ttl runs again. When the expiry moved, its status
+    /// and the state are refreshed, and its group's row, which persists the
+    /// expiry for a restart.
+    fn renew(&mut self, key: &IncidentKey, at_least: chrono::Duration, now: DateTime<Utc>) {
+        if let Some(group) = self.ledger.renew(key, at_least, now) {
+            self.board.mark(key);
+            self.state_dirty = true;
+            if let Some(g) = &mut self.genesys {
+                g.reconciler.mark_dirty(&group);
+            }
+        }
+    }
+
+    /// A control message from the intake.
+    fn control(&mut self, c: Control, now: DateTime<Utc>, out: &mut Out) {
+        match c {
+            Control::Renew { incident, .. } => {
+                self.renew(&incident, chrono::Duration::zero(), now);
+            }
+            Control::Resume { group, .. } => {
+                out.count("emr.service.resumes", 1);
+                let Some(g) = &mut self.genesys else {
+                    out.audit(
+                        json!({"audit": "resume", "at": rfc3339::text(now), "group": group,
+                                     "outcome": "ignored: no genesys section, nothing is driven"}),
+                    );
+                    return;
+                };
+                let effects = g.reconciler.resume(&group, &self.ledger, now);
+                self.apply_effects(effects, now, out);
+                self.state_dirty = true;
+            }
+        }
+    }
+
+    /// Lets the reconciler and the poller start whatever is due (new work,
+    /// timers that passed). Polling when nothing is due is harmless, and the
+    /// tick is short enough to serve as its timer.
+    fn drive(&mut self, now: DateTime<Utc>, out: &mut Out) {
+        if let Some(g) = &mut self.genesys {
+            if !g.started {
+                g.started = true;
+                // Restart safety: read what survived in Genesys (the rows)
+                // before any write; without rows, check the configured
+                // groups for one our client left enabled. Every group the
+                // config names (its rules' too) is read at start, so a
+                // wrong one shows now, not at the incident.
+                let groups: Vec<_> = self.config.groups.iter().cloned().collect();
+                g.reconciler.start_recovery(&groups);
+                g.reconciler.mark_all(&self.ledger);
+                self.state_dirty = true;
+            }
+            let effects = g.reconciler.poll(&self.ledger, now);
+            self.apply_effects(effects, now, out);
+        }
+        if let Some(p) = &mut self.poller {
+            let effects = p.poll(&self.ledger, now);
+            self.apply_poll_effects(effects, now, out);
+        }
+    }
+
+    /// Carries out the reconciler's effects on the ledger and the board;
+    /// calls, lines and samples go to `out`.
+    fn apply_effects(&mut self, effects: Vec<Effect>, now: DateTime<Utc>, out: &mut Out) {
+        for effect in effects {
+            match effect {
+                Effect::Call(call) => out.calls.push((Callout::Genesys(call.op), call)),
+                Effect::Settle {
+                    group,
+                    outcome,
+                    genesys,
+                } => {
+                    for key in self.ledger.settle_group(&group, outcome, genesys, now) {
+                        self.board.mark(&key);
+                    }
+                    self.state_dirty = true;
+                }
+                Effect::Restore { group, incidents } => {
+                    for p in &incidents {
+                        if let Some(key) = self.ledger.restore(p, group.clone(), now) {
+                            self.watched(&key, now);
+                        }
+                    }
+                    self.state_dirty = true;
+                }
+                Effect::Adopt {
+                    group,
+                    key,
+                    expires_at,
+                    detail,
+                } => {
+                    if let Some(key) = self.ledger.adopt(key, group, detail, expires_at, now) {
+                        self.board.mark(&key);
+                    }
+                    self.state_dirty = true;
+                }
+                Effect::Audit(line) => out.audit(line),
+                Effect::Alarm(line) => out.log(Level::Error, line),
+                Effect::Metric(m) => out.reconcile(m),
+            }
+        }
+    }
+
+    /// A rebuilt incident: published, and polled if its tool has a status API.
+    fn watched(&mut self, key: &IncidentKey, now: DateTime<Utc>) {
+        self.board.mark(key);
+        if let Some(p) = &mut self.poller {
+            p.watch(key, &self.ledger, now);
+        }
+    }
+
+    /// Carries out the poller's effects. A resolution it found is recorded
+    /// in the ledger and reconciled like a resolution webhook, at once.
+    fn apply_poll_effects(&mut self, effects: Vec<PollEffect>, now: DateTime<Utc>, out: &mut Out) {
+        for effect in effects {
+            match effect {
+                PollEffect::Call(call) => out.calls.push((Callout::Itsm(call.op), call)),
+                PollEffect::Resolved { key, detail } => {
+                    let group = self.ledger.resolve_by_poll(&key, detail, now);
+                    self.board.mark(&key);
+                    if let (Some(group), Some(g)) = (group, &mut self.genesys) {
+                        g.reconciler.mark_event(&group, now);
+                    }
+                    self.state_dirty = true;
+                }
+                PollEffect::Renew { key, at_least } => self.renew(&key, at_least, now),
+                PollEffect::Audit(line) => out.audit(line),
+                PollEffect::Metric(m) => out.poll(m),
+            }
+        }
+        // A resolution found: reconcile it now, not at the next tick.
+        if let Some(g) = &mut self.genesys {
+            let effects = g.reconciler.poll(&self.ledger, now);
+            self.apply_effects(effects, now, out);
+        }
+    }
+
+    /// After an answer that refreshed the token, mirrors it into shared
+    /// data, so a reloaded VM need not log in again.
+    fn mirror_token_if_refreshed(&self, out: &Out, store: &dyn SharedStore) {
+        let refreshed = out
+            .samples
+            .iter()
+            .any(|(name, _)| *name == ReconcileMetric::TokenRefresh.name());
+        let Some(g) = self.genesys.as_ref().filter(|_| refreshed) else {
+            return;
+        };
+        if let Some(bytes) = g
+            .reconciler
+            .export_token()
+            .and_then(|t| serde_json::to_vec(&t).ok())
+        {
+            // Best effort: the next VM logs in again without it.
+            let _ = store.set(TOKEN_KEY, &bytes, None);
+        }
+    }
+
+    /// Time-driven work, from the tick and after each queue batch: under a
+    /// sustained flood of events Envoy was seen to starve the main thread's
+    /// timer, so nothing bounded or timely may depend on the tick alone.
+    fn maintain(
+        &mut self,
+        store: &dyn SharedStore,
+        now: DateTime<Utc>,
+        from_tick: bool,
+        out: &mut Out,
+    ) {
+        self.mirror_token_if_refreshed(out, store);
+        let due = |last: DateTime<Utc>, every_ms: i64| (now - last).num_milliseconds() >= every_ms;
+        if due(self.last_beat, liveness::BEAT_EVERY_MS) {
+            self.last_beat = now;
+            out.check(
+                store.set(liveness::HEARTBEAT_KEY, &liveness::beat(now), None),
+                "write the service heartbeat",
+            );
+            if let Some(reasons) = self
+                .genesys
+                .as_mut()
+                .and_then(|g| g.reconciler.take_health_change())
+            {
+                self.state_dirty = true;
+                out.check(
+                    store.set(liveness::HEALTH_KEY, &liveness::health(&reasons), None),
+                    "write the service's health",
+                );
+            }
+            if self.recorded_dirty {
+                let written = store.set(
+                    liveness::RECORDED_KEY,
+                    &liveness::recorded(self.recorded_ms),
+                    None,
+                );
+                self.recorded_dirty = written.is_err();
+            }
+        }
+        // The filters' view of each source's share: after every batch, so
+        // that the slots the batch's events held come back at once.
+        out.check(
+            self.slots.sync(&self.ledger, store),
+            "write the sources' open counts",
+        );
+        if due(self.last_prune, PRUNE_EVERY_MS) {
+            self.last_prune = now;
+            for key in self.ledger.prune(now) {
+                self.board.forget(&key);
+            }
+        }
+        if from_tick || due(self.last_expire, TICK_MS) {
+            self.last_expire = now;
+            self.expire(now, out);
+        }
+        // Status is published at most every few milliseconds under load, so
+        // a flood of events costs one write per bucket, not one per event.
+        // Buckets that only lost pruned incidents wait for the prune
+        // cadence: under a flood of unique ids most buckets lose one in a
+        // second, and one sweep then serves them all, a few buckets per
+        // publish.
+        if !self.board.is_sweeping()
+            && self.board.has_removals()
+            && due(self.last_removals, PRUNE_EVERY_MS)
+        {
+            self.last_removals = now;
+            self.board.start_sweep();
+        }
+        if (self.board.is_dirty() || self.board.is_sweeping())
+            && (from_tick || due(self.last_status, STATUS_EVERY_MS))
+        {
+            self.last_status = now;
+            out.check(
+                self.board
+                    .publish_swept(&self.ledger, store, SWEEP_PER_PUBLISH),
+                "publish status",
+            );
+        }
+        if self.state_dirty && (from_tick || due(self.last_state, TICK_MS)) {
+            self.last_state = now;
+            self.publish_state(store, now, out);
+        }
+    }
+
+    /// Closes the incidents whose ttl ran out, and reconciles their groups.
+    fn expire(&mut self, now: DateTime<Utc>, out: &mut Out) {
+        let expired = self.ledger.expire(now);
+        if expired.is_empty() {
+            return;
+        }
+        out.count("emr.service.expired", expired.len() as u64);
+        for key in &expired {
+            self.board.mark(key);
+            let inc = self.ledger.get(key);
+            out.audit(json!({
+                "audit": "expired",
+                "decision": "expired",
+                "at": rfc3339::text(now),
+                "incident": key.to_string(),
+                "group": inc.map(|i| i.group.as_str()),
+                "expiresAt": inc.and_then(|i| i.expires_at).map(rfc3339::text),
+            }));
+            if let (Some(g), Some(inc)) = (&mut self.genesys, inc) {
+                g.reconciler.mark_dirty(&inc.group);
+            }
+        }
+        self.state_dirty = true;
+        self.drive(now, out);
+    }
+
+    /// The state view the filters answer `GET /emr/state` with.
+    fn publish_state(&mut self, store: &dyn SharedStore, now: DateTime<Utc>, out: &mut Out) {
+        self.state_dirty = false;
+        let open = u64::try_from(self.ledger.open_len()).unwrap_or(u64::MAX);
+        out.samples.push((OPEN_GAUGE, Sample::Gauge(open)));
+        let mut state = match &self.genesys {
+            Some(g) => g.reconciler.state_view(&self.ledger, now),
+            None => {
+                let groups: Vec<_> = self
+                    .ledger
+                    .desired()
+                    .map(|(id, d)| json!({"id": id, "desired": d.view()}))
+                    .collect();
+                json!({"updatedAt": rfc3339::text(now), "genesys": null, "groups": groups})
+            }
+        };
+        if let (Some(obj), Some(p)) = (state.as_object_mut(), &self.poller) {
+            obj.insert("itsm".into(), p.view(now));
+        }
+        out.check(
+            store.set(status::STATE_KEY, state.to_string().as_bytes(), None),
+            "publish state",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
