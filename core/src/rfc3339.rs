@@ -113,6 +113,42 @@ pub fn text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Every string in `v` that is a time but not in the one format emr-edge
+/// writes — RFC 3339, UTC, `Z`, with 0, 3, 6 or 9 fraction digits, never
+/// `+00:00` — as `path: value`. The tests hold every view and audit line to
+/// it.
+pub fn times_out_of_format(v: &serde_json::Value) -> Vec<String> {
+    fn walk(v: &serde_json::Value, path: &str, bad: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) if DateTime::parse_from_rfc3339(s).is_ok() => {
+                let ok = s.strip_suffix('Z').is_some_and(|m| {
+                    let (main, frac) = m.split_once('.').unwrap_or((m, ""));
+                    main.len() == 19
+                        && [0, 3, 6, 9].contains(&frac.len())
+                        && frac.bytes().all(|b| b.is_ascii_digit())
+                });
+                if !ok {
+                    bad.push(format!("{path}: {s}"));
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, x) in items.iter().enumerate() {
+                    walk(x, &format!("{path}[{i}]"), bad);
+                }
+            }
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    walk(x, &format!("{path}.{k}"), bad);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    walk(v, "", &mut bad);
+    bad
+}
+
 /// Reads a timestamp as chrono's `Deserialize` for `DateTime<Utc>` does.
 pub fn parse(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     match parse_fast(s) {
@@ -181,6 +217,22 @@ mod tests {
 
     fn ours_read(json: &str) -> Result<DateTime<Utc>, serde_json::Error> {
         deserialize(&mut serde_json::Deserializer::from_str(json))
+    }
+
+    #[test]
+    fn one_format_is_z_with_whole_fractions() {
+        let v = serde_json::json!({
+            "ok": ["2024-08-15T14:22:01Z", "2024-08-15T14:22:01.000Z", "2024-08-15T14:22:01.123456789Z"],
+            "bad": {"at": "2024-08-15T14:22:01+00:00", "n": "2024-08-15T14:22:01.1Z"},
+            "not a time": "INC-1",
+        });
+        assert_eq!(
+            super::times_out_of_format(&v),
+            [
+                ".bad.at: 2024-08-15T14:22:01+00:00",
+                ".bad.n: 2024-08-15T14:22:01.1Z"
+            ]
+        );
     }
 
     #[test]

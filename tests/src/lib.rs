@@ -846,33 +846,11 @@ impl Stack {
     }
 }
 
-/// Every string in `v` that is a time is in the one format emr-edge writes:
-/// RFC 3339, UTC, `Z`, with 0, 3, 6 or 9 fraction digits (never `+00:00`).
-pub fn assert_one_time_format(v: &Value, path: &str) {
-    match v {
-        Value::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => {
-            let (main, frac) = s
-                .strip_suffix('Z')
-                .map(|m| m.split_once('.').unwrap_or((m, "")))
-                .unwrap_or_else(|| panic!("{path}: {s} is not in UTC with Z"));
-            assert_eq!(main.len(), 19, "{path}: {s}");
-            assert!(
-                [0, 3, 6, 9].contains(&frac.len()) && frac.bytes().all(|b| b.is_ascii_digit()),
-                "{path}: {s}"
-            );
-        }
-        Value::Array(items) => {
-            for (i, x) in items.iter().enumerate() {
-                assert_one_time_format(x, &format!("{path}[{i}]"));
-            }
-        }
-        Value::Object(o) => {
-            for (k, x) in o {
-                assert_one_time_format(x, &format!("{path}.{k}"));
-            }
-        }
-        _ => {}
-    }
+/// Every time in `v` is in the one format emr-edge writes
+/// (`emr_core::rfc3339::times_out_of_format`).
+pub fn assert_one_time_format(v: &Value, what: &str) {
+    let bad = emr_core::rfc3339::times_out_of_format(v);
+    assert!(bad.is_empty(), "{what}: {bad:?}");
 }
 
 /// [`assert_one_time_format`] on every JSON audit line of Envoy's log;

@@ -1,6 +1,8 @@
 //! Every shipped Envoy config passes `envoy --mode validate`, and a bad
 //! plugin configuration stops Envoy with the field named.
 
+mod common;
+
 use emr_e2e::{
     json, production_config_as_shipped, render, root, validate, validate_with_env, wasm_path,
     PRODUCTION_PLACEHOLDERS,
@@ -18,26 +20,12 @@ fn tls_files() -> (std::path::PathBuf, std::path::PathBuf) {
     let d = dir();
     let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
     MADE.get_or_init(|| {
-        std::fs::create_dir_all(&d).unwrap();
-        let (tmp_cert, tmp_key) = (d.join("cert.pem.new"), d.join("key.pem.new"));
-        let out = std::process::Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=emr-edge.test"])
-            .arg("-keyout")
-            .arg(&tmp_key)
-            .arg("-out")
-            .arg(&tmp_cert)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::rename(&tmp_key, &key).unwrap();
-        std::fs::rename(&tmp_cert, &cert).unwrap();
+        // Made aside, then moved in: a reader never sees half a key.
+        let tmp = d.join("tls.new");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let (new_cert, new_key) = common::self_signed(&tmp);
+        std::fs::rename(&new_key, &key).unwrap();
+        std::fs::rename(&new_cert, &cert).unwrap();
     });
     (cert, key)
 }

@@ -330,8 +330,8 @@ fn scratch() -> PathBuf {
     dir
 }
 
-/// A throwaway self-signed certificate.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+/// A throwaway self-signed certificate in `dir`: (certificate, key).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = std::process::Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
