@@ -6,9 +6,10 @@
 //! stick), and hands each read that differs from the target to [`judge`].
 //! The rules (docs/convergence.md, "The watchdog" and "People win"):
 //!
-//! - **An incident event, or an explicit resume, decides.** A cycle that one
-//!   of them started writes whatever a person did (people win only until the
-//!   incidents change).
+//! - **An incident event, or an explicit resume, decides** ([`authority`]).
+//!   A cycle that one of them started writes whatever a person did (people
+//!   win only until the incidents change), unless that person changed the
+//!   group after the event: then their change is the last word.
 //! - **People win.** A change we did not make — a `version` we neither wrote
 //!   nor accepted, stamped by another `modifiedByApp` (or by none: a person) —
 //!   is not reverted: the group is marked overridden and held until the next
@@ -253,6 +254,35 @@ pub enum Verdict {
     NeedIdentity,
 }
 
+/// Whether an incident event's (or a resume's) say over a read holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    /// No event or resume started this cycle.
+    None,
+    /// The event decides: it may write over what it finds.
+    Holds,
+    /// Someone else changed the group after the event: that change is
+    /// their last word, and the event does not write over it.
+    Void,
+    /// Changed after the event by a writer we cannot tell yet: learn our
+    /// client's name first.
+    Unknown,
+}
+
+/// The first rule of the module doc: an incident event (or resume)
+/// decides only over changes made before it. A change after it — seen as a
+/// version that moved during the cycle, or stamped later than the event
+/// (`changed_after`) — by someone other than our client is that person's
+/// last word. [`judge`] then takes the result as [`Facts::authorized`].
+pub fn authority(authorized: bool, changed_after: bool, writer: Writer) -> Authority {
+    match (authorized, changed_after, writer) {
+        (false, _, _) => Authority::None,
+        (true, false, _) | (true, true, Writer::Ours) => Authority::Holds,
+        (true, true, Writer::Foreign) => Authority::Void,
+        (true, true, Writer::Unknown) => Authority::Unknown,
+    }
+}
+
 /// The rules of the module doc, in order.
 pub fn judge(f: &Facts) -> Verdict {
     if f.authorized {
@@ -331,6 +361,27 @@ mod tests {
     const WRITE: Verdict = Verdict::Write {
         corrects_drift: false,
     };
+
+    #[test]
+    fn an_event_decides_only_over_changes_made_before_it() {
+        use Writer::{Foreign, Ours, Unknown};
+        let table = [
+            // (authorized, changed after the event, writer) → authority
+            (false, false, Foreign, Authority::None),
+            (false, true, Foreign, Authority::None),
+            (true, false, Foreign, Authority::Holds),
+            (true, true, Ours, Authority::Holds),
+            (true, true, Foreign, Authority::Void),
+            (true, true, Unknown, Authority::Unknown),
+        ];
+        for (authorized, changed_after, writer, want) in table {
+            assert_eq!(
+                authority(authorized, changed_after, writer),
+                want,
+                "{authorized} {changed_after} {writer:?}"
+            );
+        }
+    }
 
     #[test]
     fn writers_are_told_apart_by_modified_by_app() {

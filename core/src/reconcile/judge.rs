@@ -237,21 +237,17 @@ impl Reconciler {
         writer: watchdog::Writer,
         cx: &mut Cx<'_>,
     ) -> Option<bool> {
-        if !cycle.authorized {
-            return Some(false);
-        }
         let observed = read.observed;
         let known = self.groups.get(g).and_then(|st| st.known_version);
         let stamped_after = cycle.authorized_at.is_some_and(|at| {
             observed.version != known
                 && modified_after(observed.date_modified.as_deref(), at + AFTER_EVENT_MARGIN)
         });
-        if !(read.changed_in_cycle || stamped_after) {
-            return Some(true);
-        }
-        match writer {
-            watchdog::Writer::Ours => Some(true),
-            watchdog::Writer::Foreign => {
+        let changed_after = read.changed_in_cycle || stamped_after;
+        match watchdog::authority(cycle.authorized, changed_after, writer) {
+            watchdog::Authority::None => Some(false),
+            watchdog::Authority::Holds => Some(true),
+            watchdog::Authority::Void => {
                 self.audit(
                     g,
                     "authority-void",
@@ -261,7 +257,7 @@ impl Reconciler {
                 );
                 Some(false)
             }
-            watchdog::Writer::Unknown => None,
+            watchdog::Authority::Unknown => None,
         }
     }
 
