@@ -39,10 +39,10 @@ use groups::GroupIndex;
 pub use groups::MAX_GROUP_QUEUES;
 use tombstones::Tombstones;
 
+pub use crate::genesys::answer::GenesysRef;
 use incident::{happened_at, push_event, Judged};
 pub use incident::{
-    Applied, EventRecord, EventStatus, GenesysRef, Incident, IncidentState, Via,
-    MAX_EVENTS_PER_INCIDENT,
+    Applied, EventRecord, EventStatus, Incident, IncidentState, Via, MAX_EVENTS_PER_INCIDENT,
 };
 
 /// Desired state of one emergency group.

@@ -12,7 +12,21 @@ use serde::Serialize;
 use super::models::{ErrorBody, OAuthErrorBody};
 use super::CallResult;
 use crate::callout::{header, parse_retry_after};
-use crate::ledger::GenesysRef;
+
+/// What Genesys answered when it last acted for an incident: kept on the
+/// incident (`crate::ledger`) and shown on its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GenesysRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date_modified: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+}
 
 /// What an answer means for the operation that got it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -9,6 +9,7 @@ use crate::event::{
     About, CorrelationId, GroupId, IncidentKey, IncidentType, Priority, QueueId, QueuedEvent,
     RoutingMode,
 };
+use crate::genesys::answer::GenesysRef;
 
 /// Where an incident stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,20 +105,6 @@ pub enum Via {
     /// A group found enabled by our own client at start, with nothing
     /// persisted to explain it: kept on until it expires.
     Adopted,
-}
-
-/// What Genesys answered when it last acted for this incident.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct GenesysRef {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub date_modified: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<u16>,
 }
 
 /// Events remembered per incident (the newest ones).
