@@ -54,12 +54,25 @@ pub fn crash_wasm_path() -> PathBuf {
     )
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and not one this process
+/// handed out before: the kernel may give the port it just released to the
+/// next `bind(0)`, and two picks in a row (an Envoy's listener and its
+/// admin) must differ, or the second bind fails at Envoy's start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Fills `{{KEY}}` placeholders of an Envoy config template, as
