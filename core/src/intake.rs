@@ -467,6 +467,12 @@ impl Intake<'_> {
         )
     }
 
+    /// Puts one message on the service's queue.
+    fn send(&self, message: &impl serde::Serialize) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(message).map_err(|e| StoreError::Host(e.to_string()))?;
+        self.sink.enqueue(&bytes)
+    }
+
     fn unavailable<T>(&self, e: &StoreError) -> Handled<T>
     where
         T: From<Response>,

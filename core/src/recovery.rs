@@ -37,7 +37,6 @@ use crate::event::{
     DEFAULT_TTL_SECONDS,
 };
 use crate::ledger::Incident;
-pub use crate::rfc3339::text as rfc3339;
 
 /// The row column that carries the open incidents.
 pub const COLUMN: &str = "openIncidents";

@@ -508,10 +508,7 @@ impl Intake<'_> {
                 event: ev,
                 slot,
             };
-            let enqueued = serde_json::to_vec(&message)
-                .map_err(|e| StoreError::Host(e.to_string()))
-                .and_then(|msg| self.sink.enqueue(&msg));
-            if let Err(e) = enqueued {
+            if let Err(e) = self.send(&message) {
                 let rest: Vec<(String, bool)> = queue.map(|(_, k, s)| (k, s)).collect();
                 let unused = u32::from(slot)
                     + u32::try_from(rest.iter().filter(|(_, s)| *s).count()).unwrap_or(0);
@@ -544,10 +541,7 @@ impl Intake<'_> {
                     received_ms: now.timestamp_millis(),
                 },
             };
-            let enqueued = serde_json::to_vec(&message)
-                .map_err(|e| StoreError::Host(e.to_string()))
-                .and_then(|msg| self.sink.enqueue(&msg));
-            if let Err(e) = enqueued {
+            if let Err(e) = self.send(&message) {
                 rec.notes.push(Note {
                     level: NoteLevel::Warn,
                     message: format!("a replayed activation's renewal was not queued: {e:?}"),

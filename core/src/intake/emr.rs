@@ -144,11 +144,7 @@ impl Intake<'_> {
                 received_ms: now.timestamp_millis(),
             },
         };
-        let bytes = match serde_json::to_vec(&message) {
-            Ok(b) => b,
-            Err(e) => return self.unavailable(&StoreError::Host(e.to_string())),
-        };
-        if let Err(e) = self.sink.enqueue(&bytes) {
+        if let Err(e) = self.send(&message) {
             return self.unavailable(&e);
         }
         let body = serde_json::json!({
