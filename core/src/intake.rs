@@ -40,7 +40,7 @@ use std::cell::OnceCell;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::auth::{self, hex};
+use crate::auth::hex;
 use crate::config::{Config, StatusAccess};
 use crate::dedupe::{digest, Dedupe, Fingerprint, FingerprintBuilder, FirstAnswer, Outcome};
 use crate::event::{

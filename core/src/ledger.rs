@@ -33,10 +33,10 @@ use serde::Serialize;
 use crate::event::{
     GroupId, IncidentKey, IncidentType, Priority, QueueId, QueuedEvent, RoutingMode, Source,
 };
-use crate::recovery::PersistedIncident;
 
 use groups::GroupIndex;
 pub use groups::MAX_GROUP_QUEUES;
+pub use restore::OpenIncident;
 use tombstones::Tombstones;
 
 pub use crate::genesys::answer::GenesysRef;

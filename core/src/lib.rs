@@ -9,8 +9,8 @@
 //!
 //! A webhook, in the order it is handled:
 //!
-//! - [`intake`]: the filter's decisions for one request: route, body limit,
-//!   authentication ([`auth`]), parsing ([`sources`], the canonical
+//! - [`intake`]: the filter's decisions for one request ([`delivery`]):
+//!   route, body limit, authentication ([`auth`]), parsing ([`sources`], the canonical
 //!   [`contract`]), the mapping rules ([`mapping`]), dedupe ([`dedupe`]), the
 //!   source's share ([`quota`]), the queue; `/emr/*` answers ([`status`],
 //!   [`liveness`], [`ignored`]).
@@ -43,6 +43,7 @@ pub mod callout;
 pub mod config;
 pub mod contract;
 pub mod dedupe;
+pub mod delivery;
 pub mod envvar;
 pub mod event;
 pub mod genesys;

@@ -48,8 +48,20 @@ use crate::event::{
     Source, DEFAULT_PRIORITY, DEFAULT_TTL_SECONDS, INCIDENT_TYPE_MAX,
 };
 use crate::problem::FieldError;
-use crate::sources::{Item, SourceConfig};
 use crate::text::printable;
+
+/// What one incident in a payload became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Event(IncidentEvent),
+    /// Understood but not ours to act on (answered 202 `IGNORED`, counted,
+    /// logged). `id` is the correlation id (or the tool's event id), `reason`
+    /// is printable ASCII.
+    Ignored {
+        id: String,
+        reason: String,
+    },
+}
 
 /// Most urgent and least urgent priority a rule may set.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<Priority> = 1..=5;
@@ -81,6 +93,19 @@ impl Values {
             Values::Many(v) => v,
         }
     }
+}
+
+/// The mapping part of a route's settings, borrowed from its config (the
+/// route's `sources.<name>` section also holds its credentials and quota,
+/// which are not the mapping's to read).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    pub rules: &'a [RuleConfig],
+    pub modes: &'a BTreeMap<String, ModeSetting>,
+    pub default_ttl_seconds: Option<u32>,
+    pub max_future_skew_seconds: Option<u32>,
+    pub forward_unmatched_resolves: Option<bool>,
+    pub reevaluate_updates: Option<bool>,
 }
 
 /// The right-hand side of a `match` entry: values, or (for `labels`) a map
@@ -269,7 +294,7 @@ impl Mapping {
     /// `base`. The result is only meaningful when no error was pushed.
     pub fn compile(
         source: Source,
-        cfg: &SourceConfig,
+        cfg: Settings<'_>,
         vocab: &Vocabulary,
         base: &str,
         errors: &mut Vec<FieldError>,
@@ -688,6 +713,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::sources::SourceConfig;
 
     const VOCAB: Vocabulary = Vocabulary {
         facts: &["service_id", "priority", "tags"],
@@ -701,7 +727,7 @@ mod tests {
         let mut errors = Vec::new();
         let m = Mapping::compile(
             Source::Pagerduty,
-            &cfg,
+            cfg.mapping(),
             &VOCAB,
             "sources.pagerduty",
             &mut errors,
@@ -920,7 +946,7 @@ mod tests {
         let mut errors = Vec::new();
         let m = Mapping::compile(
             Source::Canonical,
-            &cfg,
+            cfg.mapping(),
             &vocab,
             "sources.canonical",
             &mut errors,
@@ -959,7 +985,7 @@ mod tests {
         let mut errors = Vec::new();
         Mapping::compile(
             Source::Canonical,
-            &bad,
+            bad.mapping(),
             &vocab,
             "sources.canonical",
             &mut errors,
@@ -981,7 +1007,7 @@ mod tests {
             (Source::Standard, "sources.standard"),
         ] {
             let mut errors = Vec::new();
-            Mapping::compile(source, &cfg, &canonical, base, &mut errors);
+            Mapping::compile(source, cfg.mapping(), &canonical, base, &mut errors);
             assert_eq!(errors.len(), 1, "{errors:?}");
             assert_eq!(errors[0].field, format!("{base}.max_future_skew_seconds"));
             assert!(errors[0].message.contains("does not apply"), "{errors:?}");
@@ -1004,7 +1030,14 @@ mod tests {
         )
         .unwrap();
         let mut errors = Vec::new();
-        let m = Mapping::compile(Source::Alertmanager, &cfg, &vocab, "s", &mut errors).unwrap();
+        let m = Mapping::compile(
+            Source::Alertmanager,
+            cfg.mapping(),
+            &vocab,
+            "s",
+            &mut errors,
+        )
+        .unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         let mut f = Facts::default();
         f.add("labels.severity", "page");
@@ -1015,12 +1048,18 @@ mod tests {
         let cfg: SourceConfig =
             serde_json::from_str(r#"{"rules": [{"match": {"labels": "critical"}}]}"#).unwrap();
         let mut errors = Vec::new();
-        Mapping::compile(Source::Alertmanager, &cfg, &vocab, "s", &mut errors);
+        Mapping::compile(
+            Source::Alertmanager,
+            cfg.mapping(),
+            &vocab,
+            "s",
+            &mut errors,
+        );
         assert_eq!(errors[0].field, "s.rules[0].match.labels");
         let mut errors = Vec::new();
         let cfg: SourceConfig =
             serde_json::from_str(r#"{"rules": [{"match": {"labels": {"a": "b"}}}]}"#).unwrap();
-        Mapping::compile(Source::Pagerduty, &cfg, &VOCAB, "s", &mut errors);
+        Mapping::compile(Source::Pagerduty, cfg.mapping(), &VOCAB, "s", &mut errors);
         assert_eq!(errors[0].field, "s.rules[0].match.labels");
     }
 

@@ -1,10 +1,10 @@
 //! The reconciler: drives each emergency group in Genesys to the state the
-//! ledger wants, as a by-value state machine the singleton's glue runs.
+//! ledger wants, as a by-value state machine the singleton service ([`crate::service`]) runs.
 //!
-//! The glue feeds it three things — "the ledger changed for this group"
+//! The service feeds it three things — "the ledger changed for this group"
 //! ([`Reconciler::mark_dirty`]), "time passed" ([`Reconciler::poll`]) and "a
 //! call answered" ([`Reconciler::on_result`]) — and carries out the
-//! [`Effect`]s that come back: HTTP calls, ledger settlements, audit lines,
+//! [`Effect`]s that come back: HTTP calls, changes to the ledger, audit lines,
 //! metrics. It never reads a clock.
 //!
 //! One reconcile of a group (a *cycle*) is: a pre-flight read, a decision,
@@ -51,11 +51,12 @@
 //!
 //! **Recovery** ([`crate::recovery`]): after [`Reconciler::start_recovery`]
 //! nothing is written until the data table's rows have been read and their
-//! open incidents handed to the glue ([`Effect::Restore`]); the first read of
+//! open incidents handed to the ledger (a [`Change`]); the first read of
 //! every configured group may adopt a group our client left enabled
-//! ([`Effect::Adopt`]) rather than switch it off.
+//! (another [`Change`]) rather than switch it off.
 //!
-//! How the glue drives it:
+//! How the service drives it (the filter's glue only dispatches the calls
+//! and hands back their answers):
 //! 1. At start, `Reconciler::new(Arc::new(settings))` and, optionally,
 //!    `import_token` from shared data; at the service's first tick,
 //!    `start_recovery(..)` with every group the config names, then
@@ -64,27 +65,27 @@
 //!    when the desired state may have changed (`mark_dirty` for changes that
 //!    are no incident event, like an expiry); one `poll` per batch. A resume
 //!    request: `resume(group)`.
-//! 3. Each `Effect::Call`: `dispatch_http_call` with `:method`, `:path`,
-//!    `:authority` from the call, its headers, body and `timeout_ms`; keep
-//!    host token → `op`. If dispatching fails, hand `CallResult::Failed` to
+//! 3. Each `Effect::Call` goes out through the glue (`dispatch_http_call`
+//!    with `:method`, `:path`, `:authority` from the call, its headers, body
+//!    and `timeout_ms`). If dispatching fails, `CallResult::Failed` goes to
 //!    `on_result` at once.
-//! 4. `on_http_call_response`: read `:status` (absent → `Failed`), headers
-//!    and body; `on_result(op, …)`.
-//! 5. Each `Effect::Settle`: `ledger.settle_group(..)` and refresh the
-//!    published status of the incidents it returns. `Restore`/`Adopt`: put
-//!    the incidents into the ledger (the reconciler has queued their groups
-//!    already; their reads are answered only after the effect is applied).
-//!    `Audit`: log one line. `Alarm`: log it at error level.
+//! 4. An answer (`:status` absent → `Failed`, headers, body):
+//!    `on_result(op, …)`.
+//! 5. Each `Effect::Ledger`: [`Change::apply`] it to the ledger and refresh
+//!    the published status of the incidents it returns (a settled reconcile,
+//!    incidents rebuilt or adopted at start; the reconciler has queued the
+//!    rebuilt groups already, and their reads are answered only after the
+//!    change is applied). `Audit`: log one line. `Alarm`: log it at error level.
 //!    `Metric`: bump the counter / record the histogram / set the gauge
-//!    named by `name()`.
+//!    named by `name()` (the glue records the samples).
 //! 6. Tick: a fixed 100 ms tick, and after each queue batch, calls `poll`
 //!    (polling when nothing is due is harmless: the reconciler keeps its own
 //!    deadlines). After an answer that emitted `Metric::TokenRefresh`,
 //!    mirror `export_token()` into shared data.
 //!
-//! Layout: this file holds the [`Reconciler`] and the calls the glue makes
+//! Layout: this file holds the [`Reconciler`] and the calls the service makes
 //! on it; its child modules add `impl Reconciler` blocks along the steps:
-//! `effect` (what the glue must do, metrics), `group` (per-group state,
+//! `effect` (what the service must do, metrics), `group` (per-group state,
 //! phases, cycles), `schedule` (calls out, pump, budget, checks), `startup`
 //! (recovery, identity, token answers), `cycle` (answered, act, finish,
 //! fail), `judge` (a read that differs from the target), `target` (what the
@@ -118,7 +119,8 @@ use schedule::{GroupOp, Op, OpKind};
 use startup::{Identity, Recovery, RecoveryReport};
 
 pub use crate::callout::{CallResult, HttpCall, OpId};
-pub use effect::{Effect, FailureKind, Metric};
+use effect::LedgerOp;
+pub use effect::{Change, Changed, Effect, FailureKind, Metric};
 
 /// Extra time past a call's timeout before the reconciler gives up on it by
 /// itself (the host should have reported a failure by then).
@@ -169,6 +171,11 @@ struct Cx<'a> {
 impl Cx<'_> {
     fn metric(&mut self, m: Metric) {
         self.fx.push(Effect::Metric(m));
+    }
+
+    /// Asks the ledger's owner to make a change.
+    fn change(&mut self, op: LedgerOp) {
+        self.fx.push(Effect::Ledger(Change(op)));
     }
 }
 

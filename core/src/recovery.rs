@@ -30,13 +30,13 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::event::{
-    CorrelationId, GroupId, IncidentKey, IncidentType, Priority, QueueId, Source,
+    CorrelationId, GroupId, IncidentKey, IncidentType, Priority, QueueId, Source, DEFAULT_PRIORITY,
     DEFAULT_TTL_SECONDS,
 };
-use crate::ledger::Incident;
+use crate::genesys::rows::RowsPage;
+use crate::ledger::{Incident, OpenIncident};
 
 /// The row column that carries the open incidents.
 pub const COLUMN: &str = "openIncidents";
@@ -45,66 +45,102 @@ pub const COLUMN: &str = "openIncidents";
 pub const MAX_CHARS: usize = crate::genesys::models::MAX_COLUMN_CHARS;
 /// Format version.
 const VERSION: u8 = 1;
-/// Rows read per page at start, and pages read at most.
-pub const PAGE_SIZE: u32 = 100;
-pub const MAX_PAGES: u32 = 20;
 /// Incident type of an adopted group's synthetic incident.
 pub const ADOPTED_TYPE: &str = "RECOVERED_ROUTING";
 /// How long an adopted group stays on after its `dateModified`.
 pub const ADOPT_TTL_SECONDS: i64 = DEFAULT_TTL_SECONDS as i64;
 
-/// One open incident, as persisted.
+/// One open incident, as persisted. On the wire it is a compact array
+/// (see the module doc): rows are bounded, and a thousand incidents with
+/// field names would not fit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PersistedIncident(
-    pub Source,
-    pub CorrelationId,
-    pub IncidentType,
-    pub Vec<QueueId>,
-    pub Priority,
+#[serde(from = "Wire", into = "Wire")]
+pub struct PersistedIncident {
+    pub source: Source,
+    pub id: CorrelationId,
+    pub incident_type: IncidentType,
+    pub queues: Vec<QueueId>,
+    pub priority: Priority,
     /// Its newest event's time, ms since the epoch.
-    pub i64,
+    pub event_ms: i64,
     /// Its expiry, ms since the epoch.
-    pub i64,
+    pub expires_ms: i64,
     /// Its ttl in seconds (rows written before it was persisted lack it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub Option<u32>,
+    pub ttl_seconds: Option<u32>,
+}
+
+/// [`PersistedIncident`] as written: the same fields, in that order.
+#[derive(Serialize, Deserialize)]
+struct Wire(
+    Source,
+    CorrelationId,
+    IncidentType,
+    Vec<QueueId>,
+    Priority,
+    i64,
+    i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")] Option<u32>,
 );
 
-impl PersistedIncident {
-    pub fn of(inc: &Incident) -> Option<Self> {
-        let key = inc.key();
-        Some(Self(
-            key.source,
-            key.id,
-            inc.incident_type.clone(),
-            inc.queues.clone(),
-            inc.priority,
-            inc.last_event_at.timestamp_millis(),
-            inc.expires_at?.timestamp_millis(),
-            Some(inc.ttl_seconds),
-        ))
+impl From<Wire> for PersistedIncident {
+    fn from(w: Wire) -> Self {
+        let Wire(source, id, incident_type, queues, priority, event_ms, expires_ms, ttl_seconds) =
+            w;
+        Self {
+            source,
+            id,
+            incident_type,
+            queues,
+            priority,
+            event_ms,
+            expires_ms,
+            ttl_seconds,
+        }
     }
+}
 
+impl From<PersistedIncident> for Wire {
+    fn from(p: PersistedIncident) -> Self {
+        Wire(
+            p.source,
+            p.id,
+            p.incident_type,
+            p.queues,
+            p.priority,
+            p.event_ms,
+            p.expires_ms,
+            p.ttl_seconds,
+        )
+    }
+}
+
+impl PersistedIncident {
     pub fn key(&self) -> IncidentKey {
         IncidentKey {
-            source: self.0,
-            id: self.1.clone(),
+            source: self.source,
+            id: self.id.clone(),
         }
     }
 
-    pub fn timestamp(&self) -> Option<DateTime<Utc>> {
-        DateTime::from_timestamp_millis(self.5)
-    }
-
-    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
-        DateTime::from_timestamp_millis(self.6)
+    /// The incident to put back in the ledger; `None` when its times are
+    /// out of range.
+    pub fn open(&self) -> Option<OpenIncident> {
+        Some(OpenIncident {
+            key: self.key(),
+            incident_type: self.incident_type.clone(),
+            queues: self.queues.clone(),
+            priority: self.priority,
+            timestamp: DateTime::from_timestamp_millis(self.event_ms)?,
+            expires_at: DateTime::from_timestamp_millis(self.expires_ms)?,
+            ttl_seconds: self.ttl(),
+        })
     }
 
     /// Its ttl; for a row written without it, the time from its newest
     /// event to its expiry (exact unless a status poll had renewed it).
-    pub fn ttl_seconds(&self) -> u32 {
-        self.7.unwrap_or_else(|| {
-            let secs = (self.6 - self.5) / 1000;
+    fn ttl(&self) -> u32 {
+        self.ttl_seconds.unwrap_or_else(|| {
+            let secs = (self.expires_ms - self.event_ms) / 1000;
             u32::try_from(secs.clamp(
                 crate::contract::TTL_MIN as i64,
                 crate::contract::TTL_MAX as i64,
@@ -169,8 +205,8 @@ pub fn encode(group: &GroupId, open: &[&Incident]) -> String {
     format!(r#"{{"v":{VERSION},"g":{group_json},"o":[{items}],"m":{left_out}}}"#)
 }
 
-/// A [`PersistedIncident`] borrowed from the ledger: the same JSON, with
-/// nothing cloned.
+/// A [`PersistedIncident`] borrowed from the ledger: the same JSON as its
+/// [`Wire`] form, with nothing cloned.
 #[derive(Serialize)]
 struct PersistedRef<'a>(
     Source,
@@ -212,77 +248,57 @@ pub fn decode(s: &str) -> Result<Persisted, String> {
     Ok(doc)
 }
 
-/// One page of `GET /api/v2/flows/datatables/{id}/rows?showbrief=false`.
+/// What a page of rows holds for recovery.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RowsPage {
+pub struct Recovered {
     /// Rows that carry our column, decoded.
     pub groups: Vec<Persisted>,
     /// Rows whose column could not be read (reported, skipped).
     pub unreadable: Vec<String>,
-    pub page_number: u32,
-    pub page_count: u32,
 }
 
-impl RowsPage {
-    pub fn has_more(&self) -> bool {
-        self.page_number < self.page_count && self.page_number < MAX_PAGES
-    }
-}
-
-/// Reads a page of rows. Rows without [`COLUMN`] (other users of the table,
-/// or rows written before this column existed) are not ours to rebuild from.
-pub fn parse_rows_page(body: &[u8]) -> Result<RowsPage, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable rows page: {e}"))?;
-    let entities = v
-        .get("entities")
-        .and_then(Value::as_array)
-        .ok_or("the rows page has no `entities`")?;
-    let number = |name: &str| {
-        v.get(name)
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-    };
-    let mut page = RowsPage {
-        page_number: number("pageNumber").unwrap_or(1),
-        page_count: number("pageCount").unwrap_or(1),
-        ..RowsPage::default()
-    };
-    for row in entities {
-        let Some(cell) = row.get(COLUMN).and_then(Value::as_str) else {
-            continue;
-        };
-        if cell.trim().is_empty() {
-            continue;
-        }
-        let key = row
-            .get("key")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .chars()
-            .take(256)
-            .collect::<String>();
-        match decode(cell) {
-            Ok(doc) => page.groups.push(doc),
-            Err(e) => page.unreadable.push(format!("row {key}: {e}")),
+/// Reads our column from a page of rows. Rows without it (other users of
+/// the table, or rows written before this column existed) are not ours to
+/// rebuild from, and the page left them out.
+pub fn read_rows(page: &RowsPage) -> Recovered {
+    let mut out = Recovered::default();
+    for cell in &page.cells {
+        match decode(&cell.value) {
+            Ok(doc) => out.groups.push(doc),
+            Err(e) => out.unreadable.push(format!("row {}: {e}", cell.key)),
         }
     }
-    Ok(page)
+    out
 }
 
-/// The path of page `page` of the table's rows, full rows (`showbrief=false`:
-/// Genesys otherwise answers only the keys).
-pub fn rows_path(datatable_id: &str, page: u32) -> String {
-    format!(
-        "/api/v2/flows/datatables/{}/rows?pageNumber={page}&pageSize={PAGE_SIZE}&showbrief=false",
-        crate::genesys::encode_segment(datatable_id)
-    )
+/// The synthetic incident that stands for an adopted group, open until
+/// `ttl` after the group's last change (its `dateModified`, or `now` when
+/// that is unreadable). Its key is [`adopted_key`].
+pub fn adopted(
+    group: &GroupId,
+    date_modified: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<OpenIncident> {
+    let since = date_modified
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .filter(|d| *d <= now)
+        .unwrap_or(now);
+    Some(OpenIncident {
+        key: adopted_key(group)?,
+        incident_type: IncidentType::parse(ADOPTED_TYPE).ok()?,
+        queues: Vec::new(),
+        priority: DEFAULT_PRIORITY,
+        timestamp: now,
+        expires_at: since + Duration::seconds(ADOPT_TTL_SECONDS),
+        ttl_seconds: u32::try_from(ADOPT_TTL_SECONDS).unwrap_or(u32::MAX),
+    })
 }
 
-/// The synthetic incident that stands for an adopted group: `recovered:`
-/// and the group id (hashed like any tool id when that is no valid id),
-/// under emr-edge's own source, [`Source::Emr`], which no route reaches: a
-/// webhook can neither resolve it nor reopen it.
+/// The key of an adopted group's incident: `recovered:` and the group id
+/// (hashed like any tool id when that is no valid id), under emr-edge's own
+/// source, [`Source::Emr`], which no route reaches: a webhook can neither
+/// resolve it nor reopen it.
 pub fn adopted_key(group: &GroupId) -> Option<IncidentKey> {
     let id = crate::sources::ids::correlation_id(&format!("recovered:{}", group.as_str()))?;
     Some(IncidentKey {
@@ -291,24 +307,12 @@ pub fn adopted_key(group: &GroupId) -> Option<IncidentKey> {
     })
 }
 
-/// When an adopted group's synthetic incident expires: `ttl` after the
-/// group's last change (its `dateModified`), or after `now` when that is
-/// unreadable.
-pub fn adopted_expiry(date_modified: Option<&str>, now: DateTime<Utc>) -> DateTime<Utc> {
-    let since = date_modified
-        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
-        .map(|d| d.with_timezone(&Utc))
-        .filter(|d| *d <= now)
-        .unwrap_or(now);
-    since + Duration::seconds(ADOPT_TTL_SECONDS)
-}
-
 #[cfg(test)]
 mod tests {
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
     use crate::event::{IncidentEvent, QueuedEvent, RoutingMode};
@@ -362,13 +366,14 @@ mod tests {
         assert_eq!(doc.m, 0);
         assert_eq!(doc.o.len(), 2);
         // Most urgent first.
-        assert_eq!(doc.o[0].1.as_str(), "INC-1");
+        assert_eq!(doc.o[0].id.as_str(), "INC-1");
         let pd = &doc.o[1];
-        assert_eq!(pd.0, Source::Pagerduty);
-        assert_eq!(pd.3.len(), 2);
-        assert_eq!(pd.4, 2);
-        assert_eq!(pd.timestamp(), Some(t(0)));
-        assert_eq!(pd.expires_at(), Some(t(600)));
+        assert_eq!(pd.source, Source::Pagerduty);
+        assert_eq!(pd.queues.len(), 2);
+        assert_eq!(pd.priority, 2);
+        let back = pd.open().unwrap();
+        assert_eq!(back.timestamp, t(0));
+        assert_eq!(back.expires_at, t(600));
         let raw: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(
             raw["o"][1],
@@ -383,13 +388,16 @@ mod tests {
                 600
             ])
         );
-        assert_eq!(pd.ttl_seconds(), 600);
+        assert_eq!(back.ttl_seconds, 600);
         // A row written before the ttl was persisted: its ttl is the time
         // from its newest event to its expiry.
         let mut old = raw["o"][1].clone();
         old.as_array_mut().unwrap().pop();
         let old: PersistedIncident = serde_json::from_value(old).unwrap();
-        assert_eq!((old.7, old.ttl_seconds()), (None, 600));
+        assert_eq!(
+            (old.ttl_seconds, old.open().unwrap().ttl_seconds),
+            (None, 600)
+        );
     }
 
     #[test]
@@ -423,24 +431,14 @@ mod tests {
                 {"key": "G4", "openIncidents": ""}
             ]
         });
-        let page = parse_rows_page(&serde_json::to_vec(&body).unwrap()).unwrap();
-        assert_eq!(page.groups.len(), 1);
-        assert_eq!(page.unreadable.len(), 2);
-        assert!(page.unreadable[0].starts_with("row G2"));
+        let page =
+            crate::genesys::rows::parse_rows_page(&serde_json::to_vec(&body).unwrap(), COLUMN)
+                .unwrap();
+        let read = read_rows(&page);
+        assert_eq!(read.groups.len(), 1);
+        assert_eq!(read.unreadable.len(), 2);
+        assert!(read.unreadable[0].starts_with("row G2"));
         assert!(page.has_more());
-        assert!(parse_rows_page(b"{}").is_err());
-        assert!(parse_rows_page(b"nope").is_err());
-        let last =
-            parse_rows_page(br#"{"entities": [], "pageNumber": 2, "pageCount": 2}"#).unwrap();
-        assert!(!last.has_more());
-    }
-
-    #[test]
-    fn rows_are_listed_in_full() {
-        assert_eq!(
-            rows_path("emr table", 2),
-            "/api/v2/flows/datatables/emr%20table/rows?pageNumber=2&pageSize=100&showbrief=false"
-        );
     }
 
     #[test]
@@ -461,13 +459,19 @@ mod tests {
         );
         let long = adopted_key(&g(&"g".repeat(128))).unwrap();
         assert!(long.id.as_str().starts_with("sha256:"));
+        let expiry =
+            |modified: Option<&str>, now| adopted(&g("G"), modified, now).unwrap().expires_at;
         assert_eq!(
-            adopted_expiry(Some("2024-08-15T14:22:01.000Z"), t(100)),
+            expiry(Some("2024-08-15T14:22:01.000Z"), t(100)),
             DateTime::parse_from_rfc3339("2024-08-15T15:22:01Z").unwrap()
         );
         // A missing, unreadable or future date counts from now.
-        assert_eq!(adopted_expiry(None, t(0)), t(3600));
-        assert_eq!(adopted_expiry(Some("yesterday"), t(0)), t(3600));
-        assert_eq!(adopted_expiry(Some("2099-01-01T00:00:00Z"), t(0)), t(3600));
+        assert_eq!(expiry(None, t(0)), t(3600));
+        assert_eq!(expiry(Some("yesterday"), t(0)), t(3600));
+        assert_eq!(expiry(Some("2099-01-01T00:00:00Z"), t(0)), t(3600));
+        let synthetic = adopted(&g("G"), None, t(0)).unwrap();
+        assert_eq!(synthetic.key, adopted_key(&g("G")).unwrap());
+        assert_eq!(synthetic.incident_type.as_str(), ADOPTED_TYPE);
+        assert_eq!(synthetic.ttl_seconds, 3600);
     }
 }

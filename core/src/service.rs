@@ -501,32 +501,14 @@ impl Service {
         for effect in effects {
             match effect {
                 Effect::Call(call) => out.calls.push((Callout::Genesys(call.op), call)),
-                Effect::Settle {
-                    group,
-                    outcome,
-                    genesys,
-                } => {
-                    for key in self.ledger.settle_group(&group, outcome, genesys, now) {
-                        self.board.mark(&key);
-                    }
-                    self.state_dirty = true;
-                }
-                Effect::Restore { group, incidents } => {
-                    for p in &incidents {
-                        if let Some(key) = self.ledger.restore(p, group.clone(), now) {
-                            self.watched(&key, now);
+                Effect::Ledger(change) => {
+                    let changed = change.apply(&mut self.ledger, now);
+                    for key in &changed.keys {
+                        if changed.rebuilt {
+                            self.watched(key, now);
+                        } else {
+                            self.board.mark(key);
                         }
-                    }
-                    self.state_dirty = true;
-                }
-                Effect::Adopt {
-                    group,
-                    key,
-                    expires_at,
-                    detail,
-                } => {
-                    if let Some(key) = self.ledger.adopt(key, group, detail, expires_at, now) {
-                        self.board.mark(&key);
                     }
                     self.state_dirty = true;
                 }

@@ -18,9 +18,9 @@ pub mod standard_webhooks;
 
 use serde::Deserialize;
 
+use crate::delivery::Delivery;
 use crate::event::Source;
 use crate::problem::{FieldError, Problem};
-use crate::sources::{CompiledSource, Delivery};
 
 pub use credential::{BasicConfig, BearerConfig, Credential, CredentialConfig};
 pub use secret::{Secret, MIN_SECRET_LEN};
@@ -169,6 +169,10 @@ impl CompiledAuth {
     }
 
     /// Passes when any configured method passes; see the module doc.
+    ///
+    /// `Err` is a `401` problem naming the missing or wrong header, with a
+    /// `WWW-Authenticate` challenge when a bearer or basic credential is
+    /// accepted. Call it before parsing: an unauthenticated body is never read.
     pub fn verify(&self, source: Source, delivery: &Delivery) -> Result<(), Problem> {
         if self.methods.is_empty() {
             return if self.insecure {
@@ -213,19 +217,6 @@ impl Method {
             Method::Standard(v) => v.verify(d.headers, d.body, d.now),
         }
     }
-}
-
-/// Authenticates `delivery` for `source` with the source's compiled config.
-///
-/// `Err` is a `401` problem naming the missing or wrong header, with a
-/// `WWW-Authenticate` challenge when a bearer or basic credential is
-/// accepted. Call it before parsing: an unauthenticated body is never read.
-pub fn authenticate(
-    source: Source,
-    delivery: &Delivery,
-    cfg: &CompiledSource,
-) -> Result<(), Problem> {
-    cfg.auth().verify(source, delivery)
 }
 
 /// How bad one method's refusal is; the worst one is reported, so a sender

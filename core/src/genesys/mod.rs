@@ -10,7 +10,8 @@
 //!   `Retry-After`, `ININ-Correlation-Id` and rate-limit headers read;
 //! - [`token`]: the client-credentials token and when to refresh it;
 //! - [`driver`]: how one group is read, compared and written — the real
-//!   emergency-group API or the guide's contract, behind one trait.
+//!   emergency-group API or the guide's contract, behind one trait;
+//! - [`rows`]: the data table's rows, listed a page at a time at start.
 //!
 //! The reconciler (`crate::reconcile`) strings these together into the
 //! per-group state machine the glue drives. What any callout needs (the
@@ -21,6 +22,7 @@ pub mod answer;
 pub mod config;
 pub mod driver;
 pub mod models;
+pub mod rows;
 pub mod token;
 
 pub use answer::{Answer, AnswerClass, RateLimit};

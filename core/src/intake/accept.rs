@@ -281,7 +281,7 @@ impl Intake<'_> {
         }
         let cfg = self.config.sources.get(source);
         let delivery = Delivery { headers, body, now };
-        if let Err(p) = auth::authenticate(source, &delivery, cfg) {
+        if let Err(p) = cfg.auth().verify(source, &delivery) {
             // The detail names a header and a fixed reason, never a value.
             let line = format!("{source} delivery refused (401): {}", p.detail);
             return refused(&p).note_repeated(Repeated::Unauthenticated(source), line);

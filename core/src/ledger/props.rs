@@ -1,6 +1,6 @@
 use proptest::prelude::*;
 
-use super::tests::{event, t};
+use super::tests::{event, synthetic, t};
 use super::*;
 
 fn arb_events() -> impl Strategy<Value = Vec<(u8, bool, i64)>> {
@@ -119,7 +119,7 @@ proptest! {
                 }
                 3 => { l.expire(t(now)); }
                 4 => { l.resolve_by_poll(&key, "resolved".into(), t(now)); }
-                5 => { l.adopt(key, g.clone(), "adopted".into(), t(now + 40), t(now)); }
+                5 => { l.adopt(synthetic(&key, t(now + 40), t(now)), g.clone(), "adopted".into(), t(now)); }
                 _ => { l.prune(t(now)); }
             }
             let expected: BTreeSet<(DateTime<Utc>, IncidentKey)> = l
@@ -169,7 +169,7 @@ proptest! {
                 }
                 3 => { l.expire(t(now)); }
                 4 => { l.resolve_by_poll(&key, "resolved".into(), t(now)); }
-                5 => { l.adopt(key, g, "adopted".into(), t(now + 40), t(now)); }
+                5 => { l.adopt(synthetic(&key, t(now + 40), t(now)), g, "adopted".into(), t(now)); }
                 _ => { l.prune(t(now)); }
             }
             for g in &groups {

@@ -6,84 +6,53 @@ use chrono::{DateTime, Utc};
 use super::*;
 
 impl Ledger {
-    /// Puts back an open incident persisted before a restart. Nothing happens
+    /// Puts back an open incident persisted before a restart
+    /// (`crate::recovery` reads it from the data-table row). Nothing happens
     /// when the ledger already knows the incident (an event for it arrived
     /// first and decides), when it has expired meanwhile, or when the ledger
     /// is full. Returns its key when restored.
     pub fn restore(
         &mut self,
-        p: &PersistedIncident,
+        o: OpenIncident,
         group: GroupId,
         now: DateTime<Utc>,
     ) -> Option<IncidentKey> {
-        let key = p.key();
-        let (timestamp, expires_at) = (p.timestamp()?, p.expires_at()?);
-        if self.incidents.contains_key(&key)
-            || expires_at <= now
+        if self.incidents.contains_key(&o.key)
+            || o.expires_at <= now
             || self.expiries.len() >= self.retention.max_open
         {
             return None;
         }
-        self.insert_open(
-            key,
-            group,
-            OpenIncident {
-                incident_type: p.2.clone(),
-                queues: p.3.clone(),
-                priority: p.4,
-                timestamp,
-                expires_at,
-                ttl_seconds: p.ttl_seconds(),
-            },
-            Via::Recovery,
-            None,
-            now,
-        )
+        self.insert_open(o, group, Via::Recovery, None, now)
     }
 
     /// Adopts a group found enabled by our own client at start, with nothing
-    /// persisted to explain it: a synthetic open incident `key` until
-    /// `expires_at`. Returns the key when adopted.
+    /// persisted to explain it: a synthetic open incident (made by
+    /// `crate::recovery::adopted`) until its expiry. Replaces a closed
+    /// incident under the same key. Returns the key when adopted.
     pub fn adopt(
         &mut self,
-        key: IncidentKey,
+        o: OpenIncident,
         group: GroupId,
         detail: String,
-        expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Option<IncidentKey> {
-        let incident_type = IncidentType::parse(crate::recovery::ADOPTED_TYPE).ok()?;
-        if self.incidents.get(&key).is_some_and(Incident::is_open)
-            || expires_at <= now
+        if self.incidents.get(&o.key).is_some_and(Incident::is_open)
+            || o.expires_at <= now
             || self.expiries.len() >= self.retention.max_open
         {
             return None;
         }
-        if let Some(old) = self.incidents.remove(&key) {
-            self.prunable.remove(old.updated_at, &key);
+        if let Some(old) = self.incidents.remove(&o.key) {
+            self.prunable.remove(old.updated_at, &o.key);
         }
-        self.insert_open(
-            key,
-            group,
-            OpenIncident {
-                incident_type,
-                queues: Vec::new(),
-                priority: crate::event::DEFAULT_PRIORITY,
-                timestamp: now,
-                expires_at,
-                ttl_seconds: u32::try_from(crate::recovery::ADOPT_TTL_SECONDS).unwrap_or(u32::MAX),
-            },
-            Via::Adopted,
-            Some(detail),
-            now,
-        )
+        self.insert_open(o, group, Via::Adopted, Some(detail), now)
     }
 
     fn insert_open(
         &mut self,
-        key: IncidentKey,
-        group: GroupId,
         o: OpenIncident,
+        group: GroupId,
         via: Via,
         detail: Option<String>,
         now: DateTime<Utc>,
@@ -92,6 +61,7 @@ impl Ledger {
         if !self.groups.contains_key(&group) {
             self.groups.insert(group.clone(), GroupIndex::default());
         }
+        let key = o.key;
         let inc = Incident {
             id: key.id.clone(),
             source: key.source,
@@ -127,12 +97,16 @@ impl Ledger {
     }
 }
 
-/// What an incident rebuilt or adopted at start is made of.
-pub(super) struct OpenIncident {
-    incident_type: IncidentType,
-    queues: Vec<QueueId>,
-    priority: Priority,
-    timestamp: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-    ttl_seconds: u32,
+/// An open incident put back at start, rebuilt from what a restart left
+/// (a persisted row) or adopted for a group found enabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenIncident {
+    pub key: IncidentKey,
+    pub incident_type: IncidentType,
+    pub queues: Vec<QueueId>,
+    pub priority: Priority,
+    /// Its newest event's time.
+    pub timestamp: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub ttl_seconds: u32,
 }

@@ -399,7 +399,7 @@ fn persisted_incidents_are_restored_unless_known_or_expired() {
     let restored: Vec<_> = doc
         .o
         .iter()
-        .filter_map(|p| after.restore(p, doc.g.clone(), t(12)))
+        .filter_map(|p| after.restore(p.open().unwrap(), doc.g.clone(), t(12)))
         .collect();
     assert_eq!(restored, vec![key("I1")]);
     let d = after.desired_for(&g("G"));
@@ -416,8 +416,28 @@ fn persisted_incidents_are_restored_unless_known_or_expired() {
     assert!(!after.desired_for(&g("G")).enabled);
     // Nothing expired is restored.
     let mut late = Ledger::default();
-    assert_eq!(late.restore(&doc.o[0], g("G"), t(3600)), None);
+    assert_eq!(
+        late.restore(doc.o[0].open().unwrap(), g("G"), t(3600)),
+        None
+    );
     assert!(late.is_empty());
+}
+
+/// A synthetic incident `key`, adopted at `now` until `expires_at`.
+pub(super) fn synthetic(
+    key: &IncidentKey,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> OpenIncident {
+    OpenIncident {
+        key: key.clone(),
+        incident_type: IncidentType::parse("RECOVERED_ROUTING").unwrap(),
+        queues: Vec::new(),
+        priority: 3,
+        timestamp: now,
+        expires_at,
+        ttl_seconds: 3600,
+    }
 }
 
 #[test]
@@ -425,22 +445,27 @@ fn an_adopted_group_stays_on_until_its_synthetic_incident_expires() {
     let mut l = Ledger::default();
     let k = crate::recovery::adopted_key(&g("G")).unwrap();
     let adopted = l.adopt(
-        k.clone(),
+        synthetic(&k, t(100), t(0)),
         g("G"),
         "found enabled by emr-edge".into(),
-        t(100),
         t(0),
     );
     assert_eq!(adopted, Some(k.clone()));
     assert!(l.desired_for(&g("G")).enabled);
     assert_eq!(l.get(&k).unwrap().events[0].via, Some(Via::Adopted));
     // Adopting again while it is open does nothing.
-    assert_eq!(l.adopt(k.clone(), g("G"), "x".into(), t(200), t(1)), None);
+    assert_eq!(
+        l.adopt(synthetic(&k, t(200), t(1)), g("G"), "x".into(), t(1)),
+        None
+    );
     assert_eq!(l.expire(t(100)), vec![k.clone()]);
     assert!(!l.desired_for(&g("G")).enabled);
     assert_eq!(l.get(&k).unwrap().state, IncidentState::Expired);
     // Expired already: nothing to adopt.
-    assert_eq!(l.adopt(k, g("G"), "x".into(), t(100), t(100)), None);
+    assert_eq!(
+        l.adopt(synthetic(&k, t(100), t(100)), g("G"), "x".into(), t(100)),
+        None
+    );
 }
 
 #[test]

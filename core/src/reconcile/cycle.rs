@@ -14,6 +14,7 @@ use crate::genesys::token::backoff;
 use crate::genesys::Request;
 use crate::ledger::{Settle, VIEW_LIST_MAX};
 
+use super::effect::LedgerOp;
 use super::group::{Outcome, Reached, Wait};
 use super::health::Check;
 use super::judge::Read;
@@ -413,7 +414,7 @@ impl Reconciler {
         cx: &mut Cx<'_>,
     ) {
         self.note(g, result, Some(reason.clone()), None, cx.now);
-        cx.fx.push(Effect::Settle {
+        cx.change(LedgerOp::Settle {
             group: g.clone(),
             outcome: Settle::Failed(reason),
             genesys: cycle.genesys.clone(),
@@ -578,7 +579,7 @@ impl Reconciler {
             http_status: genesys.as_ref().and_then(|r| r.http_status),
             correlation_id: genesys.as_ref().and_then(|r| r.correlation_id.clone()),
         });
-        cx.fx.push(Effect::Settle {
+        cx.change(LedgerOp::Settle {
             group: g.clone(),
             outcome: Settle::Applied,
             genesys,
@@ -606,7 +607,7 @@ impl Reconciler {
             http_status: answer.and_then(|a| a.status),
             correlation_id: answer.and_then(|a| a.correlation_id.clone()),
         });
-        cx.fx.push(Effect::Settle {
+        cx.change(LedgerOp::Settle {
             group: g.clone(),
             outcome: Settle::Failed(reason),
             genesys,

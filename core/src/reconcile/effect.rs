@@ -8,36 +8,16 @@ use serde_json::Value;
 use crate::callout::HttpCall;
 use crate::event::{GroupId, IncidentKey};
 use crate::genesys::answer::AnswerClass;
-use crate::ledger::{GenesysRef, Settle};
-use crate::recovery::PersistedIncident;
+use crate::ledger::{GenesysRef, Ledger, OpenIncident, Settle};
 
 /// What the glue must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Dispatch this call; hand its answer to [`Reconciler::on_result`](super::Reconciler::on_result).
     Call(HttpCall),
-    /// `ledger.settle_group(group, outcome, genesys, now)`, then refresh the
-    /// published status of the incidents it returns.
-    Settle {
-        group: GroupId,
-        outcome: Settle,
-        genesys: Option<GenesysRef>,
-    },
-    /// Recovery at start: `ledger.restore(p, group, now)` for each incident
-    /// (the ledger skips those it knows already), and refresh their status.
-    Restore {
-        group: GroupId,
-        incidents: Vec<PersistedIncident>,
-    },
-    /// Recovery at start: the group was found enabled by our own client with
-    /// nothing persisted to explain it. `ledger.adopt(key, group, detail,
-    /// expires_at, now)`.
-    Adopt {
-        group: GroupId,
-        key: IncidentKey,
-        expires_at: DateTime<Utc>,
-        detail: String,
-    },
+    /// A change to the ledger, which the reconciler only reads: its owner
+    /// applies it with [`Change::apply`] and republishes what it touched.
+    Ledger(Change),
     /// One JSON audit line (a decision: incident ids, before, after, what
     /// Genesys answered).
     Audit(Value),
@@ -48,6 +28,77 @@ pub enum Effect {
     /// data table; the list is on [`Reconciler::health`](super::Reconciler::health)).
     Alarm(String),
     Metric(Metric),
+}
+
+/// A change the reconciler asks of the ledger. Opaque: the only thing to
+/// do with one is [`Change::apply`] it, so every owner of a ledger (the
+/// service, the tests' world) applies it the same way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change(pub(super) LedgerOp);
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum LedgerOp {
+    /// A reconcile of `group` ended: its pending events settle.
+    Settle {
+        group: GroupId,
+        outcome: Settle,
+        genesys: Option<GenesysRef>,
+    },
+    /// Recovery at start: the incidents a row persisted (the ledger skips
+    /// those it knows already).
+    Restore {
+        group: GroupId,
+        incidents: Vec<OpenIncident>,
+    },
+    /// Recovery at start: the group was found enabled by our own client
+    /// with nothing persisted to explain it.
+    Adopt {
+        group: GroupId,
+        incident: OpenIncident,
+        detail: String,
+    },
+}
+
+/// The incidents a [`Change`] touched: their published status is stale.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Changed {
+    pub keys: Vec<IncidentKey>,
+    /// Rebuilt after a restart: to be watched again (polled, if their tool
+    /// has a status API) as when their event first arrived.
+    pub rebuilt: bool,
+}
+
+impl Change {
+    pub fn apply(self, ledger: &mut Ledger, now: DateTime<Utc>) -> Changed {
+        match self.0 {
+            LedgerOp::Settle {
+                group,
+                outcome,
+                genesys,
+            } => Changed {
+                keys: ledger.settle_group(&group, outcome, genesys, now),
+                rebuilt: false,
+            },
+            LedgerOp::Restore { group, incidents } => Changed {
+                keys: incidents
+                    .into_iter()
+                    .filter_map(|o| ledger.restore(o, group.clone(), now))
+                    .collect(),
+                rebuilt: true,
+            },
+            LedgerOp::Adopt {
+                group,
+                incident,
+                detail,
+            } => Changed {
+                keys: ledger
+                    .adopt(incident, group, detail, now)
+                    .into_iter()
+                    .collect(),
+                rebuilt: false,
+            },
+        }
+    }
 }
 
 /// Why a call failed, for metrics.

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
+use super::effect::LedgerOp;
 use super::{CallResult, Effect, HttpCall, Metric, Reconciler};
 use crate::event::{
     CorrelationId, GroupId, IncidentEvent, IncidentType, QueueId, QueuedEvent, RoutingMode, Source,
@@ -555,29 +556,19 @@ impl World {
         for e in fx {
             match e {
                 Effect::Call(c) => self.out.push_back(c),
-                Effect::Settle {
-                    group,
-                    outcome,
-                    genesys,
-                } => {
-                    self.ledger
-                        .settle_group(&group, outcome.clone(), genesys.clone(), self.now);
-                    self.settles.push((group, outcome, genesys));
-                }
-                Effect::Restore { group, incidents } => {
-                    for p in &incidents {
-                        self.ledger.restore(p, group.clone(), self.now);
+                Effect::Ledger(change) => {
+                    match &change.0 {
+                        LedgerOp::Settle {
+                            group,
+                            outcome,
+                            genesys,
+                        } => self
+                            .settles
+                            .push((group.clone(), outcome.clone(), genesys.clone())),
+                        LedgerOp::Adopt { group, .. } => self.adopted.push(group.clone()),
+                        LedgerOp::Restore { .. } => {}
                     }
-                }
-                Effect::Adopt {
-                    group,
-                    key,
-                    expires_at,
-                    detail,
-                } => {
-                    self.ledger
-                        .adopt(key, group.clone(), detail, expires_at, self.now);
-                    self.adopted.push(group);
+                    change.apply(&mut self.ledger, self.now);
                 }
                 Effect::Audit(v) => self.audits.push(v),
                 Effect::Alarm(line) => self.alarms.push(line),

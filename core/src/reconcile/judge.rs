@@ -5,12 +5,14 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
-use crate::event::{GroupId, IncidentKey};
+use crate::event::GroupId;
 use crate::genesys::answer::Answer;
 use crate::genesys::driver::{Observed, Target};
+use crate::ledger::OpenIncident;
 use crate::recovery;
 use crate::watchdog::{self, Facts, Verdict};
 
+use super::effect::LedgerOp;
 use super::group::{Outcome, Wait};
 use super::{
     modified_after, observed_json, ordinal, rfc3339, target_json, ContendedInfo, Cx, Cycle, Effect,
@@ -212,13 +214,15 @@ impl Reconciler {
                 self.drift_seen(g, since, correct_at, read, cx);
                 Some(Then::Grace(correct_at))
             }
-            Verdict::Adopt => match recovery::adopted_key(g) {
-                Some(key) => {
-                    self.adopt(g, key, read, &who, cx);
-                    None
+            Verdict::Adopt => {
+                match recovery::adopted(g, read.observed.date_modified.as_deref(), cx.now) {
+                    Some(incident) => {
+                        self.adopt(g, incident, read, &who, cx);
+                        None
+                    }
+                    None => Some(Then::Hold(held_reason)),
                 }
-                None => Some(Then::Hold(held_reason)),
-            },
+            }
             Verdict::NeedIdentity => self.wait_for_identity(g, cycle, read.answer, cx),
         }
     }
@@ -472,13 +476,13 @@ impl Reconciler {
     fn adopt(
         &mut self,
         g: &GroupId,
-        key: IncidentKey,
+        incident: OpenIncident,
         read: &Read<'_>,
         who: &str,
         cx: &mut Cx<'_>,
     ) {
         let observed = read.observed;
-        let expires_at = recovery::adopted_expiry(observed.date_modified.as_deref(), cx.now);
+        let expires_at = incident.expires_at;
         let detail = format!(
             "found enabled by {who} at start with no open incident persisted for it; \
              kept on until {}",
@@ -490,13 +494,12 @@ impl Reconciler {
             g,
             "adopted",
             Some(read.answer),
-            json!({"incident": key.to_string(), "expiresAt": rfc3339(expires_at), "observed": observed_json(observed)}),
+            json!({"incident": incident.key.to_string(), "expiresAt": rfc3339(expires_at), "observed": observed_json(observed)}),
             cx,
         );
-        cx.fx.push(Effect::Adopt {
+        cx.change(LedgerOp::Adopt {
             group: g.clone(),
-            key,
-            expires_at,
+            incident,
             detail,
         });
         // Read again once the glue has put the incident in the ledger.

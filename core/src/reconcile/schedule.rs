@@ -6,10 +6,10 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::callout::USER_AGENT;
 use crate::event::GroupId;
+use crate::genesys::rows;
 use crate::genesys::Request;
 use crate::genesys::{HttpCall, OpId};
 use crate::ledger::Ledger;
-use crate::recovery;
 
 use super::group::Wait;
 use super::{Cx, Cycle, Effect, Metric, Phase, Reconciler, Recovery, Step, OP_GRACE_MS};
@@ -340,7 +340,7 @@ impl Reconciler {
             self.recovery = Recovery::Done;
             return;
         };
-        let path = recovery::rows_path(&dt.id, page);
+        let path = rows::rows_path(&dt.id, page);
         let kind = |token_generation| OpKind::Rows {
             page,
             attempts,

@@ -7,9 +7,11 @@ use serde_json::json;
 
 use crate::genesys::answer::{Answer, AnswerClass};
 use crate::genesys::models::TokenInfo;
+use crate::genesys::rows::{self, RowsPage};
 use crate::genesys::token::{backoff, TokenOutcome};
-use crate::recovery::{self, RowsPage};
+use crate::recovery::{self, PersistedIncident};
 
+use super::effect::LedgerOp;
 use super::health::Check;
 use super::{
     rfc3339, Cx, Effect, FailureKind, Metric, Reconciler, IDENTITY_RETRY_S, MAX_ROWS_ATTEMPTS,
@@ -169,7 +171,7 @@ impl Reconciler {
             not_before,
         };
         match answer.class {
-            AnswerClass::Success => match recovery::parse_rows_page(body) {
+            AnswerClass::Success => match rows::parse_rows_page(body, recovery::COLUMN) {
                 Ok(rows) => self.restore_rows(page, rows, cx),
                 Err(e) => self.finish_recovery(Some(e), cx),
             },
@@ -196,7 +198,9 @@ impl Reconciler {
     /// page, or recovery is over.
     fn restore_rows(&mut self, page: u32, rows: RowsPage, cx: &mut Cx<'_>) {
         self.health.pass(&Check::DataTable);
-        for bad in &rows.unreadable {
+        let more = rows.has_more();
+        let read = recovery::read_rows(&rows);
+        for bad in &read.unreadable {
             cx.fx.push(Effect::Audit(json!({
                 "kind": "emr.recovery",
                 "at": rfc3339(cx.now),
@@ -204,8 +208,7 @@ impl Reconciler {
                 "detail": bad,
             })));
         }
-        let more = rows.has_more();
-        for doc in rows.groups {
+        for doc in read.groups {
             self.report.groups += 1;
             self.report.persisted_incidents += doc.o.len();
             for _ in &doc.o {
@@ -221,9 +224,9 @@ impl Reconciler {
             })));
             self.groups.entry(doc.g.clone()).or_default().adopt_check = true;
             self.mark_dirty(&doc.g);
-            cx.fx.push(Effect::Restore {
+            cx.change(LedgerOp::Restore {
                 group: doc.g,
-                incidents: doc.o,
+                incidents: doc.o.iter().filter_map(PersistedIncident::open).collect(),
             });
         }
         if more {

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use crate::auth::{AuthMethodConfig, CompiledAuth};
 use crate::contract::ContractRules;
 use crate::event::Source;
-use crate::mapping::{Mapping, ModeSetting, RuleConfig};
+use crate::mapping::{self, Mapping, ModeSetting, RuleConfig};
 use crate::problem::FieldError;
 
 /// The `sources` block: one entry per intake route.
@@ -83,6 +83,20 @@ pub struct SourceConfig {
 pub const DEFAULT_MAX_ALERTS: u32 = 100;
 /// The most `max_alerts` may say: a 64 KiB body holds a few hundred alerts.
 const MAX_ALERTS_LIMIT: u32 = 1_000;
+
+impl SourceConfig {
+    /// The settings the route's [`Mapping`] is compiled from.
+    pub fn mapping(&self) -> mapping::Settings<'_> {
+        mapping::Settings {
+            rules: &self.rules,
+            modes: &self.modes,
+            default_ttl_seconds: self.default_ttl_seconds,
+            max_future_skew_seconds: self.max_future_skew_seconds,
+            forward_unmatched_resolves: self.forward_unmatched_resolves,
+            reevaluate_updates: self.reevaluate_updates,
+        }
+    }
+}
 
 impl SourcesConfig {
     pub fn get(&self, s: Source) -> &SourceConfig {
@@ -166,7 +180,13 @@ fn compile_one(
     let auth = CompiledAuth::compile(&cfg.auth, cfg.insecure, &format!("{base}.auth"), env)
         .map_err(|e| errors.extend(e))
         .ok();
-    let mapping = Mapping::compile(source, cfg, &super::vocabulary(source), &base, errors);
+    let mapping = Mapping::compile(
+        source,
+        cfg.mapping(),
+        &super::vocabulary(source),
+        &base,
+        errors,
+    );
     let max_items = match (source, cfg.max_alerts) {
         (Source::Alertmanager, None) => DEFAULT_MAX_ALERTS,
         (Source::Alertmanager, Some(n)) if (1..=MAX_ALERTS_LIMIT).contains(&n) => n,

@@ -15,7 +15,7 @@
 //! | `alertmanager` | each `alerts[].fingerprint` | `startsAt` / `endsAt` | — |
 //! | `standard`, `canonical` | `correlationId` | `timestamp` | `webhook-id` |
 //!
-//! Call [`crate::auth::authenticate`] first, then [`parse`]. Event times more
+//! Authenticate first ([`crate::auth::CompiledAuth::verify`]), then [`parse`]. Event times more
 //! than `max_future_skew_seconds` (default 300) ahead of `now` are refused
 //! with a `422`: such an event would outrank every later one in the ledger.
 //! Old event times are accepted from most tools (a long-firing alert's
@@ -37,62 +37,17 @@ mod pagerduty;
 mod servicenow;
 mod standard;
 
-use std::fmt;
-
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
-use crate::event::{IncidentEvent, Source};
+pub use crate::delivery::Delivery;
+use crate::event::Source;
 use crate::json::parse_strict;
+pub use crate::mapping::Item;
 use crate::mapping::{Candidate, Vocabulary};
 use crate::problem::{FieldError, Problem};
 
 pub use config::{CompiledSource, CompiledSources, SourceConfig, SourcesConfig};
-
-/// One webhook delivery as the filter hands it over. `Debug` shows header
-/// names only: values carry credentials and signatures.
-#[derive(Clone, Copy)]
-pub struct Delivery<'a> {
-    /// Request headers, names lowercase.
-    pub headers: &'a [(String, String)],
-    /// The raw body, exactly as received (signatures cover these bytes).
-    pub body: &'a [u8],
-    pub now: DateTime<Utc>,
-}
-
-impl<'a> Delivery<'a> {
-    /// The first value of header `name` (ignoring case).
-    pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl fmt::Debug for Delivery<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
-        f.debug_struct("Delivery")
-            .field("header_names", &names)
-            .field("body_len", &self.body.len())
-            .field("now", &self.now)
-            .finish()
-    }
-}
-
-/// What one incident in a payload became.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
-    Event(IncidentEvent),
-    /// Understood but not ours to act on (answered 202 `IGNORED`, counted,
-    /// logged). `id` is the correlation id (or the tool's event id), `reason`
-    /// is printable ASCII.
-    Ignored {
-        id: String,
-        reason: String,
-    },
-}
 
 /// A parsed delivery: one item per incident it mentions, in payload order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +198,7 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use crate::event::IncidentEvent;
 
     pub(crate) fn compiled(source: Source, json: &str) -> CompiledSource {
         let cfg: SourceConfig = serde_json::from_str(json).unwrap();
@@ -291,7 +247,7 @@ pub(crate) mod testing {
             body,
             now,
         };
-        crate::auth::authenticate(source, &d, cfg)?;
+        cfg.auth().verify(source, &d)?;
         parse(source, &d, cfg)
     }
 }
