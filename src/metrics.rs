@@ -64,9 +64,11 @@ pub struct IntakeMetrics {
     status_served: Metric,
     resumes_queued: Metric,
     delivery_ids_reused: Metric,
-    /// The service's: with `accepted`, the shared queue's backlog.
-    processed: Metric,
-    decode_errors: Metric,
+    /// Every message put on the shared queue, and (the service's) taken
+    /// off it: their difference is the queue's depth.
+    queued: Metric,
+    taken: Metric,
+    renewals_dropped: Metric,
 }
 
 impl IntakeMetrics {
@@ -96,16 +98,16 @@ impl IntakeMetrics {
             status_served: Metric::counter("emr.status.served"),
             resumes_queued: Metric::counter("emr.intake.resumes_queued"),
             delivery_ids_reused: Metric::counter("emr.intake.delivery_id_reused"),
-            processed: Metric::counter(emr_core::service::EVENTS_METRIC),
-            decode_errors: Metric::counter(emr_core::service::DECODE_ERRORS_METRIC),
+            queued: Metric::counter("emr.intake.queued"),
+            renewals_dropped: Metric::counter("emr.intake.renewals_dropped"),
+            taken: Metric::counter(emr_core::service::MESSAGES_METRIC),
         }
     }
 
-    /// Events accepted by every filter, and taken off the queue by the
-    /// service (recorded or unreadable).
+    /// Messages put on the queue by every filter, and taken off it by the
+    /// service.
     pub fn queue_counts(&self) -> Option<(u64, u64)> {
-        let processed = self.processed.value()? + self.decode_errors.value().unwrap_or(0);
-        Some((self.accepted.value()?, processed))
+        Some((self.queued.value()?, self.taken.value()?))
     }
 
     pub fn count(&self, counters: &[Counter]) {
@@ -126,6 +128,8 @@ impl IntakeMetrics {
                 Counter::CasRetries(n) => self.cas_retries.add(u64::from(n)),
                 Counter::StatusServed => self.status_served.add(1),
                 Counter::ResumeQueued => self.resumes_queued.add(1),
+                Counter::Queued => self.queued.add(1),
+                Counter::RenewalDropped => self.renewals_dropped.add(1),
                 Counter::DeliveryIdReused => self.delivery_ids_reused.add(1),
             }
         }

@@ -139,6 +139,12 @@ pub enum Counter {
     StatusServed,
     /// A resume request queued for the service.
     ResumeQueued,
+    /// One message of any kind put on the service's queue (an event, a
+    /// renewal, a resume): with [`crate::service::MESSAGES_METRIC`], the
+    /// queue's depth, which the backlog gate reads.
+    Queued,
+    /// A replayed activation's renewal that could not be queued.
+    RenewalDropped,
     /// A delivery id seen before came with another body: its events were
     /// judged on their own.
     DeliveryIdReused,
@@ -172,6 +178,9 @@ pub enum Repeated {
     OverShare(Source),
     /// A delivery id of this source seen before with another body.
     DeliveryIdReused(Source),
+    /// A replayed activation of this source whose renewal could not be
+    /// queued (the queue is full or gone): a replay flood repeats it.
+    RenewalDropped(Source),
 }
 
 /// A decision, its counters and what to log.
@@ -467,10 +476,17 @@ impl Intake<'_> {
         )
     }
 
-    /// Puts one message on the service's queue.
-    fn send(&self, message: &impl serde::Serialize) -> Result<(), StoreError> {
+    /// Puts one message on the service's queue, and counts it: every kind
+    /// counts, so nothing can fill the queue behind the backlog gate's back.
+    fn send(
+        &self,
+        message: &impl serde::Serialize,
+        counters: &mut Vec<Counter>,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(message).map_err(|e| StoreError::Host(e.to_string()))?;
-        self.sink.enqueue(&bytes)
+        self.sink.enqueue(&bytes)?;
+        counters.push(Counter::Queued);
+        Ok(())
     }
 
     fn unavailable<T>(&self, e: &StoreError) -> Handled<T>

@@ -38,12 +38,16 @@ pub fn health(reasons: &[String]) -> Vec<u8> {
     serde_json::to_vec(reasons).unwrap_or_else(|_| b"[]".to_vec())
 }
 
-/// What [`health`] stored: no reasons when nothing (readable) is there.
+/// What [`health`] stored: no reasons when nothing is there yet. Bytes that
+/// are not what the service writes are a reason themselves: the filter
+/// never reports `ok` for a health it could not read.
 pub fn read_health(stored: Option<&[u8]>) -> Vec<String> {
-    stored
-        .filter(|b| !b.is_empty())
-        .and_then(|b| serde_json::from_slice(b).ok())
-        .unwrap_or_default()
+    match stored.filter(|b| !b.is_empty()) {
+        None => Vec::new(),
+        Some(b) => serde_json::from_slice(b).unwrap_or_else(|_| {
+            vec!["the service's health record in shared data is unreadable".to_owned()]
+        }),
+    }
 }
 
 /// How often the service beats. Its tick is 100 ms and it also beats after

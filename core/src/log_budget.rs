@@ -163,6 +163,16 @@ fn summary(s: Suppressed<Repeated>) -> Note {
             ),
             "emr.intake.delivery_id_reused",
         ),
+        Repeated::RenewalDropped(source) => (
+            format!(
+                "{} on /webhooks/{source}",
+                plural(
+                    "renewal of a replayed activation not queued",
+                    "renewals of replayed activations not queued"
+                )
+            ),
+            "emr.intake.renewals_dropped",
+        ),
     };
     Note {
         level: NoteLevel::Warn,

@@ -80,8 +80,8 @@
 //!    named by `name()` (the glue records the samples).
 //! 6. Tick: a fixed 100 ms tick, and after each queue batch, calls `poll`
 //!    (polling when nothing is due is harmless: the reconciler keeps its own
-//!    deadlines). After an answer that emitted `Metric::TokenRefresh`,
-//!    mirror `export_token()` into shared data.
+//!    deadlines). After a token was obtained, `take_new_token()` gives it
+//!    once, to mirror into shared data.
 //!
 //! Layout: this file holds the [`Reconciler`] and the calls the service makes
 //! on it; its child modules add `impl Reconciler` blocks along the steps:
@@ -185,6 +185,8 @@ pub struct Reconciler {
     cfg: Arc<GenesysSettings>,
     driver: Box<dyn Driver>,
     token: TokenManager,
+    /// A token obtained that the service has not mirrored yet.
+    token_unmirrored: bool,
     groups: BTreeMap<GroupId, GroupState>,
     /// Groups in `Phase::Queued`, oldest first.
     ready: VecDeque<GroupId>,
@@ -220,6 +222,7 @@ impl Reconciler {
             cfg,
             driver,
             token: TokenManager::new(),
+            token_unmirrored: false,
             groups: BTreeMap::new(),
             ready: VecDeque::new(),
             ops: BTreeMap::new(),
@@ -524,10 +527,17 @@ impl Reconciler {
             .min()
     }
 
-    /// The current token, for the glue to mirror into shared data (after an
-    /// answer that emitted [`Metric::TokenRefresh`]).
+    /// The current token, for the service to mirror into shared data.
     pub fn export_token(&self) -> Option<StoredToken> {
         self.token.export()
+    }
+
+    /// A token obtained since the last call, once: the service mirrors it
+    /// into shared data, so a reloaded VM need not log in again.
+    pub fn take_new_token(&mut self) -> Option<StoredToken> {
+        std::mem::take(&mut self.token_unmirrored)
+            .then(|| self.token.export())
+            .flatten()
     }
 
     /// Takes back a token mirrored in shared data (at start, after a VM

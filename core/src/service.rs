@@ -32,15 +32,19 @@ use crate::status::{self, Board};
 use crate::store::{ensure_key, SharedStore};
 use crate::{ignored, liveness, quota};
 
-/// The filters read it, with `emr.intake.accepted`, for the queue's
-/// backlog: one name for the writer and the readers, or the backlog gate
-/// would refuse every event once the two drifted apart.
+/// Events taken off the queue and recorded.
 pub const EVENTS_METRIC: &str = "emr.service.events";
+/// Every message taken off the queue (events, controls, unreadable ones).
+/// The filters read it, with `emr.intake.queued`, for the queue's depth:
+/// one name for the writer and the readers, or the backlog gate would
+/// refuse every event once the two drifted apart.
+pub const MESSAGES_METRIC: &str = "emr.service.messages";
 /// Queue messages the service could not read; counted as taken off too.
 pub const DECODE_ERRORS_METRIC: &str = "emr.service.decode_errors";
 /// The service's own counters, defined by the glue at start so that every
 /// one is on `/stats` (at 0) before anything happens.
-pub const COUNTERS: [&str; 6] = [
+pub const COUNTERS: [&str; 7] = [
+    MESSAGES_METRIC,
     EVENTS_METRIC,
     DECODE_ERRORS_METRIC,
     "emr.service.stale_events",
@@ -294,6 +298,8 @@ impl Service {
     ) -> Out {
         let mut out = Out::default();
         let mut tally = Tally::default();
+        let taken = u64::try_from(messages.len()).unwrap_or(u64::MAX);
+        out.count(MESSAGES_METRIC, taken.saturating_add(decode_errors));
         for message in messages {
             match message {
                 QueueMessage::Event(q) => self.record(&q, audit_events, now, &mut tally, &mut out),
@@ -346,7 +352,7 @@ impl Service {
     ) -> Out {
         let mut out = Out::default();
         self.answered(callout, CallResult::Failed, now, &mut out);
-        self.mirror_token_if_refreshed(&out, store);
+        self.mirror_token_if_refreshed(store);
         out
     }
 
@@ -553,19 +559,15 @@ impl Service {
         }
     }
 
-    /// After an answer that refreshed the token, mirrors it into shared
+    /// After an answer that brought a new token, mirrors it into shared
     /// data, so a reloaded VM need not log in again.
-    fn mirror_token_if_refreshed(&self, out: &Out, store: &dyn SharedStore) {
-        let refreshed = out
-            .samples
-            .iter()
-            .any(|(name, _)| *name == ReconcileMetric::TokenRefresh.name());
-        let Some(g) = self.genesys.as_ref().filter(|_| refreshed) else {
+    fn mirror_token_if_refreshed(&mut self, store: &dyn SharedStore) {
+        let Some(g) = self.genesys.as_mut() else {
             return;
         };
         if let Some(bytes) = g
             .reconciler
-            .export_token()
+            .take_new_token()
             .and_then(|t| serde_json::to_vec(&t).ok())
         {
             // Best effort: the next VM logs in again without it.
@@ -583,7 +585,7 @@ impl Service {
         from_tick: bool,
         out: &mut Out,
     ) {
-        self.mirror_token_if_refreshed(out, store);
+        self.mirror_token_if_refreshed(store);
         let due = |last: DateTime<Utc>, every_ms: i64| (now - last).num_milliseconds() >= every_ms;
         if due(self.last_beat, liveness::BEAT_EVERY_MS) {
             self.last_beat = now;

@@ -51,6 +51,8 @@ pub struct MemoryStore {
     entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     /// Fail the next N CAS writes as if another worker had raced us.
     pub injected_conflicts: RefCell<u32>,
+    /// Keys whose reads fail, as a host call can.
+    pub unreadable: RefCell<Vec<&'static str>>,
 }
 
 impl MemoryStore {
@@ -75,6 +77,9 @@ impl MemoryStore {
 
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        if self.unreadable.borrow().contains(&key) {
+            return Err(StoreError::Host(format!("{key} cannot be read")));
+        }
         Ok(match self.entries.borrow().get(key) {
             Some((v, cas)) => Versioned {
                 value: Some(v.clone()),
@@ -142,7 +147,8 @@ mod tests {
     }
 }
 
-/// The most events the intake lets wait for the service. Envoy's shared
+/// The most messages (events, renewals, resumes) the intake lets wait for
+/// the service. Envoy's shared
 /// queue has no bound of its own and its allocator keeps the peak, so a
 /// main thread that falls behind the workers would grow RSS for good
 /// (~0.5 KB an event); past this, new events are answered 503 with
@@ -163,20 +169,19 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// `read` gives (accepted, processed); `None` (counts unavailable)
-    /// keeps the last verdict.
+    /// `read` gives (queued, taken): messages put on the queue and taken
+    /// off it; `None` (counts unavailable) keeps the last verdict.
     pub fn admit(&self, read: impl FnOnce() -> Option<(u64, u64)>) -> Result<(), StoreError> {
         let n = self.since_check.get();
         if n == 0 || self.over.get() {
-            if let Some((accepted, processed)) = read() {
-                self.over
-                    .set(accepted.saturating_sub(processed) >= MAX_BACKLOG);
+            if let Some((queued, taken)) = read() {
+                self.over.set(queued.saturating_sub(taken) >= MAX_BACKLOG);
             }
         }
         self.since_check.set((n + 1) % BACKLOG_CHECK_EVERY);
         if self.over.get() {
             return Err(StoreError::Host(format!(
-                "the service is {MAX_BACKLOG} or more events behind"
+                "the service is {MAX_BACKLOG} or more messages behind"
             )));
         }
         Ok(())

@@ -508,7 +508,7 @@ impl Intake<'_> {
                 event: ev,
                 slot,
             };
-            if let Err(e) = self.send(&message) {
+            if let Err(e) = self.send(&message, &mut rec.counters) {
                 let rest: Vec<(String, bool)> = queue.map(|(_, k, s)| (k, s)).collect();
                 let unused = u32::from(slot)
                     + u32::try_from(rest.iter().filter(|(_, s)| *s).count()).unwrap_or(0);
@@ -535,17 +535,19 @@ impl Intake<'_> {
         rec: &mut Recorder<'_>,
     ) {
         for incident in renewals {
+            let source = incident.source;
             let message = ControlMessage {
                 control: Control::Renew {
                     incident,
                     received_ms: now.timestamp_millis(),
                 },
             };
-            if let Err(e) = self.send(&message) {
+            if let Err(e) = self.send(&message, &mut rec.counters) {
+                rec.counters.push(Counter::RenewalDropped);
                 rec.notes.push(Note {
                     level: NoteLevel::Warn,
                     message: format!("a replayed activation's renewal was not queued: {e:?}"),
-                    repeated: None,
+                    repeated: Some(Repeated::RenewalDropped(source)),
                 });
             }
         }

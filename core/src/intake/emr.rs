@@ -85,9 +85,10 @@ impl Intake<'_> {
             Liveness::Alive { age_ms } => {
                 // Up, but told by Genesys it cannot switch: still a 200, so
                 // a liveness probe does not restart it for a wrong secret.
+                // Unreadable is no "ok": a 503, as for the heartbeat.
                 let reasons = match self.store.get(liveness::HEALTH_KEY) {
                     Ok(v) => liveness::read_health(v.value.as_deref()),
-                    Err(_) => Vec::new(),
+                    Err(e) => return self.unavailable(&e),
                 };
                 let body = if reasons.is_empty() {
                     serde_json::json!({"status": "ok", "heartbeatAgeMs": age_ms})
@@ -144,7 +145,8 @@ impl Intake<'_> {
                 received_ms: now.timestamp_millis(),
             },
         };
-        if let Err(e) = self.send(&message) {
+        let mut counters = vec![Counter::ResumeQueued];
+        if let Err(e) = self.send(&message, &mut counters) {
             return self.unavailable(&e);
         }
         let body = serde_json::json!({
@@ -154,7 +156,7 @@ impl Intake<'_> {
         });
         Handled::new(
             HeadersStep::Respond(Response::json(202, body.to_string().into_bytes())),
-            vec![Counter::ResumeQueued],
+            counters,
         )
         .note(
             NoteLevel::Info,

@@ -132,6 +132,47 @@ fn a_repeat_gets_the_first_answer_and_is_not_queued_again_but_renews() {
     assert_eq!(w.queue.messages.borrow().len(), 3);
 }
 
+/// Every message put on the service's queue is counted `Queued`, whatever
+/// its kind: the backlog gate reads that count, so a flood of replays (each
+/// queueing a renewal) cannot grow the queue behind the gate's back.
+#[test]
+fn every_message_queued_is_counted_and_a_renewal_that_cannot_be_is_said_once_per_budget() {
+    let w = World::new();
+    let send = || {
+        let body = incident("INC-1", "EMERGENCY_ACTIVE").to_string();
+        let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        let src = match w
+            .intake()
+            .on_headers("POST", "/webhooks/canonical", &headers, false, now())
+            .value
+        {
+            HeadersStep::ReadBody(src) => src,
+            other => panic!("{other:?}"),
+        };
+        w.intake().on_body(src, &headers, body.as_bytes(), now())
+    };
+    let queued =
+        |h: &Handled<Response>| h.counters.iter().filter(|c| **c == Counter::Queued).count();
+    let first = send();
+    assert_eq!(queued(&first), 1);
+    assert!(first.counters.contains(&Counter::Accepted));
+    let replay = send();
+    assert_eq!(queued(&replay), 1, "the renewal is a message too");
+    assert!(replay.counters.contains(&Counter::Replayed));
+    assert_eq!(w.queue.messages.borrow().len(), 2);
+    // The queue refuses: the replay is still answered, the renewal is
+    // counted as dropped and its line is one a flood repeats (budgeted).
+    *w.queue.broken.borrow_mut() = true;
+    let dropped = send();
+    assert_eq!(dropped.value.status, 202);
+    assert_eq!(queued(&dropped), 0);
+    assert!(dropped.counters.contains(&Counter::RenewalDropped));
+    assert!(dropped
+        .notes
+        .iter()
+        .any(|n| n.repeated == Some(Repeated::RenewalDropped(Source::Canonical))));
+}
+
 #[test]
 fn activation_and_resolution_are_different_events() {
     let w = World::new();
@@ -467,6 +508,28 @@ fn health_follows_the_service_heartbeat() {
     let r = health(&w);
     assert_eq!(r.status, 200);
     assert_eq!(body(&r), json!({"status": "ok", "heartbeatAgeMs": 2000}));
+    // What stops switching, as the service recorded it: degraded.
+    let reasons = ["no such emergency group: eg-x".to_owned()];
+    w.store
+        .set(liveness::HEALTH_KEY, &liveness::health(&reasons), None)
+        .unwrap();
+    let r = health(&w);
+    assert_eq!((r.status, &body(&r)["status"]), (200, &json!("degraded")));
+    assert_eq!(body(&r)["reasons"], json!(reasons));
+    // A record that cannot be read is never taken for "ok".
+    w.store
+        .set(liveness::HEALTH_KEY, b"{garbled", None)
+        .unwrap();
+    let r = health(&w);
+    assert_eq!(body(&r)["status"], "degraded");
+    w.store.unreadable.borrow_mut().push(liveness::HEALTH_KEY);
+    let r = health(&w);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    w.store.unreadable.borrow_mut().clear();
+    w.store
+        .set(liveness::HEALTH_KEY, &liveness::health(&[]), None)
+        .unwrap();
     // A beat a minute old: stopped.
     let old = now() - chrono::Duration::seconds(60);
     w.store
@@ -496,11 +559,11 @@ fn counters_say_what_happened() {
     let first = w
         .intake()
         .on_body(Source::Canonical, &headers, b.as_bytes(), now());
-    assert_eq!(first.counters, vec![Counter::Accepted]);
+    assert_eq!(first.counters, vec![Counter::Queued, Counter::Accepted]);
     let again = w
         .intake()
         .on_body(Source::Canonical, &headers, b.as_bytes(), now());
-    assert_eq!(again.counters, vec![Counter::Replayed]);
+    assert_eq!(again.counters, vec![Counter::Replayed, Counter::Queued]);
     let bad = w
         .intake()
         .on_body(Source::Canonical, &headers, b"[]", now());
@@ -1036,13 +1099,24 @@ fn one_alertmanager_payload_answers_every_alert() {
         ]})
     );
     assert_eq!(out.value.header("location"), None);
-    assert_eq!(out.counters, vec![Counter::Accepted, Counter::Accepted]);
+    assert_eq!(
+        out.counters,
+        vec![
+            Counter::Queued,
+            Counter::Accepted,
+            Counter::Queued,
+            Counter::Accepted
+        ]
+    );
     assert_eq!(s.queued().len(), 2);
 
     let again = s.alertmanager(am);
     assert_eq!(again.value.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.value.body, out.value.body);
-    assert_eq!(again.counters, vec![Counter::Replayed, Counter::Replayed]);
+    assert_eq!(
+        again.counters,
+        vec![Counter::Replayed, Counter::Replayed, Counter::Queued]
+    );
     assert_eq!(s.queued().len(), 2);
 
     // A group where one alert matches no rule: that one is IGNORED.
@@ -1057,7 +1131,10 @@ fn one_alertmanager_payload_answers_every_alert() {
     assert_eq!(b["items"][1]["status"], "IGNORED");
     assert_eq!(b["items"][1]["correlationId"], "a07e61d9c2b84f35");
     // Items are recorded in order, then the events queued.
-    assert_eq!(out.counters, vec![Counter::Ignored, Counter::Accepted]);
+    assert_eq!(
+        out.counters,
+        vec![Counter::Ignored, Counter::Queued, Counter::Accepted]
+    );
 }
 
 #[test]
@@ -1106,7 +1183,7 @@ fn a_tool_sends_several_active_events_for_one_incident() {
     let out = s.pagerduty(&reopened, Some("d-2"));
     assert_eq!(out.value.status, 202, "{}", body(&out.value));
     assert_eq!(out.value.header("idempotent-replayed"), None);
-    assert_eq!(out.counters, vec![Counter::Accepted]);
+    assert_eq!(out.counters, vec![Counter::Queued, Counter::Accepted]);
     assert_eq!(s.queued().len(), 2);
     assert_eq!(s.queued()[1].event.timestamp, at("2024-08-15T14:24:30Z"));
     // The same incident, mode and time with another content is refused.
@@ -1143,7 +1220,7 @@ fn a_conflict_in_a_group_refuses_the_whole_payload() {
     alone["alerts"] = json!([third]);
     let out = s.alertmanager(alone.to_string().as_bytes());
     assert_eq!(out.value.status, 202);
-    assert_eq!(out.counters, vec![Counter::Accepted]);
+    assert_eq!(out.counters, vec![Counter::Queued, Counter::Accepted]);
     assert_eq!(body(&out.value)["correlationId"], "0000aaaabbbbcccc");
 }
 
@@ -1189,7 +1266,15 @@ fn a_queue_failure_mid_payload_forgets_only_what_was_not_queued() {
     sink.ok.set(10);
     let out = intake.on_body(Source::Alertmanager, &h, am, now());
     assert_eq!(out.value.status, 202);
-    assert_eq!(out.counters, vec![Counter::Replayed, Counter::Accepted]);
+    assert_eq!(
+        out.counters,
+        vec![
+            Counter::Replayed,
+            Counter::Queued,
+            Counter::Accepted,
+            Counter::Queued
+        ]
+    );
     // The second alert, and the first's renewal (a replayed activation).
     assert_eq!(sink.queue.messages.borrow().len(), 3);
 
@@ -1212,7 +1297,7 @@ fn a_queue_failure_mid_payload_forgets_only_what_was_not_queued() {
     sink.ok.set(1);
     let out = intake.on_body(Source::Pagerduty, &h, pd, now());
     assert_eq!(out.value.status, 202);
-    assert_eq!(out.counters, vec![Counter::Accepted]);
+    assert_eq!(out.counters, vec![Counter::Queued, Counter::Accepted]);
 }
 
 #[test]
@@ -1294,7 +1379,8 @@ fn resume_is_queued_for_the_service_behind_the_status_credential() {
         panic!()
     };
     assert_eq!(r.status, 202);
-    assert_eq!(out.counters, vec![Counter::ResumeQueued]);
+    // A resume is a message on the queue like an event: counted as one.
+    assert_eq!(out.counters, vec![Counter::ResumeQueued, Counter::Queued]);
     assert_eq!(
         body(&r),
         json!({"group": "eg-voice", "status": "RESUME_QUEUED", "stateUrl": "/emr/state"})

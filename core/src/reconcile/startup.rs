@@ -62,6 +62,7 @@ impl Reconciler {
         match outcome {
             TokenOutcome::Obtained { expires_in } => {
                 self.health.pass(&Check::Credentials);
+                self.token_unmirrored = true;
                 cx.metric(Metric::TokenRefresh);
                 cx.fx.push(Effect::Audit(json!({
                     "kind": "emr.genesys.token",

@@ -118,6 +118,10 @@ fn without_genesys_an_event_is_recorded_published_and_audited() {
     );
     assert!(!quiet.logs.iter().any(|(_, l)| l.contains("INC-2")));
     assert_eq!(count(&quiet, DECODE_ERRORS_METRIC), 2);
+    // Every message taken off the queue counts, unreadable ones too: the
+    // filters' backlog gate compares this with what they queued.
+    assert_eq!(count(&out, MESSAGES_METRIC), 1);
+    assert_eq!(count(&quiet, MESSAGES_METRIC), 3);
 }
 
 #[test]
@@ -203,4 +207,49 @@ fn the_heartbeat_and_the_recorded_watermark_are_written() {
         liveness::read_recorded(recorded.as_deref()),
         Some(t(5).timestamp_millis())
     );
+}
+
+/// A token Genesys gave is mirrored into shared data once, so a VM that
+/// reloads starts with it instead of logging in again.
+#[test]
+fn a_new_token_is_mirrored_once_and_a_reloaded_service_starts_with_it() {
+    let store = MemoryStore::default();
+    let mut s = start(config(genesys()), &store);
+    let out = s.on_messages(vec![], 0, true, &store, t(0));
+    let (callout, call) = out.calls.first().expect("a call");
+    assert_eq!(call.path, "/oauth/token");
+    let held = |store: &MemoryStore| store.get(TOKEN_KEY).unwrap().value.unwrap_or_default();
+    assert!(held(&store).is_empty(), "created empty at start");
+    let token = CallResult::Response {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: json!({"access_token": "tok-1", "token_type": "bearer", "expires_in": 86_400})
+            .to_string()
+            .into_bytes(),
+    };
+    let after = s.on_result(*callout, token, &store, t(1));
+    let mirrored = store.get(TOKEN_KEY).unwrap();
+    assert!(!held(&store).is_empty(), "the token is mirrored");
+    // Mirrored once: a later answer does not write it again.
+    let next = after.calls.first().expect("calls with the token");
+    assert_eq!(
+        next.1
+            .headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.as_str()),
+        Some("Bearer tok-1")
+    );
+    s.on_result(next.0, CallResult::Failed, &store, t(2));
+    assert_eq!(store.get(TOKEN_KEY).unwrap().cas, mirrored.cas);
+    // A new service on the same shared data (a reloaded VM) asks for no
+    // token: its first call already carries the mirrored one.
+    let mut reloaded = Service::new(config(genesys()), &store, t(3)).unwrap().0;
+    let first = reloaded.on_messages(vec![], 0, true, &store, t(3));
+    let (_, call) = first.calls.first().expect("a call");
+    assert_ne!(call.path, "/oauth/token");
+    assert!(call
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "Bearer tok-1"));
 }
