@@ -16,9 +16,9 @@
 //! `INC0010023`, Jira `ITSM-42`) are kept as they are.
 //!
 //! The [`Poller`] is a by-value state machine like the reconciler, with its
-//! own op ids: the glue dispatches its [`PollEffect::Call`]s, hands answers
-//! to [`Poller::on_result`], and applies [`PollEffect::Resolved`] to the
-//! ledger (`Ledger::resolve_by_poll`) as an incident event of the group. It
+//! own op ids: the service dispatches its [`PollEffect::Call`]s, hands
+//! answers to [`Poller::on_result`], and applies its [`PollChange`]s to the
+//! ledger (a resolution found is reconciled as an incident event). It
 //! never reads a clock. At most `max_in_flight` polls are out, at most
 //! `polls_per_minute` go out a minute (a token bucket), and a 429 pauses
 //! that tool until its `Retry-After`.
@@ -28,7 +28,7 @@ mod poller;
 mod tools;
 
 pub use config::{EnvReader, ItsmConfig, ItsmConfigError, ItsmSettings, Tool, ToolConfig};
-pub use poller::{PollEffect, PollMetric, Poller, MAX_TRACKED};
+pub use poller::{PollChange, PollChanged, PollEffect, PollMetric, Poller, MAX_TRACKED};
 pub use tools::{parse_jira, parse_pagerduty, parse_servicenow, request, ToolStatus};
 
 #[cfg(test)]

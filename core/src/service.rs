@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::callout::{CallResult, HttpCall, OpId};
 use crate::config::Config;
 use crate::event::{Control, GroupId, IncidentKey, QueueMessage, QueuedEvent};
-use crate::itsm::{PollEffect, PollMetric, Poller};
+use crate::itsm::{PollChanged, PollEffect, PollMetric, Poller};
 use crate::ledger::{Applied, Ledger};
 use crate::reconcile::{Effect, Metric as ReconcileMetric, Reconciler};
 use crate::rfc3339;
@@ -445,10 +445,22 @@ impl Service {
     /// expiry for a restart.
     fn renew(&mut self, key: &IncidentKey, at_least: chrono::Duration, now: DateTime<Utc>) {
         if let Some(group) = self.ledger.renew(key, at_least, now) {
-            self.board.mark(key);
-            self.state_dirty = true;
-            if let Some(g) = &mut self.genesys {
-                g.reconciler.mark_dirty(&group);
+            let (key, urgent) = (key.clone(), false);
+            self.incident_changed(PollChanged { key, group, urgent }, now);
+        }
+    }
+
+    /// An incident a status poll (or a renewal) changed: republished, and
+    /// its group reconciled, at once for a resolution, or whenever next
+    /// for a new expiry (the row persists it for a restart).
+    fn incident_changed(&mut self, c: PollChanged, now: DateTime<Utc>) {
+        self.board.mark(&c.key);
+        self.state_dirty = true;
+        if let Some(g) = &mut self.genesys {
+            if c.urgent {
+                g.reconciler.mark_event(&c.group, now);
+            } else {
+                g.reconciler.mark_dirty(&c.group);
             }
         }
     }
@@ -539,15 +551,11 @@ impl Service {
         for effect in effects {
             match effect {
                 PollEffect::Call(call) => out.calls.push((Callout::Itsm(call.op), call)),
-                PollEffect::Resolved { key, detail } => {
-                    let group = self.ledger.resolve_by_poll(&key, detail, now);
-                    self.board.mark(&key);
-                    if let (Some(group), Some(g)) = (group, &mut self.genesys) {
-                        g.reconciler.mark_event(&group, now);
+                PollEffect::Ledger(change) => {
+                    if let Some(changed) = change.apply(&mut self.ledger, now) {
+                        self.incident_changed(changed, now);
                     }
-                    self.state_dirty = true;
                 }
-                PollEffect::Renew { key, at_least } => self.renew(&key, at_least, now),
                 PollEffect::Audit(line) => out.audit(line),
                 PollEffect::Metric(m) => out.poll(m),
             }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
 use crate::callout::{header, parse_retry_after, Budget, CallResult, HttpCall, OpId, USER_AGENT};
-use crate::event::{IncidentKey, Source};
+use crate::event::{GroupId, IncidentKey, Source};
 use crate::ledger::{IncidentState, Ledger};
 use crate::sources::ids::HASHED_PREFIX;
 
@@ -50,24 +50,58 @@ impl PollMetric {
 pub enum PollEffect {
     /// Dispatch; hand the answer to [`Poller::on_result`].
     Call(HttpCall),
-    /// `ledger.resolve_by_poll(key, detail, now)`; if it returns the group,
-    /// reconcile it as an incident event (`Reconciler::mark_event`) and
-    /// refresh the incident's status.
-    Resolved {
-        key: IncidentKey,
-        detail: String,
-    },
-    /// The tool says the incident is still open: `ledger.renew(key,
-    /// at_least, now)`; if it returns the group, refresh the incident's
-    /// status and the group's row (`Reconciler::mark_dirty`), which
-    /// persists the new expiry for a restart. While the tool answers that
-    /// the incident is open, it never expires here.
+    /// A change to the ledger, which the poller only reads: its owner
+    /// applies it with [`PollChange::apply`] and acts on what it touched.
+    Ledger(PollChange),
+    Audit(Value),
+    Metric(PollMetric),
+}
+
+/// A change the poller asks of the ledger. Opaque: the only thing to do
+/// with one is [`PollChange::apply`] it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollChange(pub(super) LedgerOp);
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum LedgerOp {
+    /// The tool says the incident is resolved: resolved here, as by its
+    /// resolution webhook.
+    Resolve { key: IncidentKey, detail: String },
+    /// The tool says the incident is still open: its expiry moves on, at
+    /// least `at_least` away. While the tool answers that it is open, it
+    /// never expires here.
     Renew {
         key: IncidentKey,
         at_least: Duration,
     },
-    Audit(Value),
-    Metric(PollMetric),
+}
+
+/// What a [`PollChange`] did to the ledger: `None` when nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollChanged {
+    /// The incident, whose published status is stale.
+    pub key: IncidentKey,
+    pub group: GroupId,
+    /// `true`: reconcile the group at once, as after an incident event (a
+    /// resolution). `false`: only its row changes (the expiry persisted
+    /// for a restart), whenever the group is next reconciled.
+    pub urgent: bool,
+}
+
+impl PollChange {
+    pub fn apply(self, ledger: &mut Ledger, now: DateTime<Utc>) -> Option<PollChanged> {
+        let (key, group, urgent) = match self.0 {
+            LedgerOp::Resolve { key, detail } => {
+                let group = ledger.resolve_by_poll(&key, detail, now)?;
+                (key, group, true)
+            }
+            LedgerOp::Renew { key, at_least } => {
+                let group = ledger.renew(&key, at_least, now)?;
+                (key, group, false)
+            }
+        };
+        Some(PollChanged { key, group, urgent })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -328,10 +362,10 @@ impl Poller {
                     tool.name()
                 );
                 if open {
-                    fx.push(PollEffect::Resolved {
+                    fx.push(PollEffect::Ledger(PollChange(LedgerOp::Resolve {
                         key: p.key.clone(),
                         detail: detail.clone(),
-                    });
+                    })));
                 }
                 ("polled-resolved", detail)
             }
@@ -340,10 +374,10 @@ impl Poller {
                     self.schedule_at(p.key.clone(), now + tool.poll);
                     // Two poll periods at least: one failed poll must not
                     // let it lapse.
-                    fx.push(PollEffect::Renew {
+                    fx.push(PollEffect::Ledger(PollChange(LedgerOp::Renew {
                         key: p.key.clone(),
                         at_least: tool.poll * 2,
-                    });
+                    })));
                 }
                 ("still-open", format!("{} says {said}", tool.name()))
             }

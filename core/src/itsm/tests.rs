@@ -7,6 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::poller::LedgerOp;
 use super::*;
 use crate::callout::{CallResult, HttpCall};
 use crate::event::{
@@ -293,10 +294,10 @@ fn an_incident_resolved_in_the_tool_is_resolved_here_within_one_poll() {
         .iter()
         .any(|e| matches!(e, PollEffect::Audit(a) if a["decision"] == "still-open")));
     // …which renews its expiry: at least two poll periods away.
-    assert!(fx.contains(&PollEffect::Renew {
+    assert!(fx.contains(&PollEffect::Ledger(PollChange(LedgerOp::Renew {
         key: k.clone(),
         at_least: Duration::seconds(120),
-    }));
+    }))));
     assert_eq!(p.next_wakeup(), Some(t(121)));
     let out = calls(&p.poll(&l, t(121)));
     let fx = p.on_result(
@@ -308,7 +309,9 @@ fn an_incident_resolved_in_the_tool_is_resolved_here_within_one_poll() {
     let resolved: Vec<_> = fx
         .iter()
         .filter_map(|e| match e {
-            PollEffect::Resolved { key, detail } => Some((key.clone(), detail.clone())),
+            PollEffect::Ledger(PollChange(LedgerOp::Resolve { key, detail })) => {
+                Some((key.clone(), detail.clone()))
+            }
             _ => None,
         })
         .collect();
