@@ -138,7 +138,9 @@ const AFTER_EVENT_MARGIN: Duration = Duration::seconds(1);
 /// rewritten (a longer queue list, more incident ids) at most this often.
 /// One sender's thousand incidents for one group otherwise kept that group
 /// in back-to-back read-and-row-write cycles, and the request budget they
-/// spent made another group's switch wait seconds for its calls (RELIABILITY.md, hostile senders, /// #1). A switch — the group's `enabled` changing — is never paced.
+/// spent made another group's switch wait seconds for its calls
+/// (RELIABILITY.md, hostile senders, #1). A switch — the group's `enabled`
+/// changing — is never paced.
 const ROW_REFRESH_PACE: Duration = Duration::seconds(2);
 
 /// Whether `date_modified` (RFC 3339) is after `t`; unreadable means no.
