@@ -552,10 +552,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
         Some(g) => match g.compile(env) {
             Ok(g) => Some(Arc::new(g)),
             Err(errors) => {
-                p.extend(errors.into_iter().map(|e| {
-                    let e = e.prefixed("genesys");
-                    FieldError::new(e.field, e.message)
-                }));
+                p.extend(errors.into_iter().map(|e| e.under("genesys")));
                 None
             }
         },

@@ -28,6 +28,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{GroupId, IncidentEvent, IncidentType};
+use crate::problem::FieldError;
 use crate::watchdog::{WatchdogConfig, WatchdogSettings, MIN_PERIOD_SECONDS};
 
 /// Which API drives the emergency switch.
@@ -224,45 +225,6 @@ pub const REGIONS: &[(&str, &str)] = &[
     ("apne3.pure.cloud", "ap-northeast-3"),
 ];
 
-/// A config error: the field (relative to the `genesys` section, e.g.
-/// `limits.max_in_flight`) and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The same error with `prefix.` in front of the field.
-    pub fn prefixed(self, prefix: &str) -> Self {
-        let field = if self.field.is_empty() {
-            prefix.to_owned()
-        } else {
-            format!("{prefix}.{}", self.field)
-        };
-        Self { field, ..self }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// A credential that is never shown.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Secret(String);
@@ -349,9 +311,9 @@ impl GenesysSettings {
     pub fn from_json(
         value: &serde_json::Value,
         env: EnvReader<'_>,
-    ) -> Result<Self, Vec<ConfigError>> {
+    ) -> Result<Self, Vec<FieldError>> {
         let cfg = GenesysConfig::deserialize(value)
-            .map_err(|e| vec![ConfigError::new("", e.to_string())])?;
+            .map_err(|e| vec![FieldError::new("", e.to_string())])?;
         cfg.compile(env)
     }
 
@@ -414,8 +376,9 @@ impl GenesysSettings {
 
 impl GenesysConfig {
     /// Validates everything and reads the credentials through `env`. Every
-    /// problem is returned, not only the first.
-    pub fn compile(self, env: EnvReader<'_>) -> Result<GenesysSettings, Vec<ConfigError>> {
+    /// problem is returned, not only the first, each naming its field within
+    /// the section (`limits.max_in_flight`).
+    pub fn compile(self, env: EnvReader<'_>) -> Result<GenesysSettings, Vec<FieldError>> {
         let mut p = Problems::default();
         let (login, api) = self.endpoints(&mut p);
         let client_id = p.take(
@@ -469,7 +432,7 @@ impl GenesysConfig {
     fn endpoints(&self, p: &mut Problems) -> (Option<Endpoint>, Option<Endpoint>) {
         let region = match &self.region {
             Some(r) => p.take(resolve_region(r).ok_or_else(|| {
-                ConfigError::new(
+                FieldError::new(
                     "region",
                     format!(
                         "unknown Genesys Cloud region `{r}`; use one of {} (or its AWS name), or set login_host and api_host",
@@ -489,10 +452,10 @@ impl GenesysConfig {
         let host = |field: &str, explicit: &Option<String>, prefix: &str| match (explicit, region) {
             (Some(h), _) => check_authority(h)
                 .map(|()| Some(h.clone()))
-                .map_err(|m| ConfigError::new(field, m)),
+                .map_err(|m| FieldError::new(field, m)),
             (None, Some(r)) => Ok(Some(format!("{prefix}.{r}"))),
             (None, None) if region_given => Ok(None),
-            (None, None) => Err(ConfigError::new(
+            (None, None) => Err(FieldError::new(
                 field,
                 "set `region`, or both `login_host` and `api_host`",
             )),
@@ -503,7 +466,7 @@ impl GenesysConfig {
         let api_authority = p.take(host("api_host", &self.api_host, "api")).flatten();
         let cluster = |field: &str, v: &str| {
             if v.trim().is_empty() || v.chars().any(char::is_control) {
-                Err(ConfigError::new(field, "must name an Envoy cluster"))
+                Err(FieldError::new(field, "must name an Envoy cluster"))
             } else {
                 Ok(v.to_owned())
             }
@@ -531,14 +494,14 @@ impl GenesysConfig {
         let mut groups_by_incident_type = BTreeMap::new();
         for (ty, group) in &self.groups_by_incident_type {
             let field = format!("groups_by_incident_type.{ty}");
-            let ty = p.take(IncidentType::parse(ty).map_err(|e| ConfigError::new(&field, e.0)));
+            let ty = p.take(IncidentType::parse(ty).map_err(|e| FieldError::new(&field, e.0)));
             let Some(group) = p.take(group_id(&field, group)) else {
                 continue;
             };
             if self.driver == DriverKind::GuideContract
                 && default_group.is_some_and(|d| *d != group)
             {
-                p.push(ConfigError::new(
+                p.push(FieldError::new(
                     field,
                     "the guide-contract driver has one global switch: every incident type drives default_group",
                 ));
@@ -687,7 +650,7 @@ fn compile_watchdog(w: &WatchdogConfig, p: &mut Problems) -> WatchdogSettings {
         3_600,
     ));
     if w.groups.len() > 256 {
-        p.push(ConfigError::new("watchdog.groups", "at most 256 groups"));
+        p.push(FieldError::new("watchdog.groups", "at most 256 groups"));
     }
     let mut watched = Vec::new();
     for (i, group) in w.groups.iter().enumerate() {
@@ -705,22 +668,22 @@ fn compile_watchdog(w: &WatchdogConfig, p: &mut Problems) -> WatchdogSettings {
 
 /// The errors found so far: a config is refused with all of them at once.
 #[derive(Default)]
-struct Problems(Vec<ConfigError>);
+struct Problems(Vec<FieldError>);
 
 impl Problems {
     /// The value, or `None` with its error kept.
-    fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+    fn take<T>(&mut self, r: Result<T, FieldError>) -> Option<T> {
         r.map_err(|e| self.0.push(e)).ok()
     }
 
-    fn push(&mut self, e: ConfigError) {
+    fn push(&mut self, e: FieldError) {
         self.0.push(e);
     }
 
     /// Never empty: a value missing without an error is a bug, said as one.
-    fn into_errors(self) -> Vec<ConfigError> {
+    fn into_errors(self) -> Vec<FieldError> {
         if self.0.is_empty() {
-            vec![ConfigError::new("", "is invalid")]
+            vec![FieldError::new("", "is invalid")]
         } else {
             self.0
         }
@@ -728,15 +691,15 @@ impl Problems {
 }
 
 /// A group id given at `field` ([`GroupId::from_config`] says what counts).
-fn group_id(field: &str, value: &str) -> Result<GroupId, ConfigError> {
-    GroupId::from_config(value).map_err(|m| ConfigError::new(field, m))
+fn group_id(field: &str, value: &str) -> Result<GroupId, FieldError> {
+    GroupId::from_config(value).map_err(|m| FieldError::new(field, m))
 }
 
 /// The OAuth client id read from `var`: sent as HTTP Basic credentials, and
 /// never a name or a sentence.
-fn check_client_id(var: &str, id: String) -> Result<String, ConfigError> {
+fn check_client_id(var: &str, id: String) -> Result<String, FieldError> {
     if id.contains(':') {
-        return Err(ConfigError::new(
+        return Err(FieldError::new(
             "client_id_env",
             format!(
                 "the client id in `{var}` must not contain ':' (it is sent as HTTP Basic credentials)"
@@ -744,7 +707,7 @@ fn check_client_id(var: &str, id: String) -> Result<String, ConfigError> {
         ));
     }
     if id.chars().any(char::is_whitespace) {
-        return Err(ConfigError::new(
+        return Err(FieldError::new(
             "client_id_env",
             format!(
                 "the client id in `{var}` holds a space: give the OAuth client's id (a UUID, \
@@ -756,7 +719,7 @@ fn check_client_id(var: &str, id: String) -> Result<String, ConfigError> {
 }
 
 /// The data table's id goes into request paths; a name is not an id.
-fn check_datatable_id(id: &str) -> Result<(), ConfigError> {
+fn check_datatable_id(id: &str) -> Result<(), FieldError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -765,7 +728,7 @@ fn check_datatable_id(id: &str) -> Result<(), ConfigError> {
     if ok {
         return Ok(());
     }
-    Err(ConfigError::new(
+    Err(FieldError::new(
         "datatable.id",
         format!(
             "{} is not a data table id ({}); give the table's id, not its name: Genesys ids are \
@@ -807,9 +770,9 @@ pub(crate) fn check_authority(h: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_row_key(field: &str, key: &str) -> Result<(), ConfigError> {
+fn check_row_key(field: &str, key: &str) -> Result<(), FieldError> {
     if key.trim().is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
-        return Err(ConfigError::new(
+        return Err(FieldError::new(
             field,
             "must be 1 to 256 characters without control characters",
         ));
@@ -817,10 +780,10 @@ fn check_row_key(field: &str, key: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, ConfigError> {
+fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, FieldError> {
     crate::envvar::read(env, name)
         .map(|v| v.trim().to_owned())
-        .map_err(|m| ConfigError::new(field, m))
+        .map_err(|m| FieldError::new(field, m))
 }
 
 fn in_range<T: PartialOrd + fmt::Display + Copy>(
@@ -828,9 +791,9 @@ fn in_range<T: PartialOrd + fmt::Display + Copy>(
     v: T,
     min: T,
     max: T,
-) -> Result<(), ConfigError> {
+) -> Result<(), FieldError> {
     if v < min || v > max {
-        return Err(ConfigError::new(
+        return Err(FieldError::new(
             field,
             format!("must be between {min} and {max}, got {v}"),
         ));
@@ -868,7 +831,7 @@ pub(crate) mod tests {
 
     /// The settings, or the first error (`every_problem_is_reported` checks
     /// that none is lost).
-    fn compile(v: Value) -> Result<GenesysSettings, ConfigError> {
+    fn compile(v: Value) -> Result<GenesysSettings, FieldError> {
         GenesysSettings::from_json(&v, &env).map_err(|mut e| e.remove(0))
     }
 
@@ -1087,7 +1050,7 @@ pub(crate) mod tests {
         assert!(e.message.contains("max_inflight"), "{e}");
         let e = compile(json!({"region": "mypurecloud.com"})).unwrap_err();
         assert!(e.message.contains("default_group"), "{e}");
-        assert_eq!(e.prefixed("genesys").field, "genesys");
+        assert_eq!(e.under("genesys").field, "genesys");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod models;
 pub mod token;
 
 pub use answer::{Answer, AnswerClass, RateLimit};
-pub use config::{ConfigError, DriverKind, GenesysConfig, GenesysSettings};
+pub use config::{DriverKind, GenesysConfig, GenesysSettings};
 pub use driver::Driver;
 pub use token::TokenManager;
 
