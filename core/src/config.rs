@@ -562,11 +562,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
         Some(i) => match i.compile(env) {
             Ok(i) => Some(Arc::new(i)),
             Err(errors) => {
-                p.extend(
-                    errors
-                        .into_iter()
-                        .map(|e| FieldError::new(format!("itsm.{}", e.field), e.message)),
-                );
+                p.extend(errors.into_iter().map(|e| e.under("itsm")));
                 None
             }
         },
