@@ -22,6 +22,7 @@ use crate::auth::{Credential, CredentialConfig};
 use crate::contract::{ContractRules, DEFAULT_REPLAY_WINDOW_SECONDS};
 use crate::dedupe::DedupeConfig;
 use crate::event::{GroupId, Source};
+use crate::field::in_range;
 use crate::genesys::{GenesysConfig, GenesysSettings};
 use crate::itsm::{ItsmConfig, ItsmSettings};
 use crate::ledger::Retention;
@@ -409,23 +410,6 @@ fn strip_position(msg: &str) -> String {
     msg.rsplit_once(" at line ")
         .map_or(msg, |(m, _)| m)
         .to_owned()
-}
-
-/// `v`, or a problem named `field` when it is outside `min..=max`.
-fn in_range<T: PartialOrd + fmt::Display + Copy>(
-    field: &str,
-    v: T,
-    min: T,
-    max: T,
-    problems: &mut Vec<FieldError>,
-) -> T {
-    if v < min || v > max {
-        problems.push(FieldError::new(
-            field,
-            format!("must be between {min} and {max}, got {v}"),
-        ));
-    }
-    v
 }
 
 fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {

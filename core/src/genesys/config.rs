@@ -28,6 +28,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{GroupId, IncidentEvent, IncidentType};
+use crate::field::in_range;
 use crate::problem::FieldError;
 use crate::watchdog::{WatchdogConfig, WatchdogSettings, MIN_PERIOD_SECONDS};
 
@@ -407,7 +408,7 @@ impl GenesysConfig {
             client_id,
             client_secret,
             default_group,
-            p.0.is_empty(),
+            p.is_empty(),
         )
         else {
             return Err(p.into_errors());
@@ -540,55 +541,66 @@ impl LimitsConfig {
     /// Each limit within its range.
     fn check(&self, p: &mut Problems) -> Limits {
         let l = self;
-        for r in [
-            in_range("limits.max_in_flight", l.max_in_flight, 1, 64),
-            in_range("limits.max_backlog", l.max_backlog, 1, 100_000),
-        ] {
-            p.take(r);
-        }
-        for r in [
-            in_range("limits.call_timeout_ms", l.call_timeout_ms, 100, 60_000),
-            in_range(
-                "limits.backoff_initial_ms",
-                l.backoff_initial_ms,
-                10,
-                60_000,
-            ),
-            in_range(
-                "limits.backoff_max_ms",
-                l.backoff_max_ms,
-                l.backoff_initial_ms,
-                600_000,
-            ),
-            in_range(
-                "limits.retry_after_default_s",
-                l.retry_after_default_s,
-                1,
-                3_600,
-            ),
-            in_range("limits.retry_after_max_s", l.retry_after_max_s, 1, 86_400),
-            in_range(
-                "limits.bad_credentials_retry_s",
-                l.bad_credentials_retry_s,
-                1,
-                86_400,
-            ),
-        ] {
-            p.take(r);
-        }
-        for r in [
-            in_range("limits.max_version_retries", l.max_version_retries, 0, 10),
-            in_range("limits.requests_per_minute", l.requests_per_minute, 1, 300),
-            in_range("limits.burst", l.burst, 1, 300),
-        ] {
-            p.take(r);
-        }
-        p.take(in_range(
+        in_range("limits.max_in_flight", l.max_in_flight, 1, 64, p);
+        in_range("limits.max_backlog", l.max_backlog, 1, 100_000, p);
+        in_range("limits.call_timeout_ms", l.call_timeout_ms, 100, 60_000, p);
+        in_range(
+            "limits.backoff_initial_ms",
+            l.backoff_initial_ms,
+            10,
+            60_000,
+            p,
+        );
+        in_range(
+            "limits.backoff_max_ms",
+            l.backoff_max_ms,
+            l.backoff_initial_ms,
+            600_000,
+            p,
+        );
+        in_range(
+            "limits.retry_after_default_s",
+            l.retry_after_default_s,
+            1,
+            3_600,
+            p,
+        );
+        in_range(
+            "limits.retry_after_max_s",
+            l.retry_after_max_s,
+            1,
+            86_400,
+            p,
+        );
+        in_range(
+            "limits.bad_credentials_retry_s",
+            l.bad_credentials_retry_s,
+            1,
+            86_400,
+            p,
+        );
+        in_range(
+            "limits.max_version_retries",
+            l.max_version_retries,
+            0,
+            10,
+            p,
+        );
+        in_range(
+            "limits.requests_per_minute",
+            l.requests_per_minute,
+            1,
+            300,
+            p,
+        );
+        in_range("limits.burst", l.burst, 1, 300, p);
+        in_range(
             "limits.token_refresh_percent",
             l.token_refresh_percent,
             50,
             95,
-        ));
+            p,
+        );
         Limits {
             max_in_flight: l.max_in_flight,
             call_timeout_ms: l.call_timeout_ms,
@@ -608,19 +620,15 @@ impl LimitsConfig {
 
 impl GuideConfig {
     fn check(&self, p: &mut Problems) -> GuideSettings {
-        p.take(in_range("guide.priority", self.priority, 1, 1_000));
-        p.take(in_range(
-            "guide.pending_poll_ms",
-            self.pending_poll_ms,
-            10,
-            60_000,
-        ));
-        p.take(in_range(
+        in_range("guide.priority", self.priority, 1, 1_000, p);
+        in_range("guide.pending_poll_ms", self.pending_poll_ms, 10, 60_000, p);
+        in_range(
             "guide.max_pending_reads",
             self.max_pending_reads,
             1,
             1_000,
-        ));
+            p,
+        );
         GuideSettings {
             priority: self.priority,
             pending_poll_ms: self.pending_poll_ms,
@@ -631,24 +639,21 @@ impl GuideConfig {
 
 /// The `watchdog` section, checked.
 fn compile_watchdog(w: &WatchdogConfig, p: &mut Problems) -> WatchdogSettings {
-    p.take(in_range(
+    in_range(
         "watchdog.period_seconds",
         w.period_seconds,
         MIN_PERIOD_SECONDS,
         86_400,
-    ));
-    p.take(in_range(
+        p,
+    );
+    in_range(
         "watchdog.converging_seconds",
         w.converging_seconds,
         1,
         w.period_seconds,
-    ));
-    p.take(in_range(
-        "watchdog.grace_seconds",
-        w.grace_seconds,
-        0,
-        3_600,
-    ));
+        p,
+    );
+    in_range("watchdog.grace_seconds", w.grace_seconds, 0, 3_600, p);
     if w.groups.len() > 256 {
         p.push(FieldError::new("watchdog.groups", "at most 256 groups"));
     }
@@ -667,6 +672,8 @@ fn compile_watchdog(w: &WatchdogConfig, p: &mut Problems) -> WatchdogSettings {
 }
 
 /// The errors found so far: a config is refused with all of them at once.
+/// A list of [`FieldError`]s, as the checks of [`crate::field`] take, that
+/// can also keep the error of a `Result`.
 #[derive(Default)]
 struct Problems(Vec<FieldError>);
 
@@ -676,10 +683,6 @@ impl Problems {
         r.map_err(|e| self.0.push(e)).ok()
     }
 
-    fn push(&mut self, e: FieldError) {
-        self.0.push(e);
-    }
-
     /// Never empty: a value missing without an error is a bug, said as one.
     fn into_errors(self) -> Vec<FieldError> {
         if self.0.is_empty() {
@@ -687,6 +690,20 @@ impl Problems {
         } else {
             self.0
         }
+    }
+}
+
+impl std::ops::Deref for Problems {
+    type Target = Vec<FieldError>;
+
+    fn deref(&self) -> &Vec<FieldError> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Problems {
+    fn deref_mut(&mut self) -> &mut Vec<FieldError> {
+        &mut self.0
     }
 }
 
@@ -784,21 +801,6 @@ fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, Field
     crate::envvar::read(env, name)
         .map(|v| v.trim().to_owned())
         .map_err(|m| FieldError::new(field, m))
-}
-
-fn in_range<T: PartialOrd + fmt::Display + Copy>(
-    field: &str,
-    v: T,
-    min: T,
-    max: T,
-) -> Result<(), FieldError> {
-    if v < min || v > max {
-        return Err(FieldError::new(
-            field,
-            format!("must be between {min} and {max}, got {v}"),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use chrono::Duration;
 use serde::Deserialize;
 
 use crate::event::Source;
+use crate::field::in_range;
 use crate::genesys::config::check_authority;
 use crate::problem::FieldError;
 
@@ -132,18 +133,14 @@ impl ItsmConfig {
     /// the section (`servicenow.authority`).
     pub fn compile(self, env: EnvReader<'_>) -> Result<ItsmSettings, Vec<FieldError>> {
         let mut errors = Vec::new();
-        if !(1..=16).contains(&self.max_in_flight) {
-            errors.push(FieldError::new(
-                "max_in_flight",
-                format!("must be between 1 and 16, got {}", self.max_in_flight),
-            ));
-        }
-        if !(1..=600).contains(&self.polls_per_minute) {
-            errors.push(FieldError::new(
-                "polls_per_minute",
-                format!("must be between 1 and 600, got {}", self.polls_per_minute),
-            ));
-        }
+        in_range("max_in_flight", self.max_in_flight, 1, 16, &mut errors);
+        in_range(
+            "polls_per_minute",
+            self.polls_per_minute,
+            1,
+            600,
+            &mut errors,
+        );
         let mut tools = BTreeMap::new();
         for (name, source, cfg) in [
             ("pagerduty", Source::Pagerduty, self.pagerduty),
@@ -279,18 +276,8 @@ fn compile_tool(
             None
         }
     };
-    if !(1..=86_400).contains(&c.poll_seconds) {
-        errors.push(FieldError::new(
-            "poll_seconds",
-            format!("must be between 1 and 86400, got {}", c.poll_seconds),
-        ));
-    }
-    if !(100..=60_000).contains(&c.timeout_ms) {
-        errors.push(FieldError::new(
-            "timeout_ms",
-            format!("must be between 100 and 60000, got {}", c.timeout_ms),
-        ));
-    }
+    in_range("poll_seconds", c.poll_seconds, 1, 86_400, &mut errors);
+    in_range("timeout_ms", c.timeout_ms, 100, 60_000, &mut errors);
     let table = c.table.unwrap_or_else(|| "incident".to_owned());
     if source == Source::Servicenow
         && (table.is_empty()
