@@ -1,5 +1,5 @@
 //! The checks every config section makes of one field, each problem naming
-//! the field: a number within its range.
+//! the field: a number within its range, the environment variable it names.
 //!
 //! Each check names its problem with the field as the caller gives it: the
 //! sources are given where they sit and name theirs from the root
@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use crate::envvar::{self, Env};
 use crate::problem::FieldError;
 
 /// `v`, with a problem named `field` pushed when it is outside `min..=max`.
@@ -28,6 +29,43 @@ pub fn in_range<T: PartialOrd + fmt::Display + Copy>(
         ));
     }
     v
+}
+
+/// What a variable may hold around its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spaces {
+    /// Trimmed away (the Genesys and ITSM credentials).
+    Trim,
+    /// Refused (the secrets and credentials the intake checks deliveries
+    /// against): they are compared byte for byte, so a stray space or line
+    /// break would make every delivery fail, and is not guessed away.
+    Refuse,
+}
+
+/// The value of the environment variable `var` that config `field` names,
+/// or `None` with a problem pushed that names the field and the variable,
+/// never the value ([`envvar::read`] says what is wrong with a variable).
+pub fn read_env(
+    env: Env<'_>,
+    field: &str,
+    var: &str,
+    spaces: Spaces,
+    problems: &mut Vec<FieldError>,
+) -> Option<String> {
+    let value = envvar::read(env, var)
+        .map_err(|message| problems.push(FieldError::new(field, message)))
+        .ok()?;
+    match spaces {
+        Spaces::Trim => Some(value.trim().to_owned()),
+        Spaces::Refuse if value.trim() != value => {
+            problems.push(FieldError::new(
+                field,
+                format!("environment variable {var} has leading or trailing whitespace"),
+            ));
+            None
+        }
+        Spaces::Refuse => Some(value),
+    }
 }
 
 #[cfg(test)]
@@ -52,5 +90,38 @@ mod tests {
                 "must be between 1 and 300, got 0"
             )]
         );
+    }
+
+    #[test]
+    fn a_variable_is_trimmed_or_refused_with_spaces_as_its_field_says() {
+        let env = |k: &str| match k {
+            "PADDED" => Some(" value\n".to_owned()),
+            "PLAIN" => Some("value".to_owned()),
+            _ => None,
+        };
+        let mut problems = Vec::new();
+        let trimmed = read_env(&env, "a_env", "PADDED", Spaces::Trim, &mut problems);
+        assert_eq!(trimmed.as_deref(), Some("value"));
+        let plain = read_env(&env, "a_env", "PLAIN", Spaces::Refuse, &mut problems);
+        assert_eq!(plain.as_deref(), Some("value"));
+        assert!(problems.is_empty());
+        assert_eq!(
+            read_env(&env, "b_env", "PADDED", Spaces::Refuse, &mut problems),
+            None
+        );
+        assert_eq!(
+            read_env(&env, "c_env", "MISSING", Spaces::Trim, &mut problems),
+            None
+        );
+        assert_eq!(problems.len(), 2);
+        assert_eq!(
+            problems[0],
+            FieldError::new(
+                "b_env",
+                "environment variable PADDED has leading or trailing whitespace"
+            )
+        );
+        assert_eq!(problems[1].field, "c_env");
+        assert_eq!(problems[1].message, envvar::not_set("MISSING"));
     }
 }

@@ -28,7 +28,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{GroupId, IncidentEvent, IncidentType};
-use crate::field::in_range;
+use crate::field::{in_range, read_env, Spaces};
 use crate::problem::FieldError;
 use crate::watchdog::{WatchdogConfig, WatchdogSettings, MIN_PERIOD_SECONDS};
 
@@ -382,12 +382,11 @@ impl GenesysConfig {
     pub fn compile(self, env: EnvReader<'_>) -> Result<GenesysSettings, Vec<FieldError>> {
         let mut p = Problems::default();
         let (login, api) = self.endpoints(&mut p);
-        let client_id = p.take(
-            read_env(env, "client_id_env", &self.client_id_env)
-                .and_then(|id| check_client_id(&self.client_id_env, id)),
-        );
+        let (id_var, secret_var) = (&self.client_id_env, &self.client_secret_env);
+        let client_id = read_env(env, "client_id_env", id_var, Spaces::Trim, &mut p)
+            .and_then(|id| p.take(check_client_id(id_var, id)));
         let client_secret =
-            p.take(read_env(env, "client_secret_env", &self.client_secret_env).map(Secret::new));
+            read_env(env, "client_secret_env", secret_var, Spaces::Trim, &mut p).map(Secret::new);
         let default_group = p.take(group_id("default_group", &self.default_group));
         let groups_by_incident_type = self.groups_by_type(default_group.as_ref(), &mut p);
         let datatable = self.datatable.map(|dt| dt.compile(&mut p));
@@ -795,12 +794,6 @@ fn check_row_key(field: &str, key: &str) -> Result<(), FieldError> {
         ));
     }
     Ok(())
-}
-
-fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, FieldError> {
-    crate::envvar::read(env, name)
-        .map(|v| v.trim().to_owned())
-        .map_err(|m| FieldError::new(field, m))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use chrono::Duration;
 use serde::Deserialize;
 
 use crate::event::Source;
-use crate::field::in_range;
+use crate::field::{in_range, read_env, Spaces};
 use crate::genesys::config::check_authority;
 use crate::problem::FieldError;
 
@@ -167,12 +167,6 @@ impl ItsmConfig {
     }
 }
 
-fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, FieldError> {
-    crate::envvar::read(env, name)
-        .map(|v| v.trim().to_owned())
-        .map_err(|m| FieldError::new(field, m))
-}
-
 fn compile_tool(
     source: Source,
     c: ToolConfig,
@@ -217,41 +211,35 @@ fn compile_tool(
             ));
             None
         }
-        (false, Some(t), None, None) => match read_env(env, "token_env", t) {
-            Ok(token) => Some(AuthHeader(if source == Source::Pagerduty {
-                format!("Token token={token}")
-            } else {
-                format!("Bearer {token}")
-            })),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        },
+        (false, Some(t), None, None) => read_env(env, "token_env", t, Spaces::Trim, &mut errors)
+            .map(|token| {
+                AuthHeader(if source == Source::Pagerduty {
+                    format!("Token token={token}")
+                } else {
+                    format!("Bearer {token}")
+                })
+            }),
         (false, None, Some(u), Some(p)) if source != Source::Pagerduty => {
             match (
-                read_env(env, "username_env", u),
-                read_env(env, "password_env", p),
+                read_env(env, "username_env", u, Spaces::Trim, &mut errors),
+                read_env(env, "password_env", p, Spaces::Trim, &mut errors),
             ) {
-                (Ok(user), Ok(_)) if user.contains(':') => {
+                (Some(user), Some(_)) if user.contains(':') => {
                     errors.push(FieldError::new(
                         "username_env",
                         format!("the user in `{u}` must not contain ':' (it is sent as HTTP Basic credentials)"),
                     ));
                     None
                 }
-                (Ok(user), Ok(password)) => {
+                (Some(user), Some(password)) => {
                     let raw = format!("{user}:{password}");
                     Some(AuthHeader(format!(
                         "Basic {}",
                         base64::engine::general_purpose::STANDARD.encode(raw)
                     )))
                 }
-                (user, password) => {
-                    errors.extend(user.err());
-                    errors.extend(password.err());
-                    None
-                }
+                // read_env has told what is wrong with the variables.
+                _ => None,
             }
         }
         (false, None, None, None) => {
