@@ -27,6 +27,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::envvar::Env;
 use crate::event::{GroupId, IncidentEvent, IncidentType};
 use crate::field::{in_range, read_env, Spaces};
 use crate::problem::FieldError;
@@ -304,15 +305,9 @@ pub struct GenesysSettings {
     pub watchdog: WatchdogSettings,
 }
 
-/// Reads an environment variable for the compile step.
-pub type EnvReader<'a> = &'a dyn Fn(&str) -> Option<String>;
-
 impl GenesysSettings {
     /// Parses and compiles a `genesys` section given as JSON.
-    pub fn from_json(
-        value: &serde_json::Value,
-        env: EnvReader<'_>,
-    ) -> Result<Self, Vec<FieldError>> {
+    pub fn from_json(value: &serde_json::Value, env: Env<'_>) -> Result<Self, Vec<FieldError>> {
         let cfg = GenesysConfig::deserialize(value)
             .map_err(|e| vec![FieldError::new("", e.to_string())])?;
         cfg.compile(env)
@@ -379,7 +374,7 @@ impl GenesysConfig {
     /// Validates everything and reads the credentials through `env`. Every
     /// problem is returned, not only the first, each naming its field within
     /// the section (`limits.max_in_flight`).
-    pub fn compile(self, env: EnvReader<'_>) -> Result<GenesysSettings, Vec<FieldError>> {
+    pub fn compile(self, env: Env<'_>) -> Result<GenesysSettings, Vec<FieldError>> {
         let mut p = Problems::default();
         let (login, api) = self.endpoints(&mut p);
         let (id_var, secret_var) = (&self.client_id_env, &self.client_secret_env);

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use chrono::Duration;
 use serde::Deserialize;
 
+use crate::envvar::Env;
 use crate::event::Source;
 use crate::field::{in_range, read_env, Spaces};
 use crate::genesys::config::check_authority;
@@ -124,14 +125,11 @@ pub struct ItsmSettings {
     pub polls_per_minute: u32,
 }
 
-/// Reads an environment variable for the compile step.
-pub type EnvReader<'a> = &'a dyn Fn(&str) -> Option<String>;
-
 impl ItsmConfig {
     /// Validates every tool and reads its credentials through `env`. Every
     /// problem is returned, not only the first, each naming its field within
     /// the section (`servicenow.authority`).
-    pub fn compile(self, env: EnvReader<'_>) -> Result<ItsmSettings, Vec<FieldError>> {
+    pub fn compile(self, env: Env<'_>) -> Result<ItsmSettings, Vec<FieldError>> {
         let mut errors = Vec::new();
         in_range("max_in_flight", self.max_in_flight, 1, 16, &mut errors);
         in_range(
@@ -167,11 +165,7 @@ impl ItsmConfig {
     }
 }
 
-fn compile_tool(
-    source: Source,
-    c: ToolConfig,
-    env: EnvReader<'_>,
-) -> Result<Tool, Vec<FieldError>> {
+fn compile_tool(source: Source, c: ToolConfig, env: Env<'_>) -> Result<Tool, Vec<FieldError>> {
     let mut errors = Vec::new();
     let (default_cluster, default_authority) = match source {
         Source::Pagerduty => ("pagerduty_api", Some("api.pagerduty.com")),
