@@ -22,6 +22,7 @@ use crate::auth::{Credential, CredentialConfig};
 use crate::contract::{ContractRules, DEFAULT_REPLAY_WINDOW_SECONDS};
 use crate::dedupe::DedupeConfig;
 use crate::event::{GroupId, Source};
+use crate::field::in_range;
 use crate::genesys::{GenesysConfig, GenesysSettings};
 use crate::itsm::{ItsmConfig, ItsmSettings};
 use crate::ledger::Retention;
@@ -265,17 +266,7 @@ pub fn parse(bytes: &[u8], env: Env<'_>) -> Result<Config, ConfigError> {
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let typed: Result<RawConfig, _> = serde_path_to_error::deserialize(de);
-    let typed_error = typed.as_ref().err().map(|e| {
-        let path = e.path().to_string();
-        // The root, and an unknown key `""` (serde_path_to_error names it by
-        // its empty segment), are `$`: an error always names a field.
-        let field = if path == "." || path.is_empty() {
-            "$".to_owned()
-        } else {
-            path
-        };
-        FieldError::new(field, strip_position(&e.inner().to_string()))
-    });
+    let typed_error = typed.as_ref().err().map(|e| from_root(serde_problem(e)));
     // Not JSON at all: nothing more can be read.
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
@@ -340,7 +331,7 @@ fn read_sections(value: &Value, problems: &mut Vec<FieldError>) -> RawConfig {
             "status" => raw.status = section(v, key, problems).unwrap_or_default(),
             "genesys" => raw.genesys = section(v, key, problems).flatten(),
             "itsm" => raw.itsm = section(v, key, problems).flatten(),
-            _ => problems.push(unknown_key(key, "", SECTIONS.iter().copied())),
+            _ => problems.push(from_root(unknown_key(key, SECTIONS.iter().copied()))),
         }
     }
     raw
@@ -359,11 +350,8 @@ fn read_sources(value: &Value, problems: &mut Vec<FieldError>) -> SourcesConfig 
                 *sources.get_mut(s) =
                     section::<SourceConfig>(v, &field, problems).unwrap_or_default();
             }
-            None => problems.push(unknown_key(
-                key,
-                "sources.",
-                Source::ALL.iter().map(|s| s.as_str()),
-            )),
+            None => problems
+                .push(unknown_key(key, Source::ALL.iter().map(|s| s.as_str())).under("sources")),
         }
     }
     sources
@@ -376,33 +364,34 @@ fn section<T: DeserializeOwned>(
     problems: &mut Vec<FieldError>,
 ) -> Option<T> {
     serde_path_to_error::deserialize(value)
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." || path.is_empty() {
-                base.to_owned()
-            } else {
-                format!("{base}.{path}")
-            };
-            problems.push(FieldError::new(
-                field,
-                strip_position(&e.inner().to_string()),
-            ));
-        })
+        .map_err(|e| problems.push(serde_problem(&e).under(base)))
         .ok()
 }
 
-fn unknown_key<'a>(key: &str, base: &str, known: impl Iterator<Item = &'a str>) -> FieldError {
-    let field = if key.is_empty() {
-        // An empty key is named as the root (`$`), or as its section.
-        match base.strip_suffix('.') {
-            Some(b) => b.to_owned(),
-            None => "$".to_owned(),
-        }
+/// What serde found wrong in a part of the config, named within the part:
+/// empty for the part itself, and for an unknown key `""`
+/// (serde_path_to_error names it by its empty segment).
+fn serde_problem(e: &serde_path_to_error::Error<serde_json::Error>) -> FieldError {
+    let path = e.path().to_string();
+    // The part itself reads `.`.
+    let field = if path == "." { String::new() } else { path };
+    FieldError::new(field, strip_position(&e.inner().to_string()))
+}
+
+/// `e` named from the root: an error about the whole config is named `$`,
+/// since an error always names a field.
+fn from_root(e: FieldError) -> FieldError {
+    if e.field.is_empty() {
+        FieldError::new("$", e.message)
     } else {
-        format!("{base}{key}")
-    };
+        e
+    }
+}
+
+/// An unknown key, named within its part (empty for the key `""`).
+fn unknown_key<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> FieldError {
     FieldError::new(
-        field,
+        key,
         format!(
             "unknown field `{key}`, expected one of {}",
             backticked(known)
@@ -417,41 +406,10 @@ fn backticked<'a>(names: impl Iterator<Item = &'a str>) -> String {
         .join(", ")
 }
 
-/// `errors` of the part at `base`, each named from the root.
-fn under(base: &str, errors: Vec<FieldError>) -> impl Iterator<Item = FieldError> + '_ {
-    errors.into_iter().map(move |e| {
-        let field = if e.field.starts_with(base) {
-            e.field
-        } else if e.field.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}.{}", e.field)
-        };
-        FieldError::new(field, e.message)
-    })
-}
-
 fn strip_position(msg: &str) -> String {
     msg.rsplit_once(" at line ")
         .map_or(msg, |(m, _)| m)
         .to_owned()
-}
-
-/// `v`, or a problem named `field` when it is outside `min..=max`.
-fn in_range<T: PartialOrd + fmt::Display + Copy>(
-    field: &str,
-    v: T,
-    min: T,
-    max: T,
-    problems: &mut Vec<FieldError>,
-) -> T {
-    if v < min || v > max {
-        problems.push(FieldError::new(
-            field,
-            format!("must be between {min} and {max}, got {v}"),
-        ));
-    }
-    v
 }
 
 fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
@@ -519,10 +477,13 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
         replay_window_seconds: replay,
         allow_unknown_fields: i.allow_unknown_fields,
     };
+    // The sources and the status credential are given where they sit
+    // (`sources.pagerduty`, `status.auth`) and name their fields from the
+    // root; the genesys and itsm sections name theirs within the section.
     let sources = match raw.sources.compile(env) {
         Ok(s) => Some(s.with_contract(&contract)),
         Err(e) => {
-            p.extend(under("sources", e));
+            p.extend(e);
             None
         }
     };
@@ -538,7 +499,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
         (Some(auth), false) => match auth.compile("status.auth", env) {
             Ok(c) => Some(StatusAccess::Credential(c)),
             Err(e) => {
-                p.extend(under("status.auth", e));
+                p.extend(e);
                 None
             }
         },
@@ -552,10 +513,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
         Some(g) => match g.compile(env) {
             Ok(g) => Some(Arc::new(g)),
             Err(errors) => {
-                p.extend(errors.into_iter().map(|e| {
-                    let e = e.prefixed("genesys");
-                    FieldError::new(e.field, e.message)
-                }));
+                p.extend(errors.into_iter().map(|e| e.under("genesys")));
                 None
             }
         },
@@ -565,11 +523,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
         Some(i) => match i.compile(env) {
             Ok(i) => Some(Arc::new(i)),
             Err(errors) => {
-                p.extend(
-                    errors
-                        .into_iter()
-                        .map(|e| FieldError::new(format!("itsm.{}", e.field), e.message)),
-                );
+                p.extend(errors.into_iter().map(|e| e.under("itsm")));
                 None
             }
         },

@@ -27,7 +27,7 @@ mod config;
 mod poller;
 mod tools;
 
-pub use config::{EnvReader, ItsmConfig, ItsmConfigError, ItsmSettings, Tool, ToolConfig};
+pub use config::{ItsmConfig, ItsmSettings, Tool, ToolConfig};
 pub use poller::{PollChange, PollChanged, PollEffect, PollMetric, Poller, MAX_TRACKED};
 pub use tools::{parse_jira, parse_pagerduty, parse_servicenow, request, ToolStatus};
 

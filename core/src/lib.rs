@@ -35,8 +35,9 @@
 //!
 //! Around them: [`config`] (the plugin configuration, every problem at
 //! once), [`store`] (the shared-data trait and its in-memory twin),
-//! [`problem`] (problem+json), [`text`], [`json`], [`rfc3339`],
-//! [`log_budget`], [`placeholder`], [`envvar`].
+//! [`problem`] (problem+json, and the field errors a refused config lists
+//! too), [`field`] (the checks of one config field), [`text`], [`json`],
+//! [`rfc3339`], [`log_budget`], [`placeholder`], [`envvar`].
 
 pub mod auth;
 pub mod callout;
@@ -46,6 +47,7 @@ pub mod dedupe;
 pub mod delivery;
 pub mod envvar;
 pub mod event;
+pub mod field;
 pub mod genesys;
 pub mod ignored;
 pub mod intake;

@@ -2,6 +2,10 @@
 //!
 //! Errors are collected as [`FieldError`]s while a request is checked, so a
 //! sender learns about every broken field at once instead of one per retry.
+//! A refused configuration names its fields with the same type
+//! ([`crate::config::ConfigError`]).
+
+use std::fmt;
 
 use serde::Serialize;
 
@@ -17,6 +21,31 @@ impl FieldError {
         Self {
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// The same error named from `prefix`, the part of the document it was
+    /// found in: `prefix.field`, or `prefix` alone for an error about the
+    /// whole part (an empty field). A part checks its fields by their names
+    /// within it; the caller that knows where the part sits names them from
+    /// the root with this.
+    pub fn under(self, prefix: &str) -> Self {
+        let field = if self.field.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        Self { field, ..self }
+    }
+}
+
+/// `field: message`, or the message alone for an error about the whole part.
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
         }
     }
 }
@@ -153,6 +182,21 @@ mod tests {
         assert_eq!(v["type"], "urn:emr-edge:problem:contract-violation");
         assert_eq!(v["errors"][0]["field"], "ttl");
         assert_eq!(v["errors"][0]["message"], "must be at least 60");
+    }
+
+    #[test]
+    fn an_error_is_named_from_the_part_it_was_found_in() {
+        let e = FieldError::new("limits.burst", "must be between 1 and 300, got 0");
+        assert_eq!(e.clone().under("genesys").field, "genesys.limits.burst");
+        assert_eq!(
+            FieldError::new("", "is invalid").under("genesys").field,
+            "genesys"
+        );
+        assert_eq!(
+            e.to_string(),
+            "limits.burst: must be between 1 and 300, got 0"
+        );
+        assert_eq!(FieldError::new("", "is invalid").to_string(), "is invalid");
     }
 
     #[test]

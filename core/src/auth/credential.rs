@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::secret::{self, Secret};
 use super::{single_header, unauthorized, Failure};
+use crate::field::{read_env, Spaces};
 use crate::problem::{FieldError, Problem};
 
 const AUTHORIZATION: &str = "authorization";
@@ -110,7 +111,7 @@ impl BasicConfig {
         errors: &mut Vec<FieldError>,
     ) -> Credential {
         let user_field = format!("{base}.username_env");
-        let username = secret::read_env(env, &self.username_env, &user_field, errors);
+        let username = read_env(env, &user_field, &self.username_env, Spaces::Refuse, errors);
         if username.as_deref().is_some_and(|u| u.contains(':')) {
             errors.push(FieldError::new(
                 user_field,

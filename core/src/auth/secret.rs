@@ -11,6 +11,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::field::{read_env, Spaces};
 use crate::problem::FieldError;
 
 /// Shortest secret accepted. Shorter values are almost always placeholders
@@ -62,39 +63,15 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// Looks up environment variable `var` for config field `field`; on failure
-/// pushes an error naming both and returns `None`.
-pub(crate) fn read_env(
-    env: &dyn Fn(&str) -> Option<String>,
-    var: &str,
-    field: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<String> {
-    let value = match crate::envvar::read(env, var) {
-        Ok(v) => v,
-        Err(message) => {
-            errors.push(FieldError::new(field, message));
-            return None;
-        }
-    };
-    if value.trim() != value {
-        errors.push(FieldError::new(
-            field,
-            format!("environment variable {var} has leading or trailing whitespace"),
-        ));
-        return None;
-    }
-    Some(value)
-}
-
-/// Like [`read_env`], and also refuses values shorter than [`MIN_SECRET_LEN`].
+/// The value of `var`, refused with spaces around it ([`read_env`]) or
+/// shorter than [`MIN_SECRET_LEN`].
 pub(crate) fn read_secret_env(
     env: &dyn Fn(&str) -> Option<String>,
     var: &str,
     field: &str,
     errors: &mut Vec<FieldError>,
 ) -> Option<Secret> {
-    let value = read_env(env, var, field, errors)?;
+    let value = read_env(env, field, var, Spaces::Refuse, errors)?;
     if value.len() < MIN_SECRET_LEN {
         errors.push(FieldError::new(
             field,

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::secret::{self, ct_eq, Secret};
 use super::signature::hmac_sha256;
 use super::{single_header, Failure};
+use crate::field::{read_env, Spaces};
 use crate::problem::FieldError;
 
 pub const ID_HEADER: &str = "webhook-id";
@@ -54,7 +55,7 @@ impl StandardWebhooksConfig {
         )
         .into_iter()
         .filter_map(|(field, var)| {
-            let value = secret::read_env(env, var, &field, errors)?;
+            let value = read_env(env, &field, var, Spaces::Refuse, errors)?;
             let key = parse_secret(&value).filter(|k| k.len() >= secret::MIN_SECRET_LEN);
             if key.is_none() {
                 errors.push(FieldError::new(

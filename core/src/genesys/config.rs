@@ -27,7 +27,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::envvar::Env;
 use crate::event::{GroupId, IncidentEvent, IncidentType};
+use crate::field::{in_range, read_env, Spaces};
+use crate::problem::FieldError;
 use crate::watchdog::{WatchdogConfig, WatchdogSettings, MIN_PERIOD_SECONDS};
 
 /// Which API drives the emergency switch.
@@ -224,45 +227,6 @@ pub const REGIONS: &[(&str, &str)] = &[
     ("apne3.pure.cloud", "ap-northeast-3"),
 ];
 
-/// A config error: the field (relative to the `genesys` section, e.g.
-/// `limits.max_in_flight`) and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The same error with `prefix.` in front of the field.
-    pub fn prefixed(self, prefix: &str) -> Self {
-        let field = if self.field.is_empty() {
-            prefix.to_owned()
-        } else {
-            format!("{prefix}.{}", self.field)
-        };
-        Self { field, ..self }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// A credential that is never shown.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Secret(String);
@@ -341,17 +305,11 @@ pub struct GenesysSettings {
     pub watchdog: WatchdogSettings,
 }
 
-/// Reads an environment variable for the compile step.
-pub type EnvReader<'a> = &'a dyn Fn(&str) -> Option<String>;
-
 impl GenesysSettings {
     /// Parses and compiles a `genesys` section given as JSON.
-    pub fn from_json(
-        value: &serde_json::Value,
-        env: EnvReader<'_>,
-    ) -> Result<Self, Vec<ConfigError>> {
+    pub fn from_json(value: &serde_json::Value, env: Env<'_>) -> Result<Self, Vec<FieldError>> {
         let cfg = GenesysConfig::deserialize(value)
-            .map_err(|e| vec![ConfigError::new("", e.to_string())])?;
+            .map_err(|e| vec![FieldError::new("", e.to_string())])?;
         cfg.compile(env)
     }
 
@@ -414,16 +372,16 @@ impl GenesysSettings {
 
 impl GenesysConfig {
     /// Validates everything and reads the credentials through `env`. Every
-    /// problem is returned, not only the first.
-    pub fn compile(self, env: EnvReader<'_>) -> Result<GenesysSettings, Vec<ConfigError>> {
+    /// problem is returned, not only the first, each naming its field within
+    /// the section (`limits.max_in_flight`).
+    pub fn compile(self, env: Env<'_>) -> Result<GenesysSettings, Vec<FieldError>> {
         let mut p = Problems::default();
         let (login, api) = self.endpoints(&mut p);
-        let client_id = p.take(
-            read_env(env, "client_id_env", &self.client_id_env)
-                .and_then(|id| check_client_id(&self.client_id_env, id)),
-        );
+        let (id_var, secret_var) = (&self.client_id_env, &self.client_secret_env);
+        let client_id = read_env(env, "client_id_env", id_var, Spaces::Trim, &mut p)
+            .and_then(|id| p.take(check_client_id(id_var, id)));
         let client_secret =
-            p.take(read_env(env, "client_secret_env", &self.client_secret_env).map(Secret::new));
+            read_env(env, "client_secret_env", secret_var, Spaces::Trim, &mut p).map(Secret::new);
         let default_group = p.take(group_id("default_group", &self.default_group));
         let groups_by_incident_type = self.groups_by_type(default_group.as_ref(), &mut p);
         let datatable = self.datatable.map(|dt| dt.compile(&mut p));
@@ -444,7 +402,7 @@ impl GenesysConfig {
             client_id,
             client_secret,
             default_group,
-            p.0.is_empty(),
+            p.is_empty(),
         )
         else {
             return Err(p.into_errors());
@@ -469,7 +427,7 @@ impl GenesysConfig {
     fn endpoints(&self, p: &mut Problems) -> (Option<Endpoint>, Option<Endpoint>) {
         let region = match &self.region {
             Some(r) => p.take(resolve_region(r).ok_or_else(|| {
-                ConfigError::new(
+                FieldError::new(
                     "region",
                     format!(
                         "unknown Genesys Cloud region `{r}`; use one of {} (or its AWS name), or set login_host and api_host",
@@ -489,10 +447,10 @@ impl GenesysConfig {
         let host = |field: &str, explicit: &Option<String>, prefix: &str| match (explicit, region) {
             (Some(h), _) => check_authority(h)
                 .map(|()| Some(h.clone()))
-                .map_err(|m| ConfigError::new(field, m)),
+                .map_err(|m| FieldError::new(field, m)),
             (None, Some(r)) => Ok(Some(format!("{prefix}.{r}"))),
             (None, None) if region_given => Ok(None),
-            (None, None) => Err(ConfigError::new(
+            (None, None) => Err(FieldError::new(
                 field,
                 "set `region`, or both `login_host` and `api_host`",
             )),
@@ -503,7 +461,7 @@ impl GenesysConfig {
         let api_authority = p.take(host("api_host", &self.api_host, "api")).flatten();
         let cluster = |field: &str, v: &str| {
             if v.trim().is_empty() || v.chars().any(char::is_control) {
-                Err(ConfigError::new(field, "must name an Envoy cluster"))
+                Err(FieldError::new(field, "must name an Envoy cluster"))
             } else {
                 Ok(v.to_owned())
             }
@@ -531,14 +489,14 @@ impl GenesysConfig {
         let mut groups_by_incident_type = BTreeMap::new();
         for (ty, group) in &self.groups_by_incident_type {
             let field = format!("groups_by_incident_type.{ty}");
-            let ty = p.take(IncidentType::parse(ty).map_err(|e| ConfigError::new(&field, e.0)));
+            let ty = p.take(IncidentType::parse(ty).map_err(|e| FieldError::new(&field, e.0)));
             let Some(group) = p.take(group_id(&field, group)) else {
                 continue;
             };
             if self.driver == DriverKind::GuideContract
                 && default_group.is_some_and(|d| *d != group)
             {
-                p.push(ConfigError::new(
+                p.push(FieldError::new(
                     field,
                     "the guide-contract driver has one global switch: every incident type drives default_group",
                 ));
@@ -577,55 +535,66 @@ impl LimitsConfig {
     /// Each limit within its range.
     fn check(&self, p: &mut Problems) -> Limits {
         let l = self;
-        for r in [
-            in_range("limits.max_in_flight", l.max_in_flight, 1, 64),
-            in_range("limits.max_backlog", l.max_backlog, 1, 100_000),
-        ] {
-            p.take(r);
-        }
-        for r in [
-            in_range("limits.call_timeout_ms", l.call_timeout_ms, 100, 60_000),
-            in_range(
-                "limits.backoff_initial_ms",
-                l.backoff_initial_ms,
-                10,
-                60_000,
-            ),
-            in_range(
-                "limits.backoff_max_ms",
-                l.backoff_max_ms,
-                l.backoff_initial_ms,
-                600_000,
-            ),
-            in_range(
-                "limits.retry_after_default_s",
-                l.retry_after_default_s,
-                1,
-                3_600,
-            ),
-            in_range("limits.retry_after_max_s", l.retry_after_max_s, 1, 86_400),
-            in_range(
-                "limits.bad_credentials_retry_s",
-                l.bad_credentials_retry_s,
-                1,
-                86_400,
-            ),
-        ] {
-            p.take(r);
-        }
-        for r in [
-            in_range("limits.max_version_retries", l.max_version_retries, 0, 10),
-            in_range("limits.requests_per_minute", l.requests_per_minute, 1, 300),
-            in_range("limits.burst", l.burst, 1, 300),
-        ] {
-            p.take(r);
-        }
-        p.take(in_range(
+        in_range("limits.max_in_flight", l.max_in_flight, 1, 64, p);
+        in_range("limits.max_backlog", l.max_backlog, 1, 100_000, p);
+        in_range("limits.call_timeout_ms", l.call_timeout_ms, 100, 60_000, p);
+        in_range(
+            "limits.backoff_initial_ms",
+            l.backoff_initial_ms,
+            10,
+            60_000,
+            p,
+        );
+        in_range(
+            "limits.backoff_max_ms",
+            l.backoff_max_ms,
+            l.backoff_initial_ms,
+            600_000,
+            p,
+        );
+        in_range(
+            "limits.retry_after_default_s",
+            l.retry_after_default_s,
+            1,
+            3_600,
+            p,
+        );
+        in_range(
+            "limits.retry_after_max_s",
+            l.retry_after_max_s,
+            1,
+            86_400,
+            p,
+        );
+        in_range(
+            "limits.bad_credentials_retry_s",
+            l.bad_credentials_retry_s,
+            1,
+            86_400,
+            p,
+        );
+        in_range(
+            "limits.max_version_retries",
+            l.max_version_retries,
+            0,
+            10,
+            p,
+        );
+        in_range(
+            "limits.requests_per_minute",
+            l.requests_per_minute,
+            1,
+            300,
+            p,
+        );
+        in_range("limits.burst", l.burst, 1, 300, p);
+        in_range(
             "limits.token_refresh_percent",
             l.token_refresh_percent,
             50,
             95,
-        ));
+            p,
+        );
         Limits {
             max_in_flight: l.max_in_flight,
             call_timeout_ms: l.call_timeout_ms,
@@ -645,19 +614,15 @@ impl LimitsConfig {
 
 impl GuideConfig {
     fn check(&self, p: &mut Problems) -> GuideSettings {
-        p.take(in_range("guide.priority", self.priority, 1, 1_000));
-        p.take(in_range(
-            "guide.pending_poll_ms",
-            self.pending_poll_ms,
-            10,
-            60_000,
-        ));
-        p.take(in_range(
+        in_range("guide.priority", self.priority, 1, 1_000, p);
+        in_range("guide.pending_poll_ms", self.pending_poll_ms, 10, 60_000, p);
+        in_range(
             "guide.max_pending_reads",
             self.max_pending_reads,
             1,
             1_000,
-        ));
+            p,
+        );
         GuideSettings {
             priority: self.priority,
             pending_poll_ms: self.pending_poll_ms,
@@ -668,26 +633,23 @@ impl GuideConfig {
 
 /// The `watchdog` section, checked.
 fn compile_watchdog(w: &WatchdogConfig, p: &mut Problems) -> WatchdogSettings {
-    p.take(in_range(
+    in_range(
         "watchdog.period_seconds",
         w.period_seconds,
         MIN_PERIOD_SECONDS,
         86_400,
-    ));
-    p.take(in_range(
+        p,
+    );
+    in_range(
         "watchdog.converging_seconds",
         w.converging_seconds,
         1,
         w.period_seconds,
-    ));
-    p.take(in_range(
-        "watchdog.grace_seconds",
-        w.grace_seconds,
-        0,
-        3_600,
-    ));
+        p,
+    );
+    in_range("watchdog.grace_seconds", w.grace_seconds, 0, 3_600, p);
     if w.groups.len() > 256 {
-        p.push(ConfigError::new("watchdog.groups", "at most 256 groups"));
+        p.push(FieldError::new("watchdog.groups", "at most 256 groups"));
     }
     let mut watched = Vec::new();
     for (i, group) in w.groups.iter().enumerate() {
@@ -704,39 +666,51 @@ fn compile_watchdog(w: &WatchdogConfig, p: &mut Problems) -> WatchdogSettings {
 }
 
 /// The errors found so far: a config is refused with all of them at once.
+/// A list of [`FieldError`]s, as the checks of [`crate::field`] take, that
+/// can also keep the error of a `Result`.
 #[derive(Default)]
-struct Problems(Vec<ConfigError>);
+struct Problems(Vec<FieldError>);
 
 impl Problems {
     /// The value, or `None` with its error kept.
-    fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+    fn take<T>(&mut self, r: Result<T, FieldError>) -> Option<T> {
         r.map_err(|e| self.0.push(e)).ok()
     }
 
-    fn push(&mut self, e: ConfigError) {
-        self.0.push(e);
-    }
-
     /// Never empty: a value missing without an error is a bug, said as one.
-    fn into_errors(self) -> Vec<ConfigError> {
+    fn into_errors(self) -> Vec<FieldError> {
         if self.0.is_empty() {
-            vec![ConfigError::new("", "is invalid")]
+            vec![FieldError::new("", "is invalid")]
         } else {
             self.0
         }
     }
 }
 
+impl std::ops::Deref for Problems {
+    type Target = Vec<FieldError>;
+
+    fn deref(&self) -> &Vec<FieldError> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Problems {
+    fn deref_mut(&mut self) -> &mut Vec<FieldError> {
+        &mut self.0
+    }
+}
+
 /// A group id given at `field` ([`GroupId::from_config`] says what counts).
-fn group_id(field: &str, value: &str) -> Result<GroupId, ConfigError> {
-    GroupId::from_config(value).map_err(|m| ConfigError::new(field, m))
+fn group_id(field: &str, value: &str) -> Result<GroupId, FieldError> {
+    GroupId::from_config(value).map_err(|m| FieldError::new(field, m))
 }
 
 /// The OAuth client id read from `var`: sent as HTTP Basic credentials, and
 /// never a name or a sentence.
-fn check_client_id(var: &str, id: String) -> Result<String, ConfigError> {
+fn check_client_id(var: &str, id: String) -> Result<String, FieldError> {
     if id.contains(':') {
-        return Err(ConfigError::new(
+        return Err(FieldError::new(
             "client_id_env",
             format!(
                 "the client id in `{var}` must not contain ':' (it is sent as HTTP Basic credentials)"
@@ -744,7 +718,7 @@ fn check_client_id(var: &str, id: String) -> Result<String, ConfigError> {
         ));
     }
     if id.chars().any(char::is_whitespace) {
-        return Err(ConfigError::new(
+        return Err(FieldError::new(
             "client_id_env",
             format!(
                 "the client id in `{var}` holds a space: give the OAuth client's id (a UUID, \
@@ -756,7 +730,7 @@ fn check_client_id(var: &str, id: String) -> Result<String, ConfigError> {
 }
 
 /// The data table's id goes into request paths; a name is not an id.
-fn check_datatable_id(id: &str) -> Result<(), ConfigError> {
+fn check_datatable_id(id: &str) -> Result<(), FieldError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -765,7 +739,7 @@ fn check_datatable_id(id: &str) -> Result<(), ConfigError> {
     if ok {
         return Ok(());
     }
-    Err(ConfigError::new(
+    Err(FieldError::new(
         "datatable.id",
         format!(
             "{} is not a data table id ({}); give the table's id, not its name: Genesys ids are \
@@ -807,32 +781,11 @@ pub(crate) fn check_authority(h: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_row_key(field: &str, key: &str) -> Result<(), ConfigError> {
+fn check_row_key(field: &str, key: &str) -> Result<(), FieldError> {
     if key.trim().is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
-        return Err(ConfigError::new(
+        return Err(FieldError::new(
             field,
             "must be 1 to 256 characters without control characters",
-        ));
-    }
-    Ok(())
-}
-
-fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, ConfigError> {
-    crate::envvar::read(env, name)
-        .map(|v| v.trim().to_owned())
-        .map_err(|m| ConfigError::new(field, m))
-}
-
-fn in_range<T: PartialOrd + fmt::Display + Copy>(
-    field: &str,
-    v: T,
-    min: T,
-    max: T,
-) -> Result<(), ConfigError> {
-    if v < min || v > max {
-        return Err(ConfigError::new(
-            field,
-            format!("must be between {min} and {max}, got {v}"),
         ));
     }
     Ok(())
@@ -868,7 +821,7 @@ pub(crate) mod tests {
 
     /// The settings, or the first error (`every_problem_is_reported` checks
     /// that none is lost).
-    fn compile(v: Value) -> Result<GenesysSettings, ConfigError> {
+    fn compile(v: Value) -> Result<GenesysSettings, FieldError> {
         GenesysSettings::from_json(&v, &env).map_err(|mut e| e.remove(0))
     }
 
@@ -1087,7 +1040,7 @@ pub(crate) mod tests {
         assert!(e.message.contains("max_inflight"), "{e}");
         let e = compile(json!({"region": "mypurecloud.com"})).unwrap_err();
         assert!(e.message.contains("default_group"), "{e}");
-        assert_eq!(e.prefixed("genesys").field, "genesys");
+        assert_eq!(e.under("genesys").field, "genesys");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod rows;
 pub mod token;
 
 pub use answer::{Answer, AnswerClass, RateLimit};
-pub use config::{ConfigError, DriverKind, GenesysConfig, GenesysSettings};
+pub use config::{DriverKind, GenesysConfig, GenesysSettings};
 pub use driver::Driver;
 pub use token::TokenManager;
 

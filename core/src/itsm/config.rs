@@ -8,8 +8,11 @@ use base64::Engine as _;
 use chrono::Duration;
 use serde::Deserialize;
 
+use crate::envvar::Env;
 use crate::event::Source;
+use crate::field::{in_range, read_env, Spaces};
 use crate::genesys::config::check_authority;
+use crate::problem::FieldError;
 
 /// The `itsm` config section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -79,20 +82,6 @@ fn default_timeout_ms() -> u64 {
     5_000
 }
 
-/// A compiled config error: the field under `itsm` and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItsmConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-fn err(field: impl Into<String>, message: impl Into<String>) -> ItsmConfigError {
-    ItsmConfigError {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 /// An `Authorization` value that is never shown.
 #[derive(Clone, PartialEq, Eq)]
 struct AuthHeader(String);
@@ -136,26 +125,20 @@ pub struct ItsmSettings {
     pub polls_per_minute: u32,
 }
 
-/// Reads an environment variable for the compile step.
-pub type EnvReader<'a> = &'a dyn Fn(&str) -> Option<String>;
-
 impl ItsmConfig {
     /// Validates every tool and reads its credentials through `env`. Every
-    /// problem is returned, not only the first.
-    pub fn compile(self, env: EnvReader<'_>) -> Result<ItsmSettings, Vec<ItsmConfigError>> {
+    /// problem is returned, not only the first, each naming its field within
+    /// the section (`servicenow.authority`).
+    pub fn compile(self, env: Env<'_>) -> Result<ItsmSettings, Vec<FieldError>> {
         let mut errors = Vec::new();
-        if !(1..=16).contains(&self.max_in_flight) {
-            errors.push(err(
-                "max_in_flight",
-                format!("must be between 1 and 16, got {}", self.max_in_flight),
-            ));
-        }
-        if !(1..=600).contains(&self.polls_per_minute) {
-            errors.push(err(
-                "polls_per_minute",
-                format!("must be between 1 and 600, got {}", self.polls_per_minute),
-            ));
-        }
+        in_range("max_in_flight", self.max_in_flight, 1, 16, &mut errors);
+        in_range(
+            "polls_per_minute",
+            self.polls_per_minute,
+            1,
+            600,
+            &mut errors,
+        );
         let mut tools = BTreeMap::new();
         for (name, source, cfg) in [
             ("pagerduty", Source::Pagerduty, self.pagerduty),
@@ -167,10 +150,7 @@ impl ItsmConfig {
                     Ok(tool) => {
                         tools.insert(source, tool);
                     }
-                    Err(e) => errors.extend(e.into_iter().map(|e| ItsmConfigError {
-                        field: format!("{name}.{}", e.field),
-                        message: e.message,
-                    })),
+                    Err(e) => errors.extend(e.into_iter().map(|e| e.under(name))),
                 }
             }
         }
@@ -185,17 +165,7 @@ impl ItsmConfig {
     }
 }
 
-fn read_env(env: EnvReader<'_>, field: &str, name: &str) -> Result<String, ItsmConfigError> {
-    crate::envvar::read(env, name)
-        .map(|v| v.trim().to_owned())
-        .map_err(|m| err(field, m))
-}
-
-fn compile_tool(
-    source: Source,
-    c: ToolConfig,
-    env: EnvReader<'_>,
-) -> Result<Tool, Vec<ItsmConfigError>> {
+fn compile_tool(source: Source, c: ToolConfig, env: Env<'_>) -> Result<Tool, Vec<FieldError>> {
     let mut errors = Vec::new();
     let (default_cluster, default_authority) = match source {
         Source::Pagerduty => ("pagerduty_api", Some("api.pagerduty.com")),
@@ -204,17 +174,17 @@ fn compile_tool(
     };
     let cluster = c.cluster.unwrap_or_else(|| default_cluster.to_owned());
     if cluster.trim().is_empty() || cluster.chars().any(char::is_control) {
-        errors.push(err("cluster", "must name an Envoy cluster"));
+        errors.push(FieldError::new("cluster", "must name an Envoy cluster"));
     }
     let authority = match c.authority.or(default_authority.map(str::to_owned)) {
         Some(a) => {
             if let Err(m) = check_authority(&a) {
-                errors.push(err("authority", m));
+                errors.push(FieldError::new("authority", m));
             }
             a
         }
         None => {
-            errors.push(err(
+            errors.push(FieldError::new(
                 "authority",
                 "is required: the API host (`acme.service-now.com`, `acme.atlassian.net`)",
             ));
@@ -229,80 +199,67 @@ fn compile_tool(
     ) {
         (true, None, None, None) => None,
         (true, ..) => {
-            errors.push(err("insecure", "cannot be set together with a credential"));
+            errors.push(FieldError::new(
+                "insecure",
+                "cannot be set together with a credential",
+            ));
             None
         }
-        (false, Some(t), None, None) => match read_env(env, "token_env", t) {
-            Ok(token) => Some(AuthHeader(if source == Source::Pagerduty {
-                format!("Token token={token}")
-            } else {
-                format!("Bearer {token}")
-            })),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        },
+        (false, Some(t), None, None) => read_env(env, "token_env", t, Spaces::Trim, &mut errors)
+            .map(|token| {
+                AuthHeader(if source == Source::Pagerduty {
+                    format!("Token token={token}")
+                } else {
+                    format!("Bearer {token}")
+                })
+            }),
         (false, None, Some(u), Some(p)) if source != Source::Pagerduty => {
             match (
-                read_env(env, "username_env", u),
-                read_env(env, "password_env", p),
+                read_env(env, "username_env", u, Spaces::Trim, &mut errors),
+                read_env(env, "password_env", p, Spaces::Trim, &mut errors),
             ) {
-                (Ok(user), Ok(_)) if user.contains(':') => {
-                    errors.push(err(
+                (Some(user), Some(_)) if user.contains(':') => {
+                    errors.push(FieldError::new(
                         "username_env",
                         format!("the user in `{u}` must not contain ':' (it is sent as HTTP Basic credentials)"),
                     ));
                     None
                 }
-                (Ok(user), Ok(password)) => {
+                (Some(user), Some(password)) => {
                     let raw = format!("{user}:{password}");
                     Some(AuthHeader(format!(
                         "Basic {}",
                         base64::engine::general_purpose::STANDARD.encode(raw)
                     )))
                 }
-                (user, password) => {
-                    errors.extend(user.err());
-                    errors.extend(password.err());
-                    None
-                }
+                // read_env has told what is wrong with the variables.
+                _ => None,
             }
         }
         (false, None, None, None) => {
-            errors.push(err(
+            errors.push(FieldError::new(
                 "token_env",
                 "a credential is required (token_env, or username_env and password_env); `insecure: true` only for a local simulator",
             ));
             None
         }
         _ if source == Source::Pagerduty => {
-            errors.push(err(
+            errors.push(FieldError::new(
                 "token_env",
                 "PagerDuty takes a REST API key in token_env only",
             ));
             None
         }
         _ => {
-            errors.push(err(
+            errors.push(FieldError::new(
                 "token_env",
                 "give either token_env, or both username_env and password_env",
             ));
             None
         }
     };
-    if !(1..=86_400).contains(&c.poll_seconds) {
-        errors.push(err(
-            "poll_seconds",
-            format!("must be between 1 and 86400, got {}", c.poll_seconds),
-        ));
-    }
-    if !(100..=60_000).contains(&c.timeout_ms) {
-        errors.push(err(
-            "timeout_ms",
-            format!("must be between 100 and 60000, got {}", c.timeout_ms),
-        ));
-    }
+    in_range("poll_seconds", c.poll_seconds, 1, 86_400, &mut errors);
+    in_range("timeout_ms", c.timeout_ms, 100, 60_000, &mut errors);
     let table = c.table.unwrap_or_else(|| "incident".to_owned());
     if source == Source::Servicenow
         && (table.is_empty()
@@ -311,7 +268,7 @@ fn compile_tool(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
     {
-        errors.push(err(
+        errors.push(FieldError::new(
             "table",
             "must be a ServiceNow table name ([A-Za-z0-9_])",
         ));

@@ -32,7 +32,7 @@ fn env(name: &str) -> Option<String> {
 
 /// The settings, or the first error (`every_problem_is_reported`
 /// checks that none is lost).
-fn settings(v: Value) -> Result<ItsmSettings, ItsmConfigError> {
+fn settings(v: Value) -> Result<ItsmSettings, crate::problem::FieldError> {
     ItsmConfig::deserialize(v)
         .unwrap()
         .compile(&env)

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use crate::auth::{AuthMethodConfig, CompiledAuth};
 use crate::contract::ContractRules;
 use crate::event::Source;
+use crate::field::in_range;
 use crate::mapping::{self, Mapping, ModeSetting, RuleConfig};
 use crate::problem::FieldError;
 
@@ -189,14 +190,13 @@ fn compile_one(
     );
     let max_items = match (source, cfg.max_alerts) {
         (Source::Alertmanager, None) => DEFAULT_MAX_ALERTS,
-        (Source::Alertmanager, Some(n)) if (1..=MAX_ALERTS_LIMIT).contains(&n) => n,
-        (Source::Alertmanager, Some(n)) => {
-            errors.push(FieldError::new(
-                format!("{base}.max_alerts"),
-                format!("must be between 1 and {MAX_ALERTS_LIMIT}, got {n}"),
-            ));
-            n
-        }
+        (Source::Alertmanager, Some(n)) => in_range(
+            &format!("{base}.max_alerts"),
+            n,
+            1,
+            MAX_ALERTS_LIMIT,
+            errors,
+        ),
         (_, Some(_)) => {
             errors.push(FieldError::new(
                 format!("{base}.max_alerts"),
