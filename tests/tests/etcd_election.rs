@@ -1,0 +1,312 @@
+//! Leader election (`emr_core::etcd::election`) against a real etcd: the
+//! requests the core builds and the answers it reads are etcd 3.4's own.
+//!
+//! Each replica is driven here as the service's glue will drive it: its
+//! calls go out over HTTP and their answers come back, on real time.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use emr_core::callout::{CallResult, HttpCall};
+use emr_core::etcd::answer;
+use emr_core::etcd::election::{Effect, Election, Metric, Role, Settings};
+use emr_core::etcd::{fenced_put, Fence, Gateway};
+use emr_e2e::etcd::Etcd;
+use emr_e2e::reqwest;
+
+const TTL_S: i64 = 2;
+
+fn replica(etcd: &Etcd, name: &str) -> Election {
+    Election::new(
+        Settings {
+            key: b"emr-test/leader".to_vec(),
+            replica: name.into(),
+            ttl_s: TTL_S,
+        },
+        Gateway {
+            cluster: "etcd".into(),
+            authority: format!("127.0.0.1:{}", etcd.client_port),
+            timeout_ms: 500,
+        },
+        Utc::now(),
+    )
+}
+
+/// Sends one call as the glue would, and reads the answer.
+async fn dispatch(http: &reqwest::Client, etcd_port: u16, call: &HttpCall) -> CallResult {
+    let mut request = http
+        .post(format!("http://127.0.0.1:{etcd_port}{}", call.path))
+        .timeout(Duration::from_millis(call.timeout_ms));
+    for (k, v) in &call.headers {
+        request = request.header(k, v);
+    }
+    if let Some(body) = &call.body {
+        request = request.body(body.clone());
+    }
+    match request.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            CallResult::Response {
+                status,
+                headers: vec![],
+                body,
+            }
+        }
+        Err(_) => CallResult::Failed,
+    }
+}
+
+/// What a replica did while driven: its effects other than calls.
+#[derive(Default)]
+struct Seen {
+    audits: Vec<emr_e2e::Value>,
+    metrics: Vec<Metric>,
+}
+
+/// Drives `e` for `d`: polls every 50 ms, dispatching its calls in turn.
+async fn drive(e: &mut Election, port: u16, d: Duration, seen: &mut Seen) {
+    let http = reqwest::Client::new();
+    let until = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < until {
+        let mut fx = e.poll(Utc::now());
+        while !fx.is_empty() {
+            let mut next = Vec::new();
+            for effect in fx {
+                match effect {
+                    Effect::Call(call) => {
+                        let result = dispatch(&http, port, &call).await;
+                        next.extend(e.on_result(call.op, result, Utc::now()));
+                    }
+                    Effect::Audit(a) => seen.audits.push(a),
+                    Effect::Metric(m) => seen.metrics.push(m),
+                }
+            }
+            fx = next;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Drives every replica together for `d`.
+async fn drive_all(replicas: &mut [Election], port: u16, d: Duration) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = replicas.iter().map(|_| Seen::default()).collect();
+    let runs = replicas
+        .iter_mut()
+        .zip(seen.iter_mut())
+        .map(|(e, s)| drive(e, port, d, s));
+    futures_join_all(runs).await;
+    seen
+}
+
+/// `join_all` without another dependency: each future on the same task.
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    std::future::poll_fn(move |cx| {
+        pinned.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if pinned.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+fn leaders(replicas: &[Election]) -> Vec<usize> {
+    let now = Utc::now();
+    (0..replicas.len())
+        .filter(|i| replicas[*i].may_act(now))
+        .collect()
+}
+
+async fn fenced_write(etcd: &Etcd, fence: &Fence, value: &[u8]) -> bool {
+    let gw = Gateway {
+        cluster: "etcd".into(),
+        authority: "etcd".into(),
+        timeout_ms: 500,
+    };
+    let call = gw.call(1, fenced_put(fence, b"emr-test/data", value, None));
+    let result = dispatch(&reqwest::Client::new(), etcd.client_port, &call).await;
+    answer::txn(&result).expect("a txn answer").succeeded
+}
+
+#[tokio::test]
+async fn three_replicas_elect_exactly_one_and_the_others_know_which() {
+    let etcd = Etcd::start();
+    let mut replicas: Vec<Election> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| replica(&etcd, n))
+        .collect();
+    let seen = drive_all(&mut replicas, etcd.client_port, Duration::from_secs(3)).await;
+    let leading = leaders(&replicas);
+    assert_eq!(leading.len(), 1, "exactly one leads");
+    let leader = ["r1", "r2", "r3"][leading[0]];
+    for (i, r) in replicas.iter().enumerate() {
+        match r.role(Utc::now()) {
+            Role::Leader { fence } => {
+                assert_eq!(i, leading[0]);
+                assert!(fence.revision > 0);
+            }
+            Role::Follower { leader: seen } => assert_eq!(seen.as_deref(), Some(leader)),
+        }
+    }
+    // One election won in all, and no etcd call failed.
+    let won: usize = seen
+        .iter()
+        .map(|s| s.metrics.iter().filter(|m| **m == Metric::Won).count())
+        .sum();
+    assert_eq!(won, 1);
+    assert!(
+        seen.iter()
+            .all(|s| !s.metrics.iter().any(|m| matches!(m, Metric::Failure(_)))),
+        "{:?}",
+        seen.iter().map(|s| &s.audits).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_cut_off_leader_stops_acting_before_another_leads_and_its_writes_are_fenced() {
+    let etcd = Etcd::start();
+    let mut old = replica(&etcd, "old");
+    let mut seen = Seen::default();
+    drive(
+        &mut old,
+        etcd.client_port,
+        Duration::from_millis(600),
+        &mut seen,
+    )
+    .await;
+    let Role::Leader { fence: old_fence } = old.role(Utc::now()) else {
+        panic!("alone, it leads: {:?}", seen.audits)
+    };
+    assert!(fenced_write(&etcd, &old_fence, b"from old").await);
+    // Cut off: it is no longer driven, so its lease is not renewed. On its
+    // own clock it stops acting while its lease may still be alive.
+    let cut_at = Utc::now();
+    let mut new = replica(&etcd, "new");
+    let mut new_seen = Seen::default();
+    let mut old_stopped = None;
+    let mut new_started = None;
+    for _ in 0..80 {
+        drive(
+            &mut new,
+            etcd.client_port,
+            Duration::from_millis(100),
+            &mut new_seen,
+        )
+        .await;
+        let now = Utc::now();
+        if old_stopped.is_none() && !old.may_act(now) {
+            old_stopped = Some(now);
+        }
+        if new_started.is_none() && new.may_act(now) {
+            new_started = Some(now);
+            break;
+        }
+    }
+    let (old_stopped, new_started) = (
+        old_stopped.expect("the old leader stops acting"),
+        new_started.expect("another replica leads within 8 s"),
+    );
+    assert!(
+        old_stopped < new_started,
+        "never two acting: old stopped {old_stopped}, new started {new_started}"
+    );
+    // The new leader took over once the lease ran out (TTL 2 s, plus
+    // etcd's expiry tick), not before.
+    let took = (new_started - cut_at).num_milliseconds();
+    let gap = (new_started - old_stopped).num_milliseconds();
+    eprintln!("took over {took} ms after the cut; {gap} ms with nobody acting");
+    assert!((1_500..6_000).contains(&took), "took over after {took} ms");
+    let Role::Leader { fence: new_fence } = new.role(Utc::now()) else {
+        panic!()
+    };
+    assert!(new_fence.revision > old_fence.revision);
+    // The old leader's fenced write is refused; the new one's goes in.
+    assert!(!fenced_write(&etcd, &old_fence, b"from old, late").await);
+    assert!(fenced_write(&etcd, &new_fence, b"from new").await);
+}
+
+#[tokio::test]
+async fn a_leader_that_resigns_hands_over_at_once() {
+    let etcd = Etcd::start();
+    let mut replicas = vec![replica(&etcd, "a"), replica(&etcd, "b")];
+    drive_all(
+        &mut replicas,
+        etcd.client_port,
+        Duration::from_millis(1_500),
+    )
+    .await;
+    let leading = leaders(&replicas);
+    assert_eq!(leading.len(), 1);
+    let (l, f) = (leading[0], 1 - leading[0]);
+    let http = reqwest::Client::new();
+    for effect in replicas[l].resign(Utc::now()) {
+        if let Effect::Call(call) = effect {
+            let result = dispatch(&http, etcd.client_port, &call).await;
+            replicas[l].on_result(call.op, result, Utc::now());
+        }
+    }
+    assert!(!replicas[l].may_act(Utc::now()));
+    let resigned_at = Utc::now();
+    let mut seen = Seen::default();
+    let mut follower = replicas.remove(f);
+    for _ in 0..30 {
+        drive(
+            &mut follower,
+            etcd.client_port,
+            Duration::from_millis(100),
+            &mut seen,
+        )
+        .await;
+        if follower.may_act(Utc::now()) {
+            break;
+        }
+    }
+    assert!(follower.may_act(Utc::now()), "{:?}", seen.audits);
+    // At its next campaign (a period: a third of the TTL), not after the TTL.
+    let took = (Utc::now() - resigned_at).num_milliseconds();
+    eprintln!("took over {took} ms after the leader resigned");
+    assert!(took < 1_500, "took over after {took} ms");
+}
+
+#[tokio::test]
+async fn etcd_gone_stops_the_leader_acting_and_it_leads_again_once_etcd_is_back() {
+    let mut etcd = Etcd::start();
+    let mut leader = replica(&etcd, "solo");
+    let mut seen = Seen::default();
+    drive(
+        &mut leader,
+        etcd.client_port,
+        Duration::from_millis(600),
+        &mut seen,
+    )
+    .await;
+    assert!(leader.may_act(Utc::now()));
+    etcd.kill();
+    drive(
+        &mut leader,
+        etcd.client_port,
+        Duration::from_secs(2),
+        &mut seen,
+    )
+    .await;
+    assert!(
+        !leader.may_act(Utc::now()),
+        "no renewal for a TTL: not acting"
+    );
+    assert!(seen
+        .metrics
+        .contains(&Metric::Failure(answer::Failure::Transport.class())));
+    assert!(seen.audits.iter().any(|a| a["decision"] == "stepped-down"));
+    etcd.restart();
+    drive(
+        &mut leader,
+        etcd.client_port,
+        Duration::from_secs(5),
+        &mut seen,
+    )
+    .await;
+    assert!(leader.may_act(Utc::now()), "{:?}", seen.audits);
+}
