@@ -24,10 +24,12 @@
 //!
 //! - [`answer`]: answers and errors, sorted into what the caller acts on;
 //! - [`election`]: leader election on a lease, by-value like the
-//!   reconciler.
+//!   reconciler;
+//! - [`log`]: the event log: an intake's commit, the leader's reads.
 
 pub mod answer;
 pub mod election;
+pub mod log;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

@@ -81,7 +81,9 @@ impl fmt::Display for Failure {
             ),
             Failure::LeaseNotFound => f.write_str("etcd lease not found (expired or revoked)"),
             Failure::Compacted => f.write_str("etcd revision compacted"),
-            Failure::TooLarge => f.write_str("the request is larger than etcd accepts"),
+            Failure::TooLarge => {
+                f.write_str("the request is larger than etcd accepts (bytes or operations)")
+            }
             Failure::Denied(m) => write!(f, "etcd refused the credentials or permission: {m}"),
             Failure::Malformed(m) => write!(f, "etcd's answer is unreadable: {m}"),
             Failure::Other(m) => write!(f, "etcd refused: {m}"),
@@ -169,7 +171,9 @@ fn failure(status: u16, v: Option<&Value>) -> Failure {
             Failure::QuotaFull
         }
         (Some(11), _) | (_, 400) if message.contains("compacted") => Failure::Compacted,
-        (_, 400) if message.contains("too large") => Failure::TooLarge,
+        (_, 400) if message.contains("too large") || message.contains("too many operations") => {
+            Failure::TooLarge
+        }
         (Some(7) | Some(16), _) | (None, 401 | 403) => Failure::Denied(said),
         (Some(14), _) | (None, 502 | 503) => Failure::Unavailable(said),
         _ => Failure::Other(said),
@@ -185,7 +189,7 @@ pub fn txn(result: &CallResult) -> Result<Txn, Failure> {
         .map(|rs| {
             rs.iter()
                 .filter_map(|r| r.get("response_range"))
-                .map(kvs)
+                .map(kvs_of)
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?
@@ -204,7 +208,7 @@ pub fn txn(result: &CallResult) -> Result<Txn, Failure> {
 pub fn range(result: &CallResult) -> Result<Range, Failure> {
     let v = body(result)?;
     Ok(Range {
-        kvs: kvs(&v)?,
+        kvs: kvs_of(&v)?,
         more: v.get("more").and_then(Value::as_bool).unwrap_or(false),
         revision: revision(&v)?,
     })
@@ -241,14 +245,14 @@ pub fn lease_keepalive(result: &CallResult) -> Result<i64, Failure> {
         .ok_or(Failure::LeaseNotFound)
 }
 
-fn revision(v: &Value) -> Result<i64, Failure> {
+pub(super) fn revision(v: &Value) -> Result<i64, Failure> {
     v.get("header")
         .and_then(|h| h.get("revision"))
         .and_then(int)
         .ok_or_else(|| Failure::Malformed("no header.revision".into()))
 }
 
-fn kvs(v: &Value) -> Result<Vec<Kv>, Failure> {
+pub(super) fn kvs_of(v: &Value) -> Result<Vec<Kv>, Failure> {
     let Some(list) = v.get("kvs") else {
         return Ok(Vec::new());
     };
@@ -430,6 +434,13 @@ mod tests {
             ),
             Failure::Denied(_)
         ));
+        assert_eq!(
+            e(
+                400,
+                json!({"message": "etcdserver: too many operations in txn request", "code": 3})
+            ),
+            Failure::TooLarge
+        );
         assert_eq!(
             e(
                 504,

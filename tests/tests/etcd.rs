@@ -1,8 +1,11 @@
-//! Leader election (`emr_core::etcd::election`) against a real etcd: the
-//! requests the core builds and the answers it reads are etcd 3.4's own.
+//! Cluster mode's etcd parts against a real etcd: the requests the core
+//! builds and the answers it reads are etcd 3.4's own.
 //!
-//! Each replica is driven here as the service's glue will drive it: its
-//! calls go out over HTTP and their answers come back, on real time.
+//! - Leader election (`emr_core::etcd::election`): each replica is driven
+//!   as the service's glue will drive it, its calls out over HTTP and their
+//!   answers back, on real time.
+//! - The event log (`emr_core::etcd::log`): commits from several replicas
+//!   at once, replays, conflicts, and the leader's reads.
 
 use std::time::Duration;
 
@@ -10,6 +13,7 @@ use chrono::Utc;
 use emr_core::callout::{CallResult, HttpCall};
 use emr_core::etcd::answer;
 use emr_core::etcd::election::{Effect, Election, Metric, Role, Settings};
+use emr_core::etcd::log::{self, Committed, Entry, Keys, Record};
 use emr_core::etcd::{fenced_put, Fence, Gateway};
 use emr_e2e::etcd::Etcd;
 use emr_e2e::reqwest;
@@ -309,4 +313,133 @@ async fn etcd_gone_stops_the_leader_acting_and_it_leads_again_once_etcd_is_back(
     )
     .await;
     assert!(leader.may_act(Utc::now()), "{:?}", seen.audits);
+}
+
+// ---- the event log ----------------------------------------------------------
+
+fn gateway(port: u16) -> Gateway {
+    Gateway {
+        cluster: "etcd".into(),
+        authority: format!("127.0.0.1:{port}"),
+        timeout_ms: 2_000,
+    }
+}
+
+fn entry(key: &str, fingerprint: &str) -> Entry {
+    Entry {
+        idempotency_key: key.into(),
+        record: Record {
+            fingerprint: fingerprint.into(),
+            message: emr_e2e::json!({"event": key, "fingerprint": fingerprint}),
+        },
+    }
+}
+
+async fn commit_to(port: u16, entries: Vec<Entry>) -> Vec<Committed> {
+    let keys = Keys::new("emr-test/");
+    let call = gateway(port).call(1, log::commit(&keys, &entries, None));
+    let result = dispatch(&reqwest::Client::new(), port, &call).await;
+    log::committed(&entries, &result).expect("a commit answer")
+}
+
+async fn commit(etcd: &Etcd, entries: &[Entry]) -> Vec<Committed> {
+    commit_to(etcd.client_port, entries.to_vec()).await
+}
+
+async fn read(etcd: &Etcd, request: emr_core::etcd::Request) -> CallResult {
+    let call = gateway(etcd.client_port).call(1, request);
+    dispatch(&reqwest::Client::new(), etcd.client_port, &call).await
+}
+
+#[tokio::test]
+async fn one_event_committed_by_many_replicas_at_once_is_created_once() {
+    let etcd = Etcd::start();
+    // 100 copies of one event, sent concurrently as three replicas would.
+    let port = etcd.client_port;
+    let outcomes: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(commit_to(port, vec![entry("pd:Q1:ACTIVE", "f1")])))
+        .collect();
+    let mut created = 0;
+    let mut replays = 0;
+    for o in outcomes {
+        match o.await.unwrap().as_slice() {
+            [Committed::Created { .. }] => created += 1,
+            [Committed::Replay { first }] => {
+                assert_eq!(first.fingerprint, "f1");
+                replays += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((created, replays), (1, 99));
+    // Another payload under the same key is a conflict.
+    assert_eq!(
+        commit(&etcd, &[entry("pd:Q1:ACTIVE", "f2")]).await,
+        vec![Committed::Conflict]
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_is_decided_whole_and_the_leader_reads_what_is_new() {
+    let etcd = Etcd::start();
+    let keys = Keys::new("emr-test/");
+    assert_eq!(
+        log::marker_revision(&read(&etcd, log::read_marker(&keys)).await).unwrap(),
+        0
+    );
+    let first = commit(&etcd, &[entry("a", "fa")]).await;
+    let Committed::Created { revision: ra } = first[0] else {
+        panic!("{first:?}")
+    };
+    let marker = log::marker_revision(&read(&etcd, log::read_marker(&keys)).await).unwrap();
+    assert!(marker >= ra, "the marker moved with the commit");
+    // One delivery of three events, one of them seen before.
+    let batch = commit(
+        &etcd,
+        &[entry("b", "fb"), entry("a", "fa"), entry("c", "fc")],
+    )
+    .await;
+    assert!(matches!(batch[0], Committed::Created { .. }));
+    assert!(matches!(batch[1], Committed::Replay { .. }));
+    assert!(matches!(batch[2], Committed::Created { .. }));
+    // The leader read up to `a`: only b and c are new, oldest first.
+    let page = log::page(&read(&etcd, log::read_since(&keys, ra, 100)).await).unwrap();
+    let got: Vec<&str> = page
+        .events
+        .iter()
+        .map(|e| e.record.message["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ["b", "c"]);
+    assert!(!page.more);
+    // Paged: one at a time, in revision order.
+    let one = log::page(&read(&etcd, log::read_since(&keys, 0, 1)).await).unwrap();
+    assert_eq!(one.events[0].record.message["event"], "a");
+    assert!(one.more);
+    // Nothing newer than the last read.
+    let last = page.events.last().unwrap().revision;
+    let none = log::page(&read(&etcd, log::read_since(&keys, last, 100)).await).unwrap();
+    assert!(none.events.is_empty());
+}
+
+#[tokio::test]
+async fn the_largest_delivery_fits_etcds_transaction_limits() {
+    let etcd = Etcd::start();
+    let entries: Vec<Entry> = (0..log::MAX_BATCH)
+        .map(|i| entry(&format!("am:{i}"), "f"))
+        .collect();
+    let outcomes = commit(&etcd, &entries).await;
+    assert_eq!(outcomes.len(), log::MAX_BATCH);
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, Committed::Created { .. })));
+    // etcd's limit (128 operations at the top level by default) is why
+    // MAX_BATCH exists: 127 events and the marker are refused.
+    let too_many: Vec<Entry> = (0..127).map(|i| entry(&format!("big:{i}"), "f")).collect();
+    let keys = Keys::new("emr-test/");
+    let call = gateway(etcd.client_port).call(1, log::commit(&keys, &too_many, None));
+    let result = dispatch(&reqwest::Client::new(), etcd.client_port, &call).await;
+    assert_eq!(
+        log::committed(&too_many, &result),
+        Err(answer::Failure::TooLarge)
+    );
 }
