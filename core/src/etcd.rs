@@ -25,10 +25,12 @@
 //! - [`answer`]: answers and errors, sorted into what the caller acts on;
 //! - [`election`]: leader election on a lease, by-value like the
 //!   reconciler;
-//! - [`log`]: the event log: an intake's commit, the leader's reads.
+//! - [`log`]: the event log: an intake's commit, the leader's reads;
+//! - [`feed`]: the log read in order, from the start or where it was.
 
 pub mod answer;
 pub mod election;
+pub mod feed;
 pub mod log;
 
 use base64::engine::general_purpose::STANDARD;

@@ -443,3 +443,94 @@ async fn the_largest_delivery_fits_etcds_transaction_limits() {
         Err(answer::Failure::TooLarge)
     );
 }
+
+/// Drives a feed until it handed on `n` events and is caught up with the
+/// marker (and a little longer, to see it hand on nothing more); returns
+/// the events, in order.
+async fn read_all(feed: &mut emr_core::etcd::feed::Feed, port: u16, n: usize) -> Vec<String> {
+    use emr_core::etcd::feed::Effect as FeedEffect;
+    let http = reqwest::Client::new();
+    let mut got = Vec::new();
+    let start = std::time::Instant::now();
+    loop {
+        let mut fx = feed.poll(Utc::now());
+        while !fx.is_empty() {
+            let mut next = Vec::new();
+            for e in fx {
+                match e {
+                    FeedEffect::Call(call) => {
+                        let result = dispatch(&http, port, &call).await;
+                        next.extend(feed.on_result(call.op, result, Utc::now()));
+                    }
+                    FeedEffect::Events(events) => got.extend(
+                        events
+                            .iter()
+                            .map(|e| e.record.message["event"].as_str().unwrap().to_owned()),
+                    ),
+                    other => panic!("{other:?}"),
+                }
+            }
+            fx = next;
+        }
+        let settled = start.elapsed() > Duration::from_millis(300);
+        if got.len() >= n && feed.caught_up() && feed.lag() == 0 && settled {
+            return got;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "not caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_feed_reads_every_commit_once_in_order_across_pages_and_commits() {
+    let etcd = Etcd::start();
+    let port = etcd.client_port;
+    // 30 single commits, then one of 100 events (one revision), then 5
+    // more: the first page (101) ends inside the big commit.
+    for i in 0..30 {
+        commit(&etcd, &[entry(&format!("one{i:03}"), "f")]).await;
+    }
+    let big: Vec<Entry> = (0..100)
+        .map(|i| entry(&format!("big{i:03}"), "f"))
+        .collect();
+    commit(&etcd, &big).await;
+    for i in 30..35 {
+        commit(&etcd, &[entry(&format!("one{i:03}"), "f")]).await;
+    }
+    let mut feed = emr_core::etcd::feed::Feed::new(
+        Keys::new("emr-test/"),
+        gateway(port),
+        chrono::Duration::milliseconds(50),
+        1, // raised to more than a commit: pages of 101
+        1,
+        Utc::now(),
+    );
+    let first = read_all(&mut feed, port, 135).await;
+    assert_eq!(first.len(), 135, "every event once");
+    let mut unique = first.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 135, "none repeated");
+    // In commit order; the big commit's events together.
+    let name = |p: &str, i: usize| format!("{p}{i:03}");
+    assert_eq!(
+        first[..30],
+        (0..30).map(|i| name("one", i)).collect::<Vec<_>>()[..]
+    );
+    assert!(first[30..130].iter().all(|k| k.starts_with("big")));
+    assert_eq!(
+        first[130..],
+        (30..35).map(|i| name("one", i)).collect::<Vec<_>>()[..]
+    );
+    // Commits while it reads: only they come next.
+    let writers: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(commit_to(port, vec![entry(&format!("late{i:02}"), "f")])))
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut later = read_all(&mut feed, port, 20).await;
+    later.sort();
+    let expected: Vec<String> = (0..20).map(|i| format!("late{i:02}")).collect();
+    assert_eq!(later, expected);
+}

@@ -201,6 +201,7 @@ pub fn read_since(keys: &Keys, after: i64, limit: i64) -> Request {
 /// One event read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Logged {
+    pub key: Vec<u8>,
     pub revision: i64,
     pub record: Record,
 }
@@ -211,6 +212,9 @@ pub struct Logged {
 pub struct Page {
     pub events: Vec<Logged>,
     pub unreadable: usize,
+    /// Every entry's key and revision, readable or not, in order: where
+    /// the page ends.
+    pub seen: Vec<(Vec<u8>, i64)>,
     pub more: bool,
     pub revision: i64,
 }
@@ -223,13 +227,16 @@ pub fn page(result: &CallResult) -> Result<Page, Failure> {
         ..Page::default()
     };
     for Kv {
+        key,
         value,
         mod_revision,
         ..
     } in range.kvs
     {
+        page.seen.push((key.clone(), mod_revision));
         match serde_json::from_slice::<Record>(&value) {
             Ok(record) => page.events.push(Logged {
+                key,
                 revision: mod_revision,
                 record,
             }),

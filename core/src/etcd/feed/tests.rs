@@ -1,0 +1,183 @@
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::etcd::b64;
+use crate::etcd::log::Record;
+use crate::ledger::tests::t;
+
+fn feed() -> Feed {
+    Feed::new(
+        Keys::new("emr/"),
+        Gateway {
+            cluster: "etcd".into(),
+            authority: "etcd".into(),
+            timeout_ms: 500,
+        },
+        Duration::milliseconds(200),
+        1_000,
+        1,
+        t(0),
+    )
+}
+
+fn ok(body: Value) -> CallResult {
+    CallResult::Response {
+        status: 200,
+        headers: vec![],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+fn marker(revision: i64) -> CallResult {
+    if revision == 0 {
+        return ok(json!({"header": {"revision": "1"}}));
+    }
+    ok(
+        json!({"header": {"revision": revision.to_string()}, "kvs": [
+        {"key": b64(b"emr/m"), "value": "", "mod_revision": revision.to_string()}], "count": "1"}),
+    )
+}
+
+/// A page of events named `key@revision`, read at `at`.
+fn page(events: &[(&str, i64)], more: bool, at: i64) -> CallResult {
+    let kvs: Vec<Value> = events
+        .iter()
+        .map(|(k, r)| {
+            let record = Record {
+                fingerprint: "f".into(),
+                message: json!({"event": k}),
+            };
+            json!({"key": b64(format!("emr/e/{k}").as_bytes()),
+                   "value": b64(&serde_json::to_vec(&record).unwrap()),
+                   "mod_revision": r.to_string(), "create_revision": r.to_string()})
+        })
+        .collect();
+    ok(json!({"header": {"revision": at.to_string()}, "kvs": kvs, "more": more}))
+}
+
+fn call(fx: &[Effect]) -> HttpCall {
+    let calls: Vec<&HttpCall> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Call(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "{fx:?}");
+    calls[0].clone()
+}
+
+fn events(fx: &[Effect]) -> Vec<String> {
+    fx.iter()
+        .flat_map(|e| match e {
+            Effect::Events(es) => es
+                .iter()
+                .map(|e| e.record.message["event"].as_str().unwrap().to_owned())
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn min_mod_revision(c: &HttpCall) -> String {
+    let body: Value = serde_json::from_slice(c.body.as_deref().unwrap()).unwrap();
+    body["min_mod_revision"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_empty_log_is_caught_up_at_the_first_marker_read() {
+    let mut f = feed();
+    assert!(!f.caught_up());
+    let m = call(&f.poll(t(0)));
+    assert_eq!(m.path, "/v3/kv/range");
+    let fx = f.on_result(m.op, marker(0), t(0));
+    assert!(fx.is_empty());
+    assert!(f.caught_up());
+    // The next read is a period later.
+    assert!(f.poll(t(0)).is_empty());
+    assert_eq!(f.next_wakeup(), Some(t(0) + Duration::milliseconds(200)));
+}
+
+#[test]
+fn a_moved_marker_reads_the_new_events_in_order_then_only_newer_ones() {
+    let mut f = feed();
+    let m = call(&f.poll(t(0)));
+    let fx = f.on_result(m.op, marker(7), t(0));
+    let p = call(&fx);
+    assert_eq!(min_mod_revision(&p), "1");
+    assert!(!f.caught_up(), "not until the log is read");
+    assert_eq!(f.lag(), 7);
+    let fx = f.on_result(p.op, page(&[("a", 5), ("b", 7)], false, 8), t(0));
+    assert_eq!(events(&fx), ["a", "b"]);
+    assert!(f.caught_up());
+    assert_eq!((f.position(), f.lag()), (8, 0));
+    // A later commit: only it is read.
+    let m = call(&f.poll(t(1)));
+    let p = call(&f.on_result(m.op, marker(9), t(1)));
+    assert_eq!(min_mod_revision(&p), "9");
+    assert_eq!(
+        events(&f.on_result(p.op, page(&[("c", 9)], false, 9), t(1))),
+        ["c"]
+    );
+}
+
+#[test]
+fn a_page_that_ends_inside_a_commit_neither_loses_nor_repeats_an_event() {
+    let mut f = feed();
+    let m = call(&f.poll(t(0)));
+    let p1 = call(&f.on_result(m.op, marker(6), t(0)));
+    // One commit made x, y and z at revision 6; the page ends after y.
+    let fx = f.on_result(p1.op, page(&[("w", 4), ("x", 6), ("y", 6)], true, 6), t(0));
+    assert_eq!(events(&fx), ["w", "x", "y"]);
+    let p2 = call(&fx);
+    assert_eq!(min_mod_revision(&p2), "6", "revision 6 again");
+    let fx = f.on_result(p2.op, page(&[("x", 6), ("y", 6), ("z", 6)], false, 6), t(0));
+    assert_eq!(events(&fx), ["z"]);
+    assert!(f.caught_up());
+}
+
+#[test]
+fn a_failed_read_is_retried_next_period_from_where_it_was() {
+    let mut f = feed();
+    let m = call(&f.poll(t(0)));
+    let p = call(&f.on_result(m.op, marker(3), t(0)));
+    let fx = f.on_result(p.op, CallResult::Failed, t(0));
+    assert!(matches!(
+        fx.as_slice(),
+        [Effect::Failed(Failure::Transport)]
+    ));
+    assert!(!f.caught_up());
+    assert!(f.poll(t(0)).is_empty());
+    let again = call(&f.poll(t(1)));
+    assert_eq!(min_mod_revision(&again), "1", "the page, not the marker");
+    // Unreadable entries are skipped and said.
+    let fx = f.on_result(
+        again.op,
+        ok(json!({"header": {"revision": "3"}, "kvs": [
+            {"key": b64(b"emr/e/bad"), "value": b64(b"not json"), "mod_revision": "3"}]})),
+        t(1),
+    );
+    assert_eq!(fx, vec![Effect::Unreadable(1)]);
+    assert!(f.caught_up());
+}
+
+#[test]
+fn pages_are_larger_than_any_commit() {
+    let mut f = feed();
+    let m = call(&f.poll(t(0)));
+    let p = call(&f.on_result(m.op, marker(2), t(0)));
+    let body: Value = serde_json::from_slice(p.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["limit"], "1000");
+    let small = Feed::new(
+        Keys::new("emr/"),
+        f.gateway.clone(),
+        Duration::milliseconds(200),
+        5,
+        1,
+        t(0),
+    );
+    assert!(small.page_size > i64::try_from(log::MAX_BATCH).unwrap());
+}
