@@ -21,26 +21,64 @@ pub fn etcd_binary() -> PathBuf {
     p
 }
 
-/// One etcd member running alone, on free loopback ports.
+/// One etcd member, on free loopback ports.
 pub struct Etcd {
     child: Option<Child>,
     pub client_port: u16,
     peer_port: u16,
     pub dir: PathBuf,
+    name: String,
+    /// `name=peer-url` of every member.
+    initial_cluster: String,
+    extra: Vec<String>,
 }
 
 impl Etcd {
     /// Starts a single-member cluster and waits until it answers.
     pub fn start() -> Etcd {
-        let dir = scratch_dir();
-        let mut etcd = Etcd {
-            child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            dir,
-        };
+        Self::start_with(&[])
+    }
+
+    /// [`Etcd::start`] with more flags (`--quota-backend-bytes=…`).
+    pub fn start_with(extra: &[&str]) -> Etcd {
+        let mut etcd = Self::member("m1", free_port(), free_port());
+        etcd.initial_cluster = format!("m1=http://127.0.0.1:{}", etcd.peer_port);
+        etcd.extra = extra.iter().map(|s| s.to_string()).collect();
         etcd.spawn();
+        etcd.wait_ready();
         etcd
+    }
+
+    /// Starts a cluster of `n` members and waits until each answers.
+    pub fn cluster(n: usize) -> Vec<Etcd> {
+        let mut members: Vec<Etcd> = (1..=n)
+            .map(|i| Self::member(&format!("m{i}"), free_port(), free_port()))
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial_cluster = initial.clone();
+            m.spawn();
+        }
+        for m in &members {
+            m.wait_ready();
+        }
+        members
+    }
+
+    fn member(name: &str, client_port: u16, peer_port: u16) -> Etcd {
+        Etcd {
+            child: None,
+            client_port,
+            peer_port,
+            dir: scratch_dir(),
+            name: name.into(),
+            initial_cluster: String::new(),
+            extra: Vec::new(),
+        }
     }
 
     fn spawn(&mut self) {
@@ -52,22 +90,23 @@ impl Etcd {
             .open(self.dir.join("etcd.log"))
             .expect("cannot open etcd's log");
         let child = Command::new(etcd_binary())
-            .args(["--name", "m1"])
+            .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("m1={peer}")])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", "emr-test"])
             .args(["--log-level", "warn"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("cannot start etcd");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// A gateway URL.
@@ -102,6 +141,7 @@ impl Etcd {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+        self.wait_ready();
     }
 }
 

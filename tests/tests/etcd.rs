@@ -272,7 +272,10 @@ async fn a_leader_that_resigns_hands_over_at_once() {
     // At its next campaign (a period: a third of the TTL), not after the TTL.
     let took = (Utc::now() - resigned_at).num_milliseconds();
     eprintln!("took over {took} ms after the leader resigned");
-    assert!(took < 1_500, "took over after {took} ms");
+    assert!(
+        took < TTL_S * 1_000,
+        "took over after {took} ms, not before the resigned lease would have lapsed"
+    );
 }
 
 #[tokio::test]
@@ -533,4 +536,167 @@ async fn the_feed_reads_every_commit_once_in_order_across_pages_and_commits() {
     later.sort();
     let expected: Vec<String> = (0..20).map(|i| format!("late{i:02}")).collect();
     assert_eq!(later, expected);
+}
+
+// ---- etcd failing --------------------------------------------------------------
+
+/// Commits one event through `port`; the outcome and how long it took.
+async fn try_commit(port: u16, key: &str) -> (Result<Vec<Committed>, answer::Failure>, Duration) {
+    let keys = Keys::new("emr-test/");
+    let entries = vec![entry(key, "f")];
+    let call = Gateway {
+        timeout_ms: 500,
+        ..gateway(port)
+    }
+    .call(1, log::commit(&keys, &entries, None));
+    let started = std::time::Instant::now();
+    let result = dispatch(&reqwest::Client::new(), port, &call).await;
+    (log::committed(&entries, &result), started.elapsed())
+}
+
+#[tokio::test]
+async fn one_member_down_changes_nothing_and_a_lost_quorum_refuses_in_milliseconds() {
+    let mut members = Etcd::cluster(3);
+    let port = members[0].client_port;
+    assert!(try_commit(port, "before").await.0.is_ok());
+    // One of three down: commits go on (after an election, if it led).
+    members[2].kill();
+    let mut ok_after_one = false;
+    for i in 0..50 {
+        if let (Ok(c), _) = try_commit(port, &format!("one-down-{i}")).await {
+            assert!(matches!(c[0], Committed::Created { .. }));
+            ok_after_one = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok_after_one, "a majority is still there");
+    // Two of three down: nothing is committed. Once the survivor knows it
+    // has no leader (an election timeout), etcd refuses at once, because
+    // every call says Grpc-Metadata-hasleader: a refusal (`unavailable`),
+    // not the call's deadline running out, nor etcd's own 7 s.
+    members[1].kill();
+    let started = std::time::Instant::now();
+    let mut refusals = Vec::new();
+    while refusals.len() < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no quick refusal: {refusals:?}"
+        );
+        let (outcome, took) = try_commit(port, "no-quorum").await;
+        let failure = outcome.expect_err("no quorum, no commit");
+        assert!(failure.is_transient(), "{failure}");
+        assert!(
+            took < Duration::from_secs(2),
+            "bounded by the deadline: {took:?}"
+        );
+        match failure {
+            answer::Failure::Unavailable(_) => refusals.push(took),
+            // Before the survivor noticed: the deadline ends the call.
+            _ => assert!(refusals.is_empty(), "refused, then not: {failure}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The figure itself belongs in `make bench`; here it is shown.
+    eprintln!(
+        "with the quorum lost, refused within {:?}",
+        refusals.iter().max()
+    );
+    // Back: commits go on.
+    members[1].restart();
+    let mut back = false;
+    for i in 0..100 {
+        if try_commit(port, &format!("back-{i}")).await.0.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "commits resume once a majority is back");
+}
+
+async fn post(port: u16, path: &'static str, body: emr_e2e::Value) -> CallResult {
+    let call = gateway(port).call(1, emr_core::etcd::Request { path, body });
+    dispatch(&reqwest::Client::new(), port, &call).await
+}
+
+#[tokio::test]
+async fn a_full_etcd_says_so_and_commits_again_once_an_operator_frees_space() {
+    let etcd = Etcd::start_with(&["--quota-backend-bytes=2097152"]);
+    let port = etcd.client_port;
+    let filler = "x".repeat(200_000);
+    let mut full = None;
+    for i in 0..100 {
+        let entries = vec![Entry {
+            idempotency_key: format!("filler-{i}"),
+            record: Record {
+                fingerprint: "f".into(),
+                message: emr_e2e::json!({ "pad": filler }),
+            },
+        }];
+        let call = gateway(port).call(1, log::commit(&Keys::new("emr-test/"), &entries, None));
+        let result = dispatch(&reqwest::Client::new(), port, &call).await;
+        if let Err(f) = log::committed(&entries, &result) {
+            full = Some(f);
+            break;
+        }
+    }
+    let failure = full.expect("a 2 MiB quota fills");
+    assert_eq!(failure, answer::Failure::QuotaFull);
+    assert!(!failure.is_transient());
+    assert!(failure.to_string().contains("compact"), "says what to do");
+    // Small commits are refused too while the alarm is raised.
+    assert_eq!(
+        try_commit(port, "while-full").await.0,
+        Err(answer::Failure::QuotaFull)
+    );
+    // What an operator does, over the same gateway: delete, compact,
+    // defragment, disarm.
+    let prefix = b"emr-test/e/filler";
+    let deleted = post(
+        port,
+        "/v3/kv/deleterange",
+        emr_e2e::json!({"key": emr_core::etcd::b64(prefix),
+                        "range_end": emr_core::etcd::b64(&emr_core::etcd::prefix_end(prefix))}),
+    )
+    .await;
+    let revision = answer::body(&deleted).unwrap()["header"]["revision"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    answer::body(
+        &post(
+            port,
+            "/v3/kv/compaction",
+            emr_e2e::json!({"revision": revision, "physical": true}),
+        )
+        .await,
+    )
+    .unwrap();
+    answer::body(&post(port, "/v3/maintenance/defragment", emr_e2e::json!({})).await).unwrap();
+    let alarms = answer::body(
+        &post(
+            port,
+            "/v3/maintenance/alarm",
+            emr_e2e::json!({"action": "GET"}),
+        )
+        .await,
+    )
+    .unwrap();
+    let alarms = alarms["alarms"].as_array().cloned().unwrap_or_default();
+    assert!(!alarms.is_empty(), "etcd raised its NOSPACE alarm");
+    for alarm in alarms {
+        answer::body(
+            &post(
+                port,
+                "/v3/maintenance/alarm",
+                emr_e2e::json!({"action": "DEACTIVATE", "memberID": alarm["memberID"],
+                                "alarm": alarm["alarm"]}),
+            )
+            .await,
+        )
+        .unwrap();
+    }
+    let (after, _) = try_commit(port, "after-fix").await;
+    assert!(matches!(after.unwrap()[0], Committed::Created { .. }));
 }
