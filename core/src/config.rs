@@ -21,6 +21,7 @@ use std::sync::Arc;
 use crate::auth::{Credential, CredentialConfig};
 use crate::contract::{ContractRules, DEFAULT_REPLAY_WINDOW_SECONDS};
 use crate::dedupe::DedupeConfig;
+use crate::etcd::config::ClusterSettings;
 use crate::event::{GroupId, Source};
 use crate::field::in_range;
 use crate::genesys::{GenesysConfig, GenesysSettings};
@@ -244,6 +245,9 @@ pub struct Config {
     /// The ITSM status APIs polled for lost resolution webhooks; `None`
     /// when no `itsm` section is given.
     pub itsm: Option<Arc<ItsmSettings>>,
+    /// Cluster mode on etcd ([`crate::etcd`]); `None`: one process, its
+    /// shared data.
+    pub cluster: Option<Arc<ClusterSettings>>,
     /// Every emergency group the config names: `genesys.default_group`,
     /// `groups_by_incident_type`, `datatable.rows_by_group`,
     /// `watchdog.groups` and each mapping rule's `group`. No other group is
@@ -553,6 +557,9 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
         status,
         genesys,
         itsm,
+        // Not read from the configuration yet: cluster mode is being built
+        // (docs/cluster.md), and a `cluster` section is refused as unknown.
+        cluster: None,
         groups,
         intake: Intake {
             max_body_bytes: usize::try_from(max_body).unwrap_or(65_536),

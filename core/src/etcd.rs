@@ -22,6 +22,7 @@
 //!   for 7 s: every call carries `Grpc-Timeout` and
 //!   `Grpc-Metadata-hasleader: true`, which fails it in milliseconds.
 //!
+//! - [`config`]: the `cluster` config section;
 //! - [`answer`]: answers and errors, sorted into what the caller acts on;
 //! - [`election`]: leader election on a lease, by-value like the
 //!   reconciler;
@@ -29,6 +30,7 @@
 //! - [`feed`]: the log read in order, from the start or where it was.
 
 pub mod answer;
+pub mod config;
 pub mod election;
 pub mod feed;
 pub mod log;

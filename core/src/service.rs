@@ -75,6 +75,10 @@ pub const TOKEN_KEY: &str = "emr.genesys.token";
 pub enum Callout {
     Genesys(OpId),
     Itsm(OpId),
+    /// Cluster mode: the leader election's calls to etcd.
+    Election(OpId),
+    /// Cluster mode: the event log's reads.
+    Feed(OpId),
 }
 
 /// What one metric sample does to its stat, named by the core as
@@ -184,6 +188,12 @@ pub struct Service {
     last_removals: DateTime<Utc>,
     last_state: DateTime<Utc>,
     last_beat: DateTime<Utc>,
+    /// Cluster mode: the election and the event log's feed.
+    cluster: Option<cluster::Cluster>,
+    /// Whether an audit line per event is wanted (the glue's log level).
+    audit_events: bool,
+    /// The cluster's problem as last written to the health record.
+    cluster_problem: Option<String>,
     /// The sources' shares of open incidents, as written for the filters.
     slots: quota::Book,
     /// The receipt time of the newest event recorded (ms), for the filters'
@@ -263,6 +273,10 @@ impl Service {
             // "absent" case.
             out.reconcile(ReconcileMetric::ContendedGroups(0));
         }
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|s| cluster::Cluster::new(s, now));
         let service = Self {
             ledger: Ledger::new(config.retention),
             board: Board::default(),
@@ -277,6 +291,9 @@ impl Service {
             last_removals: DateTime::<Utc>::MIN_UTC,
             last_state: DateTime::<Utc>::MIN_UTC,
             last_beat: DateTime::<Utc>::MIN_UTC,
+            cluster,
+            audit_events: true,
+            cluster_problem: None,
             slots: quota::Book::default(),
             recorded_ms: 0,
             recorded_dirty: false,
@@ -297,13 +314,32 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Out {
         let mut out = Out::default();
-        let mut tally = Tally::default();
+        self.audit_events = audit_events;
         let taken = u64::try_from(messages.len()).unwrap_or(u64::MAX);
         out.count(MESSAGES_METRIC, taken.saturating_add(decode_errors));
+        self.take_messages(messages, decode_errors, now, &mut out);
+        // One reconcile pass per batch: many events for a group coalesce.
+        self.drive(now, &mut out);
+        self.maintain(store, now, false, &mut out);
+        out
+    }
+
+    /// Records a batch of messages, from the queue or (cluster mode) the
+    /// event log.
+    fn take_messages(
+        &mut self,
+        messages: Vec<QueueMessage>,
+        decode_errors: u64,
+        now: DateTime<Utc>,
+        out: &mut Out,
+    ) {
+        let mut tally = Tally::default();
         for message in messages {
             match message {
-                QueueMessage::Event(q) => self.record(&q, audit_events, now, &mut tally, &mut out),
-                QueueMessage::Control(c) => self.control(c, now, &mut out),
+                QueueMessage::Event(q) => {
+                    self.record(&q, self.audit_events, now, &mut tally, out);
+                }
+                QueueMessage::Control(c) => self.control(c, now, out),
             }
         }
         // Counters once per batch: under a flood each host call per event
@@ -312,10 +348,6 @@ impl Service {
         out.count(DECODE_ERRORS_METRIC, decode_errors);
         out.count("emr.service.stale_events", tally.stale);
         out.count("emr.service.ledger_full", tally.full);
-        // One reconcile pass per batch: many events for a group coalesce.
-        self.drive(now, &mut out);
-        self.maintain(store, now, false, &mut out);
-        out
     }
 
     /// The tick: timers that passed, and the time-driven work.
@@ -375,6 +407,9 @@ impl Service {
                     let effects = p.on_result(op, result, &self.ledger, now);
                     self.apply_poll_effects(effects, now, out);
                 }
+            }
+            Callout::Election(_) | Callout::Feed(_) => {
+                self.cluster_answered(callout, result, now, out);
             }
         }
     }
@@ -491,6 +526,10 @@ impl Service {
     /// timers that passed). Polling when nothing is due is harmless, and the
     /// tick is short enough to serve as its timer.
     fn drive(&mut self, now: DateTime<Utc>, out: &mut Out) {
+        // A follower records every event but never acts.
+        if !self.drive_cluster(now, out) {
+            return;
+        }
         if let Some(g) = &mut self.genesys {
             if !g.started {
                 g.started = true;
@@ -601,11 +640,19 @@ impl Service {
                 store.set(liveness::HEARTBEAT_KEY, &liveness::beat(now), None),
                 "write the service heartbeat",
             );
-            if let Some(reasons) = self
+            let genesys_changed = self
                 .genesys
                 .as_mut()
-                .and_then(|g| g.reconciler.take_health_change())
-            {
+                .is_some_and(|g| g.reconciler.take_health_change().is_some());
+            let cluster_problem = self.cluster.as_ref().and_then(cluster::Cluster::problem);
+            if genesys_changed || cluster_problem != self.cluster_problem {
+                self.cluster_problem = cluster_problem;
+                let mut reasons: Vec<String> = self
+                    .genesys
+                    .as_ref()
+                    .map(|g| g.reconciler.health().reasons())
+                    .unwrap_or_default();
+                reasons.extend(self.cluster_problem.clone());
                 self.state_dirty = true;
                 out.check(
                     store.set(liveness::HEALTH_KEY, &liveness::health(&reasons), None),
@@ -711,6 +758,9 @@ impl Service {
         if let (Some(obj), Some(p)) = (state.as_object_mut(), &self.poller) {
             obj.insert("itsm".into(), p.view(now));
         }
+        if let (Some(obj), Some(c)) = (state.as_object_mut(), &self.cluster) {
+            obj.insert("cluster".into(), c.view(now));
+        }
         out.check(
             store.set(status::STATE_KEY, state.to_string().as_bytes(), None),
             "publish state",
@@ -718,5 +768,6 @@ impl Service {
     }
 }
 
+mod cluster;
 #[cfg(test)]
 mod tests;

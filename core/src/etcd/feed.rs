@@ -60,6 +60,8 @@ pub struct Feed {
     marker: i64,
     /// Reached the marker at least once since the start.
     caught_up: bool,
+    /// The latest read failed.
+    failing: bool,
     out: Option<Out>,
     next_at: DateTime<Utc>,
     next_op: OpId,
@@ -87,6 +89,7 @@ impl Feed {
             partial: Vec::new(),
             marker: 0,
             caught_up: false,
+            failing: false,
             out: None,
             next_at: now,
             next_op: first_op,
@@ -97,6 +100,11 @@ impl Feed {
     /// been handed on: a new leader acts only from then on.
     pub fn caught_up(&self) -> bool {
         self.caught_up
+    }
+
+    /// Whether the latest read worked.
+    pub fn healthy(&self) -> bool {
+        !self.failing
     }
 
     /// Revisions committed but not handed on yet, as last known.
@@ -201,6 +209,7 @@ impl Feed {
                 }
             }),
         };
+        self.failing = read.is_err();
         if let Err(failure) = read {
             fx.push(Effect::Failed(failure));
         }

@@ -19,7 +19,7 @@ fn env(k: &str) -> Option<String> {
     }
 }
 
-fn config(extra: Value) -> Config {
+pub(super) fn config(extra: Value) -> Config {
     let mut v = json!({"sources": {"canonical": {"insecure": true}}});
     if let (Value::Object(c), Value::Object(e)) = (&mut v, extra) {
         c.extend(e);
@@ -27,7 +27,7 @@ fn config(extra: Value) -> Config {
     crate::config::parse(v.to_string().as_bytes(), &env).unwrap()
 }
 
-fn genesys() -> Value {
+pub(super) fn genesys() -> Value {
     json!({"genesys": {
         "login_host": "login.example.test", "api_host": "api.example.test",
         "client_id_env": "CLIENT_ID", "client_secret_env": "CLIENT_SECRET",
@@ -35,7 +35,7 @@ fn genesys() -> Value {
     }})
 }
 
-fn start(cfg: Config, store: &MemoryStore) -> Service {
+pub(super) fn start(cfg: Config, store: &MemoryStore) -> Service {
     create_keys(&cfg, store).unwrap();
     let (service, out) = Service::new(cfg, store, t(0)).unwrap();
     assert!(out
@@ -45,7 +45,7 @@ fn start(cfg: Config, store: &MemoryStore) -> Service {
     service
 }
 
-fn event(id: &str, mode: RoutingMode, at: i64, ttl: u32) -> QueueMessage {
+pub(super) fn event(id: &str, mode: RoutingMode, at: i64, ttl: u32) -> QueueMessage {
     QueueMessage::Event(QueuedEvent {
         event: IncidentEvent {
             source: Source::Canonical,
@@ -77,7 +77,7 @@ fn count(out: &Out, name: &str) -> u64 {
         .sum()
 }
 
-fn state(store: &MemoryStore) -> Value {
+pub(super) fn state(store: &MemoryStore) -> Value {
     let bytes = store.get(status::STATE_KEY).unwrap().value.unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }

@@ -1,0 +1,214 @@
+//! Cluster mode in the service (docs/cluster.md): the election says whether
+//! this replica acts, and the feed brings every replica's events from etcd.
+//!
+//! Every replica records every event, so each answers `/emr/status` and
+//! `/emr/state` from the same ledger. Only the leader drives Genesys and
+//! polls the tools, and only once its feed has read the whole log: a new
+//! leader's first write already knows every event any replica accepted.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::{Callout, Level, Out, Sample, Service};
+use crate::callout::CallResult;
+use crate::etcd::config::ClusterSettings;
+use crate::etcd::election::{self, Election};
+use crate::etcd::feed::{self, Feed};
+use crate::event::QueueMessage;
+
+/// Events the feed reads per page.
+const PAGE_SIZE: i64 = 1_000;
+/// Gauge: how many revisions committed this replica has not read yet.
+pub const LAG_GAUGE: &str = "emr.cluster.log_lag";
+
+/// The election and the feed of one replica.
+pub(super) struct Cluster {
+    replica: String,
+    election: Election,
+    feed: Feed,
+    /// Whether this replica acted at the latest drive.
+    acting: bool,
+    /// The feed's reads are failing (said once per streak).
+    feed_failing: Option<String>,
+}
+
+impl Cluster {
+    pub(super) fn new(s: &ClusterSettings, now: DateTime<Utc>) -> Self {
+        Self {
+            replica: s.replica.clone(),
+            election: Election::new(s.election(), s.gateway.clone(), now),
+            feed: Feed::new(s.keys.clone(), s.gateway.clone(), s.poll, PAGE_SIZE, 1, now),
+            acting: false,
+            feed_failing: None,
+        }
+    }
+
+    /// What `/emr/state` says of the cluster.
+    pub(super) fn view(&self, now: DateTime<Utc>) -> Value {
+        let leader = match self.election.role(now) {
+            election::Role::Leader { .. } => Some(self.replica.clone()),
+            election::Role::Follower { leader } => leader,
+        };
+        json!({
+            "replica": self.replica,
+            "leader": leader,
+            "acting": self.acting,
+            "logPosition": self.feed.position(),
+            "logLag": self.feed.lag(),
+            "etcd": self.feed_failing.as_deref().unwrap_or("ok"),
+        })
+    }
+
+    /// Why this replica cannot take webhooks, if etcd is failing.
+    pub(super) fn problem(&self) -> Option<String> {
+        self.feed_failing
+            .as_ref()
+            .map(|f| format!("etcd is failing: {f}"))
+    }
+}
+
+impl Service {
+    /// Drives the election and the feed. Whether this replica may act on
+    /// Genesys and the tools now: always, without a cluster.
+    pub(super) fn drive_cluster(&mut self, now: DateTime<Utc>, out: &mut Out) -> bool {
+        let Some(c) = &mut self.cluster else {
+            return true;
+        };
+        let election_fx = c.election.poll(now);
+        let feed_fx = c.feed.poll(now);
+        self.election_effects(election_fx, now, out);
+        self.feed_effects(feed_fx, now, out);
+        let Some(c) = &mut self.cluster else {
+            return true;
+        };
+        let acting = c.election.may_act(now) && c.feed.caught_up();
+        if acting != c.acting {
+            c.acting = acting;
+            self.state_dirty = true;
+            out.log(
+                Level::Info,
+                json!({"audit": "cluster", "at": crate::rfc3339::text(now),
+                       "decision": if acting { "acting" } else { "not-acting" },
+                       "replica": c.replica})
+                .to_string(),
+            );
+            // A replica that starts acting reads every group again: another
+            // leader may have changed them meanwhile.
+            if let (true, Some(g)) = (acting, &mut self.genesys) {
+                if g.started {
+                    g.reconciler.mark_all(&self.ledger);
+                }
+            }
+        }
+        acting
+    }
+
+    /// The answer to an etcd call.
+    pub(super) fn cluster_answered(
+        &mut self,
+        callout: Callout,
+        result: CallResult,
+        now: DateTime<Utc>,
+        out: &mut Out,
+    ) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        match callout {
+            Callout::Election(op) => {
+                let fx = c.election.on_result(op, result, now);
+                self.election_effects(fx, now, out);
+            }
+            Callout::Feed(op) => {
+                let fx = c.feed.on_result(op, result, now);
+                if c.feed.healthy() {
+                    self.feed_recovered(out);
+                }
+                self.feed_effects(fx, now, out);
+            }
+            Callout::Genesys(_) | Callout::Itsm(_) => {}
+        }
+        self.drive(now, out);
+    }
+
+    fn election_effects(&mut self, fx: Vec<election::Effect>, _now: DateTime<Utc>, out: &mut Out) {
+        for effect in fx {
+            match effect {
+                election::Effect::Call(call) => out.calls.push((Callout::Election(call.op), call)),
+                election::Effect::Audit(line) => {
+                    self.state_dirty = true;
+                    out.audit(line);
+                }
+                election::Effect::Metric(m) => {
+                    let sample = match m {
+                        election::Metric::Leader(on) => Sample::Gauge(u64::from(on)),
+                        election::Metric::LatencyMs(ms) => Sample::Histogram(ms),
+                        _ => Sample::Count(1),
+                    };
+                    out.samples.push((m.name(), sample));
+                }
+            }
+        }
+    }
+
+    fn feed_effects(&mut self, fx: Vec<feed::Effect>, now: DateTime<Utc>, out: &mut Out) {
+        for effect in fx {
+            match effect {
+                feed::Effect::Call(call) => out.calls.push((Callout::Feed(call.op), call)),
+                feed::Effect::Events(events) => {
+                    let mut unreadable = 0;
+                    let messages: Vec<QueueMessage> = events
+                        .into_iter()
+                        .filter_map(|e| {
+                            // The same bytes the intake would have queued.
+                            let m = serde_json::to_vec(&e.record.message)
+                                .ok()
+                                .and_then(|b| QueueMessage::decode(&b).ok());
+                            unreadable += u64::from(m.is_none());
+                            m
+                        })
+                        .collect();
+                    self.take_messages(messages, unreadable, now, out);
+                }
+                feed::Effect::Unreadable(n) => {
+                    out.count(super::DECODE_ERRORS_METRIC, n as u64);
+                }
+                feed::Effect::Failed(failure) => {
+                    out.samples.push((
+                        election::Metric::Failure(failure.class()).name(),
+                        Sample::Count(1),
+                    ));
+                    if let Some(c) = &mut self.cluster {
+                        if c.feed_failing.is_none() {
+                            out.log(
+                                Level::Error,
+                                format!("emr-edge cannot read the event log in etcd: {failure}"),
+                            );
+                            self.state_dirty = true;
+                        }
+                        c.feed_failing = Some(failure.to_string());
+                    }
+                }
+            }
+        }
+        if let Some(c) = &self.cluster {
+            let lag = u64::try_from(c.feed.lag()).unwrap_or(0);
+            out.samples.push((LAG_GAUGE, Sample::Gauge(lag)));
+        }
+    }
+
+    fn feed_recovered(&mut self, out: &mut Out) {
+        if let Some(c) = &mut self.cluster {
+            if c.feed_failing.take().is_some() {
+                out.log(
+                    Level::Info,
+                    "emr-edge reads the event log in etcd again".into(),
+                );
+                self.state_dirty = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! The service in cluster mode, on etcd 3.4's answer bodies: it acts only
+//! as the leader and once it has read the log, and records every replica's
+//! events either way.
+
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::super::tests::{config, event, genesys, start, state};
+use super::super::*;
+use crate::etcd::b64;
+use crate::etcd::config::{compile, ClusterConfig};
+use crate::etcd::log::Record;
+use crate::event::RoutingMode;
+use crate::ledger::tests::t;
+use crate::store::MemoryStore;
+
+fn clustered(extra: Value) -> Config {
+    let mut c = config(extra);
+    let section: ClusterConfig = serde_json::from_value(
+        json!({"etcd_cluster": "etcd", "replica_id_env": "REPLICA", "poll_ms": 100}),
+    )
+    .unwrap();
+    let env = |k: &str| (k == "REPLICA").then(|| "replica-a".to_owned());
+    c.cluster = Some(Arc::new(compile(&section, &env).unwrap()));
+    c
+}
+
+fn ok(body: Value) -> CallResult {
+    CallResult::Response {
+        status: 200,
+        headers: vec![],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+fn header(revision: i64) -> Value {
+    json!({"revision": revision.to_string()})
+}
+
+/// The calls `out` holds to etcd.
+fn etcd_calls(out: &Out) -> Vec<(Callout, HttpCall)> {
+    out.calls
+        .iter()
+        .filter(|(c, _)| matches!(c, Callout::Election(_) | Callout::Feed(_)))
+        .cloned()
+        .collect()
+}
+
+fn genesys_calls(out: &Out) -> usize {
+    out.calls
+        .iter()
+        .filter(|(c, _)| matches!(c, Callout::Genesys(_)))
+        .count()
+}
+
+/// Answers every etcd call in `out` with what `answer` says, following
+/// the calls those answers lead to; returns the Genesys calls asked for.
+fn answer_etcd(
+    s: &mut Service,
+    store: &MemoryStore,
+    mut out: Out,
+    now: DateTime<Utc>,
+    answer: &dyn Fn(&HttpCall) -> CallResult,
+) -> usize {
+    let mut genesys = genesys_calls(&out);
+    for _ in 0..20 {
+        let calls = etcd_calls(&out);
+        if calls.is_empty() {
+            return genesys;
+        }
+        let mut next = Out::default();
+        for (callout, call) in calls {
+            let more = s.on_result(callout, answer(&call), store, now);
+            next.calls.extend(more.calls);
+        }
+        genesys += genesys_calls(&next);
+        out = next;
+    }
+    panic!("etcd calls never end");
+}
+
+/// etcd as it answers a lone replica that wins, with `events` in the log.
+fn winning(events: &[Value]) -> impl Fn(&HttpCall) -> CallResult + '_ {
+    move |call| {
+        let body: Value = serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
+        match call.path.as_str() {
+            "/v3/lease/grant" => ok(json!({"header": header(1), "ID": "77", "TTL": "3"})),
+            "/v3/lease/keepalive" => {
+                ok(json!({"result": {"header": header(1), "ID": "77", "TTL": "3"}}))
+            }
+            "/v3/kv/txn" => ok(json!({"header": header(5), "succeeded": true,
+                                       "responses": [{"response_put": {}}]})),
+            "/v3/kv/range" if body.get("range_end").is_none() => {
+                // The marker.
+                let rev = if events.is_empty() { 0 } else { 4 };
+                ok(json!({"header": header(5), "kvs": [{"key": b64(b"emr/m"),
+                          "mod_revision": rev.to_string()}]}))
+            }
+            "/v3/kv/range" => {
+                let kvs: Vec<Value> = events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        let r = Record {
+                            fingerprint: "f".into(),
+                            message: m.clone(),
+                        };
+                        json!({"key": b64(format!("emr/e/{i}").as_bytes()),
+                               "value": b64(&serde_json::to_vec(&r).unwrap()),
+                               "mod_revision": "4"})
+                    })
+                    .collect();
+                ok(json!({"header": header(5), "kvs": kvs}))
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
+/// The queue message of an activation of `id`, as an intake commits it.
+fn queued(id: &str) -> Value {
+    let QueueMessage::Event(q) = event(id, RoutingMode::Active, 0, 3600) else {
+        unreachable!()
+    };
+    serde_json::to_value(&q).unwrap()
+}
+
+fn health(store: &MemoryStore) -> Vec<String> {
+    crate::liveness::read_health(
+        store
+            .get(crate::liveness::HEALTH_KEY)
+            .unwrap()
+            .value
+            .as_deref(),
+    )
+}
+
+#[test]
+fn a_replica_acts_only_once_it_leads_and_has_read_the_log() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(genesys()), &store);
+    let first = s.on_tick(&store, t(0));
+    // Nothing towards Genesys yet: the election and the log first.
+    assert_eq!(genesys_calls(&first), 0);
+    let kinds: Vec<String> = etcd_calls(&first)
+        .iter()
+        .map(|(_, c)| c.path.clone())
+        .collect();
+    assert_eq!(kinds, ["/v3/lease/grant", "/v3/kv/range"]);
+    let events = [queued("INC-1")];
+    let asked = answer_etcd(&mut s, &store, first, t(0), &winning(&events));
+    // It won and read the log: the incident another replica accepted is in
+    // its ledger, and it starts driving Genesys (a token first).
+    assert!(asked > 0, "the leader calls Genesys");
+    s.on_tick(&store, t(1));
+    let v = state(&store);
+    assert_eq!(v["cluster"]["replica"], "replica-a");
+    assert_eq!(v["cluster"]["acting"], true);
+    assert_eq!(v["cluster"]["leader"], "replica-a");
+    assert!(matches!(
+        crate::status::find(&store, "INC-1", None).unwrap(),
+        crate::status::Found::One(_)
+    ));
+}
+
+#[test]
+fn a_follower_records_every_event_and_never_calls_genesys() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(genesys()), &store);
+    let events = [queued("INC-2")];
+    let base = winning(&events);
+    // Another replica holds the leader key.
+    let follower = |call: &HttpCall| -> CallResult {
+        if call.path == "/v3/kv/txn" {
+            return ok(
+                json!({"header": header(9), "responses": [{"response_range": {"kvs": [
+                {"key": b64(b"emr/leader"), "value": b64(b"replica-b"),
+                 "create_revision": "3", "mod_revision": "3", "lease": "99"}]}}]}),
+            );
+        }
+        base(call)
+    };
+    let mut asked = 0;
+    for i in 0..30 {
+        let now = t(0) + chrono::Duration::milliseconds(100 * i);
+        let out = s.on_tick(&store, now);
+        asked += answer_etcd(&mut s, &store, out, now, &follower);
+    }
+    assert_eq!(asked, 0, "a follower never calls Genesys");
+    let v = state(&store);
+    assert_eq!(v["cluster"]["acting"], false);
+    assert_eq!(v["cluster"]["leader"], "replica-b");
+    assert!(matches!(
+        crate::status::find(&store, "INC-2", None).unwrap(),
+        crate::status::Found::One(_)
+    ));
+}
+
+#[test]
+fn etcd_failing_is_said_once_and_in_the_health_until_it_answers() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(json!({})), &store);
+    let down = |_: &HttpCall| CallResult::Failed;
+    let out = s.on_tick(&store, t(0));
+    let mut logs = Vec::new();
+    for (callout, _) in etcd_calls(&out) {
+        logs.extend(s.on_result(callout, CallResult::Failed, &store, t(0)).logs);
+    }
+    let errors: Vec<_> = logs.iter().filter(|(l, _)| *l == Level::Error).collect();
+    assert_eq!(errors.len(), 1, "{logs:?}");
+    assert!(errors[0].1.contains("etcd"));
+    // Later failures are not said again.
+    let out = s.on_tick(&store, t(1));
+    answer_etcd(&mut s, &store, out, t(1), &down);
+    let tick = s.on_tick(&store, t(2));
+    assert!(!tick.logs.iter().any(|(l, _)| *l == Level::Error));
+    assert!(health(&store).iter().any(|r| r.contains("etcd")));
+    // etcd answers again: the reason goes.
+    answer_etcd(&mut s, &store, tick, t(2), &winning(&[]));
+    s.on_tick(&store, t(3));
+    assert!(health(&store).is_empty(), "{:?}", health(&store));
+}
