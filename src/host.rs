@@ -4,13 +4,16 @@
 
 use std::cell::Cell;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
+use emr_core::callout::{CallResult, HttpCall};
 use emr_core::liveness;
 use emr_core::store::{Backlog, EventSink, SharedStore, StoreError, Versioned};
 
 use crate::metrics::IntakeMetrics;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
 
 /// The queue from the filters to the service.
 pub const QUEUE_NAME: &str = "emr.events";
@@ -147,5 +150,57 @@ impl EventSink for Queue<'_> {
             self.id.set(None);
             store_error(s)
         })
+    }
+}
+
+/// Dispatches `call`; the host's token, or `None` (logged) when the host
+/// refused it (an unknown cluster, say).
+pub fn dispatch(call: &HttpCall) -> Option<u32> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        (":method", call.method),
+        (":path", call.path.as_str()),
+        (":authority", call.authority.as_str()),
+    ];
+    headers.extend(call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    match hostcalls::dispatch_http_call(
+        &call.cluster,
+        headers,
+        call.body.as_deref(),
+        vec![],
+        Duration::from_millis(call.timeout_ms),
+    ) {
+        Ok(token) => Some(token),
+        Err(s) => {
+            // Never log the call itself: it carries the credentials.
+            log(
+                LogLevel::Error,
+                &format!(
+                    "emr-edge: cannot call cluster {} ({} {}): {s:?}",
+                    call.cluster, call.method, call.path
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// The answer to the call being reported, read in `on_http_call_response`.
+/// A failed call (reset, timeout, no upstream) arrives with no headers.
+pub fn call_result(body_size: usize) -> CallResult {
+    let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let status = headers
+        .iter()
+        .find(|(n, _)| n == ":status")
+        .and_then(|(_, v)| v.parse::<u16>().ok());
+    match status {
+        Some(status) => CallResult::Response {
+            status,
+            body: hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            headers,
+        },
+        None => CallResult::Failed,
     }
 }

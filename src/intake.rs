@@ -13,9 +13,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use chrono::{DateTime, Utc};
+use emr_core::callout::CallResult;
 use emr_core::config::{Config, StatusAccess};
 use emr_core::event::Source;
-use emr_core::intake::{Handled, HeadersStep, Intake, Note, NoteLevel, Response};
+use emr_core::intake::{
+    BodyStep, Handled, HeadersStep, Intake, Note, NoteLevel, Pending, Response,
+};
 use emr_core::log_budget::NoteBudget;
 use emr_core::store::Backlog;
 use proxy_wasm::hostcalls;
@@ -81,6 +84,7 @@ impl IntakeRoot {
         Stream {
             root: Rc::clone(&self.shared),
             waiting: None,
+            committing: None,
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct Stream {
     root: Rc<StreamShared>,
     /// Set when the headers said "ours, read the body".
     waiting: Option<(Source, Vec<(String, String)>)>,
+    /// Cluster mode: the delivery waiting for etcd, and the call's token.
+    committing: Option<(u32, Pending)>,
 }
 
 impl Stream {
@@ -154,15 +160,54 @@ impl Stream {
                     LogLevel::Error,
                     &format!("emr-edge could not read a request body: {s:?}"),
                 );
-                self.intake(&queue).refuse_unreadable_body()
+                self.intake(&queue)
+                    .refuse_unreadable_body()
+                    .map(BodyStep::Respond)
             }
         };
+        self.record(&out, now);
+        match out.value {
+            BodyStep::Respond(r) => self.respond(&r),
+            // Cluster mode: the stream waits while etcd records it. The call
+            // is made before the stream is answered, so its answer comes
+            // back here (`on_http_call_response`).
+            BodyStep::Commit(c) => match host::dispatch(&c.call) {
+                Some(token) => {
+                    self.committing = Some((token, c.pending));
+                    Action::Pause
+                }
+                None => self.committed(c.pending, &CallResult::Failed),
+            },
+        }
+    }
+
+    /// The delivery's commit was answered: the answer goes out.
+    fn committed(&self, pending: Pending, result: &CallResult) -> Action {
+        let now = host::now();
+        let queue = self.queue(now);
+        let out = self.intake(&queue).on_commit(pending, result);
         self.record(&out, now);
         self.respond(&out.value)
     }
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        match self.committing.take() {
+            Some((token, pending)) if token == token_id => {
+                let result = host::call_result(body_size);
+                self.committed(pending, &result);
+            }
+            other => self.committing = other,
+        }
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use emr_core::callout::{CallResult, HttpCall};
+use emr_core::callout::HttpCall;
 use emr_core::config::Config;
 use emr_core::event::QueueMessage;
 use emr_core::service::{self, Callout, Level, Out, Sample, Service};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use proxy_wasm::types::LogLevel;
 
 use crate::host::{self, Shared, QUEUE_NAME};
 use crate::metrics::Metric;
@@ -112,23 +112,7 @@ impl ServiceRoot {
             );
             return;
         };
-        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
-        let status = headers
-            .iter()
-            .find(|(n, _)| n == ":status")
-            .and_then(|(_, v)| v.parse::<u16>().ok());
-        // A failed call (reset, timeout, no upstream) arrives with no headers.
-        let result = match status {
-            Some(status) => CallResult::Response {
-                status,
-                body: hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default(),
-                headers,
-            },
-            None => CallResult::Failed,
-        };
+        let result = host::call_result(body_size);
         let out = self.service.on_result(callout, result, &Shared, now);
         self.carry_out(out);
     }
@@ -175,34 +159,12 @@ impl ServiceRoot {
 
     /// Whether the host took the call.
     fn dispatch(&mut self, call: &HttpCall, callout: Callout) -> bool {
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", call.method),
-            (":path", call.path.as_str()),
-            (":authority", call.authority.as_str()),
-        ];
-        headers.extend(call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        match hostcalls::dispatch_http_call(
-            &call.cluster,
-            headers,
-            call.body.as_deref(),
-            vec![],
-            Duration::from_millis(call.timeout_ms),
-        ) {
-            Ok(token) => {
+        match host::dispatch(call) {
+            Some(token) => {
                 self.pending.insert(token, callout);
                 true
             }
-            Err(s) => {
-                // Never log the call itself: it carries the credentials.
-                host::log(
-                    LogLevel::Error,
-                    &format!(
-                        "emr-edge: cannot call cluster {} ({} {}): {s:?}",
-                        call.cluster, call.method, call.path
-                    ),
-                );
-                false
-            }
+            None => false,
         }
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::auth::{Credential, CredentialConfig};
 use crate::contract::{ContractRules, DEFAULT_REPLAY_WINDOW_SECONDS};
 use crate::dedupe::DedupeConfig;
-use crate::etcd::config::ClusterSettings;
+use crate::etcd::config::{ClusterConfig, ClusterSettings};
 use crate::event::{GroupId, Source};
 use crate::field::in_range;
 use crate::genesys::{GenesysConfig, GenesysSettings};
@@ -153,6 +153,8 @@ struct RawConfig {
     genesys: Option<GenesysConfig>,
     #[serde(default)]
     itsm: Option<ItsmConfig>,
+    #[serde(default)]
+    cluster: Option<ClusterConfig>,
 }
 
 /// Who may read `/emr/*`.
@@ -259,7 +261,9 @@ pub struct Config {
 pub type Env<'a> = crate::envvar::Env<'a>;
 
 /// The sections of the configuration.
-const SECTIONS: [&str; 6] = ["intake", "ledger", "sources", "status", "genesys", "itsm"];
+const SECTIONS: [&str; 7] = [
+    "intake", "ledger", "sources", "status", "genesys", "itsm", "cluster",
+];
 
 /// Parses and validates the plugin configuration. Empty means all defaults
 /// (every source and the status endpoints then refuse everything: fail closed).
@@ -335,6 +339,7 @@ fn read_sections(value: &Value, problems: &mut Vec<FieldError>) -> RawConfig {
             "status" => raw.status = section(v, key, problems).unwrap_or_default(),
             "genesys" => raw.genesys = section(v, key, problems).flatten(),
             "itsm" => raw.itsm = section(v, key, problems).flatten(),
+            "cluster" => raw.cluster = section(v, key, problems).flatten(),
             _ => problems.push(from_root(unknown_key(key, SECTIONS.iter().copied()))),
         }
     }
@@ -533,6 +538,31 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
         },
         None => None,
     };
+    let cluster = match raw.cluster {
+        Some(c) => match crate::etcd::config::compile(&c, env) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(errors) => {
+                p.extend(errors.into_iter().map(|e| e.under("cluster")));
+                None
+            }
+        },
+        None => None,
+    };
+    // One commit to etcd carries a delivery's new events.
+    let alerts = raw
+        .sources
+        .alertmanager
+        .max_alerts
+        .unwrap_or(crate::sources::DEFAULT_MAX_ALERTS);
+    if cluster.is_some() && alerts as usize > crate::etcd::log::MAX_BATCH {
+        p.push(FieldError::new(
+            "sources.alertmanager.max_alerts",
+            format!(
+                "must be at most {} in cluster mode (one commit to etcd per notification)",
+                crate::etcd::log::MAX_BATCH
+            ),
+        ));
+    }
     let (Some(sources), Some(shares), Some(status), true) = (sources, shares, status, p.is_empty())
     else {
         return Err(p);
@@ -557,9 +587,7 @@ fn compile(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
         status,
         genesys,
         itsm,
-        // Not read from the configuration yet: cluster mode is being built
-        // (docs/cluster.md), and a `cluster` section is refused as unknown.
-        cluster: None,
+        cluster,
         groups,
         intake: Intake {
             max_body_bytes: usize::try_from(max_body).unwrap_or(65_536),
@@ -1023,6 +1051,34 @@ mod tests {
         assert!(e.only().field.starts_with("sources.pagerduty"), "{e}");
         let e = parse(br#"{"genesys":{"region":"mypurecloud.ie"}}"#).unwrap_err();
         assert!(e.only().field.starts_with("genesys"), "{e}");
+    }
+
+    #[test]
+    fn the_cluster_section_turns_cluster_mode_on_with_its_errors_named() {
+        let env = |k: &str| (k == "EMR_REPLICA_ID").then(|| "envoy-1".to_owned());
+        let c = super::parse(
+            br#"{"cluster":{"etcd_cluster":"etcd","replica_id_env":"EMR_REPLICA_ID"}}"#,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.cluster.unwrap().replica, "envoy-1");
+        assert!(parse(b"{}").unwrap().cluster.is_none());
+        let e = parse(br#"{"cluster":{"etcd_cluster":"etcd","replica_id_env":"EMR_REPLICA_ID","lease_ttl_seconds":1}}"#)
+            .unwrap_err();
+        assert_eq!(
+            e.fields(),
+            ["cluster.replica_id_env", "cluster.lease_ttl_seconds"]
+        );
+        let e = parse(br#"{"cluster":{"etcd":"x"}}"#).unwrap_err();
+        assert!(e.fields().iter().any(|f| f.starts_with("cluster")), "{e:?}");
+        // An Alertmanager notification is one commit: at most 100 alerts.
+        let e = super::parse(
+            br#"{"cluster":{"etcd_cluster":"etcd","replica_id_env":"EMR_REPLICA_ID"},
+                 "sources":{"alertmanager":{"insecure":true,"max_alerts":500}}}"#,
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.only().field, "sources.alertmanager.max_alerts");
     }
 
     #[test]

@@ -56,11 +56,13 @@ use crate::status;
 use crate::store::{EventSink, SharedStore, StoreError};
 use crate::text;
 
+mod commit;
 mod cross_site;
 
 mod accept;
 mod emr;
 
+pub use commit::{BodyStep, Commit, Pending};
 pub use emr::status_url;
 
 pub const WEBHOOK_PREFIX: &str = "/webhooks/";
@@ -218,7 +220,7 @@ impl<T> Handled<T> {
         self
     }
 
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Handled<U> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Handled<U> {
         Handled {
             value: f(self.value),
             counters: self.counters,
@@ -420,7 +422,16 @@ impl Intake<'_> {
         if end_of_stream {
             return self
                 .on_body(source, headers, &[], now)
-                .map(HeadersStep::Respond);
+                .map(|step| match step {
+                    BodyStep::Respond(r) => HeadersStep::Respond(r),
+                    // An empty body carries no event, so nothing is committed;
+                    // were it otherwise, the stream cannot wait here: 503,
+                    // nothing kept, and the sender retries.
+                    BodyStep::Commit(c) => HeadersStep::Respond(
+                        self.on_commit(c.pending, &crate::callout::CallResult::Failed)
+                            .value,
+                    ),
+                });
         }
         Handled::new(HeadersStep::ReadBody(source), vec![])
     }

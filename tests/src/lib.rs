@@ -105,6 +105,8 @@ pub struct EnvoyOptions {
     pub log_level: &'static str,
     /// The filter to load.
     pub wasm: PathBuf,
+    /// More `{{KEY}}` values for the template (`ETCD_ENDPOINTS`).
+    pub vars: Vec<(&'static str, String)>,
 }
 
 impl Default for EnvoyOptions {
@@ -117,6 +119,7 @@ impl Default for EnvoyOptions {
             env: Vec::new(),
             log_level: "info",
             wasm: wasm_path(),
+            vars: Vec::new(),
         }
     }
 }
@@ -295,16 +298,14 @@ fn spawn(options: &EnvoyOptions, dir: &Path, listen_port: u16, admin_port: u16) 
 
 fn command(options: &EnvoyOptions, dir: &Path, listen_port: u16, admin_port: u16) -> Command {
     let template = std::fs::read_to_string(&options.template).expect("cannot read template");
-    let yaml = render(
-        &template,
-        &options.config,
-        &[
-            ("WASM", options.wasm.display().to_string()),
-            ("LISTEN_PORT", listen_port.to_string()),
-            ("ADMIN_PORT", admin_port.to_string()),
-            ("SIM_PORT", options.sim_port.to_string()),
-        ],
-    );
+    let mut vars = vec![
+        ("WASM", options.wasm.display().to_string()),
+        ("LISTEN_PORT", listen_port.to_string()),
+        ("ADMIN_PORT", admin_port.to_string()),
+        ("SIM_PORT", options.sim_port.to_string()),
+    ];
+    vars.extend(options.vars.iter().cloned());
+    let yaml = render(&template, &options.config, &vars);
     let config_path = dir.join("envoy.yaml");
     std::fs::write(&config_path, yaml).expect("cannot write config");
     let log = std::fs::OpenOptions::new()

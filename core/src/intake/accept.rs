@@ -7,7 +7,7 @@ use super::*;
 /// item's `{correlationId, status, reason}`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct ItemAnswer {
+pub(super) struct ItemAnswer {
     correlation_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     routing_mode: Option<RoutingMode>,
@@ -22,7 +22,14 @@ struct ItemAnswer {
 }
 
 impl ItemAnswer {
-    fn event(ev: &IncidentEvent, answer: FirstAnswer, replayed: bool) -> Self {
+    /// Whether this is the fresh answer to `ev`.
+    pub(super) fn is_for(&self, ev: &IncidentEvent) -> bool {
+        !self.replayed
+            && self.routing_mode == Some(ev.routing_mode)
+            && self.correlation_id == ev.correlation_id.as_str()
+    }
+
+    pub(super) fn event(ev: &IncidentEvent, answer: FirstAnswer, replayed: bool) -> Self {
         Self {
             correlation_id: ev.correlation_id.to_string(),
             routing_mode: Some(ev.routing_mode),
@@ -57,7 +64,7 @@ impl ItemAnswer {
 }
 
 /// The 202 for a payload's items (see the module doc for the shapes).
-fn accepted(answers: &[ItemAnswer]) -> Response {
+pub(super) fn accepted(answers: &[ItemAnswer]) -> Response {
     #[derive(Serialize)]
     struct Items<'a> {
         items: &'a [ItemAnswer],
@@ -112,7 +119,7 @@ fn share_full(source: Source, ev: &IncidentEvent, limit: u32, count: quota::Coun
 }
 
 /// The 409 for an event whose key was first used with another payload.
-fn conflict(ev: &IncidentEvent) -> Problem {
+pub(super) fn conflict(ev: &IncidentEvent) -> Problem {
     if event::sender_keyed(ev.source) {
         Problem::new(
             409,
@@ -145,7 +152,7 @@ fn conflict(ev: &IncidentEvent) -> Problem {
 /// What tells two payloads of one event key apart: every field of the
 /// event — the same equality as its JSON, without serialising it, and in
 /// half the bytes to hash.
-fn event_fingerprint(ev: &IncidentEvent) -> Fingerprint {
+pub(super) fn event_fingerprint(ev: &IncidentEvent) -> Fingerprint {
     let mut f = FingerprintBuilder::default();
     f.field(ev.source.as_str().as_bytes())
         .field(ev.correlation_id.as_str().as_bytes())
@@ -275,7 +282,7 @@ impl Intake<'_> {
         headers: &[(String, String)],
         body: &[u8],
         now: DateTime<Utc>,
-    ) -> Handled<Response> {
+    ) -> Handled<BodyStep> {
         if body.len() > self.config.intake.max_body_bytes {
             return refused(&self.too_large());
         }
@@ -300,7 +307,7 @@ impl Intake<'_> {
         parsed: Parsed,
         body: &[u8],
         now: DateTime<Utc>,
-    ) -> Handled<Response> {
+    ) -> Handled<BodyStep> {
         let mut rec = Recorder {
             store: self.store,
             dedupe: Dedupe::new(self.config.intake.dedupe),
@@ -323,21 +330,38 @@ impl Intake<'_> {
                         Refusal::Full(p) => Stop::OverShare(p),
                         Refusal::Store(e) => Stop::Store(e),
                     })?;
+                if let (Some(cluster), false) = (&self.config.cluster, to_queue.is_empty()) {
+                    // Cluster mode: recorded once etcd says so.
+                    self.queue_renewals(judged.renewals, now, &mut rec);
+                    let added = rec.added.clone();
+                    return self
+                        .commit(
+                            cluster,
+                            source,
+                            to_queue,
+                            judged.answers,
+                            delivery_id.as_deref(),
+                            added,
+                            now,
+                        )
+                        .map(BodyStep::Commit)
+                        .map_err(|p| Stop::Answer(Response::problem(&p)));
+                }
                 let queued = Delivered {
                     delivery_id: delivery_id.as_deref(),
                     delivery_key,
                 };
                 self.enqueue(source, to_queue, &queued, now, &mut rec)?;
                 self.queue_renewals(judged.renewals, now, &mut rec);
-                Ok(judged.answers)
+                Ok(BodyStep::Respond(accepted(&judged.answers)))
             });
         match steps {
-            Ok(answers) => Handled {
-                value: accepted(&answers),
+            Ok(step) => Handled {
+                value: step,
                 counters: rec.counters,
                 notes: rec.notes,
             },
-            Err(stop) => self.stopped(source, rec, stop),
+            Err(stop) => self.stopped(source, rec, stop).map(BodyStep::Respond),
         }
     }
 

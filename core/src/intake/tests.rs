@@ -58,7 +58,13 @@ impl World {
             .on_headers("POST", path, &headers, false, now())
             .value
         {
-            HeadersStep::ReadBody(src) => self.intake().on_body(src, &headers, body, now()).value,
+            HeadersStep::ReadBody(src) => {
+                self.intake()
+                    .on_body(src, &headers, body, now())
+                    .ready()
+                    .unwrap()
+                    .value
+            }
             HeadersStep::Respond(r) => r,
             HeadersStep::PassThrough => panic!("passed through"),
         }
@@ -149,7 +155,10 @@ fn every_message_queued_is_counted_and_a_renewal_that_cannot_be_is_said_once_per
             HeadersStep::ReadBody(src) => src,
             other => panic!("{other:?}"),
         };
-        w.intake().on_body(src, &headers, body.as_bytes(), now())
+        w.intake()
+            .on_body(src, &headers, body.as_bytes(), now())
+            .ready()
+            .unwrap()
     };
     let queued =
         |h: &Handled<Response>| h.counters.iter().filter(|c| **c == Counter::Queued).count();
@@ -361,6 +370,8 @@ fn too_large_is_413_from_the_declared_length_or_the_body() {
     let r = w
         .intake()
         .on_body(Source::Canonical, &[], &big, now())
+        .ready()
+        .unwrap()
         .value;
     assert_eq!(r.status, 413);
 }
@@ -558,15 +569,21 @@ fn counters_say_what_happened() {
     let b = incident("INC-1", "EMERGENCY_ACTIVE").to_string();
     let first = w
         .intake()
-        .on_body(Source::Canonical, &headers, b.as_bytes(), now());
+        .on_body(Source::Canonical, &headers, b.as_bytes(), now())
+        .ready()
+        .unwrap();
     assert_eq!(first.counters, vec![Counter::Queued, Counter::Accepted]);
     let again = w
         .intake()
-        .on_body(Source::Canonical, &headers, b.as_bytes(), now());
+        .on_body(Source::Canonical, &headers, b.as_bytes(), now())
+        .ready()
+        .unwrap();
     assert_eq!(again.counters, vec![Counter::Replayed, Counter::Queued]);
     let bad = w
         .intake()
-        .on_body(Source::Canonical, &headers, b"[]", now());
+        .on_body(Source::Canonical, &headers, b"[]", now())
+        .ready()
+        .unwrap();
     assert_eq!(bad.counters, vec![Counter::Refused(422)]);
 }
 
@@ -649,7 +666,10 @@ impl Sources {
         let intake = self.w.intake();
         let out = intake.on_headers("POST", path, &h, false, self.now.get());
         match out.value {
-            HeadersStep::ReadBody(src) => intake.on_body(src, &h, body, self.now.get()),
+            HeadersStep::ReadBody(src) => intake
+                .on_body(src, &h, body, self.now.get())
+                .ready()
+                .unwrap(),
             HeadersStep::Respond(r) => Handled {
                 value: r,
                 counters: out.counters,
@@ -1258,13 +1278,19 @@ fn a_queue_failure_mid_payload_forgets_only_what_was_not_queued() {
         ("content-type".to_owned(), "application/json".to_owned()),
     ];
     let am = fixture!("alertmanager/firing.json");
-    let out = intake.on_body(Source::Alertmanager, &h, am, now());
+    let out = intake
+        .on_body(Source::Alertmanager, &h, am, now())
+        .ready()
+        .unwrap();
     assert_eq!(out.value.status, 503);
     assert_eq!(out.counters[0], Counter::Unavailable);
     assert_eq!(sink.queue.messages.borrow().len(), 1);
     // The retry replays the first alert and queues the second.
     sink.ok.set(10);
-    let out = intake.on_body(Source::Alertmanager, &h, am, now());
+    let out = intake
+        .on_body(Source::Alertmanager, &h, am, now())
+        .ready()
+        .unwrap();
     assert_eq!(out.value.status, 202);
     assert_eq!(
         out.counters,
@@ -1290,12 +1316,17 @@ fn a_queue_failure_mid_payload_forgets_only_what_was_not_queued() {
     assert_eq!(
         intake
             .on_body(Source::Pagerduty, &h, pd, now())
+            .ready()
+            .unwrap()
             .value
             .status,
         503
     );
     sink.ok.set(1);
-    let out = intake.on_body(Source::Pagerduty, &h, pd, now());
+    let out = intake
+        .on_body(Source::Pagerduty, &h, pd, now())
+        .ready()
+        .unwrap();
     assert_eq!(out.value.status, 202);
     assert_eq!(out.counters, vec![Counter::Queued, Counter::Accepted]);
 }
@@ -1769,4 +1800,164 @@ fn an_incident_recorded_but_gone_from_the_board_is_not_called_queued() {
         .set(liveness::RECORDED_KEY, &liveness::recorded(just), None)
         .unwrap();
     assert_eq!(state(&w).1["state"], "QUEUED");
+}
+
+// ---- cluster mode: committed to etcd before the 202 --------------------------
+
+mod cluster {
+    use super::*;
+    use crate::callout::CallResult;
+    use crate::intake::{BodyStep, Commit};
+
+    fn world() -> World {
+        let config = crate::config::parse(
+            br#"{"sources":{"canonical":{"insecure":true}},"status":{"insecure":true},
+                 "cluster":{"etcd_cluster":"etcd","replica_id_env":"REPLICA"}}"#,
+            &|k| (k == "REPLICA").then(|| "r1".to_owned()),
+        )
+        .unwrap();
+        let w = World {
+            config,
+            store: MemoryStore::new(),
+            queue: MemoryQueue::default(),
+        };
+        Dedupe::new(w.config.intake.dedupe)
+            .create_keys(&w.store)
+            .unwrap();
+        status::create_keys(&w.store).unwrap();
+        ignored::create_keys(&w.store).unwrap();
+        crate::quota::create_keys(&w.store).unwrap();
+        w
+    }
+
+    fn send(w: &World, body: &Value) -> Handled<BodyStep> {
+        let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        w.intake().on_body(
+            Source::Canonical,
+            &headers,
+            body.to_string().as_bytes(),
+            now(),
+        )
+    }
+
+    fn commit(h: Handled<BodyStep>) -> Commit {
+        match h.value {
+            BodyStep::Commit(c) => c,
+            BodyStep::Respond(r) => panic!("answered without etcd: {}", body(&r)),
+        }
+    }
+
+    fn etcd(inner: Value) -> CallResult {
+        CallResult::Response {
+            status: 200,
+            headers: vec![],
+            body: json!({"header": {"revision": "9"}, "succeeded": true,
+                         "responses": [inner, {"response_put": {}}]})
+            .to_string()
+            .into_bytes(),
+        }
+    }
+
+    fn created() -> CallResult {
+        etcd(json!({"response_txn": {"succeeded": true, "responses": [{"response_put": {}}]}}))
+    }
+
+    /// The key is there, with the record `c` committed.
+    fn stored(c: &Commit) -> CallResult {
+        let call_body: Value = serde_json::from_slice(c.call.body.as_deref().unwrap()).unwrap();
+        let put = &call_body["success"][0]["request_txn"]["success"][0]["request_put"];
+        etcd(
+            json!({"response_txn": {"responses": [{"response_range": {"kvs": [
+            {"key": put["key"], "value": put["value"], "create_revision": "3",
+             "mod_revision": "3"}]}}]}}),
+        )
+    }
+
+    #[test]
+    fn an_event_is_answered_only_once_etcd_recorded_it_and_nothing_is_queued() {
+        let w = world();
+        let c = commit(send(&w, &incident("INC-1", "EMERGENCY_ACTIVE")));
+        assert_eq!(c.call.cluster, "etcd");
+        assert_eq!(c.call.path, "/v3/kv/txn");
+        let txn: Value = serde_json::from_slice(c.call.body.as_deref().unwrap()).unwrap();
+        let key = txn["success"][0]["request_txn"]["compare"][0]["key"]
+            .as_str()
+            .unwrap();
+        let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key).unwrap();
+        let key = String::from_utf8(key).unwrap();
+        assert!(key.starts_with("emr/e/") && key.contains("INC-1"), "{key}");
+        let out = w.intake().on_commit(c.pending, &created());
+        assert_eq!(out.value.status, 202);
+        assert_eq!(body(&out.value)["status"], "PROCESSING");
+        assert_eq!(out.counters, vec![Counter::Accepted]);
+        assert!(w.queue.messages.borrow().is_empty(), "the log carries it");
+    }
+
+    #[test]
+    fn another_replicas_copy_is_a_replay_and_another_payload_a_conflict() {
+        let w = world();
+        let c = commit(send(&w, &incident("INC-2", "EMERGENCY_ACTIVE")));
+        let answer = stored(&c);
+        let out = w.intake().on_commit(c.pending, &answer);
+        assert_eq!(out.value.status, 202);
+        assert_eq!(out.value.header("idempotent-replayed"), Some("true"));
+        assert_eq!(out.counters, vec![Counter::Replayed]);
+        // The same key, recorded elsewhere with another payload.
+        let w = world();
+        let mut other = incident("INC-3", "EMERGENCY_ACTIVE");
+        let c = commit(send(&w, &other));
+        other["targetQueueIds"] = json!(["queue-999"]);
+        let theirs = commit(send(&world(), &other));
+        let out = w.intake().on_commit(c.pending, &stored(&theirs));
+        assert_eq!(out.value.status, 409);
+        assert!(out.counters.contains(&Counter::Refused(409)));
+    }
+
+    #[test]
+    fn etcd_failing_is_503_and_keeps_nothing_so_the_retry_is_processed() {
+        let w = world();
+        let c = commit(send(&w, &incident("INC-4", "EMERGENCY_ACTIVE")));
+        let no_leader = CallResult::Response {
+            status: 503,
+            headers: vec![],
+            body:
+                br#"{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}"#
+                    .to_vec(),
+        };
+        let out = w.intake().on_commit(c.pending, &no_leader);
+        assert_eq!(out.value.status, 503);
+        assert_eq!(out.value.header("retry-after"), Some("1"));
+        assert!(body(&out.value)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("etcd"));
+        assert_eq!(out.counters, vec![Counter::Unavailable]);
+        // Forgotten here too: the retry goes to etcd again, not a replay.
+        let again = commit(send(&w, &incident("INC-4", "EMERGENCY_ACTIVE")));
+        assert_eq!(
+            w.intake().on_commit(again.pending, &created()).value.status,
+            202
+        );
+        // No answer at all is the same.
+        let c = commit(send(&w, &incident("INC-5", "EMERGENCY_ACTIVE")));
+        assert_eq!(
+            w.intake()
+                .on_commit(c.pending, &CallResult::Failed)
+                .value
+                .status,
+            503
+        );
+    }
+
+    #[test]
+    fn a_local_replay_is_answered_at_once_without_etcd() {
+        let w = world();
+        let c = commit(send(&w, &incident("INC-6", "EMERGENCY_ACTIVE")));
+        w.intake().on_commit(c.pending, &created());
+        // This replica recorded it: the fast path answers.
+        let again = send(&w, &incident("INC-6", "EMERGENCY_ACTIVE"))
+            .ready()
+            .unwrap();
+        assert_eq!(again.value.header("idempotent-replayed"), Some("true"));
+    }
 }

@@ -47,7 +47,9 @@ pub use crate::mapping::Item;
 use crate::mapping::{Candidate, Vocabulary};
 use crate::problem::{FieldError, Problem};
 
-pub use config::{CompiledSource, CompiledSources, SourceConfig, SourcesConfig};
+pub use config::{
+    CompiledSource, CompiledSources, SourceConfig, SourcesConfig, DEFAULT_MAX_ALERTS,
+};
 
 /// A parsed delivery: one item per incident it mentions, in payload order.
 #[derive(Debug, Clone, PartialEq, Eq)]

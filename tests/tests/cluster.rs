@@ -1,0 +1,295 @@
+//! Cluster mode through real Envoys: replicas of the built filter, one real
+//! etcd (Debian's), the simulator as Genesys. Each test starts what it
+//! needs on loopback.
+
+use std::time::Duration;
+
+use emr_e2e::etcd::Etcd;
+use emr_e2e::{
+    eventually, genesys_config, incident, json, merge, reqwest, root, Envoy, EnvoyOptions, Value,
+};
+
+/// The group a canonical `CARRIER_OUTAGE` incident drives.
+const GROUP: &str = emr_sim::CARRIER_OUTAGE_GROUP_ID;
+
+fn endpoints(etcd: &[&Etcd]) -> String {
+    etcd.iter()
+        .map(|e| {
+            format!(
+                "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}",
+                e.client_port
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One replica named `id` against `sim` and `etcd`.
+async fn replica(id: &str, sim: &emr_sim::SimHandle, etcd: &[&Etcd]) -> Envoy {
+    let mut config = genesys_config();
+    merge(
+        &mut config,
+        &json!({"cluster": {"etcd_cluster": "etcd", "replica_id_env": "EMR_REPLICA_ID",
+                            "lease_ttl_seconds": 2, "poll_ms": 50}}),
+    );
+    let options = EnvoyOptions {
+        template: root().join("envoy/cluster.yaml.tmpl"),
+        config,
+        sim_port: sim.addr().port(),
+        env: vec![
+            ("EMR_REPLICA_ID".into(), id.into()),
+            (
+                "EMR_GENESYS_CLIENT_ID".into(),
+                emr_sim::EMR_EDGE_CLIENT_ID.into(),
+            ),
+            (
+                "EMR_GENESYS_CLIENT_SECRET".into(),
+                emr_sim::EMR_EDGE_CLIENT_SECRET.into(),
+            ),
+        ],
+        vars: vec![("ETCD_ENDPOINTS", endpoints(etcd))],
+        ..EnvoyOptions::default()
+    };
+    tokio::task::spawn_blocking(move || Envoy::start(options))
+        .await
+        .expect("Envoy start panicked")
+}
+
+async fn state(http: &reqwest::Client, envoy: &Envoy) -> Value {
+    match http.get(envoy.url("/emr/state")).send().await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Waits until one of `replicas` acts as the leader; its index.
+async fn leader(http: &reqwest::Client, replicas: &[&Envoy], within: Duration) -> Option<usize> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        for (i, r) in replicas.iter().enumerate() {
+            if state(http, r).await["cluster"]["acting"] == true {
+                return Some(i);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+async fn post(http: &reqwest::Client, envoy: &Envoy, body: &Value) -> reqwest::Response {
+    http.post(envoy.url("/webhooks/canonical"))
+        .json(body)
+        .send()
+        .await
+        .expect("the replica answers")
+}
+
+fn group_puts(sim: &emr_sim::SimHandle) -> Vec<emr_sim::RequestRecord> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PUT" && r.path == format!("/api/v2/architect/emergencygroups/{GROUP}")
+        })
+        .collect()
+}
+
+fn enabled(sim: &emr_sim::SimHandle) -> bool {
+    sim.emergency_group(GROUP).is_some_and(|g| g.enabled)
+}
+
+#[tokio::test]
+async fn activation_at_one_replica_and_resolution_at_another_switch_once_each_way() {
+    let etcd = Etcd::start();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let a = replica("replica-a", &sim, &[&etcd]).await;
+    let b = replica("replica-b", &sim, &[&etcd]).await;
+    let http = reqwest::Client::new();
+    let lead = leader(&http, &[&a, &b], Duration::from_secs(10))
+        .await
+        .expect("one replica leads");
+    // Both say who leads.
+    let leader_id = ["replica-a", "replica-b"][lead];
+    for r in [&a, &b] {
+        let mut same = false;
+        for _ in 0..50 {
+            if state(&http, r).await["cluster"]["leader"] == leader_id {
+                same = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(same, "{}", state(&http, r).await);
+    }
+
+    let on = post(
+        &http,
+        &a,
+        &incident("INC-CL-1", "EMERGENCY_ACTIVE", &["queue-12345"]),
+    )
+    .await;
+    assert_eq!(on.status(), 202);
+    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut off = incident("INC-CL-1", "EMERGENCY_RESOLVED", &["queue-12345"]);
+    off["timestamp"] = json!(emr_e2e::now_rfc3339());
+    let r = post(&http, &b, &off).await;
+    assert_eq!(r.status(), 202);
+    assert!(eventually(Duration::from_secs(5), || !enabled(&sim)).await);
+    // Then quiet: no replica corrects the other.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let puts = group_puts(&sim);
+    assert_eq!(puts.len(), 2, "one PUT on, one off: {puts:?}");
+    assert!(!enabled(&sim));
+    // Either replica answers the incident's status alike.
+    for r in [&a, &b] {
+        let s: Value = http
+            .get(r.url("/emr/status/INC-CL-1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(s["state"], "RESOLVED", "{s}");
+    }
+}
+
+#[tokio::test]
+async fn a_copy_at_another_replica_is_a_replay_and_another_payload_a_conflict() {
+    let etcd = Etcd::start();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let a = replica("replica-a", &sim, &[&etcd]).await;
+    let b = replica("replica-b", &sim, &[&etcd]).await;
+    let http = reqwest::Client::new();
+    leader(&http, &[&a, &b], Duration::from_secs(10))
+        .await
+        .expect("one replica leads");
+    let event = incident("INC-CL-2", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    let first = post(&http, &a, &event).await;
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let again = post(&http, &b, &event).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let mut other = event.clone();
+    other["targetQueueIds"] = json!(["queue-67890"]);
+    let conflict = post(&http, &b, &other).await;
+    assert_eq!(conflict.status(), 409);
+    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(group_puts(&sim).len(), 1, "one switch for one incident");
+}
+
+#[tokio::test]
+async fn etcd_down_is_503_with_retry_after_and_nothing_is_lost_once_it_is_back() {
+    let mut etcd = Etcd::start();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let a = replica("replica-a", &sim, &[&etcd]).await;
+    let http = reqwest::Client::new();
+    leader(&http, &[&a], Duration::from_secs(10))
+        .await
+        .expect("it leads");
+    etcd.kill();
+    let event = incident("INC-CL-3", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    let started = std::time::Instant::now();
+    let refused = post(&http, &a, &event).await;
+    eprintln!("refused after {:?}", started.elapsed());
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("etcd"),
+        "{problem}"
+    );
+    // It says so on its health too, and stops acting.
+    let mut said = false;
+    for _ in 0..50 {
+        let h: Value = http
+            .get(a.url("/emr/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        if h["status"] == "degraded" && h.to_string().contains("etcd") {
+            said = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(said, "the health names etcd");
+    assert!(!enabled(&sim), "nothing was accepted");
+    // Back: the sender's retry is accepted and applied.
+    etcd.restart();
+    let mut accepted = false;
+    for _ in 0..100 {
+        if post(&http, &a, &event).await.status() == 202 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted);
+    assert!(eventually(Duration::from_secs(10), || enabled(&sim)).await);
+}
+
+#[tokio::test]
+async fn the_leader_killed_another_takes_over_and_applies_what_a_survivor_accepted() {
+    let etcd = Etcd::start();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let mut replicas = vec![
+        replica("replica-a", &sim, &[&etcd]).await,
+        replica("replica-b", &sim, &[&etcd]).await,
+    ];
+    let http = reqwest::Client::new();
+    let lead = leader(
+        &http,
+        &[&replicas[0], &replicas[1]],
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("one replica leads");
+    let dead = replicas.remove(lead);
+    let survivor = replicas.remove(0);
+    let pid = dead.pid();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    let killed_at = std::time::Instant::now();
+    // Sent to the survivor during the failover.
+    let event = incident("INC-CL-4", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    assert_eq!(post(&http, &survivor, &event).await.status(), 202);
+    assert!(
+        eventually(Duration::from_secs(10), || enabled(&sim)).await,
+        "the new leader applied it: {}",
+        state(&http, &survivor).await
+    );
+    eprintln!("applied {:?} after the kill", killed_at.elapsed());
+    // And says so (its state is published within a tick).
+    assert!(
+        leader(&http, &[&survivor], Duration::from_secs(2))
+            .await
+            .is_some(),
+        "{}",
+        state(&http, &survivor).await
+    );
+    drop(dead);
+}
