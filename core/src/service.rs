@@ -79,6 +79,8 @@ pub enum Callout {
     Election(OpId),
     /// Cluster mode: the event log's reads.
     Feed(OpId),
+    /// Cluster mode: a control message (a resume, a renewal) put in the log.
+    Outbox(OpId),
 }
 
 /// What one metric sample does to its stat, named by the core as
@@ -161,6 +163,15 @@ struct Genesys {
     /// creates the main-thread root twice, and only the live one gets ticks
     /// and events.
     started: bool,
+}
+
+/// Where a batch of messages comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// This replica's filters, through the shared queue.
+    Queue,
+    /// Cluster mode: the event log, from any replica.
+    Log,
 }
 
 /// What a queue batch did, counted once per batch.
@@ -317,7 +328,7 @@ impl Service {
         self.audit_events = audit_events;
         let taken = u64::try_from(messages.len()).unwrap_or(u64::MAX);
         out.count(MESSAGES_METRIC, taken.saturating_add(decode_errors));
-        self.take_messages(messages, decode_errors, now, &mut out);
+        self.take_messages(messages, decode_errors, Origin::Queue, now, &mut out);
         // One reconcile pass per batch: many events for a group coalesce.
         self.drive(now, &mut out);
         self.maintain(store, now, false, &mut out);
@@ -330,6 +341,7 @@ impl Service {
         &mut self,
         messages: Vec<QueueMessage>,
         decode_errors: u64,
+        origin: Origin,
         now: DateTime<Utc>,
         out: &mut Out,
     ) {
@@ -339,7 +351,12 @@ impl Service {
                 QueueMessage::Event(q) => {
                     self.record(&q, self.audit_events, now, &mut tally, out);
                 }
-                QueueMessage::Control(c) => self.control(c, now, out),
+                // In cluster mode a control from this replica's filters goes
+                // to the log first, and every replica applies it from there.
+                QueueMessage::Control(c) => match (origin, &mut self.cluster) {
+                    (Origin::Queue, Some(cluster)) => cluster.post(c, now),
+                    _ => self.control(c, now, out),
+                },
             }
         }
         // Counters once per batch: under a flood each host call per event
@@ -408,7 +425,7 @@ impl Service {
                     self.apply_poll_effects(effects, now, out);
                 }
             }
-            Callout::Election(_) | Callout::Feed(_) => {
+            Callout::Election(_) | Callout::Feed(_) | Callout::Outbox(_) => {
                 self.cluster_answered(callout, result, now, out);
             }
         }

@@ -26,12 +26,21 @@ fn endpoints(etcd: &[&Etcd]) -> String {
 
 /// One replica named `id` against `sim` and `etcd`.
 async fn replica(id: &str, sim: &emr_sim::SimHandle, etcd: &[&Etcd]) -> Envoy {
+    replica_with(id, sim, etcd, json!({})).await
+}
+
+/// [`replica`] with `patch` merged into its configuration.
+async fn replica_with(id: &str, sim: &emr_sim::SimHandle, etcd: &[&Etcd], patch: Value) -> Envoy {
     let mut config = genesys_config();
     merge(
         &mut config,
         &json!({"cluster": {"etcd_cluster": "etcd", "replica_id_env": "EMR_REPLICA_ID",
                             "lease_ttl_seconds": 2, "poll_ms": 50}}),
     );
+    // (An empty object would replace the whole configuration.)
+    if patch.as_object().is_some_and(|p| !p.is_empty()) {
+        merge(&mut config, &patch);
+    }
     let options = EnvoyOptions {
         template: root().join("envoy/cluster.yaml.tmpl"),
         config,
@@ -292,4 +301,57 @@ async fn the_leader_killed_another_takes_over_and_applies_what_a_survivor_accept
         state(&http, &survivor).await
     );
     drop(dead);
+}
+
+#[tokio::test]
+async fn a_resume_posted_to_a_follower_is_carried_out_by_the_leader() {
+    let etcd = Etcd::start();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    // A quick watchdog, so that a person's change is seen within seconds.
+    let fast = json!({"genesys": {"watchdog": {"period_seconds": 5, "converging_seconds": 1,
+                                               "grace_seconds": 1}}});
+    let a = replica_with("replica-a", &sim, &[&etcd], fast.clone()).await;
+    let b = replica_with("replica-b", &sim, &[&etcd], fast).await;
+    let http = reqwest::Client::new();
+    let lead = leader(&http, &[&a, &b], Duration::from_secs(10))
+        .await
+        .expect("one replica leads");
+    let follower = [&a, &b][1 - lead];
+    let leading = [&a, &b][lead];
+    let on = incident("INC-CL-5", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    assert_eq!(post(&http, follower, &on).await.status(), 202);
+    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    // A person switches it off: the leader holds it off (people win).
+    sim.flip_emergency_group(GROUP, false, emr_sim::UI_ADMIN_CLIENT_ID)
+        .unwrap();
+    let mut held = false;
+    for _ in 0..100 {
+        let st = state(&http, leading).await;
+        if st["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|g| g["id"] == GROUP && g["overridden"] == true)
+        {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held, "the leader saw the person's change");
+    assert!(!enabled(&sim));
+    // The resume goes to the follower; the leader carries it out.
+    let r = http
+        .post(follower.url(&format!("/emr/groups/{GROUP}/resume")))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(
+        eventually(Duration::from_secs(5), || enabled(&sim)).await,
+        "the leader did not resume the group"
+    );
 }

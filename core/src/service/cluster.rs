@@ -9,17 +9,27 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::{Callout, Level, Out, Sample, Service};
-use crate::callout::CallResult;
+use std::collections::VecDeque;
+
+use chrono::Duration;
+
+use super::{Callout, Level, Origin, Out, Sample, Service};
+use crate::callout::{CallResult, HttpCall, OpId};
 use crate::etcd::config::ClusterSettings;
 use crate::etcd::election::{self, Election};
 use crate::etcd::feed::{self, Feed};
-use crate::event::QueueMessage;
+use crate::etcd::log::{self, Entry, Keys, Record};
+use crate::etcd::Gateway;
+use crate::event::{Control, ControlMessage, QueueMessage};
 
 /// Events the feed reads per page.
 const PAGE_SIZE: i64 = 1_000;
 /// Gauge: how many revisions committed this replica has not read yet.
 pub const LAG_GAUGE: &str = "emr.cluster.log_lag";
+/// Control messages waiting for etcd, at most; older ones give up after
+/// [`OUTBOX_PATIENCE_S`].
+const OUTBOX_MAX: usize = 1_000;
+const OUTBOX_PATIENCE_S: i64 = 60;
 
 /// The election and the feed of one replica.
 pub(super) struct Cluster {
@@ -30,6 +40,16 @@ pub(super) struct Cluster {
     acting: bool,
     /// The feed's reads are failing (said once per streak).
     feed_failing: Option<String>,
+    keys: Keys,
+    gateway: Gateway,
+    /// Controls from this replica's filters, waiting to be put in the log.
+    outbox: VecDeque<(Control, DateTime<Utc>)>,
+    /// The outbox's call out, if any.
+    sending: Option<OpId>,
+    /// After a failed commit, the outbox waits until then.
+    outbox_retry_at: DateTime<Utc>,
+    /// Keeps control keys unique across this replica's life.
+    sent: u64,
 }
 
 impl Cluster {
@@ -40,6 +60,77 @@ impl Cluster {
             feed: Feed::new(s.keys.clone(), s.gateway.clone(), s.poll, PAGE_SIZE, 1, now),
             acting: false,
             feed_failing: None,
+            keys: s.keys.clone(),
+            gateway: s.gateway.clone(),
+            outbox: VecDeque::new(),
+            sending: None,
+            outbox_retry_at: now,
+            sent: 0,
+        }
+    }
+
+    /// A control from this replica's filters: put in the log, and applied
+    /// (by every replica) when the feed reads it back.
+    pub(super) fn post(&mut self, c: Control, now: DateTime<Utc>) {
+        if self.outbox.len() >= OUTBOX_MAX {
+            self.outbox.pop_front();
+        }
+        self.outbox.push_back((c, now));
+    }
+
+    /// The outbox's next commit, when none is out.
+    fn send_outbox(&mut self, now: DateTime<Utc>, out: &mut Out) {
+        while let Some((_, at)) = self.outbox.front() {
+            if now - *at <= Duration::seconds(OUTBOX_PATIENCE_S) {
+                break;
+            }
+            self.outbox.pop_front();
+            out.log(
+                Level::Error,
+                "emr-edge gave up putting a resume or renewal in etcd's log after 60 s".into(),
+            );
+        }
+        if self.sending.is_some() || now < self.outbox_retry_at {
+            return;
+        }
+        let Some((c, at)) = self.outbox.front() else {
+            return;
+        };
+        self.sent += 1;
+        let entry = Entry {
+            idempotency_key: format!(
+                "control/{}/{}/{}",
+                self.replica,
+                at.timestamp_millis(),
+                self.sent
+            ),
+            record: Record {
+                fingerprint: String::new(),
+                message: serde_json::to_value(ControlMessage { control: c.clone() })
+                    .unwrap_or_default(),
+            },
+        };
+        let op = self.sent;
+        let call: HttpCall = self
+            .gateway
+            .call(op, log::commit(&self.keys, &[entry], None));
+        self.sending = Some(op);
+        out.calls.push((Callout::Outbox(op), call));
+    }
+
+    /// The outbox's commit answered: the control goes, or waits for the
+    /// next try.
+    fn outbox_answered(&mut self, op: OpId, result: &CallResult, now: DateTime<Utc>) {
+        if self.sending != Some(op) {
+            return;
+        }
+        self.sending = None;
+        // Its key is unique: whatever the commit found for it (created, or
+        // there from an earlier try whose answer was lost), it is in the log.
+        if crate::etcd::answer::txn(result).is_ok() {
+            self.outbox.pop_front();
+        } else {
+            self.outbox_retry_at = now + Duration::seconds(1);
         }
     }
 
@@ -76,6 +167,7 @@ impl Service {
         };
         let election_fx = c.election.poll(now);
         let feed_fx = c.feed.poll(now);
+        c.send_outbox(now, out);
         self.election_effects(election_fx, now, out);
         self.feed_effects(feed_fx, now, out);
         let Some(c) = &mut self.cluster else {
@@ -126,6 +218,7 @@ impl Service {
                 }
                 self.feed_effects(fx, now, out);
             }
+            Callout::Outbox(op) => c.outbox_answered(op, &result, now),
             Callout::Genesys(_) | Callout::Itsm(_) => {}
         }
         self.drive(now, out);
@@ -168,7 +261,7 @@ impl Service {
                             m
                         })
                         .collect();
-                    self.take_messages(messages, unreadable, now, out);
+                    self.take_messages(messages, unreadable, Origin::Log, now, out);
                 }
                 feed::Effect::Unreadable(n) => {
                     out.count(super::DECODE_ERRORS_METRIC, n as u64);

@@ -224,3 +224,76 @@ fn etcd_failing_is_said_once_and_in_the_health_until_it_answers() {
     s.on_tick(&store, t(3));
     assert!(health(&store).is_empty(), "{:?}", health(&store));
 }
+
+#[test]
+fn a_control_from_this_replicas_filters_goes_to_the_log_and_is_applied_from_there() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(json!({})), &store);
+    let resumes = |out: &Out| {
+        out.samples
+            .iter()
+            .filter(|(n, _)| *n == "emr.service.resumes")
+            .count()
+    };
+    let outbox = |out: &Out| {
+        out.calls
+            .iter()
+            .find(|(c, _)| matches!(c, Callout::Outbox(_)))
+            .cloned()
+    };
+    let resume = QueueMessage::Control(crate::event::Control::Resume {
+        group: crate::event::GroupId::parse("G1").unwrap(),
+        received_ms: 0,
+    });
+    let out = s.on_messages(vec![resume], 0, true, &store, t(0));
+    // Not applied here: put in the log first.
+    assert_eq!(resumes(&out), 0);
+    let (callout, call) = outbox(&out).expect("a commit of the control");
+    let body: Value = serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
+    let put = &body["success"][0]["request_txn"]["success"][0]["request_put"];
+    let value = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        put["value"].as_str().unwrap(),
+    )
+    .unwrap();
+    let record: Record = serde_json::from_slice(&value).unwrap();
+    assert_eq!(record.message["control"]["resume"]["group"], "G1");
+    // The election and the feed's first reads: an empty log.
+    answer_etcd(&mut s, &store, out, t(0), &winning(&[]));
+    // etcd fails the commit: not tried again at once, but a second later.
+    let failed = s.on_result(callout, CallResult::Failed, &store, t(0));
+    assert!(outbox(&failed).is_none());
+    let retry = s.on_tick(&store, t(1));
+    let (callout, _) = outbox(&retry).expect("tried again");
+    answer_etcd(&mut s, &store, retry, t(1), &winning(&[]));
+    s.on_result(
+        callout,
+        ok(json!({"header": header(3), "succeeded": true, "responses": []})),
+        &store,
+        t(1),
+    );
+    // Recorded: not sent again; read back from the log (as every replica
+    // reads it), it is applied.
+    let log = [record.message.clone()];
+    let from_log = winning(&log);
+    let mut applied = 0;
+    for i in 2..6 {
+        let mut out = s.on_tick(&store, t(i));
+        assert!(outbox(&out).is_none(), "recorded: not sent again");
+        applied += resumes(&out);
+        for _ in 0..10 {
+            let calls = etcd_calls(&out);
+            if calls.is_empty() {
+                break;
+            }
+            let mut next = Out::default();
+            for (c, call) in calls {
+                let more = s.on_result(c, from_log(&call), &store, t(i));
+                applied += resumes(&more);
+                next.calls.extend(more.calls);
+            }
+            out = next;
+        }
+    }
+    assert_eq!(applied, 1, "applied once, from the log");
+}
