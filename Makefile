@@ -29,10 +29,11 @@ SIM_PORT    ?= 9902
 export EMR_ENVOY := $(abspath $(ENVOY))
 export EMR_WASM  := $(abspath $(WASM))
 
-.PHONY: help setup openssl-cli etcd-server run test lint unit wasm-test e2e wasm wasm-crash-test sim bench bench-wrk fuzz clean
+.PHONY: help setup openssl-cli etcd-server run run-cluster test lint unit wasm-test e2e wasm wasm-crash-test sim bench bench-wrk fuzz clean
 
 help:
 	@echo "make run    - build and run Envoy + the Genesys simulator on loopback"
+	@echo "make run-cluster - three etcd members, three replicas and the simulator (docs/cluster.md)"
 	@echo "make test   - set up, lint and run every test (unit, wasm, end to end)"
 	@echo "make wasm   - build $(WASM)"
 	@echo "make lint   - rustfmt --check and clippy -D warnings"
@@ -88,6 +89,11 @@ sim:
 run: setup wasm sim
 	@LISTEN_PORT=$(LISTEN_PORT) ADMIN_PORT=$(ADMIN_PORT) SIM_PORT=$(SIM_PORT) \
 		ENVOY=$(ENVOY) WASM=$(WASM) SIM=$(SIM) scripts/run.sh
+
+# Three etcd members, three replicas (intake 10001-10003, admin 9911-9913)
+# and the simulator (docs/cluster.md).
+run-cluster: setup wasm sim
+	@SIM_PORT=$(SIM_PORT) ENVOY=$(ENVOY) WASM=$(WASM) SIM=$(SIM) scripts/run-cluster.sh
 
 ## Test ----------------------------------------------------------------------
 

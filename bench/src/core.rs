@@ -109,7 +109,12 @@ fn requests(
         let step = intake.on_headers("POST", "/webhooks/canonical", &h, false, now);
         let status = match step.value {
             HeadersStep::ReadBody(source) => {
-                intake.on_body(source, &h, b.as_bytes(), now).value.status
+                intake
+                    .on_body(source, &h, b.as_bytes(), now)
+                    .ready()
+                    .unwrap()
+                    .value
+                    .status
             }
             HeadersStep::Respond(r) => r.status,
             HeadersStep::PassThrough => 0,

@@ -350,7 +350,10 @@ fn send(
             assert!(!end_stream);
             assert_eq!(Some(src), source, "read a body for {}", req.path);
             assert_eq!(req.method, "POST");
-            let handled = intake.on_body(src, &req.headers, &req.body, now());
+            let handled = intake
+                .on_body(src, &req.headers, &req.body, now())
+                .ready()
+                .unwrap();
             counters.extend(handled.counters);
             Some(handled.value)
         }
