@@ -355,3 +355,89 @@ async fn a_resume_posted_to_a_follower_is_carried_out_by_the_leader() {
         "the leader did not resume the group"
     );
 }
+
+/// `make run-cluster` (scripts/run-cluster.sh) as a user meets it: it starts
+/// three etcd members and three replicas, says who leads, and an incident
+/// sent to one replica switches the group. The simulator runs in the test
+/// (the script's own is stood in for by one that only waits).
+#[tokio::test]
+async fn make_run_cluster_starts_three_replicas_that_switch_the_group() {
+    use std::process::{Command, Stdio};
+    let dir = root()
+        .join("target/e2e")
+        .join(format!("run-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let idle = dir.join("idle-sim.sh");
+    std::fs::write(&idle, "#!/bin/sh\nexec sleep 120\n").unwrap();
+    Command::new("chmod").arg("+x").arg(&idle).status().unwrap();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..emr_sim::SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let ports = |n: usize| {
+        (0..n)
+            .map(|_| emr_e2e::free_port().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (intake, admin, client, peer) = (ports(3), ports(3), ports(3), ports(3));
+    let out = std::fs::File::create(dir.join("out")).unwrap();
+    let mut script = Command::new("bash")
+        .arg(root().join("scripts/run-cluster.sh"))
+        .current_dir(root())
+        .env("INTAKE_PORTS", intake.join(" "))
+        .env("ADMIN_PORTS", admin.join(" "))
+        .env("ETCD_CLIENT_PORTS", client.join(" "))
+        .env("ETCD_PEER_PORTS", peer.join(" "))
+        .env("SIM_PORT", sim.addr().port().to_string())
+        .env("SIM", &idle)
+        .env("ENVOY", emr_e2e::envoy_binary())
+        .env("WASM", emr_e2e::wasm_path())
+        .env("ETCD", emr_e2e::etcd::etcd_binary())
+        .env("RUN_DIR", dir.join("run"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("bash scripts/run-cluster.sh");
+    let printed = || std::fs::read_to_string(dir.join("out")).unwrap_or_default();
+    let started = eventually(Duration::from_secs(60), || {
+        printed().contains("Ctrl-C stops everything")
+    })
+    .await;
+    let banner = printed();
+    let stop = |script: &mut std::process::Child| {
+        let _ = Command::new("kill").arg(script.id().to_string()).status();
+        let _ = script.wait();
+    };
+    if !started {
+        stop(&mut script);
+        panic!("run-cluster did not start:\n{banner}");
+    }
+    assert!(
+        banner.contains("leader     replica-"),
+        "it says who leads:\n{banner}"
+    );
+    assert!(banner.contains(&format!(
+        "http://127.0.0.1:{}/webhooks/canonical",
+        intake[1]
+    )));
+    // The activation the banner prints, sent to the second replica.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://127.0.0.1:{}/webhooks/canonical", intake[1]))
+        .json(&incident(
+            "INC-RUN-CLUSTER",
+            "EMERGENCY_ACTIVE",
+            &["queue-12345"],
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let switched = eventually(Duration::from_secs(10), || enabled(&sim)).await;
+    stop(&mut script);
+    assert_eq!(status, 202);
+    assert!(switched, "the group was not switched");
+}
