@@ -109,6 +109,12 @@ impl Etcd {
         self.child = Some(child);
     }
 
+    /// Something else that answers as etcd on `port` (a proxy in front of
+    /// a member), for a replica's endpoints; nothing is started or stopped.
+    pub fn at_port(port: u16) -> Etcd {
+        Self::member("proxy", port, 0)
+    }
+
     /// A gateway URL.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.client_port)

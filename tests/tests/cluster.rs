@@ -441,3 +441,150 @@ async fn make_run_cluster_starts_three_replicas_that_switch_the_group() {
     assert_eq!(status, 202);
     assert!(switched, "the group was not switched");
 }
+
+#[tokio::test]
+async fn a_hundred_copies_spread_over_three_replicas_are_accepted_once_and_switch_once() {
+    let etcd = Etcd::start();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let replicas = [
+        replica("replica-a", &sim, &[&etcd]).await,
+        replica("replica-b", &sim, &[&etcd]).await,
+        replica("replica-c", &sim, &[&etcd]).await,
+    ];
+    let http = reqwest::Client::new();
+    leader(
+        &http,
+        &[&replicas[0], &replicas[1], &replicas[2]],
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("one replica leads");
+    let event = incident("INC-CL-100", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| r.url("/webhooks/canonical"))
+        .collect();
+    let sends = (0..100).map(|i| {
+        let (http, url, event) = (http.clone(), urls[i % 3].clone(), event.clone());
+        tokio::spawn(async move {
+            let r = http.post(url).json(&event).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.headers().contains_key("idempotent-replayed"),
+            )
+        })
+    });
+    let mut answers = Vec::new();
+    for s in sends.collect::<Vec<_>>() {
+        answers.push(s.await.unwrap());
+    }
+    assert!(
+        answers.iter().all(|(status, _)| *status == 202),
+        "{answers:?}"
+    );
+    let first = answers.iter().filter(|(_, replayed)| !replayed).count();
+    assert_eq!(first, 1, "one first answer, 99 replays");
+    let accepted: u64 = replicas
+        .iter()
+        .map(|r| r.counter("emr.intake.accepted"))
+        .sum();
+    assert_eq!(accepted, 1);
+    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(group_puts(&sim).len(), 1, "one switch");
+}
+
+/// A TCP proxy the test can cut: every connection through it is dropped,
+/// and new ones are refused, from the moment `cut` is set.
+async fn cuttable_proxy(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cut);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            if flag.load(Ordering::SeqCst) {
+                continue; // dropped: refused
+            }
+            let flag = Arc::clone(&flag);
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                else {
+                    return;
+                };
+                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                let watch = async {
+                    while !flag.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                tokio::select! { _ = copy => {}, _ = watch => {} }
+            });
+        }
+    });
+    (port, cut)
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_etcd_refuses_webhooks_and_never_writes_while_the_others_carry_on() {
+    let etcd = Etcd::start();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let (proxy_port, cut) = cuttable_proxy(etcd.client_port).await;
+    // Replica A reaches etcd only through the proxy; B directly.
+    let through_proxy = Etcd::at_port(proxy_port);
+    let a = replica("replica-a", &sim, &[&through_proxy]).await;
+    let b = replica("replica-b", &sim, &[&etcd]).await;
+    let http = reqwest::Client::new();
+    leader(&http, &[&a, &b], Duration::from_secs(10))
+        .await
+        .expect("one replica leads");
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes_before = a.counter("emr.genesys.transitions");
+    // A refuses what it cannot record.
+    let mut refused = false;
+    for _ in 0..50 {
+        let r = post(
+            &http,
+            &a,
+            &incident("INC-CL-CUT-A", "EMERGENCY_ACTIVE", &["queue-12345"]),
+        )
+        .await;
+        if r.status() == 503 && r.headers().contains_key("retry-after") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the cut-off replica answers 503 + Retry-After");
+    // B carries on: leads (taking over if A led) and applies its events.
+    let mut b_leads = false;
+    for _ in 0..100 {
+        if state(&http, &b).await["cluster"]["acting"] == true {
+            b_leads = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b_leads, "{}", state(&http, &b).await);
+    let r = post(
+        &http,
+        &b,
+        &incident("INC-CL-CUT-B", "EMERGENCY_ACTIVE", &["queue-12345"]),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    // A never wrote to Genesys after the cut, and does not act.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.counter("emr.genesys.transitions"), writes_before);
+    assert_eq!(state(&http, &a).await["cluster"]["acting"], false);
+}
