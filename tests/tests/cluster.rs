@@ -588,3 +588,109 @@ async fn a_replica_cut_off_from_etcd_refuses_webhooks_and_never_writes_while_the
     assert_eq!(a.counter("emr.genesys.transitions"), writes_before);
     assert_eq!(state(&http, &a).await["cluster"]["acting"], false);
 }
+
+#[tokio::test]
+async fn a_rolling_restart_under_a_trickle_of_incidents_loses_none_and_switches_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let etcd = Etcd::start();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let replicas = vec![
+        replica("replica-a", &sim, &[&etcd]).await,
+        replica("replica-b", &sim, &[&etcd]).await,
+        replica("replica-c", &sim, &[&etcd]).await,
+    ];
+    let http = reqwest::Client::new();
+    leader(
+        &http,
+        &[&replicas[0], &replicas[1], &replicas[2]],
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("one replica leads");
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| r.url("/webhooks/canonical"))
+        .collect();
+    let replicas = Arc::new(Mutex::new(replicas));
+    // A trickle: two incidents a second, each sent to the next replica, and
+    // to the others in turn when one does not answer 202 (as a load
+    // balancer's retry would).
+    let done = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let trickle = {
+        let (done, accepted, http) = (Arc::clone(&done), Arc::clone(&accepted), http.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !done.load(Ordering::SeqCst) {
+                let id = format!("INC-RR-{i}");
+                let body = incident(&id, "EMERGENCY_ACTIVE", &["queue-12345"]);
+                for attempt in 0..30 {
+                    let url = &urls[(i + attempt) % 3];
+                    let ok = http
+                        .post(url)
+                        .json(&body)
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 202);
+                    if ok {
+                        accepted.lock().unwrap().push(id.clone());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    // Restart each replica in turn, a few seconds apart.
+    for k in 0..3 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let replicas = Arc::clone(&replicas);
+        tokio::task::spawn_blocking(move || replicas.lock().unwrap()[k].restart())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    done.store(true, Ordering::SeqCst);
+    trickle.await.unwrap();
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() >= 10,
+        "a trickle was sent: {}",
+        accepted.len()
+    );
+    // Every accepted incident is known to the replica that leads now.
+    let replicas = Arc::try_unwrap(replicas)
+        .map_err(|_| "still shared")
+        .unwrap()
+        .into_inner()
+        .unwrap();
+    let rs: Vec<&Envoy> = replicas.iter().collect();
+    let lead = leader(&http, &rs, Duration::from_secs(10))
+        .await
+        .expect("a replica leads after the restarts");
+    for id in &accepted {
+        let mut known = false;
+        for _ in 0..50 {
+            let r = http
+                .get(rs[lead].url(&format!("/emr/status/{id}")))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                known = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(known, "{id} was accepted and is lost");
+    }
+    // One switch: the group went on once and stayed on.
+    assert!(enabled(&sim));
+    assert_eq!(group_puts(&sim).len(), 1, "{:?}", group_puts(&sim));
+}
