@@ -503,6 +503,19 @@ pub enum Control {
         incident: IncidentKey,
         received_ms: i64,
     },
+    /// Cluster mode: how the leader's reconcile of `group` ended, for every
+    /// replica's ledger: the events it settled (each incident and its
+    /// event's receipt time, ms), the reason when it failed, and what
+    /// Genesys answered (`crate::genesys::answer::GenesysRef`, as JSON).
+    #[serde(rename_all = "camelCase")]
+    Settled {
+        group: GroupId,
+        events: Vec<(IncidentKey, i64)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failed: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        genesys: Option<serde_json::Value>,
+    },
 }
 
 /// What the service takes off the queue.

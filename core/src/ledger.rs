@@ -436,30 +436,37 @@ impl Ledger {
         let mut touched = Vec::new();
         let mut before = Vec::new();
         for (key, inc) in self.incidents.iter_mut().filter(|(_, i)| &i.group == group) {
-            let updated_at = inc.updated_at;
-            let Some(e) = inc.latest_mut() else { continue };
-            if e.status != EventStatus::Processing {
-                continue;
+            if let Some(updated_at) = settle_latest(inc, None, &outcome, &genesys, now) {
+                touched.push(key.clone());
+                before.push(updated_at);
             }
-            match &outcome {
-                Settle::Applied => {
-                    e.status = EventStatus::Applied;
-                    e.reason = None;
-                }
-                Settle::Failed(reason) => {
-                    e.status = EventStatus::Failed;
-                    e.reason = Some(reason.clone());
-                }
-            }
-            inc.updated_at = now;
-            if genesys.is_some() {
-                inc.genesys.clone_from(&genesys);
-            }
-            touched.push(key.clone());
-            before.push(updated_at);
         }
         for (key, at) in touched.iter().zip(before) {
             self.reindex(key, Some(at));
+        }
+        touched
+    }
+
+    /// Settles exactly `events` (an incident, and its event's receipt time
+    /// in ms) that are still processing: another replica's settlement
+    /// (cluster mode), so an event that arrived since is left alone. Doing
+    /// it twice changes nothing. Returns the incidents changed.
+    pub fn settle_events(
+        &mut self,
+        events: &[(IncidentKey, i64)],
+        outcome: Settle,
+        genesys: Option<GenesysRef>,
+        now: DateTime<Utc>,
+    ) -> Vec<IncidentKey> {
+        let mut touched = Vec::new();
+        for (key, received_ms) in events {
+            let Some(inc) = self.incidents.get_mut(key) else {
+                continue;
+            };
+            if let Some(at) = settle_latest(inc, Some(*received_ms), &outcome, &genesys, now) {
+                self.reindex(key, Some(at));
+                touched.push(key.clone());
+            }
         }
         touched
     }
@@ -591,6 +598,40 @@ impl Ledger {
         }
         *self.open_by_source.entry(key.source).or_default() += 1;
     }
+}
+
+/// Settles `inc`'s latest event if it is still processing (and, with
+/// `received_ms`, was received then). Returns the incident's previous
+/// `updated_at` when it changed, for reindexing.
+fn settle_latest(
+    inc: &mut Incident,
+    received_ms: Option<i64>,
+    outcome: &Settle,
+    genesys: &Option<GenesysRef>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let updated_at = inc.updated_at;
+    let e = inc.latest_mut()?;
+    if e.status != EventStatus::Processing
+        || received_ms.is_some_and(|ms| e.received_at.timestamp_millis() != ms)
+    {
+        return None;
+    }
+    match outcome {
+        Settle::Applied => {
+            e.status = EventStatus::Applied;
+            e.reason = None;
+        }
+        Settle::Failed(reason) => {
+            e.status = EventStatus::Failed;
+            e.reason = Some(reason.clone());
+        }
+    }
+    inc.updated_at = now;
+    if genesys.is_some() {
+        inc.genesys.clone_from(genesys);
+    }
+    Some(updated_at)
 }
 
 /// The result of a reconcile, as the ledger records it.

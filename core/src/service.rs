@@ -25,7 +25,7 @@ use crate::callout::{CallResult, HttpCall, OpId};
 use crate::config::Config;
 use crate::event::{Control, GroupId, IncidentKey, QueueMessage, QueuedEvent};
 use crate::itsm::{PollChanged, PollEffect, PollMetric, Poller};
-use crate::ledger::{Applied, Ledger};
+use crate::ledger::{Applied, Ledger, Settle};
 use crate::reconcile::{Effect, Metric as ReconcileMetric, Reconciler};
 use crate::rfc3339;
 use crate::status::{self, Board};
@@ -523,6 +523,19 @@ impl Service {
             Control::Renew { incident, .. } => {
                 self.renew(&incident, chrono::Duration::zero(), now);
             }
+            Control::Settled {
+                events,
+                failed,
+                genesys,
+                ..
+            } => {
+                let outcome = failed.map_or(Settle::Applied, Settle::Failed);
+                let genesys = genesys.and_then(|g| serde_json::from_value(g).ok());
+                for key in self.ledger.settle_events(&events, outcome, genesys, now) {
+                    self.board.mark(&key);
+                }
+                self.state_dirty = true;
+            }
             Control::Resume { group, .. } => {
                 out.count("emr.service.resumes", 1);
                 let Some(g) = &mut self.genesys else {
@@ -576,7 +589,13 @@ impl Service {
             match effect {
                 Effect::Call(call) => out.calls.push((Callout::Genesys(call.op), call)),
                 Effect::Ledger(change) => {
+                    let settled = change
+                        .settlement()
+                        .map(|(g, o, r)| (g.clone(), o.clone(), r.cloned()));
                     let changed = change.apply(&mut self.ledger, now);
+                    if let Some(settled) = settled {
+                        self.share_settlement(settled, &changed.keys, now);
+                    }
                     for key in &changed.keys {
                         if changed.rebuilt {
                             self.watched(key, now);

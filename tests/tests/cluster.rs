@@ -140,7 +140,27 @@ async fn activation_at_one_replica_and_resolution_at_another_switch_once_each_wa
     .await;
     assert_eq!(on.status(), 202);
     assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The leader's settlement reaches the follower too: both say APPLIED.
+    for r in [&a, &b] {
+        let mut applied = false;
+        for _ in 0..50 {
+            let s: Value = http
+                .get(r.url("/emr/status/INC-CL-1"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            if emr_e2e::latest_status(&s) == "APPLIED" {
+                applied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(applied, "{}", state(&http, r).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut off = incident("INC-CL-1", "EMERGENCY_RESOLVED", &["queue-12345"]);
     off["timestamp"] = json!(emr_e2e::now_rfc3339());
     let r = post(&http, &b, &off).await;
@@ -162,6 +182,7 @@ async fn activation_at_one_replica_and_resolution_at_another_switch_once_each_wa
             .await
             .unwrap();
         assert_eq!(s["state"], "RESOLVED", "{s}");
+        assert_eq!(emr_e2e::latest_status(&s), "APPLIED", "{s}");
     }
 }
 

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::models::{ErrorBody, OAuthErrorBody};
 use super::CallResult;
@@ -15,7 +15,7 @@ use crate::callout::{header, parse_retry_after};
 
 /// What Genesys answered when it last acted for an incident: kept on the
 /// incident (`crate::ledger`) and shown on its status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct GenesysRef {
     #[serde(skip_serializing_if = "Option::is_none")]

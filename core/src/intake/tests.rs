@@ -1805,6 +1805,9 @@ fn an_incident_recorded_but_gone_from_the_board_is_not_called_queued() {
 // ---- cluster mode: committed to etcd before the 202 --------------------------
 
 mod cluster {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use crate::callout::CallResult;
     use crate::intake::{BodyStep, Commit};

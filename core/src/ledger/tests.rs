@@ -744,3 +744,36 @@ fn the_same_activation_again_renews_an_open_incident() {
     l.apply(&event("I1", R, 4000, &[]), g("G"), t(4000));
     assert_eq!(l.apply(&q, g("G"), t(4100)), Applied::Duplicate);
 }
+
+#[test]
+fn another_replicas_settlement_settles_exactly_the_events_it_names() {
+    let mut l = Ledger::default();
+    l.apply(&event("I1", A, 0, &["q1"]), g("G"), t(1));
+    l.apply(&event("I2", A, 0, &["q2"]), g("G"), t(1));
+    let received = |l: &Ledger, id: &str| {
+        l.get(&key(id))
+            .unwrap()
+            .events
+            .last()
+            .unwrap()
+            .received_at
+            .timestamp_millis()
+    };
+    let i1 = received(&l, "I1");
+    // I2 has a newer event than the one the leader settled.
+    l.apply(&event("I2", R, 5, &[]), g("G"), t(6));
+    let settled = l.settle_events(
+        &[(key("I1"), i1), (key("I2"), i1), (key("NOPE"), i1)],
+        Settle::Applied,
+        None,
+        t(7),
+    );
+    assert_eq!(settled, vec![key("I1")]);
+    assert_eq!(l.get(&key("I1")).unwrap().status(), EventStatus::Applied);
+    assert_eq!(l.get(&key("I2")).unwrap().status(), EventStatus::Processing);
+    // Again: nothing changes.
+    assert!(l
+        .settle_events(&[(key("I1"), i1)], Settle::Failed("x".into()), None, t(8))
+        .is_empty());
+    assert_eq!(l.get(&key("I1")).unwrap().status(), EventStatus::Applied);
+}

@@ -69,6 +69,19 @@ pub struct Changed {
 }
 
 impl Change {
+    /// When the change settles a reconcile: its group, outcome and what
+    /// Genesys answered (cluster mode hands them to the other replicas).
+    pub fn settlement(&self) -> Option<(&GroupId, &Settle, Option<&GenesysRef>)> {
+        match &self.0 {
+            LedgerOp::Settle {
+                group,
+                outcome,
+                genesys,
+            } => Some((group, outcome, genesys.as_ref())),
+            _ => None,
+        }
+    }
+
     pub fn apply(self, ledger: &mut Ledger, now: DateTime<Utc>) -> Changed {
         match self.0 {
             LedgerOp::Settle {

@@ -20,7 +20,9 @@ use crate::etcd::election::{self, Election};
 use crate::etcd::feed::{self, Feed};
 use crate::etcd::log::{self, Entry, Keys, Record};
 use crate::etcd::Gateway;
-use crate::event::{Control, ControlMessage, QueueMessage};
+use crate::event::{Control, ControlMessage, GroupId, IncidentKey, QueueMessage};
+use crate::genesys::answer::GenesysRef;
+use crate::ledger::Settle;
 
 /// Events the feed reads per page.
 const PAGE_SIZE: i64 = 1_000;
@@ -288,6 +290,41 @@ impl Service {
             let lag = u64::try_from(c.feed.lag()).unwrap_or(0);
             out.samples.push((LAG_GAUGE, Sample::Gauge(lag)));
         }
+    }
+
+    /// The leader's settlement of a reconcile, put in the log for the other
+    /// replicas' ledgers: the events it settled, exactly.
+    pub(super) fn share_settlement(
+        &mut self,
+        (group, outcome, genesys): (GroupId, Settle, Option<GenesysRef>),
+        keys: &[IncidentKey],
+        now: DateTime<Utc>,
+    ) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let events: Vec<(IncidentKey, i64)> = keys
+            .iter()
+            .filter_map(|k| {
+                let e = self.ledger.get(k)?.events.last()?;
+                Some((k.clone(), e.received_at.timestamp_millis()))
+            })
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        c.post(
+            Control::Settled {
+                group,
+                events,
+                failed: match outcome {
+                    Settle::Applied => None,
+                    Settle::Failed(reason) => Some(reason),
+                },
+                genesys: genesys.and_then(|g| serde_json::to_value(g).ok()),
+            },
+            now,
+        );
     }
 
     fn feed_recovered(&mut self, out: &mut Out) {

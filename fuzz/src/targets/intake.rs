@@ -406,6 +406,10 @@ fn send(
                     req.path
                 );
             }
+            // Settlements come from the service (cluster mode), never a filter.
+            QueueMessage::Control(Control::Settled { .. }) => {
+                panic!("the intake queued a settlement")
+            }
             // Only a replayed activation of the route's own source renews.
             QueueMessage::Control(Control::Renew { incident, .. }) => {
                 renewals += 1;
