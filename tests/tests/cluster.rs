@@ -64,6 +64,17 @@ async fn replica_with(id: &str, sim: &emr_sim::SimHandle, etcd: &[&Etcd], patch:
         .expect("Envoy start panicked")
 }
 
+async fn status(http: &reqwest::Client, envoy: &Envoy, id: &str) -> Value {
+    match http
+        .get(envoy.url(&format!("/emr/status/{id}")))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
 async fn state(http: &reqwest::Client, envoy: &Envoy) -> Value {
     match http.get(envoy.url("/emr/state")).send().await {
         Ok(r) => r.json().await.unwrap_or(Value::Null),
@@ -106,81 +117,101 @@ fn enabled(sim: &emr_sim::SimHandle) -> bool {
     sim.emergency_group(GROUP).is_some_and(|g| g.enabled)
 }
 
+/// etcd, the simulator and `n` replicas (`replica-a`, `replica-b`, …) on
+/// them, once one of the replicas leads.
+struct Cluster {
+    sim: emr_sim::SimHandle,
+    replicas: Vec<Envoy>,
+    http: reqwest::Client,
+    /// The index of the replica that leads.
+    lead: usize,
+    // Last: dropped after the replicas.
+    _etcd: Etcd,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        Self::start_with(n, json!({})).await
+    }
+
+    async fn start_with(n: usize, patch: Value) -> Cluster {
+        let etcd = Etcd::start();
+        let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+            .await
+            .unwrap();
+        let mut replicas = Vec::new();
+        for name in ["replica-a", "replica-b", "replica-c"].iter().take(n) {
+            replicas.push(replica_with(name, &sim, &[&etcd], patch.clone()).await);
+        }
+        let http = reqwest::Client::new();
+        let all: Vec<&Envoy> = replicas.iter().collect();
+        let lead = leader(&http, &all, Duration::from_secs(10))
+            .await
+            .expect("one replica leads");
+        Cluster {
+            sim,
+            replicas,
+            http,
+            lead,
+            _etcd: etcd,
+        }
+    }
+}
+
 #[tokio::test]
 async fn activation_at_one_replica_and_resolution_at_another_switch_once_each_way() {
-    let etcd = Etcd::start();
-    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
-        .await
-        .unwrap();
-    let a = replica("replica-a", &sim, &[&etcd]).await;
-    let b = replica("replica-b", &sim, &[&etcd]).await;
-    let http = reqwest::Client::new();
-    let lead = leader(&http, &[&a, &b], Duration::from_secs(10))
-        .await
-        .expect("one replica leads");
+    let c = Cluster::start(2).await;
+    let (sim, http, lead) = (&c.sim, &c.http, c.lead);
+    let (a, b) = (&c.replicas[0], &c.replicas[1]);
     // Both say who leads.
     let leader_id = ["replica-a", "replica-b"][lead];
     for r in [&a, &b] {
         let mut same = false;
         for _ in 0..50 {
-            if state(&http, r).await["cluster"]["leader"] == leader_id {
+            if state(http, r).await["cluster"]["leader"] == leader_id {
                 same = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(same, "{}", state(&http, r).await);
+        assert!(same, "{}", state(http, r).await);
     }
 
     let on = post(
-        &http,
-        &a,
+        http,
+        a,
         &incident("INC-CL-1", "EMERGENCY_ACTIVE", &["queue-12345"]),
     )
     .await;
     assert_eq!(on.status(), 202);
-    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    assert!(eventually(Duration::from_secs(5), || enabled(sim)).await);
     // The leader's settlement reaches the follower too: both say APPLIED.
     for r in [&a, &b] {
         let mut applied = false;
         for _ in 0..50 {
-            let s: Value = http
-                .get(r.url("/emr/status/INC-CL-1"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or(Value::Null);
+            let s: Value = status(http, r, "INC-CL-1").await;
             if emr_e2e::latest_status(&s) == "APPLIED" {
                 applied = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(applied, "{}", state(&http, r).await);
+        assert!(applied, "{}", state(http, r).await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut off = incident("INC-CL-1", "EMERGENCY_RESOLVED", &["queue-12345"]);
     off["timestamp"] = json!(emr_e2e::now_rfc3339());
-    let r = post(&http, &b, &off).await;
+    let r = post(http, b, &off).await;
     assert_eq!(r.status(), 202);
-    assert!(eventually(Duration::from_secs(5), || !enabled(&sim)).await);
+    assert!(eventually(Duration::from_secs(5), || !enabled(sim)).await);
     // Then quiet: no replica corrects the other.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let puts = group_puts(&sim);
+    let puts = group_puts(sim);
     assert_eq!(puts.len(), 2, "one PUT on, one off: {puts:?}");
-    assert!(!enabled(&sim));
+    assert!(!enabled(sim));
     // Either replica answers the incident's status alike.
     for r in [&a, &b] {
-        let s: Value = http
-            .get(r.url("/emr/status/INC-CL-1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: Value = status(http, r, "INC-CL-1").await;
         assert_eq!(s["state"], "RESOLVED", "{s}");
         assert_eq!(emr_e2e::latest_status(&s), "APPLIED", "{s}");
     }
@@ -188,21 +219,14 @@ async fn activation_at_one_replica_and_resolution_at_another_switch_once_each_wa
 
 #[tokio::test]
 async fn a_copy_at_another_replica_is_a_replay_and_another_payload_a_conflict() {
-    let etcd = Etcd::start();
-    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
-        .await
-        .unwrap();
-    let a = replica("replica-a", &sim, &[&etcd]).await;
-    let b = replica("replica-b", &sim, &[&etcd]).await;
-    let http = reqwest::Client::new();
-    leader(&http, &[&a, &b], Duration::from_secs(10))
-        .await
-        .expect("one replica leads");
+    let c = Cluster::start(2).await;
+    let (sim, http) = (&c.sim, &c.http);
+    let (a, b) = (&c.replicas[0], &c.replicas[1]);
     let event = incident("INC-CL-2", "EMERGENCY_ACTIVE", &["queue-12345"]);
-    let first = post(&http, &a, &event).await;
+    let first = post(http, a, &event).await;
     assert_eq!(first.status(), 202);
     assert!(first.headers().get("idempotent-replayed").is_none());
-    let again = post(&http, &b, &event).await;
+    let again = post(http, b, &event).await;
     assert_eq!(again.status(), 202);
     assert_eq!(
         again
@@ -213,11 +237,11 @@ async fn a_copy_at_another_replica_is_a_replay_and_another_payload_a_conflict() 
     );
     let mut other = event.clone();
     other["targetQueueIds"] = json!(["queue-67890"]);
-    let conflict = post(&http, &b, &other).await;
+    let conflict = post(http, b, &other).await;
     assert_eq!(conflict.status(), 409);
-    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    assert!(eventually(Duration::from_secs(5), || enabled(sim)).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(group_puts(&sim).len(), 1, "one switch for one incident");
+    assert_eq!(group_puts(sim).len(), 1, "one switch for one incident");
 }
 
 #[tokio::test]
@@ -281,23 +305,10 @@ async fn etcd_down_is_503_with_retry_after_and_nothing_is_lost_once_it_is_back()
 
 #[tokio::test]
 async fn the_leader_killed_another_takes_over_and_applies_what_a_survivor_accepted() {
-    let etcd = Etcd::start();
-    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
-        .await
-        .unwrap();
-    let mut replicas = vec![
-        replica("replica-a", &sim, &[&etcd]).await,
-        replica("replica-b", &sim, &[&etcd]).await,
-    ];
-    let http = reqwest::Client::new();
-    let lead = leader(
-        &http,
-        &[&replicas[0], &replicas[1]],
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("one replica leads");
-    let dead = replicas.remove(lead);
+    let mut c = Cluster::start(2).await;
+    let (sim, http) = (&c.sim, &c.http);
+    let replicas = &mut c.replicas;
+    let dead = replicas.remove(c.lead);
     let survivor = replicas.remove(0);
     let pid = dead.pid();
     let _ = std::process::Command::new("kill")
@@ -306,50 +317,42 @@ async fn the_leader_killed_another_takes_over_and_applies_what_a_survivor_accept
     let killed_at = std::time::Instant::now();
     // Sent to the survivor during the failover.
     let event = incident("INC-CL-4", "EMERGENCY_ACTIVE", &["queue-12345"]);
-    assert_eq!(post(&http, &survivor, &event).await.status(), 202);
+    assert_eq!(post(http, &survivor, &event).await.status(), 202);
     assert!(
-        eventually(Duration::from_secs(10), || enabled(&sim)).await,
+        eventually(Duration::from_secs(10), || enabled(sim)).await,
         "the new leader applied it: {}",
-        state(&http, &survivor).await
+        state(http, &survivor).await
     );
     eprintln!("applied {:?} after the kill", killed_at.elapsed());
     // And says so (its state is published within a tick).
     assert!(
-        leader(&http, &[&survivor], Duration::from_secs(2))
+        leader(http, &[&survivor], Duration::from_secs(2))
             .await
             .is_some(),
         "{}",
-        state(&http, &survivor).await
+        state(http, &survivor).await
     );
     drop(dead);
 }
 
 #[tokio::test]
 async fn a_resume_posted_to_a_follower_is_carried_out_by_the_leader() {
-    let etcd = Etcd::start();
-    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
-        .await
-        .unwrap();
     // A quick watchdog, so that a person's change is seen within seconds.
     let fast = json!({"genesys": {"watchdog": {"period_seconds": 5, "converging_seconds": 1,
                                                "grace_seconds": 1}}});
-    let a = replica_with("replica-a", &sim, &[&etcd], fast.clone()).await;
-    let b = replica_with("replica-b", &sim, &[&etcd], fast).await;
-    let http = reqwest::Client::new();
-    let lead = leader(&http, &[&a, &b], Duration::from_secs(10))
-        .await
-        .expect("one replica leads");
-    let follower = [&a, &b][1 - lead];
-    let leading = [&a, &b][lead];
+    let c = Cluster::start_with(2, fast).await;
+    let (sim, http) = (&c.sim, &c.http);
+    let follower = &c.replicas[1 - c.lead];
+    let leading = &c.replicas[c.lead];
     let on = incident("INC-CL-5", "EMERGENCY_ACTIVE", &["queue-12345"]);
-    assert_eq!(post(&http, follower, &on).await.status(), 202);
-    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    assert_eq!(post(http, follower, &on).await.status(), 202);
+    assert!(eventually(Duration::from_secs(5), || enabled(sim)).await);
     // A person switches it off: the leader holds it off (people win).
     sim.flip_emergency_group(GROUP, false, emr_sim::UI_ADMIN_CLIENT_ID)
         .unwrap();
     let mut held = false;
     for _ in 0..100 {
-        let st = state(&http, leading).await;
+        let st = state(http, leading).await;
         if st["groups"]
             .as_array()
             .into_iter()
@@ -362,7 +365,7 @@ async fn a_resume_posted_to_a_follower_is_carried_out_by_the_leader() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(held, "the leader saw the person's change");
-    assert!(!enabled(&sim));
+    assert!(!enabled(sim));
     // The resume goes to the follower; the leader carries it out.
     let r = http
         .post(follower.url(&format!("/emr/groups/{GROUP}/resume")))
@@ -372,7 +375,7 @@ async fn a_resume_posted_to_a_follower_is_carried_out_by_the_leader() {
         .unwrap();
     assert_eq!(r.status(), 202);
     assert!(
-        eventually(Duration::from_secs(5), || enabled(&sim)).await,
+        eventually(Duration::from_secs(5), || enabled(sim)).await,
         "the leader did not resume the group"
     );
 }
@@ -465,23 +468,8 @@ async fn make_run_cluster_starts_three_replicas_that_switch_the_group() {
 
 #[tokio::test]
 async fn a_hundred_copies_spread_over_three_replicas_are_accepted_once_and_switch_once() {
-    let etcd = Etcd::start();
-    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
-        .await
-        .unwrap();
-    let replicas = [
-        replica("replica-a", &sim, &[&etcd]).await,
-        replica("replica-b", &sim, &[&etcd]).await,
-        replica("replica-c", &sim, &[&etcd]).await,
-    ];
-    let http = reqwest::Client::new();
-    leader(
-        &http,
-        &[&replicas[0], &replicas[1], &replicas[2]],
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("one replica leads");
+    let c = Cluster::start(3).await;
+    let (sim, http, replicas) = (&c.sim, &c.http, &c.replicas);
     let event = incident("INC-CL-100", "EMERGENCY_ACTIVE", &["queue-12345"]);
     let urls: Vec<String> = replicas
         .iter()
@@ -512,9 +500,9 @@ async fn a_hundred_copies_spread_over_three_replicas_are_accepted_once_and_switc
         .map(|r| r.counter("emr.intake.accepted"))
         .sum();
     assert_eq!(accepted, 1);
-    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    assert!(eventually(Duration::from_secs(5), || enabled(sim)).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(group_puts(&sim).len(), 1, "one switch");
+    assert_eq!(group_puts(sim).len(), 1, "one switch");
 }
 
 /// A TCP proxy the test can cut: every connection through it is dropped,
@@ -614,23 +602,9 @@ async fn a_replica_cut_off_from_etcd_refuses_webhooks_and_never_writes_while_the
 async fn a_rolling_restart_under_a_trickle_of_incidents_loses_none_and_switches_once() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
-    let etcd = Etcd::start();
-    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
-        .await
-        .unwrap();
-    let replicas = vec![
-        replica("replica-a", &sim, &[&etcd]).await,
-        replica("replica-b", &sim, &[&etcd]).await,
-        replica("replica-c", &sim, &[&etcd]).await,
-    ];
-    let http = reqwest::Client::new();
-    leader(
-        &http,
-        &[&replicas[0], &replicas[1], &replicas[2]],
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("one replica leads");
+    let mut c = Cluster::start(3).await;
+    let (sim, http) = (&c.sim, c.http.clone());
+    let replicas = std::mem::take(&mut c.replicas);
     let urls: Vec<String> = replicas
         .iter()
         .map(|r| r.url("/webhooks/canonical"))
@@ -712,6 +686,6 @@ async fn a_rolling_restart_under_a_trickle_of_incidents_loses_none_and_switches_
         assert!(known, "{id} was accepted and is lost");
     }
     // One switch: the group went on once and stayed on.
-    assert!(enabled(&sim));
-    assert_eq!(group_puts(&sim).len(), 1, "{:?}", group_puts(&sim));
+    assert!(enabled(sim));
+    assert_eq!(group_puts(sim).len(), 1, "{:?}", group_puts(sim));
 }

@@ -22,11 +22,17 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let config = crate::config::parse(
-            br#"{"sources":{"canonical":{"insecure":true}},"status":{"insecure":true}}"#,
-            &|_| None,
+        Self::with(
+            crate::config::parse(
+                br#"{"sources":{"canonical":{"insecure":true}},"status":{"insecure":true}}"#,
+                &|_| None,
+            )
+            .unwrap(),
         )
-        .unwrap();
+    }
+
+    /// A world on `config`, with the shared-data keys made.
+    fn with(config: Config) -> Self {
         let w = Self {
             config,
             store: MemoryStore::new(),
@@ -1813,24 +1819,14 @@ mod cluster {
     use crate::intake::{BodyStep, Commit};
 
     fn world() -> World {
-        let config = crate::config::parse(
-            br#"{"sources":{"canonical":{"insecure":true}},"status":{"insecure":true},
-                 "cluster":{"etcd_cluster":"etcd","replica_id_env":"REPLICA"}}"#,
-            &|k| (k == "REPLICA").then(|| "r1".to_owned()),
+        World::with(
+            crate::config::parse(
+                br#"{"sources":{"canonical":{"insecure":true}},"status":{"insecure":true},
+                     "cluster":{"etcd_cluster":"etcd","replica_id_env":"REPLICA"}}"#,
+                &|k| (k == "REPLICA").then(|| "r1".to_owned()),
+            )
+            .unwrap(),
         )
-        .unwrap();
-        let w = World {
-            config,
-            store: MemoryStore::new(),
-            queue: MemoryQueue::default(),
-        };
-        Dedupe::new(w.config.intake.dedupe)
-            .create_keys(&w.store)
-            .unwrap();
-        status::create_keys(&w.store).unwrap();
-        ignored::create_keys(&w.store).unwrap();
-        crate::quota::create_keys(&w.store).unwrap();
-        w
     }
 
     fn send(w: &World, body: &Value) -> Handled<BodyStep> {
