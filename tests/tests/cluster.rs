@@ -689,3 +689,25 @@ async fn a_rolling_restart_under_a_trickle_of_incidents_loses_none_and_switches_
     assert!(enabled(sim));
     assert_eq!(group_puts(sim).len(), 1, "{:?}", group_puts(sim));
 }
+
+#[tokio::test]
+async fn an_event_the_leader_accepted_just_before_it_died_is_applied_by_the_next() {
+    let mut c = Cluster::start(2).await;
+    let dead = c.replicas.remove(c.lead);
+    let survivor = c.replicas.remove(0);
+    // Accepted by the leader, which is killed at once: within milliseconds
+    // of the 202, before its next read of the log (every 50 ms) as a rule.
+    // Either way the incident must end applied, and switched once.
+    let event = incident("INC-CL-6", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    assert_eq!(post(&c.http, &dead, &event).await.status(), 202);
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &dead.pid().to_string()])
+        .status();
+    assert!(
+        eventually(Duration::from_secs(10), || enabled(&c.sim)).await,
+        "the next leader applied it: {}",
+        state(&c.http, &survivor).await
+    );
+    assert_eq!(group_puts(&c.sim).len(), 1, "switched once");
+    drop(dead);
+}

@@ -6,12 +6,10 @@
 //! polls the tools, and only once its feed has read the whole log: a new
 //! leader's first write already knows every event any replica accepted.
 
-use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
-
 use std::collections::VecDeque;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Value};
 
 use super::{Callout, Level, Origin, Out, Sample, Service};
 use crate::callout::{CallResult, HttpCall, OpId};
@@ -48,6 +46,8 @@ pub(super) struct Cluster {
     outbox: VecDeque<(Control, DateTime<Utc>)>,
     /// The outbox's call out, if any.
     sending: Option<OpId>,
+    /// Controls dropped because the outbox was full, not said yet.
+    overflowed: u64,
     /// After a failed commit, the outbox waits until then.
     outbox_retry_at: DateTime<Utc>,
     /// Keeps control keys unique across this replica's life.
@@ -66,6 +66,7 @@ impl Cluster {
             gateway: s.gateway.clone(),
             outbox: VecDeque::new(),
             sending: None,
+            overflowed: 0,
             outbox_retry_at: now,
             sent: 0,
         }
@@ -76,12 +77,22 @@ impl Cluster {
     pub(super) fn post(&mut self, c: Control, now: DateTime<Utc>) {
         if self.outbox.len() >= OUTBOX_MAX {
             self.outbox.pop_front();
+            self.overflowed += 1;
         }
         self.outbox.push_back((c, now));
     }
 
     /// The outbox's next commit, when none is out.
     fn send_outbox(&mut self, now: DateTime<Utc>, out: &mut Out) {
+        if self.overflowed > 0 {
+            out.log(
+                Level::Error,
+                format!(
+                    "emr-edge dropped {} resumes or renewals: {OUTBOX_MAX} were waiting for etcd",
+                    std::mem::take(&mut self.overflowed)
+                ),
+            );
+        }
         while let Some((_, at)) = self.outbox.front() {
             if now - *at <= Duration::seconds(OUTBOX_PATIENCE_S) {
                 break;
