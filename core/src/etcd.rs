@@ -175,7 +175,8 @@ pub struct Fence {
 }
 
 impl Fence {
-    fn compare(&self) -> Value {
+    /// The compare that holds while this leadership does.
+    pub(crate) fn compare(&self) -> Value {
         json!({
             "key": b64(&self.key),
             "target": "CREATE",

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::answer::{self, Failure, Kv};
-use super::{b64, prefix_end, Request};
+use super::{b64, prefix_end, Fence, Request};
 use crate::callout::CallResult;
 
 /// Events one commit may carry: an Alertmanager notification of its
@@ -101,6 +101,17 @@ pub enum Committed {
 /// only if its key is absent, and moves the marker. With `lease`, the keys
 /// go when the lease does (the dedupe window).
 pub fn commit(keys: &Keys, entries: &[Entry], lease: Option<i64>) -> Request {
+    commit_if(keys, entries, lease, Vec::new())
+}
+
+/// [`commit`], only while `fence` holds: what the leader writes (its
+/// settlements) is refused once another replica leads. A refused commit
+/// answers with the transaction not succeeded ([`answer::txn`]).
+pub fn commit_fenced(keys: &Keys, entries: &[Entry], fence: &Fence) -> Request {
+    commit_if(keys, entries, None, vec![fence.compare()])
+}
+
+fn commit_if(keys: &Keys, entries: &[Entry], lease: Option<i64>, compare: Vec<Value>) -> Request {
     let mut ops: Vec<Value> = entries
         .iter()
         .map(|e| {
@@ -111,8 +122,7 @@ pub fn commit(keys: &Keys, entries: &[Entry], lease: Option<i64>) -> Request {
                 obj.insert("lease".into(), Value::String(lease.to_string()));
             }
             json!({"request_txn": {
-                "compare": [{"key": key, "target": "CREATE", "result": "EQUAL",
-                             "create_revision": "0"}],
+                "compare": [super::absent(&keys.event(&e.idempotency_key))],
                 "success": [{"request_put": put}],
                 "failure": [{"request_range": {"key": key}}],
             }})
@@ -121,7 +131,7 @@ pub fn commit(keys: &Keys, entries: &[Entry], lease: Option<i64>) -> Request {
     ops.push(json!({"request_put": {"key": b64(&keys.marker()), "value": ""}}));
     Request {
         path: "/v3/kv/txn",
-        body: json!({"compare": [], "success": ops, "failure": []}),
+        body: json!({"compare": compare, "success": ops, "failure": []}),
     }
 }
 

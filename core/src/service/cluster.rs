@@ -17,7 +17,7 @@ use crate::etcd::config::ClusterSettings;
 use crate::etcd::election::{self, Election};
 use crate::etcd::feed::{self, Feed};
 use crate::etcd::log::{self, Entry, Keys, Record};
-use crate::etcd::Gateway;
+use crate::etcd::{Fence, Gateway};
 use crate::event::{Control, ControlMessage, GroupId, IncidentKey, QueueMessage};
 use crate::genesys::answer::GenesysRef;
 use crate::ledger::Settle;
@@ -42,8 +42,9 @@ pub(super) struct Cluster {
     feed_failing: Option<String>,
     keys: Keys,
     gateway: Gateway,
-    /// Controls from this replica's filters, waiting to be put in the log.
-    outbox: VecDeque<(Control, DateTime<Utc>)>,
+    /// Controls waiting to be put in the log (from this replica's filters,
+    /// or its settlements while it leads, fenced on that leadership).
+    outbox: VecDeque<(Control, DateTime<Utc>, Option<Fence>)>,
     /// The outbox's call out, if any.
     sending: Option<OpId>,
     /// Controls dropped because the outbox was full, not said yet.
@@ -75,11 +76,15 @@ impl Cluster {
     /// A control from this replica's filters: put in the log, and applied
     /// (by every replica) when the feed reads it back.
     pub(super) fn post(&mut self, c: Control, now: DateTime<Utc>) {
+        self.post_fenced(c, now, None);
+    }
+
+    fn post_fenced(&mut self, c: Control, now: DateTime<Utc>, fence: Option<Fence>) {
         if self.outbox.len() >= OUTBOX_MAX {
             self.outbox.pop_front();
             self.overflowed += 1;
         }
-        self.outbox.push_back((c, now));
+        self.outbox.push_back((c, now, fence));
     }
 
     /// The outbox's next commit, when none is out.
@@ -93,7 +98,7 @@ impl Cluster {
                 ),
             );
         }
-        while let Some((_, at)) = self.outbox.front() {
+        while let Some((_, at, _)) = self.outbox.front() {
             if now - *at <= Duration::seconds(OUTBOX_PATIENCE_S) {
                 break;
             }
@@ -106,7 +111,7 @@ impl Cluster {
         if self.sending.is_some() || now < self.outbox_retry_at {
             return;
         }
-        let Some((c, at)) = self.outbox.front() else {
+        let Some((c, at, fence)) = self.outbox.front() else {
             return;
         };
         self.sent += 1;
@@ -124,26 +129,45 @@ impl Cluster {
             },
         };
         let op = self.sent;
-        let call: HttpCall = self
-            .gateway
-            .call(op, log::commit(&self.keys, &[entry], None));
+        let request = match fence {
+            Some(fence) => log::commit_fenced(&self.keys, &[entry], fence),
+            None => log::commit(&self.keys, &[entry], None),
+        };
+        let call: HttpCall = self.gateway.call(op, request);
         self.sending = Some(op);
         out.calls.push((Callout::Outbox(op), call));
     }
 
     /// The outbox's commit answered: the control goes, or waits for the
     /// next try.
-    fn outbox_answered(&mut self, op: OpId, result: &CallResult, now: DateTime<Utc>) {
+    fn outbox_answered(
+        &mut self,
+        op: OpId,
+        result: &CallResult,
+        now: DateTime<Utc>,
+        out: &mut Out,
+    ) {
         if self.sending != Some(op) {
             return;
         }
         self.sending = None;
-        // Its key is unique: whatever the commit found for it (created, or
-        // there from an earlier try whose answer was lost), it is in the log.
-        if crate::etcd::answer::txn(result).is_ok() {
-            self.outbox.pop_front();
-        } else {
-            self.outbox_retry_at = now + Duration::seconds(1);
+        match crate::etcd::answer::txn(result) {
+            // Its key is unique: whatever the commit found for it (created,
+            // or there from an earlier try whose answer was lost), it is in
+            // the log.
+            Ok(txn) if txn.succeeded => {
+                self.outbox.pop_front();
+            }
+            // The fence failed: another replica leads now, and this one's
+            // settlement is not its to record.
+            Ok(_) => {
+                self.outbox.pop_front();
+                out.log(
+                    Level::Warn,
+                    "emr-edge: a settlement was not recorded: another replica leads now".into(),
+                );
+            }
+            Err(_) => self.outbox_retry_at = now + Duration::seconds(1),
         }
     }
 
@@ -231,7 +255,7 @@ impl Service {
                 }
                 self.feed_effects(fx, now, out);
             }
-            Callout::Outbox(op) => c.outbox_answered(op, &result, now),
+            Callout::Outbox(op) => c.outbox_answered(op, &result, now, out),
             Callout::Genesys(_) | Callout::Itsm(_) => {}
         }
         self.drive(now, out);
@@ -314,6 +338,10 @@ impl Service {
         let Some(c) = &mut self.cluster else {
             return;
         };
+        // Fenced on the leadership that made the settlement.
+        let election::Role::Leader { fence } = c.election.role(now) else {
+            return;
+        };
         let events: Vec<(IncidentKey, i64)> = keys
             .iter()
             .filter_map(|k| {
@@ -324,7 +352,7 @@ impl Service {
         if events.is_empty() {
             return;
         }
-        c.post(
+        c.post_fenced(
             Control::Settled {
                 group,
                 events,
@@ -335,6 +363,7 @@ impl Service {
                 genesys: genesys.and_then(|g| serde_json::to_value(g).ok()),
             },
             now,
+            Some(fence),
         );
     }
 

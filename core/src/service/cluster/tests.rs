@@ -297,3 +297,40 @@ fn a_control_from_this_replicas_filters_goes_to_the_log_and_is_applied_from_ther
     }
     assert_eq!(applied, 1, "applied once, from the log");
 }
+
+#[test]
+fn a_settlement_is_fenced_on_the_leadership_and_dropped_once_another_leads() {
+    let settings = clustered(json!({})).cluster.unwrap();
+    let mut c = super::Cluster::new(&settings, t(0));
+    let fence = crate::etcd::Fence {
+        key: settings.keys.leader(),
+        revision: 7,
+    };
+    let settled = crate::event::Control::Settled {
+        group: crate::event::GroupId::parse("G1").unwrap(),
+        events: vec![],
+        failed: None,
+        genesys: None,
+    };
+    c.post_fenced(settled, t(0), Some(fence));
+    let mut out = Out::default();
+    c.send_outbox(t(0), &mut out);
+    let (callout, call) = out.calls.first().cloned().expect("a commit");
+    let body: Value = serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        body["compare"],
+        json!([{"key": b64(b"emr/leader"), "target": "CREATE", "result": "EQUAL",
+                "create_revision": "7"}])
+    );
+    // The compare failed: another replica leads. Not retried; said.
+    let Callout::Outbox(op) = callout else {
+        panic!("{callout:?}")
+    };
+    let mut answered = Out::default();
+    c.outbox_answered(op, &ok(json!({"header": header(9)})), t(0), &mut answered);
+    assert!(c.outbox.is_empty());
+    assert!(answered
+        .logs
+        .iter()
+        .any(|(l, m)| *l == Level::Warn && m.contains("another replica leads")));
+}
