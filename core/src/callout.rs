@@ -136,6 +136,18 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<u64> {
 }
 
 #[cfg(test)]
+impl CallResult {
+    /// A JSON answer with `status`, as the host hands it over.
+    pub(crate) fn json(status: u16, body: &serde_json::Value) -> Self {
+        CallResult::Response {
+            status,
+            headers: vec![],
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;

@@ -119,20 +119,6 @@ pub fn create_if_absent(key: &[u8], value: &[u8], lease: Option<i64>) -> Request
     }
 }
 
-/// Writes `key` only while `fence` holds: the leader key still exists with
-/// the revision this replica created it at. A replica that lost the
-/// leadership cannot overwrite what the new leader wrote.
-pub fn fenced_put(fence: &Fence, key: &[u8], value: &[u8], lease: Option<i64>) -> Request {
-    Request {
-        path: "/v3/kv/txn",
-        body: json!({
-            "compare": [fence.compare()],
-            "success": [put(key, value, lease)],
-            "failure": [],
-        }),
-    }
-}
-
 /// Reads one key.
 pub fn get(key: &[u8]) -> Request {
     Request {
@@ -165,7 +151,7 @@ pub fn lease_revoke(id: i64) -> Request {
     }
 }
 
-/// The leadership a write is fenced on: the leader key and the revision at
+/// The leadership a write is fenced on ([`log::commit_fenced`]): the leader key and the revision at
 /// which this replica created it (etcd never reuses a revision, so a later
 /// leader's key has another).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +176,7 @@ fn absent(key: &[u8]) -> Value {
     json!({"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
 }
 
+/// A `request_put` of `value` under `key`, on `lease` if any.
 fn put(key: &[u8], value: &[u8], lease: Option<i64>) -> Value {
     let mut put = json!({"key": b64(key), "value": b64(value)});
     if let (Some(lease), Some(obj)) = (lease, put.as_object_mut()) {
@@ -230,20 +217,6 @@ mod tests {
         // No lease: none named (a zero lease would be read as none anyway).
         let r = create_if_absent(b"k", b"v", None);
         assert_eq!(r.body["success"][0]["request_put"].get("lease"), None);
-    }
-
-    #[test]
-    fn a_fenced_write_compares_the_leader_keys_revision() {
-        let fence = Fence {
-            key: b"emr/leader".to_vec(),
-            revision: 42,
-        };
-        let r = fenced_put(&fence, b"k", b"v", None);
-        assert_eq!(
-            r.body["compare"],
-            json!([{"key": b64(b"emr/leader"), "target": "CREATE", "result": "EQUAL",
-                    "create_revision": "42"}])
-        );
     }
 
     #[test]

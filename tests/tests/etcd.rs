@@ -14,7 +14,7 @@ use emr_core::callout::{CallResult, HttpCall};
 use emr_core::etcd::answer;
 use emr_core::etcd::election::{Effect, Election, Metric, Role, Settings};
 use emr_core::etcd::log::{self, Committed, Entry, Keys, Record};
-use emr_core::etcd::{fenced_put, Fence, Gateway};
+use emr_core::etcd::{Fence, Gateway};
 use emr_e2e::etcd::Etcd;
 use emr_e2e::reqwest;
 
@@ -130,7 +130,15 @@ async fn fenced_write(etcd: &Etcd, fence: &Fence, value: &[u8]) -> bool {
         authority: "etcd".into(),
         timeout_ms: 500,
     };
-    let call = gw.call(1, fenced_put(fence, b"emr-test/data", value, None));
+    let entry = Entry {
+        idempotency_key: format!("data-{}", String::from_utf8_lossy(value)),
+        record: Record {
+            fingerprint: String::new(),
+            message: emr_e2e::json!(null),
+        },
+    };
+    let keys = Keys::new("emr-test/");
+    let call = gw.call(1, log::commit_fenced(&keys, &[entry], fence));
     let result = dispatch(&reqwest::Client::new(), etcd.client_port, &call).await;
     answer::txn(&result).expect("a txn answer").succeeded
 }

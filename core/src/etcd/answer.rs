@@ -298,11 +298,7 @@ mod tests {
     use super::*;
 
     fn answer(status: u16, body: Value) -> CallResult {
-        CallResult::Response {
-            status,
-            headers: vec![],
-            body: body.to_string().into_bytes(),
-        }
+        CallResult::json(status, &body)
     }
 
     // Bodies as etcd 3.4's gateway writes them.

@@ -175,10 +175,7 @@ impl Election {
     /// Whether this replica may act as the leader now: it won, and its
     /// lease is sure to be alive for another period at least.
     pub fn may_act(&self, now: DateTime<Utc>) -> bool {
-        self.leading.is_some()
-            && self
-                .lease
-                .is_some_and(|l| now + self.period() < l.alive_until)
+        self.may_act_until().is_some_and(|until| now < until)
     }
 
     /// Who leads, as far as this replica knows.
@@ -193,7 +190,9 @@ impl Election {
         }
     }
 
-    /// When [`Election::poll`] has something to do next.
+    /// When [`Election::poll`] has something to do next (the service
+    /// ticks; tests ask).
+    #[cfg(test)]
     pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
         let stale = self.may_act_until();
         match self.out {

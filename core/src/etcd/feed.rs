@@ -117,6 +117,8 @@ impl Feed {
         self.after
     }
 
+    /// When the next read is due (the service ticks; tests ask).
+    #[cfg(test)]
     pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
         self.out.is_none().then_some(self.next_at)
     }
@@ -143,11 +145,6 @@ impl Feed {
             Step::Page => log::read_since(&self.keys, self.after, self.page_size),
         };
         self.gateway.call(op, request)
-    }
-
-    /// Whether `op` is one of this reader's calls.
-    pub fn owns(&self, op: OpId) -> bool {
-        self.out.is_some_and(|o| o.op == op)
     }
 
     /// The answer to a call; one of another op is ignored.

@@ -115,20 +115,16 @@ fn commit_if(keys: &Keys, entries: &[Entry], lease: Option<i64>, compare: Vec<Va
     let mut ops: Vec<Value> = entries
         .iter()
         .map(|e| {
-            let key = b64(&keys.event(&e.idempotency_key));
+            let key = keys.event(&e.idempotency_key);
             let value = serde_json::to_vec(&e.record).unwrap_or_default();
-            let mut put = json!({"key": key, "value": b64(&value)});
-            if let (Some(lease), Some(obj)) = (lease, put.as_object_mut()) {
-                obj.insert("lease".into(), Value::String(lease.to_string()));
-            }
             json!({"request_txn": {
-                "compare": [super::absent(&keys.event(&e.idempotency_key))],
-                "success": [{"request_put": put}],
-                "failure": [{"request_range": {"key": key}}],
+                "compare": [super::absent(&key)],
+                "success": [super::put(&key, &value, lease)],
+                "failure": [{"request_range": {"key": b64(&key)}}],
             }})
         })
         .collect();
-    ops.push(json!({"request_put": {"key": b64(&keys.marker()), "value": ""}}));
+    ops.push(super::put(&keys.marker(), b"", None));
     Request {
         path: "/v3/kv/txn",
         body: json!({"compare": compare, "success": ops, "failure": []}),
@@ -274,11 +270,7 @@ mod tests {
     }
 
     fn ok(body: Value) -> CallResult {
-        CallResult::Response {
-            status: 200,
-            headers: vec![],
-            body: body.to_string().into_bytes(),
-        }
+        CallResult::json(200, &body)
     }
 
     #[test]
@@ -304,6 +296,24 @@ mod tests {
         assert_eq!(first["success"][0]["request_put"]["lease"], "9");
         assert_eq!(first["failure"][0]["request_range"]["key"], b64(b"emr/e/a"));
         assert_eq!(ops[2]["request_put"]["key"], b64(b"emr/m"));
+    }
+
+    #[test]
+    fn a_fenced_commit_compares_the_leader_keys_revision() {
+        let fence = Fence {
+            key: b"emr/leader".to_vec(),
+            revision: 42,
+        };
+        let r = commit_fenced(&Keys::new("emr/"), &[entry("a", "f")], &fence);
+        assert_eq!(
+            r.body["compare"],
+            json!([{"key": b64(b"emr/leader"), "target": "CREATE", "result": "EQUAL",
+                    "create_revision": "42"}])
+        );
+        assert_eq!(
+            commit(&Keys::new("emr/"), &[], None).body["compare"],
+            json!([])
+        );
     }
 
     #[test]

@@ -22,13 +22,6 @@ pub(super) struct ItemAnswer {
 }
 
 impl ItemAnswer {
-    /// Whether this is the fresh answer to `ev`.
-    pub(super) fn is_for(&self, ev: &IncidentEvent) -> bool {
-        !self.replayed
-            && self.routing_mode == Some(ev.routing_mode)
-            && self.correlation_id == ev.correlation_id.as_str()
-    }
-
     pub(super) fn event(ev: &IncidentEvent, answer: FirstAnswer, replayed: bool) -> Self {
         Self {
             correlation_id: ev.correlation_id.to_string(),
@@ -152,7 +145,7 @@ pub(super) fn conflict(ev: &IncidentEvent) -> Problem {
 /// What tells two payloads of one event key apart: every field of the
 /// event — the same equality as its JSON, without serialising it, and in
 /// half the bytes to hash.
-pub(super) fn event_fingerprint(ev: &IncidentEvent) -> Fingerprint {
+fn event_fingerprint(ev: &IncidentEvent) -> Fingerprint {
     let mut f = FingerprintBuilder::default();
     f.field(ev.source.as_str().as_bytes())
         .field(ev.correlation_id.as_str().as_bytes())
@@ -186,11 +179,24 @@ enum Stop {
     Unavailable(StoreError),
 }
 
+/// A new event of a delivery, on its way to the queue (or, in cluster
+/// mode, to etcd), with what judging it found.
+pub(super) struct NewEvent {
+    pub(super) event: IncidentEvent,
+    /// Its dedupe key: forgotten if it cannot be queued.
+    pub(super) key: String,
+    pub(super) fingerprint: Fingerprint,
+    /// The index of its answer in the delivery's answers.
+    pub(super) answer: usize,
+    /// It took a slot of its source's share ([`Intake::take_slots`]).
+    pub(super) slot: bool,
+}
+
 /// What judging a delivery's items found.
-struct JudgedItems {
-    answers: Vec<ItemAnswer>,
-    /// New events, with their dedupe keys.
-    to_queue: Vec<(IncidentEvent, String)>,
+pub(super) struct JudgedItems {
+    pub(super) answers: Vec<ItemAnswer>,
+    /// New events, in payload order.
+    pub(super) to_queue: Vec<NewEvent>,
     /// Open incidents a replayed activation renews.
     renewals: Vec<IncidentKey>,
 }
@@ -321,29 +327,22 @@ impl Intake<'_> {
         let steps = self
             .record_delivery(source, delivery_id.as_deref(), &items, &body, &mut rec)
             .and_then(|delivery_key| {
-                let judged = self.judge_items(source, items, &body, now, &mut rec)?;
-                let to_queue = self
-                    .take_slots(source, judged.to_queue)
+                let mut judged = self.judge_items(source, items, &body, now, &mut rec)?;
+                judged.to_queue = self
+                    .take_slots(source, std::mem::take(&mut judged.to_queue))
                     .map_err(|r| match r {
                         // Nothing of this delivery is kept: the sender's retry,
                         // once there is room, is processed in full.
                         Refusal::Full(p) => Stop::OverShare(p),
                         Refusal::Store(e) => Stop::Store(e),
                     })?;
-                if let (Some(cluster), false) = (&self.config.cluster, to_queue.is_empty()) {
+                let renewals = std::mem::take(&mut judged.renewals);
+                if let (Some(cluster), false) = (&self.config.cluster, judged.to_queue.is_empty()) {
                     // Cluster mode: recorded once etcd says so.
-                    self.queue_renewals(judged.renewals, now, &mut rec);
+                    self.queue_renewals(renewals, now, &mut rec);
                     let added = rec.added.clone();
                     return self
-                        .commit(
-                            cluster,
-                            source,
-                            to_queue,
-                            judged.answers,
-                            delivery_id.as_deref(),
-                            added,
-                            now,
-                        )
+                        .commit(cluster, source, judged, delivery_id.as_deref(), added, now)
                         .map(BodyStep::Commit)
                         .map_err(|p| Stop::Answer(Response::problem(&p)));
                 }
@@ -351,8 +350,8 @@ impl Intake<'_> {
                     delivery_id: delivery_id.as_deref(),
                     delivery_key,
                 };
-                self.enqueue(source, to_queue, &queued, now, &mut rec)?;
-                self.queue_renewals(judged.renewals, now, &mut rec);
+                self.enqueue(source, judged.to_queue, &queued, now, &mut rec)?;
+                self.queue_renewals(renewals, now, &mut rec);
                 Ok(BodyStep::Respond(accepted(&judged.answers)))
             });
         match steps {
@@ -433,7 +432,13 @@ impl Intake<'_> {
                         Ok(Outcome::New) => {
                             out.answers
                                 .push(ItemAnswer::event(&ev, FirstAnswer::Accepted, false));
-                            out.to_queue.push((ev, key));
+                            out.to_queue.push(NewEvent {
+                                event: ev,
+                                key,
+                                fingerprint,
+                                answer: out.answers.len() - 1,
+                                slot: false,
+                            });
                         }
                         Ok(Outcome::Replay(first)) => {
                             rec.counters.push(Counter::Replayed);
@@ -518,22 +523,25 @@ impl Intake<'_> {
     fn enqueue(
         &self,
         source: Source,
-        to_queue: Vec<(IncidentEvent, String, bool)>,
+        to_queue: Vec<NewEvent>,
         queued: &Delivered<'_>,
         now: DateTime<Utc>,
         rec: &mut Recorder<'_>,
     ) -> Result<(), Stop> {
         let received_ms = now.timestamp_millis();
         let mut queue = to_queue.into_iter();
-        while let Some((ev, key, slot)) = queue.next() {
+        while let Some(NewEvent {
+            event, key, slot, ..
+        }) = queue.next()
+        {
             let message = QueuedEvent {
                 received_ms,
                 delivery_id: queued.delivery_id.map(str::to_owned),
-                event: ev,
+                event,
                 slot,
             };
             if let Err(e) = self.send(&message, &mut rec.counters) {
-                let rest: Vec<(String, bool)> = queue.map(|(_, k, s)| (k, s)).collect();
+                let rest: Vec<(String, bool)> = queue.map(|n| (n.key, n.slot)).collect();
                 let unused = u32::from(slot)
                     + u32::try_from(rest.iter().filter(|(_, s)| *s).count()).unwrap_or(0);
                 let _ = quota::give_back(self.store, source, unused);
@@ -607,35 +615,32 @@ impl Intake<'_> {
     fn take_slots(
         &self,
         source: Source,
-        events: Vec<(IncidentEvent, String)>,
-    ) -> Result<Vec<(IncidentEvent, String, bool)>, Refusal> {
+        mut events: Vec<NewEvent>,
+    ) -> Result<Vec<NewEvent>, Refusal> {
         let limit = self.config.shares.limit(source);
-        let mut out = Vec::with_capacity(events.len());
         let mut taken = 0u32;
-        for (ev, key) in events {
-            if ev.routing_mode != RoutingMode::Active {
-                out.push((ev, key, false));
+        for n in &mut events {
+            if n.event.routing_mode != RoutingMode::Active {
                 continue;
             }
             let refusal = match quota::take(self.store, source, limit) {
                 Ok(quota::Taken::Yes) => {
                     taken += 1;
-                    out.push((ev, key, true));
+                    n.slot = true;
                     continue;
                 }
                 Ok(quota::Taken::Full(count)) => {
-                    if self.is_open(source, &ev) {
-                        out.push((ev, key, false));
+                    if self.is_open(source, &n.event) {
                         continue;
                     }
-                    Refusal::Full(share_full(source, &ev, limit, count))
+                    Refusal::Full(share_full(source, &n.event, limit, count))
                 }
                 Err(e) => Refusal::Store(e),
             };
             let _ = quota::give_back(self.store, source, taken);
             return Err(refusal);
         }
-        Ok(out)
+        Ok(events)
     }
 
     /// Whether the status board shows `ev`'s incident open.

@@ -11,7 +11,7 @@
 //!   what this request recorded in shared data is forgotten, so the
 //!   sender's retry is processed in full. Nothing is both refused and kept.
 
-use super::accept::{accepted, conflict, event_fingerprint, ItemAnswer};
+use super::accept::{accepted, conflict, ItemAnswer, JudgedItems};
 use super::*;
 use crate::callout::{CallResult, HttpCall};
 use crate::etcd::config::ClusterSettings;
@@ -74,21 +74,22 @@ pub struct Pending {
 }
 
 impl Intake<'_> {
-    /// The commit of a delivery's new events, in place of queueing them.
-    /// `to_queue` are the events with their dedupe keys and whether each
-    /// took a share slot; `answers` what each item is answered if it holds.
-    #[allow(clippy::too_many_arguments)]
+    /// The commit of a delivery's new events (`judged.to_queue`, their
+    /// slots taken), in place of queueing them; `judged.answers` is what
+    /// each item is answered if the commit holds.
     pub(super) fn commit(
         &self,
         cluster: &ClusterSettings,
         source: Source,
-        to_queue: Vec<(IncidentEvent, String, bool)>,
-        answers: Vec<ItemAnswer>,
+        judged: JudgedItems,
         delivery_id: Option<&str>,
         added: Vec<String>,
         now: DateTime<Utc>,
     ) -> Result<Commit, Problem> {
-        let slots = u32::try_from(to_queue.iter().filter(|(_, _, s)| *s).count()).unwrap_or(0);
+        let JudgedItems {
+            answers, to_queue, ..
+        } = judged;
+        let slots = u32::try_from(to_queue.iter().filter(|n| n.slot).count()).unwrap_or(0);
         if to_queue.len() > log::MAX_BATCH {
             self.undo(source, &added, slots);
             return Err(Problem::new(
@@ -105,30 +106,22 @@ impl Intake<'_> {
         let received_ms = now.timestamp_millis();
         let mut events = Vec::with_capacity(to_queue.len());
         let mut entries = Vec::with_capacity(to_queue.len());
-        // Events are in item order: each one's answer is the next that is
-        // for it (one incident may have several events in a delivery).
-        let mut cursor = 0;
-        for (ev, key, slot) in to_queue {
-            let at = answers
-                .get(cursor..)
-                .and_then(|rest| rest.iter().position(|a| a.is_for(&ev)))
-                .map_or(cursor, |i| cursor + i);
-            cursor = at + 1;
+        for n in to_queue {
             let message = serde_json::to_value(QueuedEvent {
-                event: ev.clone(),
+                event: n.event.clone(),
                 received_ms,
                 delivery_id: delivery_id.map(str::to_owned),
-                slot,
+                slot: n.slot,
             })
             .unwrap_or_default();
             entries.push(Entry {
-                idempotency_key: key,
+                idempotency_key: n.key,
                 record: Record {
-                    fingerprint: hex::encode(&event_fingerprint(&ev)),
+                    fingerprint: hex::encode(&n.fingerprint),
                     message,
                 },
             });
-            events.push((ev, at));
+            events.push((n.event, n.answer));
         }
         let call = cluster
             .gateway

@@ -105,11 +105,7 @@ fn open(l: &mut Ledger, source: Source, id: &str) {
 }
 
 fn ok(body: Value) -> CallResult {
-    CallResult::Response {
-        status: 200,
-        headers: vec![],
-        body: serde_json::to_vec(&body).unwrap(),
-    }
+    CallResult::json(200, &body)
 }
 
 fn calls(fx: &[PollEffect]) -> Vec<HttpCall> {

@@ -26,11 +26,7 @@ fn election() -> Election {
 }
 
 fn ok(body: Value) -> CallResult {
-    CallResult::Response {
-        status: 200,
-        headers: vec![],
-        body: body.to_string().into_bytes(),
-    }
+    CallResult::json(200, &body)
 }
 
 fn header(revision: i64) -> Value {

@@ -24,11 +24,7 @@ fn feed() -> Feed {
 }
 
 fn ok(body: Value) -> CallResult {
-    CallResult::Response {
-        status: 200,
-        headers: vec![],
-        body: body.to_string().into_bytes(),
-    }
+    CallResult::json(200, &body)
 }
 
 fn marker(revision: i64) -> CallResult {

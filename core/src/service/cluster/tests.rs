@@ -30,11 +30,7 @@ fn clustered(extra: Value) -> Config {
 }
 
 fn ok(body: Value) -> CallResult {
-    CallResult::Response {
-        status: 200,
-        headers: vec![],
-        body: body.to_string().into_bytes(),
-    }
+    CallResult::json(200, &body)
 }
 
 fn header(revision: i64) -> Value {
