@@ -27,13 +27,18 @@
 //! - [`election`]: leader election on a lease, by-value like the
 //!   reconciler;
 //! - [`log`]: the event log: an intake's commit, the leader's reads;
-//! - [`feed`]: the log read in order, from the start or where it was.
+//! - [`feed`]: the log read in order, from the start or where it was;
+//! - [`retention`]: the leases that keep the log one dedupe window long;
+//! - [`snapshot`]: the leader's record of what the log said, for when its
+//!   oldest entries have gone.
 
 pub mod answer;
 pub mod config;
 pub mod election;
 pub mod feed;
 pub mod log;
+pub mod retention;
+pub mod snapshot;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

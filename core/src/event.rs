@@ -516,6 +516,19 @@ pub enum Control {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         genesys: Option<serde_json::Value>,
     },
+    /// Cluster mode: what the leader's status poll of the incident's tool
+    /// found, for every replica's ledger, as of `atMs`: resolved (what the
+    /// tool said), or still open, its expiry moved to at least
+    /// `renewSeconds` on.
+    #[serde(rename_all = "camelCase")]
+    Polled {
+        incident: IncidentKey,
+        at_ms: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resolved: Option<String>,
+        #[serde(default)]
+        renew_seconds: i64,
+    },
 }
 
 /// What the service takes off the queue.

@@ -69,6 +69,7 @@ pub const WEBHOOK_PREFIX: &str = "/webhooks/";
 pub const STATUS_PREFIX: &str = "/emr/status/";
 pub const STATE_PATH: &str = "/emr/state";
 pub const HEALTH_PATH: &str = "/emr/health";
+pub const READY_PATH: &str = "/emr/ready";
 pub const GROUPS_PREFIX: &str = "/emr/groups/";
 const RESUME_SUFFIX: &str = "/resume";
 
@@ -271,6 +272,8 @@ enum EmrRoute<'a> {
     State,
     /// Whether the service is alive: for liveness probes.
     Health,
+    /// Whether this replica takes webhooks: for readiness probes.
+    Ready,
     /// `POST /emr/groups/{id}/resume`.
     Resume(&'a str),
     Unknown,
@@ -288,6 +291,8 @@ fn route(path: &str) -> Route<'_> {
         Route::Emr(EmrRoute::State)
     } else if path == HEALTH_PATH {
         Route::Emr(EmrRoute::Health)
+    } else if path == READY_PATH {
+        Route::Emr(EmrRoute::Ready)
     } else if let Some(id) = path
         .strip_prefix(GROUPS_PREFIX)
         .and_then(|rest| rest.strip_suffix(RESUME_SUFFIX))
@@ -354,7 +359,7 @@ impl Intake<'_> {
                         "no emr-edge resource at {}",
                         text::quoted(path)
                     ))),
-                    EmrRoute::Status(_) | EmrRoute::State | EmrRoute::Health
+                    EmrRoute::Status(_) | EmrRoute::State | EmrRoute::Health | EmrRoute::Ready
                         if method != "GET" && method != "HEAD" =>
                     {
                         refused(&Problem::method_not_allowed("GET, HEAD"))
@@ -368,6 +373,7 @@ impl Intake<'_> {
                     }
                     EmrRoute::State => self.state(),
                     EmrRoute::Health => self.health(now),
+                    EmrRoute::Ready => self.ready(now),
                     EmrRoute::Resume(id) => match cross_site::check(headers) {
                         Ok(()) => self.resume(id, now),
                         Err(p) => refused(&p),

@@ -33,6 +33,13 @@ pub const RECORDED_KEY: &str = "emr.service.recorded";
 /// operator must see that it cannot switch.
 pub const HEALTH_KEY: &str = "emr.service.health";
 
+/// Cluster mode: why this replica cannot take webhooks (a JSON list of
+/// reasons, empty when it can): etcd failing. `GET /emr/ready` answers 503
+/// with them, for a load balancer to send webhooks elsewhere; unlike
+/// [`HEALTH_KEY`]'s, they say nothing of Genesys, which does not stop the
+/// intake.
+pub const READY_KEY: &str = "emr.cluster.unready";
+
 /// The bytes the service stores under [`HEALTH_KEY`].
 pub fn health(reasons: &[String]) -> Vec<u8> {
     serde_json::to_vec(reasons).unwrap_or_else(|_| b"[]".to_vec())

@@ -407,6 +407,24 @@ impl Reconciler {
         }
     }
 
+    /// Cluster mode's start, in place of [`Reconciler::start_recovery`]:
+    /// the ledger, rebuilt from etcd's log and snapshot, is the truth. Rows
+    /// are written (a mirror for flows) but not read, and no group is
+    /// adopted: one found enabled that no incident wants was left so by a
+    /// leader that died before it switched it off. Each of `groups` is read
+    /// at once.
+    pub fn start_from_ledger(&mut self, groups: &[GroupId]) {
+        self.report = RecoveryReport {
+            started: true,
+            detail: Some("cluster mode: the ledger is rebuilt from etcd".into()),
+            ..RecoveryReport::default()
+        };
+        self.recovery = Recovery::Done;
+        for g in groups {
+            self.mark_dirty(g);
+        }
+    }
+
     /// The first read of each of `groups` may adopt it.
     fn adopt_checks(&mut self, groups: &[GroupId]) {
         for g in groups {

@@ -115,6 +115,21 @@ impl From<PersistedIncident> for Wire {
 }
 
 impl PersistedIncident {
+    /// An open incident of the ledger, as persisted; `None` for one with no
+    /// expiry (never open).
+    pub fn of(inc: &Incident) -> Option<Self> {
+        Some(Self {
+            source: inc.source,
+            id: inc.id.clone(),
+            incident_type: inc.incident_type.clone(),
+            queues: inc.queues.clone(),
+            priority: inc.priority,
+            event_ms: inc.last_event_at.timestamp_millis(),
+            expires_ms: inc.expires_at?.timestamp_millis(),
+            ttl_seconds: Some(inc.ttl_seconds),
+        })
+    }
+
     pub fn key(&self) -> IncidentKey {
         IncidentKey {
             source: self.source,

@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::callout::{CallResult, HttpCall, OpId};
 use crate::config::Config;
 use crate::event::{Control, GroupId, IncidentKey, QueueMessage, QueuedEvent};
-use crate::itsm::{PollChanged, PollEffect, PollMetric, Poller};
+use crate::itsm::{PollChange, PollChanged, PollEffect, PollMetric, Poller};
 use crate::ledger::{Applied, Ledger, Settle};
 use crate::reconcile::{Effect, Metric as ReconcileMetric, Reconciler};
 use crate::rfc3339;
@@ -81,6 +81,10 @@ pub enum Callout {
     Feed(OpId),
     /// Cluster mode: a control message (a resume, a renewal) put in the log.
     Outbox(OpId),
+    /// Cluster mode: a lease for the log's entries.
+    Lease(OpId),
+    /// Cluster mode: the leader's snapshot written.
+    Snapshot(OpId),
 }
 
 /// What one metric sample does to its stat, named by the core as
@@ -224,6 +228,8 @@ pub fn create_keys(config: &Config, store: &dyn SharedStore) -> Result<(), Strin
         .map_err(|e| format!("cannot create the ignored-event keys: {e:?}"))?;
     ensure_key(store, liveness::HEALTH_KEY)
         .map_err(|e| format!("cannot create the health key: {e:?}"))?;
+    ensure_key(store, liveness::READY_KEY)
+        .map_err(|e| format!("cannot create the readiness key: {e:?}"))?;
     quota::create_keys(store).map_err(|e| format!("cannot create the share keys: {e:?}"))?;
     ensure_key(store, TOKEN_KEY).map_err(|e| format!("cannot create the token key: {e:?}"))
 }
@@ -284,10 +290,10 @@ impl Service {
             // "absent" case.
             out.reconcile(ReconcileMetric::ContendedGroups(0));
         }
-        let cluster = config
-            .cluster
-            .as_ref()
-            .map(|s| cluster::Cluster::new(s, now));
+        let cluster = config.cluster.as_ref().map(|s| {
+            let window = i64::from(config.intake.dedupe.window_seconds);
+            cluster::Cluster::new(s, window, now)
+        });
         let service = Self {
             ledger: Ledger::new(config.retention),
             board: Board::default(),
@@ -425,7 +431,11 @@ impl Service {
                     self.apply_poll_effects(effects, now, out);
                 }
             }
-            Callout::Election(_) | Callout::Feed(_) | Callout::Outbox(_) => {
+            Callout::Election(_)
+            | Callout::Feed(_)
+            | Callout::Outbox(_)
+            | Callout::Lease(_)
+            | Callout::Snapshot(_) => {
                 self.cluster_answered(callout, result, now, out);
             }
         }
@@ -523,6 +533,18 @@ impl Service {
             Control::Renew { incident, .. } => {
                 self.renew(&incident, chrono::Duration::zero(), now);
             }
+            Control::Polled {
+                incident,
+                at_ms,
+                resolved,
+                renew_seconds,
+            } => {
+                let at = DateTime::from_timestamp_millis(at_ms).unwrap_or(now);
+                let change = PollChange::polled(incident, resolved, renew_seconds);
+                if let Some(changed) = change.apply(&mut self.ledger, at) {
+                    self.incident_changed(changed, now);
+                }
+            }
             Control::Settled {
                 events,
                 failed,
@@ -569,7 +591,11 @@ impl Service {
                 // config names (its rules' too) is read at start, so a
                 // wrong one shows now, not at the incident.
                 let groups: Vec<_> = self.config.groups.iter().cloned().collect();
-                g.reconciler.start_recovery(&groups);
+                if self.cluster.is_some() {
+                    g.reconciler.start_from_ledger(&groups);
+                } else {
+                    g.reconciler.start_recovery(&groups);
+                }
                 g.reconciler.mark_all(&self.ledger);
                 self.state_dirty = true;
             }
@@ -626,6 +652,11 @@ impl Service {
         for effect in effects {
             match effect {
                 PollEffect::Call(call) => out.calls.push((Callout::Itsm(call.op), call)),
+                // Cluster mode: through the log, so every replica's ledger
+                // has it, and a new leader does not undo it.
+                PollEffect::Ledger(change) if self.cluster.is_some() => {
+                    self.share_poll(&change, now);
+                }
                 PollEffect::Ledger(change) => {
                     if let Some(changed) = change.apply(&mut self.ledger, now) {
                         self.incident_changed(changed, now);
@@ -669,6 +700,7 @@ impl Service {
         out: &mut Out,
     ) {
         self.mirror_token_if_refreshed(store);
+        self.publish_lease(store, out);
         let due = |last: DateTime<Utc>, every_ms: i64| (now - last).num_milliseconds() >= every_ms;
         if due(self.last_beat, liveness::BEAT_EVERY_MS) {
             self.last_beat = now;
@@ -689,6 +721,11 @@ impl Service {
                     .map(|g| g.reconciler.health().reasons())
                     .unwrap_or_default();
                 reasons.extend(self.cluster_problem.clone());
+                let unready: Vec<String> = self.cluster_problem.iter().cloned().collect();
+                out.check(
+                    store.set(liveness::READY_KEY, &liveness::health(&unready), None),
+                    "write the replica's readiness",
+                );
                 self.state_dirty = true;
                 out.check(
                     store.set(liveness::HEALTH_KEY, &liveness::health(&reasons), None),

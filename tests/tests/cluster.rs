@@ -82,6 +82,21 @@ async fn state(http: &reqwest::Client, envoy: &Envoy) -> Value {
     }
 }
 
+/// Waits until `envoy` says it takes webhooks (`/emr/ready`): its service
+/// has a lease from etcd for their events.
+async fn ready(http: &reqwest::Client, envoy: &Envoy, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(envoy.url("/emr/ready")).send().await {
+            if r.status() == 200 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// Waits until one of `replicas` acts as the leader; its index.
 async fn leader(http: &reqwest::Client, replicas: &[&Envoy], within: Duration) -> Option<usize> {
     let deadline = std::time::Instant::now() + within;
@@ -148,6 +163,12 @@ impl Cluster {
         let lead = leader(&http, &all, Duration::from_secs(10))
             .await
             .expect("one replica leads");
+        for r in &all {
+            assert!(
+                ready(&http, r, Duration::from_secs(10)).await,
+                "never ready"
+            );
+        }
         Cluster {
             sim,
             replicas,
@@ -227,7 +248,6 @@ async fn a_copy_at_another_replica_is_a_replay_and_another_payload_a_conflict() 
     assert_eq!(first.status(), 202);
     assert!(first.headers().get("idempotent-replayed").is_none());
     let again = post(http, b, &event).await;
-    assert_eq!(again.status(), 202);
     assert_eq!(
         again
             .headers()
@@ -288,6 +308,12 @@ async fn etcd_down_is_503_with_retry_after_and_nothing_is_lost_once_it_is_back()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(said, "the health names etcd");
+    // Alive (the health is 200 for a liveness probe), but not ready: a
+    // load balancer sends webhooks elsewhere.
+    let r = http.get(a.url("/emr/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.text().await.unwrap().contains("etcd"));
     assert!(!enabled(&sim), "nothing was accepted");
     // Back: the sender's retry is accepted and applied.
     etcd.restart();
@@ -301,6 +327,10 @@ async fn etcd_down_is_503_with_retry_after_and_nothing_is_lost_once_it_is_back()
     }
     assert!(accepted);
     assert!(eventually(Duration::from_secs(10), || enabled(&sim)).await);
+    assert!(
+        ready(&http, &a, Duration::from_secs(5)).await,
+        "ready again"
+    );
 }
 
 #[tokio::test]
@@ -710,4 +740,81 @@ async fn an_event_the_leader_accepted_just_before_it_died_is_applied_by_the_next
     );
     assert_eq!(group_puts(&c.sim).len(), 1, "switched once");
     drop(dead);
+}
+
+/// How many keys `etcd` holds under `prefix`.
+async fn keys_under(http: &reqwest::Client, etcd: &Etcd, prefix: &[u8]) -> u64 {
+    let body = json!({"key": emr_core::etcd::b64(prefix),
+                      "range_end": emr_core::etcd::b64(&emr_core::etcd::prefix_end(prefix)),
+                      "count_only": true});
+    let r: Value = http
+        .post(etcd.url("/v3/kv/range"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["count"].as_str().map_or(0, |c| c.parse().unwrap())
+}
+
+#[tokio::test]
+async fn events_leave_etcd_after_the_dedupe_window_and_the_snapshot_keeps_their_incident() {
+    // The shortest dedupe window: a minute, so entries leave within 80 s.
+    let patch = json!({"intake": {"dedupe_window_seconds": 60}});
+    let etcd = Etcd::start();
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let start_all = || async {
+        let mut rs = Vec::new();
+        for id in ["replica-a", "replica-b"] {
+            rs.push(replica_with(id, &sim, &[&etcd], patch.clone()).await);
+        }
+        let all: Vec<&Envoy> = rs.iter().collect();
+        leader(&http, &all, Duration::from_secs(10))
+            .await
+            .expect("one replica leads");
+        for r in &all {
+            assert!(
+                ready(&http, r, Duration::from_secs(10)).await,
+                "never ready"
+            );
+        }
+        rs
+    };
+    let replicas = start_all().await;
+    let event = incident("INC-LONG", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    assert_eq!(post(&http, &replicas[0], &event).await.status(), 202);
+    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    assert!(keys_under(&http, &etcd, b"emr/e/").await >= 1);
+    // The event's key goes with its lease; the leader's snapshot stays.
+    let started = std::time::Instant::now();
+    while keys_under(&http, &etcd, b"emr/e/").await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the log's entries never left"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("the log emptied {:?} after the event", started.elapsed());
+    assert_eq!(keys_under(&http, &etcd, b"emr/s").await, 1, "a snapshot");
+    // Every replica starts afresh: only the snapshot knows the incident.
+    drop(replicas);
+    let replicas = start_all().await;
+    for r in &replicas {
+        let s = status(&http, r, "INC-LONG").await;
+        assert_eq!(s["state"], "OPEN", "{s}");
+    }
+    // Held on, not switched off and on again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(enabled(&sim));
+    assert_eq!(group_puts(&sim).len(), 1, "one switch on, none since");
+    // Its resolution, at either replica, still switches it off.
+    let resolve = incident("INC-LONG", "EMERGENCY_RESOLVED", &[]);
+    assert_eq!(post(&http, &replicas[1], &resolve).await.status(), 202);
+    assert!(eventually(Duration::from_secs(5), || !enabled(&sim)).await);
+    assert_eq!(group_puts(&sim).len(), 2);
 }

@@ -138,7 +138,8 @@ async fn fenced_write(etcd: &Etcd, fence: &Fence, value: &[u8]) -> bool {
         },
     };
     let keys = Keys::new("emr-test/");
-    let call = gw.call(1, log::commit_fenced(&keys, &[entry], fence));
+    let lease = lease(etcd.client_port, 600).await;
+    let call = gw.call(1, log::commit_fenced(&keys, &[entry], lease, fence));
     let result = dispatch(&reqwest::Client::new(), etcd.client_port, &call).await;
     answer::txn(&result).expect("a txn answer").succeeded
 }
@@ -346,9 +347,17 @@ fn entry(key: &str, fingerprint: &str) -> Entry {
     }
 }
 
+/// A lease of `ttl_s` for the log's entries, as a service keeps one.
+async fn lease(port: u16, ttl_s: i64) -> i64 {
+    let call = gateway(port).call(1, emr_core::etcd::lease_grant(ttl_s));
+    let result = dispatch(&reqwest::Client::new(), port, &call).await;
+    answer::lease_grant(&result).expect("a lease").id
+}
+
 async fn commit_to(port: u16, entries: Vec<Entry>) -> Vec<Committed> {
     let keys = Keys::new("emr-test/");
-    let call = gateway(port).call(1, log::commit(&keys, &entries, None));
+    let lease = lease(port, 600).await;
+    let call = gateway(port).call(1, log::commit(&keys, &entries, lease));
     let result = dispatch(&reqwest::Client::new(), port, &call).await;
     log::committed(&entries, &result).expect("a commit answer")
 }
@@ -447,7 +456,8 @@ async fn the_largest_delivery_fits_etcds_transaction_limits() {
     // MAX_BATCH exists: 127 events and the marker are refused.
     let too_many: Vec<Entry> = (0..127).map(|i| entry(&format!("big:{i}"), "f")).collect();
     let keys = Keys::new("emr-test/");
-    let call = gateway(etcd.client_port).call(1, log::commit(&keys, &too_many, None));
+    let lease = lease(etcd.client_port, 600).await;
+    let call = gateway(etcd.client_port).call(1, log::commit(&keys, &too_many, lease));
     let result = dispatch(&reqwest::Client::new(), etcd.client_port, &call).await;
     assert_eq!(
         log::committed(&too_many, &result),
@@ -478,6 +488,7 @@ async fn read_all(feed: &mut emr_core::etcd::feed::Feed, port: u16, n: usize) ->
                             .iter()
                             .map(|e| e.record.message["event"].as_str().unwrap().to_owned()),
                     ),
+                    FeedEffect::Snapshot(s) => got.push(format!("snapshot@{}", s.position)),
                     other => panic!("{other:?}"),
                 }
             }
@@ -546,17 +557,109 @@ async fn the_feed_reads_every_commit_once_in_order_across_pages_and_commits() {
     assert_eq!(later, expected);
 }
 
+#[tokio::test]
+async fn entries_leave_with_their_lease_and_the_snapshot_keeps_what_they_said() {
+    let etcd = Etcd::start();
+    let port = etcd.client_port;
+    let keys = Keys::new("emr-test/");
+    let http = reqwest::Client::new();
+    // Two events on a lease of 2 s (a dedupe window, shortened).
+    let short = lease(port, 2).await;
+    let call = gateway(port).call(
+        1,
+        log::commit(&keys, &[entry("a", "f"), entry("b", "f")], short),
+    );
+    let committed = log::committed(
+        &[entry("a", "f"), entry("b", "f")],
+        &dispatch(&http, port, &call).await,
+    )
+    .expect("committed");
+    let Committed::Created { revision } = committed[0] else {
+        panic!("{committed:?}")
+    };
+    // The leader's snapshot of what they said, at their revision, fenced
+    // on a leader key.
+    let leader = dispatch(
+        &http,
+        port,
+        &gateway(port).call(
+            1,
+            emr_core::etcd::create_if_absent(&keys.leader(), b"r1", None),
+        ),
+    )
+    .await;
+    let fence = Fence {
+        key: keys.leader(),
+        revision: answer::txn(&leader).expect("the leader key").revision,
+    };
+    let body = format!(r#"{{"p":{revision},"g":["what a and b said"]}}"#);
+    let wrote = dispatch(
+        &http,
+        port,
+        &gateway(port).call(
+            1,
+            emr_core::etcd::snapshot::write(&keys, body.as_bytes(), &fence),
+        ),
+    )
+    .await;
+    assert!(answer::txn(&wrote).unwrap().succeeded);
+    // The lease ends: etcd deletes the events by itself.
+    let events_left = || async {
+        let prefix = keys.events();
+        let r = read(
+            &etcd,
+            emr_core::etcd::Request {
+                path: "/v3/kv/range",
+                body: emr_e2e::json!({"key": emr_core::etcd::b64(&prefix),
+                    "range_end": emr_core::etcd::b64(&emr_core::etcd::prefix_end(&prefix)),
+                    "count_only": true}),
+            },
+        )
+        .await;
+        answer::body(&r).unwrap()["count"]
+            .as_str()
+            .map_or(0, |c| c.parse::<u64>().unwrap())
+    };
+    assert_eq!(events_left().await, 2);
+    let started = std::time::Instant::now();
+    while events_left().await > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never left");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its key gone, the same event is new again: the dedupe window ended.
+    assert!(matches!(
+        commit(&etcd, &[entry("a", "f")]).await[0],
+        Committed::Created { .. }
+    ));
+    // A replica starting now reads the snapshot in the place of what left,
+    // then what came after it.
+    let mut feed = emr_core::etcd::feed::Feed::new(
+        keys.clone(),
+        gateway(port),
+        chrono::Duration::milliseconds(50),
+        1,
+        1,
+        Utc::now(),
+    );
+    let got = read_all(&mut feed, port, 2).await;
+    assert_eq!(got, [format!("snapshot@{revision}"), "a".to_owned()]);
+}
+
 // ---- etcd failing --------------------------------------------------------------
 
 /// Commits one event through `port`; the outcome and how long it took.
-async fn try_commit(port: u16, key: &str) -> (Result<Vec<Committed>, answer::Failure>, Duration) {
+async fn try_commit(
+    port: u16,
+    key: &str,
+    lease: i64,
+) -> (Result<Vec<Committed>, answer::Failure>, Duration) {
     let keys = Keys::new("emr-test/");
     let entries = vec![entry(key, "f")];
     let call = Gateway {
         timeout_ms: 500,
         ..gateway(port)
     }
-    .call(1, log::commit(&keys, &entries, None));
+    .call(1, log::commit(&keys, &entries, lease));
     let started = std::time::Instant::now();
     let result = dispatch(&reqwest::Client::new(), port, &call).await;
     (log::committed(&entries, &result), started.elapsed())
@@ -566,12 +669,13 @@ async fn try_commit(port: u16, key: &str) -> (Result<Vec<Committed>, answer::Fai
 async fn one_member_down_changes_nothing_and_a_lost_quorum_refuses_in_milliseconds() {
     let mut members = Etcd::cluster(3);
     let port = members[0].client_port;
-    assert!(try_commit(port, "before").await.0.is_ok());
+    let lease = lease(port, 600).await;
+    assert!(try_commit(port, "before", lease).await.0.is_ok());
     // One of three down: commits go on (after an election, if it led).
     members[2].kill();
     let mut ok_after_one = false;
     for i in 0..50 {
-        if let (Ok(c), _) = try_commit(port, &format!("one-down-{i}")).await {
+        if let (Ok(c), _) = try_commit(port, &format!("one-down-{i}"), lease).await {
             assert!(matches!(c[0], Committed::Created { .. }));
             ok_after_one = true;
             break;
@@ -591,7 +695,7 @@ async fn one_member_down_changes_nothing_and_a_lost_quorum_refuses_in_millisecon
             started.elapsed() < Duration::from_secs(10),
             "no quick refusal: {refusals:?}"
         );
-        let (outcome, took) = try_commit(port, "no-quorum").await;
+        let (outcome, took) = try_commit(port, "no-quorum", lease).await;
         let failure = outcome.expect_err("no quorum, no commit");
         assert!(failure.is_transient(), "{failure}");
         assert!(
@@ -614,7 +718,11 @@ async fn one_member_down_changes_nothing_and_a_lost_quorum_refuses_in_millisecon
     members[1].restart();
     let mut back = false;
     for i in 0..100 {
-        if try_commit(port, &format!("back-{i}")).await.0.is_ok() {
+        if try_commit(port, &format!("back-{i}"), lease)
+            .await
+            .0
+            .is_ok()
+        {
             back = true;
             break;
         }
@@ -632,6 +740,7 @@ async fn post(port: u16, path: &'static str, body: emr_e2e::Value) -> CallResult
 async fn a_full_etcd_says_so_and_commits_again_once_an_operator_frees_space() {
     let etcd = Etcd::start_with(&["--quota-backend-bytes=2097152"]);
     let port = etcd.client_port;
+    let lease = lease(port, 600).await;
     let filler = "x".repeat(200_000);
     let mut full = None;
     for i in 0..100 {
@@ -642,7 +751,7 @@ async fn a_full_etcd_says_so_and_commits_again_once_an_operator_frees_space() {
                 message: emr_e2e::json!({ "pad": filler }),
             },
         }];
-        let call = gateway(port).call(1, log::commit(&Keys::new("emr-test/"), &entries, None));
+        let call = gateway(port).call(1, log::commit(&Keys::new("emr-test/"), &entries, lease));
         let result = dispatch(&reqwest::Client::new(), port, &call).await;
         if let Err(f) = log::committed(&entries, &result) {
             full = Some(f);
@@ -655,7 +764,7 @@ async fn a_full_etcd_says_so_and_commits_again_once_an_operator_frees_space() {
     assert!(failure.to_string().contains("compact"), "says what to do");
     // Small commits are refused too while the alarm is raised.
     assert_eq!(
-        try_commit(port, "while-full").await.0,
+        try_commit(port, "while-full", lease).await.0,
         Err(answer::Failure::QuotaFull)
     );
     // What an operator does, over the same gateway: delete, compact,
@@ -705,6 +814,6 @@ async fn a_full_etcd_says_so_and_commits_again_once_an_operator_frees_space() {
         )
         .unwrap();
     }
-    let (after, _) = try_commit(port, "after-fix").await;
+    let (after, _) = try_commit(port, "after-fix", lease).await;
     assert!(matches!(after.unwrap()[0], Committed::Created { .. }));
 }

@@ -7,12 +7,18 @@
 //! From a fresh start (`after` 0) that is the whole log: what a new leader
 //! rebuilds its ledger from before it acts ([`Feed::caught_up`]).
 //!
+//! Before the log, a fresh feed reads the leader's snapshot
+//! ([`super::snapshot`]) and hands it on once the log is read up to the
+//! snapshot's revision: after the entries it stands for that are still
+//! there, before any later one.
+//!
 //! One call at a time, by value, like the election.
 
 use chrono::{DateTime, Duration, Utc};
 
 use super::answer::Failure;
 use super::log::{self, Keys, Logged};
+use super::snapshot::{self, Snapshot};
 use super::Gateway;
 use crate::callout::{CallResult, HttpCall, OpId};
 
@@ -23,6 +29,9 @@ pub enum Effect {
     Call(HttpCall),
     /// Events read, oldest first: record them as if dequeued.
     Events(Vec<Logged>),
+    /// The leader's snapshot, once every event up to its revision was
+    /// handed on: restore what it holds that the ledger does not.
+    Snapshot(Snapshot),
     /// Log entries that could not be read (skipped; counted).
     Unreadable(usize),
     /// A call failed: retried next period.
@@ -31,8 +40,20 @@ pub enum Effect {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
+    Snapshot,
     Marker,
     Page,
+}
+
+/// Where the snapshot stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    /// Not read yet: nothing else is read before it.
+    Unread,
+    /// Read: handed on when reading passes its revision.
+    Waiting(Snapshot),
+    /// Handed on, or there was none.
+    Done,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +83,7 @@ pub struct Feed {
     caught_up: bool,
     /// The latest read failed.
     failing: bool,
+    start: Start,
     out: Option<Out>,
     next_at: DateTime<Utc>,
     next_op: OpId,
@@ -90,6 +112,7 @@ impl Feed {
             marker: 0,
             caught_up: false,
             failing: false,
+            start: Start::Unread,
             out: None,
             next_at: now,
             next_op: first_op,
@@ -128,7 +151,9 @@ impl Feed {
         if self.out.is_some() || now < self.next_at {
             return Vec::new();
         }
-        let step = if self.marker > self.after {
+        let step = if self.start == Start::Unread {
+            Step::Snapshot
+        } else if self.marker > self.after {
             Step::Page
         } else {
             Step::Marker
@@ -141,6 +166,7 @@ impl Feed {
         self.next_op += 1;
         self.out = Some(Out { op, step });
         let request = match step {
+            Step::Snapshot => snapshot::read(&self.keys),
             Step::Marker => log::read_marker(&self.keys),
             Step::Page => log::read_since(&self.keys, self.after, self.page_size),
         };
@@ -155,11 +181,16 @@ impl Feed {
         self.out = None;
         let mut fx = Vec::new();
         let read = match out.step {
+            Step::Snapshot => snapshot::stored(&result).map(|s| {
+                self.start = s.map_or(Start::Done, Start::Waiting);
+                fx.push(Effect::Call(self.send(Step::Marker)));
+            }),
             Step::Marker => log::marker_revision(&result).map(|marker| {
                 self.marker = self.marker.max(marker);
                 if self.marker > self.after {
                     fx.push(Effect::Call(self.send(Step::Page)));
                 } else {
+                    self.hand_on_snapshot(&mut fx);
                     self.caught_up = true;
                 }
             }),
@@ -191,13 +222,21 @@ impl Feed {
                         self.marker = self.marker.max(page.revision);
                     }
                 }
-                let events: Vec<Logged> = page
+                // A page that ends before the snapshot's revision holds
+                // nothing after it: `later` is empty then.
+                let (events, later): (Vec<Logged>, Vec<Logged>) = page
                     .events
                     .into_iter()
                     .filter(|e| !(e.revision == after + 1 && partial.contains(&e.key)))
-                    .collect();
+                    .partition(|e| self.before_snapshot(e.revision));
                 if !events.is_empty() {
                     fx.push(Effect::Events(events));
+                }
+                if self.after >= self.snapshot_position().unwrap_or(0) {
+                    self.hand_on_snapshot(&mut fx);
+                }
+                if !later.is_empty() {
+                    fx.push(Effect::Events(later));
                 }
                 if page.more {
                     fx.push(Effect::Call(self.send(Step::Page)));
@@ -207,6 +246,11 @@ impl Feed {
             }),
         };
         self.failing = read.is_err();
+        if let (Err(Failure::Malformed(_)), Step::Snapshot) = (&read, out.step) {
+            // A snapshot that cannot be read is as good as none: the log is
+            // read whole all the same, and the failure said.
+            self.start = Start::Done;
+        }
         if let Err(failure) = read {
             fx.push(Effect::Failed(failure));
         }
@@ -214,6 +258,27 @@ impl Feed {
             self.next_at = now + self.period;
         }
         fx
+    }
+}
+
+impl Feed {
+    fn snapshot_position(&self) -> Option<i64> {
+        match &self.start {
+            Start::Waiting(s) => Some(s.position),
+            _ => None,
+        }
+    }
+
+    /// Whether an event of `revision` comes before the snapshot is handed
+    /// on (always, when there is none waiting).
+    fn before_snapshot(&self, revision: i64) -> bool {
+        self.snapshot_position().is_none_or(|p| revision <= p)
+    }
+
+    fn hand_on_snapshot(&mut self, fx: &mut Vec<Effect>) {
+        if let Start::Waiting(s) = std::mem::replace(&mut self.start, Start::Done) {
+            fx.push(Effect::Snapshot(s));
+        }
     }
 }
 

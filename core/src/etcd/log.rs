@@ -11,6 +11,10 @@
 //!   (its cost does not grow with the log) and ranges the log only when the
 //!   marker moved.
 //! - `leader`: the election's key ([`super::election`]).
+//! - `s`: the leader's snapshot ([`super::snapshot`]).
+//!
+//! Every event and control goes on a lease ([`super::retention`]): the log
+//! holds one dedupe window of entries, whatever arrives.
 //!
 //! A commit is one transaction of nested transactions, one per event: each
 //! creates its key if absent or reads what is there. All of a delivery's
@@ -57,6 +61,10 @@ impl Keys {
         self.under(b"m")
     }
 
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.under(b"s")
+    }
+
     /// The log's prefix.
     pub fn events(&self) -> Vec<u8> {
         self.under(b"e/")
@@ -98,20 +106,20 @@ pub enum Committed {
 }
 
 /// The transaction that records `entries` (at most [`MAX_BATCH`]), each
-/// only if its key is absent, and moves the marker. With `lease`, the keys
-/// go when the lease does (the dedupe window).
-pub fn commit(keys: &Keys, entries: &[Entry], lease: Option<i64>) -> Request {
+/// only if its key is absent, and moves the marker. The keys go when
+/// `lease` does ([`super::retention`]).
+pub fn commit(keys: &Keys, entries: &[Entry], lease: i64) -> Request {
     commit_if(keys, entries, lease, Vec::new())
 }
 
 /// [`commit`], only while `fence` holds: what the leader writes (its
 /// settlements) is refused once another replica leads. A refused commit
 /// answers with the transaction not succeeded ([`answer::txn`]).
-pub fn commit_fenced(keys: &Keys, entries: &[Entry], fence: &Fence) -> Request {
-    commit_if(keys, entries, None, vec![fence.compare()])
+pub fn commit_fenced(keys: &Keys, entries: &[Entry], lease: i64, fence: &Fence) -> Request {
+    commit_if(keys, entries, lease, vec![fence.compare()])
 }
 
-fn commit_if(keys: &Keys, entries: &[Entry], lease: Option<i64>, compare: Vec<Value>) -> Request {
+fn commit_if(keys: &Keys, entries: &[Entry], lease: i64, compare: Vec<Value>) -> Request {
     let mut ops: Vec<Value> = entries
         .iter()
         .map(|e| {
@@ -119,7 +127,7 @@ fn commit_if(keys: &Keys, entries: &[Entry], lease: Option<i64>, compare: Vec<Va
             let value = serde_json::to_vec(&e.record).unwrap_or_default();
             json!({"request_txn": {
                 "compare": [super::absent(&key)],
-                "success": [super::put(&key, &value, lease)],
+                "success": [super::put(&key, &value, Some(lease))],
                 "failure": [{"request_range": {"key": b64(&key)}}],
             }})
         })
@@ -278,6 +286,7 @@ mod tests {
         let k = Keys::new("emr/");
         assert_eq!(k.leader(), b"emr/leader");
         assert_eq!(k.marker(), b"emr/m");
+        assert_eq!(k.snapshot(), b"emr/s");
         assert_eq!(
             k.event("canonical:INC-1:ACTIVE"),
             b"emr/e/canonical:INC-1:ACTIVE"
@@ -287,7 +296,7 @@ mod tests {
     #[test]
     fn a_commit_creates_each_event_if_absent_and_moves_the_marker() {
         let k = Keys::new("emr/");
-        let r = commit(&k, &[entry("a", "f1"), entry("b", "f2")], Some(9));
+        let r = commit(&k, &[entry("a", "f1"), entry("b", "f2")], 9);
         let ops = r.body["success"].as_array().unwrap();
         assert_eq!(ops.len(), 3);
         let first = &ops[0]["request_txn"];
@@ -304,14 +313,14 @@ mod tests {
             key: b"emr/leader".to_vec(),
             revision: 42,
         };
-        let r = commit_fenced(&Keys::new("emr/"), &[entry("a", "f")], &fence);
+        let r = commit_fenced(&Keys::new("emr/"), &[entry("a", "f")], 9, &fence);
         assert_eq!(
             r.body["compare"],
             json!([{"key": b64(b"emr/leader"), "target": "CREATE", "result": "EQUAL",
                     "create_revision": "42"}])
         );
         assert_eq!(
-            commit(&Keys::new("emr/"), &[], None).body["compare"],
+            commit(&Keys::new("emr/"), &[], 9).body["compare"],
             json!([])
         );
     }

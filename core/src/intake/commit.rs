@@ -16,6 +16,7 @@ use super::*;
 use crate::callout::{CallResult, HttpCall};
 use crate::etcd::config::ClusterSettings;
 use crate::etcd::log::{self, Committed, Entry, Record};
+use crate::etcd::retention;
 
 /// What a delivery's body leads to.
 #[derive(Debug)]
@@ -103,6 +104,16 @@ impl Intake<'_> {
                 ),
             ));
         }
+        // The lease its entries go on, so they leave after the dedupe
+        // window; without one nothing is put that would never go.
+        let Some(lease) = retention::current(self.store, now) else {
+            self.undo(source, &added, slots);
+            return Err(Problem::new(
+                503,
+                "this replica has no lease from etcd for its events yet; retry shortly",
+            )
+            .with_header("retry-after", "1"));
+        };
         let received_ms = now.timestamp_millis();
         let mut events = Vec::with_capacity(to_queue.len());
         let mut entries = Vec::with_capacity(to_queue.len());
@@ -125,7 +136,7 @@ impl Intake<'_> {
         }
         let call = cluster
             .gateway
-            .call(0, log::commit(&cluster.keys, &entries, None));
+            .call(0, log::commit(&cluster.keys, &entries, lease));
         Ok(Commit {
             call,
             pending: Pending {

@@ -74,6 +74,44 @@ impl Intake<'_> {
         }
     }
 
+    /// `GET /emr/ready`: 200 while this replica takes webhooks; 503 with
+    /// `Retry-After` and the reason when it does not: its service has
+    /// stopped, or (cluster mode) etcd is failing or has not granted the
+    /// lease its events go on yet. Genesys failing does not make it unready:
+    /// webhooks are still accepted and kept.
+    pub(super) fn ready(&self, now: DateTime<Utc>) -> Handled<HeadersStep> {
+        let beat = match self.store.get(liveness::HEARTBEAT_KEY) {
+            Ok(v) => v.value,
+            Err(e) => return self.unavailable(&e),
+        };
+        let mut reasons = match Liveness::assess(beat.as_deref(), now) {
+            Liveness::Alive { .. } => Vec::new(),
+            Liveness::NotStarted => vec!["the emr-edge service has not started".to_owned()],
+            Liveness::Stalled { age_ms } => vec![Liveness::stalled_detail(age_ms)],
+        };
+        if self.config.cluster.is_some() {
+            match self.store.get(liveness::READY_KEY) {
+                Ok(v) => reasons.extend(liveness::read_health(v.value.as_deref())),
+                Err(e) => return self.unavailable(&e),
+            }
+            if crate::etcd::retention::current(self.store, now).is_none() {
+                reasons.push("no lease from etcd for the events yet".to_owned());
+            }
+        }
+        let response = if reasons.is_empty() {
+            Response::json(200, br#"{"status":"ready"}"#.to_vec())
+        } else {
+            Response::problem(
+                &Problem::new(
+                    503,
+                    format!("this replica takes no webhooks now: {}", reasons.join("; ")),
+                )
+                .with_header("retry-after", "1"),
+            )
+        };
+        Handled::new(HeadersStep::Respond(response), vec![Counter::StatusServed])
+    }
+
     /// `GET /emr/health`: 200 while the service beats, 503 when it has
     /// stopped or not started (see [`crate::liveness`]).
     pub(super) fn health(&self, now: DateTime<Utc>) -> Handled<HeadersStep> {

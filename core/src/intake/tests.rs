@@ -505,6 +505,29 @@ fn state_is_served_from_what_the_service_published() {
 }
 
 #[test]
+fn ready_follows_the_service_and_not_genesys() {
+    let w = World::new();
+    let ready = |w: &World| {
+        let HeadersStep::Respond(r) = w.get(crate::intake::READY_PATH) else {
+            panic!()
+        };
+        r
+    };
+    let r = ready(&w);
+    assert_eq!(r.status, 503);
+    assert!(body(&r)["detail"].as_str().unwrap().contains("not started"));
+    w.store
+        .set(liveness::HEARTBEAT_KEY, &liveness::beat(now()), None)
+        .unwrap();
+    // Genesys refusing is no reason to send webhooks elsewhere.
+    let reasons = ["no such emergency group: eg-x".to_owned()];
+    w.store
+        .set(liveness::HEALTH_KEY, &liveness::health(&reasons), None)
+        .unwrap();
+    assert_eq!(ready(&w).status, 200);
+}
+
+#[test]
 fn health_follows_the_service_heartbeat() {
     let w = World::new();
     let health = |w: &World| {
@@ -1816,9 +1839,24 @@ mod cluster {
 
     use super::*;
     use crate::callout::CallResult;
+    use crate::etcd::retention;
     use crate::intake::{BodyStep, Commit};
 
+    /// A replica whose service has a lease for the events.
     fn world() -> World {
+        let w = leaseless();
+        retention::publish(
+            &w.store,
+            retention::Current {
+                id: 77,
+                until_ms: now().timestamp_millis() + 60_000,
+            },
+        )
+        .unwrap();
+        w
+    }
+
+    fn leaseless() -> World {
         World::with(
             crate::config::parse(
                 br#"{"sources":{"canonical":{"insecure":true}},"status":{"insecure":true},
@@ -1885,6 +1923,11 @@ mod cluster {
         let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key).unwrap();
         let key = String::from_utf8(key).unwrap();
         assert!(key.starts_with("emr/e/") && key.contains("INC-1"), "{key}");
+        // On the service's lease: it leaves after the dedupe window.
+        assert_eq!(
+            txn["success"][0]["request_txn"]["success"][0]["request_put"]["lease"],
+            "77"
+        );
         let out = w.intake().on_commit(c.pending, &created());
         assert_eq!(out.value.status, 202);
         assert_eq!(body(&out.value)["status"], "PROCESSING");
@@ -1946,6 +1989,62 @@ mod cluster {
                 .status,
             503
         );
+    }
+
+    #[test]
+    fn without_a_lease_for_its_events_it_is_503_and_keeps_nothing() {
+        let w = leaseless();
+        let out = send(&w, &incident("INC-7", "EMERGENCY_ACTIVE"))
+            .ready()
+            .unwrap();
+        assert_eq!(out.value.status, 503);
+        assert_eq!(out.value.header("retry-after"), Some("1"));
+        assert!(body(&out.value)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lease"));
+        // Nothing was kept: once there is a lease, the retry goes to etcd.
+        retention::publish(
+            &w.store,
+            retention::Current {
+                id: 5,
+                until_ms: now().timestamp_millis() + 1,
+            },
+        )
+        .unwrap();
+        commit(send(&w, &incident("INC-7", "EMERGENCY_ACTIVE")));
+    }
+
+    #[test]
+    fn ready_only_with_a_live_service_a_lease_and_etcd_answering() {
+        let ready = |w: &World| {
+            let HeadersStep::Respond(r) = w.get(crate::intake::READY_PATH) else {
+                panic!()
+            };
+            r
+        };
+        let w = leaseless();
+        w.store
+            .set(liveness::HEARTBEAT_KEY, &liveness::beat(now()), None)
+            .unwrap();
+        let r = ready(&w);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(body(&r)["detail"].as_str().unwrap().contains("lease"));
+        let w = world();
+        w.store
+            .set(liveness::HEARTBEAT_KEY, &liveness::beat(now()), None)
+            .unwrap();
+        assert_eq!(ready(&w).status, 200);
+        assert_eq!(body(&ready(&w)), json!({"status": "ready"}));
+        // etcd failing, as the service says: not ready, and why.
+        let why = ["etcd is failing: no leader".to_owned()];
+        w.store
+            .set(liveness::READY_KEY, &liveness::health(&why), None)
+            .unwrap();
+        let r = ready(&w);
+        assert_eq!(r.status, 503);
+        assert!(body(&r)["detail"].as_str().unwrap().contains("no leader"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
 use crate::callout::{header, parse_retry_after, Budget, CallResult, HttpCall, OpId, USER_AGENT};
-use crate::event::{GroupId, IncidentKey, Source};
+use crate::event::{Control, GroupId, IncidentKey, Source};
 use crate::ledger::{IncidentState, Ledger};
 use crate::sources::ids::HASHED_PREFIX;
 
@@ -89,6 +89,40 @@ pub struct PollChanged {
 }
 
 impl PollChange {
+    /// The change as a control for etcd's log (cluster mode): every
+    /// replica applies it, as of `now`, when it reads it back.
+    pub fn to_control(&self, now: DateTime<Utc>) -> Control {
+        let at_ms = now.timestamp_millis();
+        match &self.0 {
+            LedgerOp::Resolve { key, detail } => Control::Polled {
+                incident: key.clone(),
+                at_ms,
+                resolved: Some(detail.clone()),
+                renew_seconds: 0,
+            },
+            LedgerOp::Renew { key, at_least } => Control::Polled {
+                incident: key.clone(),
+                at_ms,
+                resolved: None,
+                renew_seconds: at_least.num_seconds(),
+            },
+        }
+    }
+
+    /// A [`Control::Polled`]'s change, read back from the log.
+    pub fn polled(incident: IncidentKey, resolved: Option<String>, renew_seconds: i64) -> Self {
+        Self(match resolved {
+            Some(detail) => LedgerOp::Resolve {
+                key: incident,
+                detail,
+            },
+            None => LedgerOp::Renew {
+                key: incident,
+                at_least: Duration::seconds(renew_seconds),
+            },
+        })
+    }
+
     pub fn apply(self, ledger: &mut Ledger, now: DateTime<Utc>) -> Option<PollChanged> {
         let (key, group, urgent) = match self.0 {
             LedgerOp::Resolve { key, detail } => {

@@ -69,6 +69,12 @@ pub struct Changed {
 }
 
 impl Change {
+    /// Incidents to put back in the ledger under `group` (those it knows
+    /// are skipped): cluster mode's snapshot, as recovery's rows.
+    pub fn restore(group: GroupId, incidents: Vec<OpenIncident>) -> Self {
+        Self(LedgerOp::Restore { group, incidents })
+    }
+
     /// When the change settles a reconcile: its group, outcome and what
     /// Genesys answered (cluster mode hands them to the other replicas).
     pub fn settlement(&self) -> Option<(&GroupId, &Settle, Option<&GenesysRef>)> {

@@ -5,6 +5,11 @@
 //! `/emr/state` from the same ledger. Only the leader drives Genesys and
 //! polls the tools, and only once its feed has read the whole log: a new
 //! leader's first write already knows every event any replica accepted.
+//!
+//! Every entry goes on a lease that ends after the dedupe window
+//! ([`crate::etcd::retention`]), so the log stays one window long; the
+//! leader's snapshot ([`snapshots`]) keeps the incidents open longer than
+//! that for a replica that starts later.
 
 use std::collections::VecDeque;
 
@@ -17,15 +22,26 @@ use crate::etcd::config::ClusterSettings;
 use crate::etcd::election::{self, Election};
 use crate::etcd::feed::{self, Feed};
 use crate::etcd::log::{self, Entry, Keys, Record};
+use crate::etcd::retention::{self, Keeper};
+use crate::etcd::snapshot::Snapshot;
 use crate::etcd::{Fence, Gateway};
 use crate::event::{Control, ControlMessage, GroupId, IncidentKey, QueueMessage};
 use crate::genesys::answer::GenesysRef;
+use crate::itsm::PollChange;
 use crate::ledger::Settle;
+use crate::reconcile::{Change, Effect};
+use crate::store::SharedStore;
+
+mod snapshots;
 
 /// Events the feed reads per page.
 const PAGE_SIZE: i64 = 1_000;
 /// Gauge: how many revisions committed this replica has not read yet.
 pub const LAG_GAUGE: &str = "emr.cluster.log_lag";
+/// Counter: snapshots written by this replica while it led.
+pub const SNAPSHOTS_METRIC: &str = "emr.cluster.snapshots";
+/// Counter: incidents a snapshot held that the log no longer did.
+pub const SNAPSHOT_RESTORED_METRIC: &str = "emr.cluster.snapshot_restored";
 /// Control messages waiting for etcd, at most; older ones give up after
 /// [`OUTBOX_PATIENCE_S`].
 const OUTBOX_MAX: usize = 1_000;
@@ -36,6 +52,12 @@ pub(super) struct Cluster {
     replica: String,
     election: Election,
     feed: Feed,
+    /// The lease entries go on, and the one the filters have not been told
+    /// of yet.
+    keeper: Keeper,
+    unpublished: Option<retention::Current>,
+    /// The leader's snapshot.
+    snapshots: snapshots::Writer,
     /// Whether this replica acted at the latest drive.
     acting: bool,
     /// The feed's reads are failing (said once per streak).
@@ -56,11 +78,19 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
-    pub(super) fn new(s: &ClusterSettings, now: DateTime<Utc>) -> Self {
+    /// A replica of `s`, whose entries stay `window_s` (the dedupe window).
+    pub(super) fn new(s: &ClusterSettings, window_s: i64, now: DateTime<Utc>) -> Self {
         Self {
             replica: s.replica.clone(),
             election: Election::new(s.election(), s.gateway.clone(), now),
             feed: Feed::new(s.keys.clone(), s.gateway.clone(), s.poll, PAGE_SIZE, 1, now),
+            keeper: Keeper::new(
+                retention::Settings::for_window(window_s),
+                s.gateway.clone(),
+                now,
+            ),
+            unpublished: None,
+            snapshots: snapshots::Writer::new(now),
             acting: false,
             feed_failing: None,
             keys: s.keys.clone(),
@@ -111,7 +141,9 @@ impl Cluster {
         if self.sending.is_some() || now < self.outbox_retry_at {
             return;
         }
-        let Some((c, at, fence)) = self.outbox.front() else {
+        // Until there is a lease, controls wait like any etcd trouble.
+        let (Some((c, at, fence)), Some(lease)) = (self.outbox.front(), self.keeper.lease(now))
+        else {
             return;
         };
         self.sent += 1;
@@ -130,8 +162,8 @@ impl Cluster {
         };
         let op = self.sent;
         let request = match fence {
-            Some(fence) => log::commit_fenced(&self.keys, &[entry], fence),
-            None => log::commit(&self.keys, &[entry], None),
+            Some(fence) => log::commit_fenced(&self.keys, &[entry], lease, fence),
+            None => log::commit(&self.keys, &[entry], lease),
         };
         let call: HttpCall = self.gateway.call(op, request);
         self.sending = Some(op);
@@ -204,9 +236,11 @@ impl Service {
         };
         let election_fx = c.election.poll(now);
         let feed_fx = c.feed.poll(now);
+        let lease_fx = c.keeper.poll(now);
         c.send_outbox(now, out);
         self.election_effects(election_fx, now, out);
         self.feed_effects(feed_fx, now, out);
+        self.lease_effects(lease_fx, out);
         let Some(c) = &mut self.cluster else {
             return true;
         };
@@ -229,7 +263,103 @@ impl Service {
                 }
             }
         }
+        if acting {
+            self.write_snapshot(now, out);
+        }
         acting
+    }
+
+    /// The leader's snapshot, when one is due.
+    fn write_snapshot(&mut self, now: DateTime<Utc>, out: &mut Out) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let position = c.feed.position();
+        let election::Role::Leader { fence } = c.election.role(now) else {
+            return;
+        };
+        if !c.snapshots.due(position, now) {
+            return;
+        }
+        let body = snapshots::encode(&self.ledger, position);
+        match c
+            .snapshots
+            .send((&c.gateway, &c.keys), (&body, position), &fence, now)
+        {
+            Some(call) => out.calls.push((Callout::Snapshot(call.op), call)),
+            None => out.log(
+                Level::Error,
+                format!(
+                    "emr-edge cannot snapshot the open incidents in etcd: {} bytes is more \
+                     than etcd takes in one request; a replica starting once their events \
+                     have left the log will not know them (fewer open incidents, or a \
+                     larger --max-request-bytes)",
+                    body.len()
+                ),
+            ),
+        }
+    }
+
+    /// A snapshot the feed handed on: what it holds that the ledger does
+    /// not is put back, as recovery puts a row's incidents back.
+    fn restore_snapshot(&mut self, s: &Snapshot, now: DateTime<Utc>, out: &mut Out) {
+        let groups = match snapshots::decode(&s.body) {
+            Ok(g) => g,
+            Err(e) => {
+                out.log(
+                    Level::Error,
+                    format!("emr-edge skipped etcd's snapshot: {e}"),
+                );
+                return;
+            }
+        };
+        let held: usize = groups.iter().map(|(_, o)| o.len()).sum();
+        let before = self.ledger.open_len();
+        let effects = groups
+            .into_iter()
+            .map(|(group, incidents)| Effect::Ledger(Change::restore(group, incidents)))
+            .collect();
+        self.apply_effects(effects, now, out);
+        let restored = self.ledger.open_len().saturating_sub(before);
+        out.count(SNAPSHOT_RESTORED_METRIC, restored as u64);
+        out.audit(json!({"audit": "cluster", "at": crate::rfc3339::text(now),
+                         "decision": "snapshot-read", "position": s.position,
+                         "incidents": held, "restored": restored}));
+    }
+
+    /// Tells the filters of a new lease for the log's entries.
+    pub(super) fn publish_lease(&mut self, store: &dyn SharedStore, out: &mut Out) {
+        if let Some(lease) = self.cluster.as_mut().and_then(|c| c.unpublished.take()) {
+            out.check(
+                retention::publish(store, lease),
+                "publish the lease for the log's entries",
+            );
+        }
+    }
+
+    fn lease_effects(&mut self, fx: Vec<retention::Effect>, out: &mut Out) {
+        for effect in fx {
+            match effect {
+                retention::Effect::Call(call) => out.calls.push((Callout::Lease(call.op), call)),
+                retention::Effect::Granted(lease) => {
+                    if let Some(c) = &mut self.cluster {
+                        c.unpublished = Some(lease);
+                    }
+                }
+                retention::Effect::Failed(failure) => {
+                    out.samples.push((
+                        election::Metric::Failure(failure.class()).name(),
+                        Sample::Count(1),
+                    ));
+                    out.log(
+                        Level::Warn,
+                        format!(
+                            "emr-edge could not get a lease for its events from etcd: {failure}"
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// The answer to an etcd call.
@@ -256,6 +386,28 @@ impl Service {
                 self.feed_effects(fx, now, out);
             }
             Callout::Outbox(op) => c.outbox_answered(op, &result, now, out),
+            Callout::Lease(op) => {
+                let fx = c.keeper.on_result(op, &result, now);
+                self.lease_effects(fx, out);
+            }
+            Callout::Snapshot(op) => match c.snapshots.answered(op, &result) {
+                Some(snapshots::Written::Done) => out.count(SNAPSHOTS_METRIC, 1),
+                Some(snapshots::Written::Deposed) => out.log(
+                    Level::Warn,
+                    "emr-edge: a snapshot was not written: another replica leads now".into(),
+                ),
+                Some(snapshots::Written::Failed(failure)) => {
+                    out.samples.push((
+                        election::Metric::Failure(failure.class()).name(),
+                        Sample::Count(1),
+                    ));
+                    out.log(
+                        Level::Warn,
+                        format!("emr-edge could not write its snapshot to etcd: {failure}"),
+                    );
+                }
+                None => {}
+            },
             Callout::Genesys(_) | Callout::Itsm(_) => {}
         }
         self.drive(now, out);
@@ -300,6 +452,7 @@ impl Service {
                         .collect();
                     self.take_messages(messages, unreadable, Origin::Log, now, out);
                 }
+                feed::Effect::Snapshot(s) => self.restore_snapshot(&s, now, out),
                 feed::Effect::Unreadable(n) => {
                     out.count(super::DECODE_ERRORS_METRIC, n as u64);
                 }
@@ -365,6 +518,18 @@ impl Service {
             now,
             Some(fence),
         );
+    }
+
+    /// What the leader's status poll found, put in the log for every
+    /// replica's ledger (its own too, when it reads it back), fenced on
+    /// that leadership.
+    pub(super) fn share_poll(&mut self, change: &PollChange, now: DateTime<Utc>) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        if let election::Role::Leader { fence } = c.election.role(now) {
+            c.post_fenced(change.to_control(now), now, Some(fence));
+        }
     }
 
     fn feed_recovered(&mut self, out: &mut Out) {

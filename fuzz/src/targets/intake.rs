@@ -406,9 +406,10 @@ fn send(
                     req.path
                 );
             }
-            // Settlements come from the service (cluster mode), never a filter.
-            QueueMessage::Control(Control::Settled { .. }) => {
-                panic!("the intake queued a settlement")
+            // Settlements and poll results come from the service (cluster
+            // mode), never a filter.
+            QueueMessage::Control(Control::Settled { .. } | Control::Polled { .. }) => {
+                panic!("the intake queued a leader's control")
             }
             // Only a replayed activation of the route's own source renews.
             QueueMessage::Control(Control::Renew { incident, .. }) => {

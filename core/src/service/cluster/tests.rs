@@ -41,7 +41,12 @@ fn header(revision: i64) -> Value {
 fn etcd_calls(out: &Out) -> Vec<(Callout, HttpCall)> {
     out.calls
         .iter()
-        .filter(|(c, _)| matches!(c, Callout::Election(_) | Callout::Feed(_)))
+        .filter(|(c, _)| {
+            matches!(
+                c,
+                Callout::Election(_) | Callout::Feed(_) | Callout::Lease(_) | Callout::Snapshot(_)
+            )
+        })
         .cloned()
         .collect()
 }
@@ -58,15 +63,34 @@ fn genesys_calls(out: &Out) -> usize {
 fn answer_etcd(
     s: &mut Service,
     store: &MemoryStore,
-    mut out: Out,
+    out: Out,
     now: DateTime<Utc>,
     answer: &dyn Fn(&HttpCall) -> CallResult,
 ) -> usize {
+    follow_etcd(s, store, out, now, answer).0
+}
+
+/// [`answer_etcd`], and the outbox's commits asked for on the way (left
+/// unanswered).
+fn follow_etcd(
+    s: &mut Service,
+    store: &MemoryStore,
+    mut out: Out,
+    now: DateTime<Utc>,
+    answer: &dyn Fn(&HttpCall) -> CallResult,
+) -> (usize, Vec<(Callout, HttpCall)>) {
     let mut genesys = genesys_calls(&out);
+    let mut outbox = Vec::new();
     for _ in 0..20 {
+        outbox.extend(
+            out.calls
+                .iter()
+                .filter(|(c, _)| matches!(c, Callout::Outbox(_)))
+                .cloned(),
+        );
         let calls = etcd_calls(&out);
         if calls.is_empty() {
-            return genesys;
+            return (genesys, outbox);
         }
         let mut next = Out::default();
         for (callout, call) in calls {
@@ -79,12 +103,14 @@ fn answer_etcd(
     panic!("etcd calls never end");
 }
 
-/// etcd as it answers a lone replica that wins, with `events` in the log.
+/// etcd as it answers a lone replica that wins, with `events` in the log
+/// and no snapshot.
 fn winning(events: &[Value]) -> impl Fn(&HttpCall) -> CallResult + '_ {
     move |call| {
         let body: Value = serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
         match call.path.as_str() {
-            "/v3/lease/grant" => ok(json!({"header": header(1), "ID": "77", "TTL": "3"})),
+            "/v3/lease/grant" => ok(json!({"header": header(1), "ID": "77", "TTL": body["TTL"]})),
+            "/v3/kv/range" if body["key"] == b64(b"emr/s") => ok(json!({"header": header(5)})),
             "/v3/lease/keepalive" => {
                 ok(json!({"result": {"header": header(1), "ID": "77", "TTL": "3"}}))
             }
@@ -146,7 +172,11 @@ fn a_replica_acts_only_once_it_leads_and_has_read_the_log() {
         .iter()
         .map(|(_, c)| c.path.clone())
         .collect();
-    assert_eq!(kinds, ["/v3/lease/grant", "/v3/kv/range"]);
+    // The election's lease, the snapshot, the lease for the log's entries.
+    assert_eq!(
+        kinds,
+        ["/v3/lease/grant", "/v3/kv/range", "/v3/lease/grant"]
+    );
     let events = [queued("INC-1")];
     let asked = answer_etcd(&mut s, &store, first, t(0), &winning(&events));
     // It won and read the log: the incident another replica accepted is in
@@ -241,10 +271,16 @@ fn a_control_from_this_replicas_filters_goes_to_the_log_and_is_applied_from_ther
         group: crate::event::GroupId::parse("G1").unwrap(),
         received_ms: 0,
     });
+    // Until the replica has a lease for the log's entries, it waits.
     let out = s.on_messages(vec![resume], 0, true, &store, t(0));
-    // Not applied here: put in the log first.
-    assert_eq!(resumes(&out), 0);
-    let (callout, call) = outbox(&out).expect("a commit of the control");
+    assert!(outbox(&out).is_none(), "no lease yet");
+    // The election, the snapshot and the feed's first reads (an empty
+    // log), and the lease: then the commit goes.
+    let (_, sent) = follow_etcd(&mut s, &store, out, t(0), &winning(&[]));
+    let [(callout, call)] = sent.as_slice() else {
+        panic!("one commit of the control: {sent:?}")
+    };
+    let (callout, call) = (*callout, call.clone());
     let body: Value = serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
     let put = &body["success"][0]["request_txn"]["success"][0]["request_put"];
     let value = base64::Engine::decode(
@@ -254,8 +290,7 @@ fn a_control_from_this_replicas_filters_goes_to_the_log_and_is_applied_from_ther
     .unwrap();
     let record: Record = serde_json::from_slice(&value).unwrap();
     assert_eq!(record.message["control"]["resume"]["group"], "G1");
-    // The election and the feed's first reads: an empty log.
-    answer_etcd(&mut s, &store, out, t(0), &winning(&[]));
+    assert_eq!(put["lease"], "77", "it leaves after the dedupe window");
     // etcd fails the commit: not tried again at once, but a second later.
     let failed = s.on_result(callout, CallResult::Failed, &store, t(0));
     assert!(outbox(&failed).is_none());
@@ -297,7 +332,8 @@ fn a_control_from_this_replicas_filters_goes_to_the_log_and_is_applied_from_ther
 #[test]
 fn a_settlement_is_fenced_on_the_leadership_and_dropped_once_another_leads() {
     let settings = clustered(json!({})).cluster.unwrap();
-    let mut c = super::Cluster::new(&settings, t(0));
+    let mut c = super::Cluster::new(&settings, 86_400, t(0));
+    leased(&mut c);
     let fence = crate::etcd::Fence {
         key: settings.keys.leader(),
         revision: 7,
@@ -329,4 +365,190 @@ fn a_settlement_is_fenced_on_the_leadership_and_dropped_once_another_leads() {
         .logs
         .iter()
         .any(|(l, m)| *l == Level::Warn && m.contains("another replica leads")));
+}
+
+/// Gives `c` a lease for the log's entries.
+fn leased(c: &mut super::Cluster) {
+    let fx = c.keeper.poll(t(0));
+    let [crate::etcd::retention::Effect::Call(call)] = fx.as_slice() else {
+        panic!("{fx:?}")
+    };
+    c.keeper.on_result(
+        call.op,
+        &ok(json!({"ID": "77", "TTL": (86_400 + 1_200).to_string()})),
+        t(0),
+    );
+    assert_eq!(c.keeper.lease(t(0)), Some(77));
+}
+
+#[test]
+fn the_lease_for_the_logs_entries_reaches_the_filters() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(json!({})), &store);
+    assert_eq!(crate::etcd::retention::current(&store, t(0)), None);
+    let out = s.on_tick(&store, t(0));
+    let grants: Vec<Value> = etcd_calls(&out)
+        .iter()
+        .filter(|(c, _)| matches!(c, Callout::Lease(_)))
+        .map(|(_, call)| serde_json::from_slice(call.body.as_deref().unwrap()).unwrap())
+        .collect();
+    // The dedupe window (a day by default) and two buckets of 10 minutes.
+    assert_eq!(grants, [json!({"TTL": "87600"})]);
+    answer_etcd(&mut s, &store, out, t(0), &winning(&[]));
+    s.on_tick(&store, t(1));
+    assert_eq!(crate::etcd::retention::current(&store, t(1)), Some(77));
+}
+
+/// The snapshots `out` asks etcd to write, decoded.
+fn snapshots_written(out: &Out) -> Vec<Value> {
+    out.calls
+        .iter()
+        .filter(|(c, _)| matches!(c, Callout::Snapshot(_)))
+        .map(|(_, call)| {
+            let body: Value = serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
+            let put = &body["success"][0]["request_put"];
+            assert_eq!(put["key"], b64(b"emr/s"));
+            assert!(body["compare"][0]["create_revision"].is_string(), "fenced");
+            let value = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                put["value"].as_str().unwrap(),
+            )
+            .unwrap();
+            serde_json::from_slice(&value).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_leader_snapshots_the_open_incidents_when_the_log_moved() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(json!({})), &store);
+    let events = [queued("INC-1")];
+    let answer = winning(&events);
+    let mut written = Vec::new();
+    for i in 0..50 {
+        let now = t(0) + chrono::Duration::milliseconds(1000 * i);
+        let mut out = s.on_tick(&store, now);
+        for _ in 0..10 {
+            written.extend(snapshots_written(&out));
+            let calls = etcd_calls(&out);
+            if calls.is_empty() {
+                break;
+            }
+            let mut next = Out::default();
+            for (c, call) in calls {
+                let result = if matches!(c, Callout::Snapshot(_)) {
+                    ok(json!({"header": header(6), "succeeded": true, "responses": []}))
+                } else {
+                    answer(&call)
+                };
+                next.calls.extend(s.on_result(c, result, &store, now).calls);
+            }
+            out = next;
+        }
+    }
+    // Once: the log has not moved since.
+    assert_eq!(written.len(), 1, "{written:?}");
+    let snap = &written[0];
+    assert_eq!(snap["v"], 1);
+    assert_eq!(snap["p"], 5, "the position the ledger stands for");
+    assert_eq!(snap["g"][0]["o"][0][1], "INC-1");
+}
+
+#[test]
+fn a_follower_never_writes_a_snapshot() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(json!({})), &store);
+    let events = [queued("INC-1")];
+    let base = winning(&events);
+    let follower = |call: &HttpCall| -> CallResult {
+        if call.path == "/v3/kv/txn" {
+            return ok(
+                json!({"header": header(9), "responses": [{"response_range": {"kvs": [
+                {"key": b64(b"emr/leader"), "value": b64(b"replica-b"),
+                 "create_revision": "3", "mod_revision": "3", "lease": "99"}]}}]}),
+            );
+        }
+        base(call)
+    };
+    for i in 0..40 {
+        let now = t(0) + chrono::Duration::milliseconds(1000 * i);
+        let out = s.on_tick(&store, now);
+        assert!(snapshots_written(&out).is_empty());
+        answer_etcd(&mut s, &store, out, now, &follower);
+    }
+}
+
+#[test]
+fn a_replica_starting_after_the_log_lost_an_incident_has_it_from_the_snapshot() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(json!({})), &store);
+    // INC-1's events have left the log; the snapshot at revision 3 holds
+    // it and INC-2. INC-2 was resolved at revision 4, which the log still
+    // has: the snapshot does not open it again.
+    let QueueMessage::Event(q1) = event("INC-1", RoutingMode::Active, 0, 3600) else {
+        unreachable!()
+    };
+    let QueueMessage::Event(q2) = event("INC-2", RoutingMode::Active, 0, 3600) else {
+        unreachable!()
+    };
+    let mut ledger = crate::ledger::Ledger::new(s.config.retention);
+    let g = crate::event::GroupId::parse("G1").unwrap();
+    ledger.apply(&q1, g.clone(), t(0));
+    ledger.apply(&q2, g, t(0));
+    let snapshot = super::snapshots::encode(&ledger, 3);
+    let resolved = {
+        let QueueMessage::Event(q) = event("INC-2", RoutingMode::Resolved, 1, 3600) else {
+            unreachable!()
+        };
+        serde_json::to_value(&q).unwrap()
+    };
+    let log = [resolved];
+    let base = winning(&log);
+    let answer = |call: &HttpCall| -> CallResult {
+        let body: Value = serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
+        if call.path == "/v3/kv/range" && body["key"] == b64(b"emr/s") {
+            return ok(json!({"header": header(5), "kvs": [{"key": b64(b"emr/s"),
+                      "value": b64(&snapshot), "mod_revision": "3"}]}));
+        }
+        base(call)
+    };
+    let out = s.on_tick(&store, t(2));
+    answer_etcd(&mut s, &store, out, t(2), &answer);
+    let inc1 = s.ledger.get(&crate::event::IncidentKey {
+        source: crate::event::Source::Canonical,
+        id: crate::event::CorrelationId::parse("INC-1").unwrap(),
+    });
+    assert!(inc1.is_some_and(|i| i.is_open()), "from the snapshot");
+    let inc2 = s.ledger.get(&crate::event::IncidentKey {
+        source: crate::event::Source::Canonical,
+        id: crate::event::CorrelationId::parse("INC-2").unwrap(),
+    });
+    assert!(
+        inc2.is_some_and(|i| !i.is_open()),
+        "resolved after the snapshot"
+    );
+    assert_eq!(s.ledger.open_len(), 1);
+}
+
+#[test]
+fn a_poll_result_read_from_the_log_is_applied_as_of_when_the_leader_polled() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(json!({})), &store);
+    let key = crate::event::IncidentKey {
+        source: crate::event::Source::Canonical,
+        id: crate::event::CorrelationId::parse("INC-1").unwrap(),
+    };
+    let polled =
+        crate::itsm::PollChange::polled(key.clone(), Some("resolved at the tool".into()), 0)
+            .to_control(t(1));
+    let log = [
+        queued("INC-1"),
+        serde_json::to_value(crate::event::ControlMessage { control: polled }).unwrap(),
+    ];
+    let out = s.on_tick(&store, t(2));
+    answer_etcd(&mut s, &store, out, t(2), &winning(&log));
+    let inc = s.ledger.get(&key).unwrap();
+    assert!(!inc.is_open(), "resolved by the leader's poll");
+    assert_eq!(inc.updated_at, t(1), "as of the poll, on every replica");
 }
