@@ -137,7 +137,8 @@ pub struct Envoy {
 
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-fn scratch_dir() -> PathBuf {
+/// A fresh directory under target/e2e for one test's files.
+pub fn scratch_dir() -> PathBuf {
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let dir = root()
         .join("target/e2e")

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use emr_e2e::etcd::Etcd;
+use emr_e2e::etcd::{Certificates, Etcd};
 use emr_e2e::{
     eventually, genesys_config, incident, json, merge, reqwest, root, Envoy, EnvoyOptions, Value,
 };
@@ -31,6 +31,18 @@ async fn replica(id: &str, sim: &emr_sim::SimHandle, etcd: &[&Etcd]) -> Envoy {
 
 /// [`replica`] with `patch` merged into its configuration.
 async fn replica_with(id: &str, sim: &emr_sim::SimHandle, etcd: &[&Etcd], patch: Value) -> Envoy {
+    let template = root().join("envoy/cluster.yaml.tmpl");
+    replica_from(template, id, sim, etcd, patch).await
+}
+
+/// [`replica_with`] from another Envoy config template.
+async fn replica_from(
+    template: std::path::PathBuf,
+    id: &str,
+    sim: &emr_sim::SimHandle,
+    etcd: &[&Etcd],
+    patch: Value,
+) -> Envoy {
     let mut config = genesys_config();
     merge(
         &mut config,
@@ -42,7 +54,7 @@ async fn replica_with(id: &str, sim: &emr_sim::SimHandle, etcd: &[&Etcd], patch:
         merge(&mut config, &patch);
     }
     let options = EnvoyOptions {
-        template: root().join("envoy/cluster.yaml.tmpl"),
+        template,
         config,
         sim_port: sim.addr().port(),
         env: vec![
@@ -817,4 +829,94 @@ async fn events_leave_etcd_after_the_dedupe_window_and_the_snapshot_keeps_their_
     assert_eq!(post(&http, &replicas[1], &resolve).await.status(), 202);
     assert!(eventually(Duration::from_secs(5), || !enabled(&sim)).await);
     assert_eq!(group_puts(&sim).len(), 2);
+}
+
+/// The local cluster template with its etcd cluster replaced by the shipped
+/// production one (`envoy/etcd.production.example.yaml`): mutual TLS with
+/// `certs`' client certificate (or `key`'s pair, when given).
+fn mtls_template(
+    dir: &std::path::Path,
+    certs: &Certificates,
+    client: (&std::path::Path, &std::path::Path),
+) -> std::path::PathBuf {
+    let local = std::fs::read_to_string(root().join("envoy/cluster.yaml.tmpl")).unwrap();
+    let start = local
+        .find("    - name: etcd\n")
+        .expect("the local etcd cluster");
+    let end = start
+        + local[start + 1..]
+            .find("    - name: ")
+            .expect("a cluster after etcd")
+        + 1;
+    let shipped = std::fs::read_to_string(root().join("envoy/etcd.production.example.yaml"))
+        .unwrap()
+        .replace("{{ETCD_SERVER_NAME}}", "etcd.emr.test")
+        .replace("{{ETCD_CA}}", &certs.server.ca.display().to_string())
+        .replace("{{ETCD_CLIENT_CERT}}", &client.0.display().to_string())
+        .replace("{{ETCD_CLIENT_KEY}}", &client.1.display().to_string());
+    let cluster: String = shipped
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let text = format!("{}{cluster}{}", &local[..start], &local[end..]);
+    let path = dir.join("cluster-mtls.yaml.tmpl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn replicas_reach_etcd_over_mutual_tls_as_the_production_example_says() {
+    let dir = emr_e2e::scratch_dir();
+    let certs = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || Certificates::make(&dir, "etcd.emr.test"))
+            .await
+            .unwrap()
+    };
+    let etcd = {
+        let tls = certs.server.clone();
+        tokio::task::spawn_blocking(move || Etcd::start_tls(&tls))
+            .await
+            .unwrap()
+    };
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let template = mtls_template(&dir, &certs, (&certs.client_cert, &certs.client_key));
+    let mut replicas = Vec::new();
+    for id in ["replica-a", "replica-b"] {
+        replicas.push(replica_from(template.clone(), id, &sim, &[&etcd], json!({})).await);
+    }
+    let all: Vec<&Envoy> = replicas.iter().collect();
+    leader(&http, &all, Duration::from_secs(10))
+        .await
+        .expect("one replica leads, over TLS");
+    for r in &all {
+        assert!(
+            ready(&http, r, Duration::from_secs(10)).await,
+            "never ready"
+        );
+    }
+    let event = incident("INC-TLS", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    assert_eq!(post(&http, &replicas[1], &event).await.status(), 202);
+    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    // A replica whose certificate another CA signed: etcd refuses the
+    // handshake, so it never leads nor takes a webhook.
+    let stranger = mtls_template(
+        &emr_e2e::scratch_dir(),
+        &certs,
+        (&certs.stranger_cert, &certs.stranger_key),
+    );
+    let outsider = replica_from(stranger, "replica-x", &sim, &[&etcd], json!({})).await;
+    assert!(!ready(&http, &outsider, Duration::from_secs(3)).await);
+    let refused = post(
+        &http,
+        &outsider,
+        &incident("INC-TLS-2", "EMERGENCY_ACTIVE", &["queue-12345"]),
+    )
+    .await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(state(&http, &outsider).await["cluster"]["acting"], false);
 }

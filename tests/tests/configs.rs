@@ -110,6 +110,49 @@ fn the_production_example_validates_with_its_secrets_from_the_environment() {
 }
 
 #[test]
+fn the_production_example_with_the_etcd_cluster_validates_in_cluster_mode() {
+    // The shipped etcd cluster, added under the production example's
+    // clusters as docs/cluster.md says, with throwaway certificates.
+    let dir = dir().join("etcd-prod");
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = emr_e2e::etcd::Certificates::make(&dir, "etcd.example.internal");
+    let etcd: String = std::fs::read_to_string(root().join("envoy/etcd.production.example.yaml"))
+        .unwrap()
+        .replace("{{ETCD_SERVER_NAME}}", "etcd.example.internal")
+        .replace("{{ETCD_CA}}", &certs.server.ca.display().to_string())
+        .replace("{{ETCD_CLIENT_CERT}}", &certs.client_cert.display().to_string())
+        .replace("{{ETCD_CLIENT_KEY}}", &certs.client_key.display().to_string())
+        .replace(
+            "{{ETCD_ENDPOINTS}}",
+            "{ endpoint: { address: { socket_address: { address: etcd-0.etcd, port_value: 2379 } } } }",
+        )
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let prod = std::fs::read_to_string(root().join("envoy/production.example.yaml.tmpl")).unwrap();
+    let template = prod.replacen("  clusters:\n", &format!("  clusters:\n{etcd}"), 1);
+    let template_path = dir.join("production-cluster.yaml.tmpl");
+    std::fs::write(&template_path, template).unwrap();
+    let mut config = emr_e2e::production_config();
+    emr_e2e::merge(
+        &mut config,
+        &emr_e2e::json!({"cluster": {"etcd_cluster": "etcd", "replica_id_env": "EMR_REPLICA_ID"}}),
+    );
+    let path = render_to_file(
+        template_path.to_str().unwrap(),
+        &config,
+        "production-cluster.yaml",
+    );
+    let mut env = PRODUCTION_ENV.to_vec();
+    env.push(("EMR_REPLICA_ID", "emr-edge-0"));
+    validate_with_env(&path, &env).unwrap();
+    // Without its replica id a replica refuses to start, naming the field.
+    let err = validate_with_env(&path, &PRODUCTION_ENV).unwrap_err();
+    assert!(err.contains("cluster.replica_id_env"), "{err}");
+}
+
+#[test]
 fn the_production_example_has_nothing_insecure() {
     let config = production_config_as_shipped();
     assert!(!config.to_string().contains("insecure"), "{config}");
