@@ -30,7 +30,8 @@
 //! - [`feed`]: the log read in order, from the start or where it was;
 //! - [`retention`]: the leases that keep the log one dedupe window long;
 //! - [`snapshot`]: the leader's record of what the log said, for when its
-//!   oldest entries have gone.
+//!   oldest entries have gone;
+//! - [`token`]: etcd's auth, when it is on.
 
 pub mod answer;
 pub mod config;
@@ -39,6 +40,7 @@ pub mod feed;
 pub mod log;
 pub mod retention;
 pub mod snapshot;
+pub mod token;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

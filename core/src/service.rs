@@ -85,6 +85,8 @@ pub enum Callout {
     Lease(OpId),
     /// Cluster mode: the leader's snapshot written.
     Snapshot(OpId),
+    /// Cluster mode with etcd's auth: an authentication.
+    Auth(OpId),
 }
 
 /// What one metric sample does to its stat, named by the core as
@@ -408,6 +410,7 @@ impl Service {
         let mut out = Out::default();
         self.answered(callout, CallResult::Failed, now, &mut out);
         self.mirror_token_if_refreshed(store);
+        self.authorize(&mut out);
         out
     }
 
@@ -435,7 +438,8 @@ impl Service {
             | Callout::Feed(_)
             | Callout::Outbox(_)
             | Callout::Lease(_)
-            | Callout::Snapshot(_) => {
+            | Callout::Snapshot(_)
+            | Callout::Auth(_) => {
                 self.cluster_answered(callout, result, now, out);
             }
         }
@@ -784,6 +788,8 @@ impl Service {
             self.last_state = now;
             self.publish_state(store, now, out);
         }
+        // Last, once every call of this round is made.
+        self.authorize(out);
     }
 
     /// Closes the incidents whose ttl ran out, and reconciles their groups.

@@ -32,7 +32,7 @@ async fn replica(id: &str, sim: &emr_sim::SimHandle, etcd: &[&Etcd]) -> Envoy {
 /// [`replica`] with `patch` merged into its configuration.
 async fn replica_with(id: &str, sim: &emr_sim::SimHandle, etcd: &[&Etcd], patch: Value) -> Envoy {
     let template = root().join("envoy/cluster.yaml.tmpl");
-    replica_from(template, id, sim, etcd, patch).await
+    replica_from(template, id, sim, etcd, patch, &[]).await
 }
 
 /// [`replica_with`] from another Envoy config template.
@@ -42,6 +42,7 @@ async fn replica_from(
     sim: &emr_sim::SimHandle,
     etcd: &[&Etcd],
     patch: Value,
+    env: &[(&str, &str)],
 ) -> Envoy {
     let mut config = genesys_config();
     merge(
@@ -57,18 +58,16 @@ async fn replica_from(
         template,
         config,
         sim_port: sim.addr().port(),
-        env: vec![
-            ("EMR_REPLICA_ID".into(), id.into()),
-            (
-                "EMR_GENESYS_CLIENT_ID".into(),
-                emr_sim::EMR_EDGE_CLIENT_ID.into(),
-            ),
-            (
-                "EMR_GENESYS_CLIENT_SECRET".into(),
-                emr_sim::EMR_EDGE_CLIENT_SECRET.into(),
-            ),
-        ],
         vars: vec![("ETCD_ENDPOINTS", endpoints(etcd))],
+        env: [
+            ("EMR_REPLICA_ID", id),
+            ("EMR_GENESYS_CLIENT_ID", emr_sim::EMR_EDGE_CLIENT_ID),
+            ("EMR_GENESYS_CLIENT_SECRET", emr_sim::EMR_EDGE_CLIENT_SECRET),
+        ]
+        .iter()
+        .chain(env)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect(),
         ..EnvoyOptions::default()
     };
     tokio::task::spawn_blocking(move || Envoy::start(options))
@@ -887,7 +886,7 @@ async fn replicas_reach_etcd_over_mutual_tls_as_the_production_example_says() {
     let template = mtls_template(&dir, &certs, (&certs.client_cert, &certs.client_key));
     let mut replicas = Vec::new();
     for id in ["replica-a", "replica-b"] {
-        replicas.push(replica_from(template.clone(), id, &sim, &[&etcd], json!({})).await);
+        replicas.push(replica_from(template.clone(), id, &sim, &[&etcd], json!({}), &[]).await);
     }
     let all: Vec<&Envoy> = replicas.iter().collect();
     leader(&http, &all, Duration::from_secs(10))
@@ -909,7 +908,7 @@ async fn replicas_reach_etcd_over_mutual_tls_as_the_production_example_says() {
         &certs,
         (&certs.stranger_cert, &certs.stranger_key),
     );
-    let outsider = replica_from(stranger, "replica-x", &sim, &[&etcd], json!({})).await;
+    let outsider = replica_from(stranger, "replica-x", &sim, &[&etcd], json!({}), &[]).await;
     assert!(!ready(&http, &outsider, Duration::from_secs(3)).await);
     let refused = post(
         &http,
@@ -919,4 +918,90 @@ async fn replicas_reach_etcd_over_mutual_tls_as_the_production_example_says() {
     .await;
     assert_eq!(refused.status(), 503);
     assert_eq!(state(&http, &outsider).await["cluster"]["acting"], false);
+}
+
+#[tokio::test]
+async fn with_etcds_auth_on_replicas_authenticate_and_a_wrong_password_is_refused() {
+    const PASSWORD: &str = "emr-edge-etcd-password-0123";
+    let etcd = Etcd::start();
+    let http = reqwest::Client::new();
+    // etcd's auth, set up over the gateway as an operator would: root, and
+    // a user for emr-edge that may touch its prefix only.
+    let b64 = |s: &str| emr_core::etcd::b64(s.as_bytes());
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            json!({"name": "root", "password": "root-password"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "root", "role": "root"}),
+        ),
+        (
+            "/v3/auth/user/add",
+            json!({"name": "emr", "password": PASSWORD}),
+        ),
+        ("/v3/auth/role/add", json!({"name": "emr"})),
+        (
+            "/v3/auth/role/grant",
+            json!({"name": "emr", "perm": {"permType": "READWRITE", "key": b64("emr/"),
+                                            "range_end": b64("emr0")}}),
+        ),
+        ("/v3/auth/user/grant", json!({"user": "emr", "role": "emr"})),
+        ("/v3/auth/enable", json!({})),
+    ] {
+        let r = http.post(etcd.url(path)).json(&body).send().await.unwrap();
+        assert!(
+            r.status().is_success(),
+            "{path}: {}",
+            r.text().await.unwrap()
+        );
+    }
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let patch = json!({"cluster": {"auth": {"user_env": "EMR_ETCD_USER",
+                                            "password_env": "EMR_ETCD_PASSWORD"}}});
+    let template = root().join("envoy/cluster.yaml.tmpl");
+    let creds = [("EMR_ETCD_USER", "emr"), ("EMR_ETCD_PASSWORD", PASSWORD)];
+    let mut replicas = Vec::new();
+    for id in ["replica-a", "replica-b"] {
+        replicas
+            .push(replica_from(template.clone(), id, &sim, &[&etcd], patch.clone(), &creds).await);
+    }
+    let all: Vec<&Envoy> = replicas.iter().collect();
+    leader(&http, &all, Duration::from_secs(10))
+        .await
+        .expect("one replica leads, authenticated");
+    for r in &all {
+        assert!(
+            ready(&http, r, Duration::from_secs(10)).await,
+            "never ready"
+        );
+    }
+    let event = incident("INC-AUTH", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    assert_eq!(post(&http, &replicas[1], &event).await.status(), 202);
+    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    // A replica with a wrong password: refused, says so, never shows it.
+    let wrong = [
+        ("EMR_ETCD_USER", "emr"),
+        ("EMR_ETCD_PASSWORD", "not-the-etcd-password-0123"),
+    ];
+    let outsider = replica_from(template, "replica-x", &sim, &[&etcd], patch, &wrong).await;
+    assert!(!ready(&http, &outsider, Duration::from_secs(3)).await);
+    let refused = post(
+        &http,
+        &outsider,
+        &incident("INC-AUTH-2", "EMERGENCY_ACTIVE", &["queue-12345"]),
+    )
+    .await;
+    assert_eq!(refused.status(), 503);
+    let log = outsider.log();
+    assert!(
+        log.contains("cannot authenticate to etcd"),
+        "{}",
+        outsider.log_tail(20)
+    );
+    assert!(!log.contains("not-the-etcd-password"));
+    assert!(!replicas[0].log().contains(PASSWORD));
 }

@@ -23,6 +23,7 @@ use crate::event::Source;
 use crate::problem::{FieldError, Problem};
 
 pub use credential::{BasicConfig, BearerConfig, Credential, CredentialConfig};
+pub(crate) use secret::read_secret_env;
 pub use secret::{Secret, MIN_SECRET_LEN};
 pub use signature::{hub_signature, pagerduty_signature};
 pub use standard_webhooks::StandardWebhooksConfig;

@@ -35,6 +35,9 @@ pub enum Failure {
     TooLarge,
     /// Authentication or permission refused: a setup problem.
     Denied(String),
+    /// etcd's auth is on and the call's token is missing, expired or
+    /// revoked: authenticate again ([`super::token`]).
+    Unauthenticated(String),
     /// A 2xx whose body is not what the gateway sends.
     Malformed(String),
     /// Anything else etcd said.
@@ -47,7 +50,10 @@ impl Failure {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Failure::Transport | Failure::Unavailable(_) | Failure::DeadlineExceeded
+            Failure::Transport
+                | Failure::Unavailable(_)
+                | Failure::DeadlineExceeded
+                | Failure::Unauthenticated(_)
         )
     }
 
@@ -62,6 +68,7 @@ impl Failure {
             Failure::Compacted => "compacted",
             Failure::TooLarge => "too_large",
             Failure::Denied(_) => "denied",
+            Failure::Unauthenticated(_) => "unauthenticated",
             Failure::Malformed(_) => "malformed",
             Failure::Other(_) => "other",
         }
@@ -85,6 +92,7 @@ impl fmt::Display for Failure {
                 f.write_str("the request is larger than etcd accepts (bytes or operations)")
             }
             Failure::Denied(m) => write!(f, "etcd refused the credentials or permission: {m}"),
+            Failure::Unauthenticated(m) => write!(f, "etcd wants a valid auth token: {m}"),
             Failure::Malformed(m) => write!(f, "etcd's answer is unreadable: {m}"),
             Failure::Other(m) => write!(f, "etcd refused: {m}"),
         }
@@ -174,7 +182,12 @@ fn failure(status: u16, v: Option<&Value>) -> Failure {
         (_, 400) if message.contains("too large") || message.contains("too many operations") => {
             Failure::TooLarge
         }
-        (Some(7) | Some(16), _) | (None, 401 | 403) => Failure::Denied(said),
+        // A token missing (auth on, none sent: code 3 on 3.4), expired or
+        // revoked; a wrong password is code 3 too, but says so.
+        (Some(16), _) | (None, 401) => Failure::Unauthenticated(said),
+        (Some(3), _) if message.contains("user name is empty") => Failure::Unauthenticated(said),
+        (Some(3), _) if message.contains("authentication failed") => Failure::Denied(said),
+        (Some(7), _) | (None, 403) => Failure::Denied(said),
         (Some(14), _) | (None, 502 | 503) => Failure::Unavailable(said),
         _ => Failure::Other(said),
     }
@@ -423,10 +436,24 @@ mod tests {
             ),
             Failure::Denied(_)
         ));
+        // etcd's auth: a token to get again, or credentials that are wrong.
+        let expired = e(
+            401,
+            json!({"message": "etcdserver: invalid auth token", "code": 16}),
+        );
+        assert!(matches!(expired, Failure::Unauthenticated(_)));
+        assert!(expired.is_transient());
         assert!(matches!(
             e(
-                401,
-                json!({"message": "etcdserver: invalid auth token", "code": 16})
+                400,
+                json!({"message": "etcdserver: user name is empty", "code": 3})
+            ),
+            Failure::Unauthenticated(_)
+        ));
+        assert!(matches!(
+            e(
+                400,
+                json!({"message": "etcdserver: authentication failed, invalid user ID or password", "code": 3})
             ),
             Failure::Denied(_)
         ));

@@ -8,7 +8,8 @@
 //!   "key_prefix": "emr/",
 //!   "lease_ttl_seconds": 3,
 //!   "timeout_ms": 500,
-//!   "poll_ms": 100
+//!   "poll_ms": 100,
+//!   "auth": {"user_env": "EMR_ETCD_USER", "password_env": "EMR_ETCD_PASSWORD"}
 //! }
 //! ```
 //!
@@ -20,6 +21,7 @@ use serde::Deserialize;
 
 use super::election;
 use super::log::Keys;
+use super::token::Credentials;
 use super::Gateway;
 use crate::envvar::Env;
 use crate::field::{in_range, read_env, Spaces};
@@ -47,6 +49,17 @@ pub struct ClusterConfig {
     /// How often a service looks for new events (20 to 5,000 ms, default
     /// 100): the most an event accepted at another replica waits.
     pub poll_ms: Option<u64>,
+    /// etcd's auth, when it is on: where the user and password are.
+    pub auth: Option<AuthConfig>,
+}
+
+/// `cluster.auth`: the environment variables holding the etcd user and its
+/// password (listed in the VM's `host_env_keys`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub user_env: String,
+    pub password_env: String,
 }
 
 /// The compiled section.
@@ -57,6 +70,8 @@ pub struct ClusterSettings {
     pub replica: String,
     pub lease_ttl_s: i64,
     pub poll: Duration,
+    /// etcd's auth, when it is on.
+    pub auth: Option<Credentials>,
 }
 
 impl ClusterSettings {
@@ -144,6 +159,28 @@ pub fn compile(c: &ClusterConfig, env: Env<'_>) -> Result<ClusterSettings, Vec<F
         5_000,
         &mut problems,
     );
+    let auth = c.auth.as_ref().and_then(|a| {
+        let user = read_env(
+            env,
+            "auth.user_env",
+            &a.user_env,
+            Spaces::Refuse,
+            &mut problems,
+        )
+        .filter(|u| !u.is_empty());
+        let password =
+            crate::auth::read_secret_env(env, &a.password_env, "auth.password_env", &mut problems);
+        Some(Credentials {
+            user: user?,
+            password: password?,
+        })
+    });
+    if c.auth.is_some() && auth.is_none() && problems.is_empty() {
+        problems.push(FieldError::new(
+            "auth.user_env",
+            "must name a non-empty user",
+        ));
+    }
     if u64::from(ttl) * 1000 < timeout_ms * 2 {
         problems.push(FieldError::new(
             "timeout_ms",
@@ -161,6 +198,7 @@ pub fn compile(c: &ClusterConfig, env: Env<'_>) -> Result<ClusterSettings, Vec<F
             replica,
             lease_ttl_s: i64::from(ttl),
             poll: Duration::milliseconds(i64::try_from(poll_ms).unwrap_or(100)),
+            auth,
         }),
         _ => Err(problems),
     }
@@ -178,6 +216,9 @@ mod tests {
     fn env(name: &str) -> Option<String> {
         match name {
             "EMR_REPLICA_ID" => Some("envoy-0".into()),
+            "ETCD_USER" => Some("emr".into()),
+            "ETCD_PASSWORD" => Some("a-long-etcd-password".into()),
+            "SHORT" => Some("short".into()),
             "EMPTY" => Some(String::new()),
             _ => None,
         }
@@ -229,6 +270,23 @@ mod tests {
         .unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["replica_id_env", "timeout_ms"]);
+        // etcd's auth: both variables set, the password long enough, and
+        // neither value in a message.
+        let s = compile_json(
+            json!({"etcd_cluster": "etcd", "replica_id_env": "EMR_REPLICA_ID",
+            "auth": {"user_env": "ETCD_USER", "password_env": "ETCD_PASSWORD"}}),
+        )
+        .unwrap();
+        assert_eq!(s.auth.as_ref().unwrap().user, "emr");
+        assert!(!format!("{s:?}").contains("a-long-etcd-password"));
+        let problems = compile_json(
+            json!({"etcd_cluster": "etcd", "replica_id_env": "EMR_REPLICA_ID",
+            "auth": {"user_env": "NOT_SET", "password_env": "SHORT"}}),
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["auth.user_env", "auth.password_env"]);
+        assert!(!format!("{problems:?}").contains("short\""));
         // Unknown fields are refused by name.
         assert!(serde_json::from_value::<ClusterConfig>(json!({"etcd": "x"})).is_err());
     }

@@ -16,7 +16,7 @@ use super::*;
 use crate::callout::{CallResult, HttpCall};
 use crate::etcd::config::ClusterSettings;
 use crate::etcd::log::{self, Committed, Entry, Record};
-use crate::etcd::retention;
+use crate::etcd::{retention, token};
 
 /// What a delivery's body leads to.
 #[derive(Debug)]
@@ -114,6 +114,22 @@ impl Intake<'_> {
             )
             .with_header("retry-after", "1"));
         };
+        // With etcd's auth on, the service's token; none yet is the same
+        // answer as no lease.
+        let token = match &cluster.auth {
+            Some(_) => match token::current(self.store) {
+                Some(t) => Some(t),
+                None => {
+                    self.undo(source, &added, slots);
+                    return Err(Problem::new(
+                        503,
+                        "this replica has no etcd token yet; retry shortly",
+                    )
+                    .with_header("retry-after", "1"));
+                }
+            },
+            None => None,
+        };
         let received_ms = now.timestamp_millis();
         let mut events = Vec::with_capacity(to_queue.len());
         let mut entries = Vec::with_capacity(to_queue.len());
@@ -134,9 +150,12 @@ impl Intake<'_> {
             });
             events.push((n.event, n.answer));
         }
-        let call = cluster
+        let mut call = cluster
             .gateway
             .call(0, log::commit(&cluster.keys, &entries, lease));
+        if let Some(t) = &token {
+            token::authorize(&mut call, t);
+        }
         Ok(Commit {
             call,
             pending: Pending {

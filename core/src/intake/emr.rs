@@ -89,13 +89,16 @@ impl Intake<'_> {
             Liveness::NotStarted => vec!["the emr-edge service has not started".to_owned()],
             Liveness::Stalled { age_ms } => vec![Liveness::stalled_detail(age_ms)],
         };
-        if self.config.cluster.is_some() {
+        if let Some(cluster) = &self.config.cluster {
             match self.store.get(liveness::READY_KEY) {
                 Ok(v) => reasons.extend(liveness::read_health(v.value.as_deref())),
                 Err(e) => return self.unavailable(&e),
             }
             if crate::etcd::retention::current(self.store, now).is_none() {
                 reasons.push("no lease from etcd for the events yet".to_owned());
+            }
+            if cluster.auth.is_some() && crate::etcd::token::current(self.store).is_none() {
+                reasons.push("no etcd token yet".to_owned());
             }
         }
         let response = if reasons.is_empty() {

@@ -2048,6 +2048,47 @@ mod cluster {
     }
 
     #[test]
+    fn with_etcds_auth_on_a_commit_carries_the_services_token() {
+        let w = World::with(
+            crate::config::parse(
+                br#"{"sources":{"canonical":{"insecure":true}},"status":{"insecure":true},
+                     "cluster":{"etcd_cluster":"etcd","replica_id_env":"REPLICA",
+                       "auth":{"user_env":"U","password_env":"P"}}}"#,
+                &|k| match k {
+                    "REPLICA" => Some("r1".to_owned()),
+                    "U" => Some("emr".to_owned()),
+                    "P" => Some("a-long-etcd-password".to_owned()),
+                    _ => None,
+                },
+            )
+            .unwrap(),
+        );
+        retention::publish(
+            &w.store,
+            retention::Current {
+                id: 77,
+                until_ms: now().timestamp_millis() + 60_000,
+            },
+        )
+        .unwrap();
+        // No token yet: 503, and nothing kept.
+        let out = send(&w, &incident("INC-8", "EMERGENCY_ACTIVE"))
+            .ready()
+            .unwrap();
+        assert_eq!(out.value.status, 503);
+        assert!(body(&out.value)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("token"));
+        crate::etcd::token::publish(&w.store, "tok.9").unwrap();
+        let c = commit(send(&w, &incident("INC-8", "EMERGENCY_ACTIVE")));
+        assert!(c
+            .call
+            .headers
+            .contains(&("authorization".to_owned(), "tok.9".to_owned())));
+    }
+
+    #[test]
     fn a_local_replay_is_answered_at_once_without_etcd() {
         let w = world();
         let c = commit(send(&w, &incident("INC-6", "EMERGENCY_ACTIVE")));

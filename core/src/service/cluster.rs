@@ -24,6 +24,7 @@ use crate::etcd::feed::{self, Feed};
 use crate::etcd::log::{self, Entry, Keys, Record};
 use crate::etcd::retention::{self, Keeper};
 use crate::etcd::snapshot::Snapshot;
+use crate::etcd::token::{self, Authenticator};
 use crate::etcd::{Fence, Gateway};
 use crate::event::{Control, ControlMessage, GroupId, IncidentKey, QueueMessage};
 use crate::genesys::answer::GenesysRef;
@@ -58,6 +59,10 @@ pub(super) struct Cluster {
     unpublished: Option<retention::Current>,
     /// The leader's snapshot.
     snapshots: snapshots::Writer,
+    /// etcd's auth, when it is on, and a token the filters have not been
+    /// told of yet.
+    auth: Option<Authenticator>,
+    unpublished_token: Option<String>,
     /// Whether this replica acted at the latest drive.
     acting: bool,
     /// The feed's reads are failing (said once per streak).
@@ -91,6 +96,11 @@ impl Cluster {
             ),
             unpublished: None,
             snapshots: snapshots::Writer::new(now),
+            auth: s
+                .auth
+                .clone()
+                .map(|c| Authenticator::new(c, s.gateway.clone(), now)),
+            unpublished_token: None,
             acting: false,
             feed_failing: None,
             keys: s.keys.clone(),
@@ -234,6 +244,18 @@ impl Service {
         let Some(c) = &mut self.cluster else {
             return true;
         };
+        // With etcd's auth on, nothing is asked of etcd without a token.
+        if let Some(a) = &mut c.auth {
+            let fx = a.poll(now);
+            let waiting = a.token().is_none();
+            self.auth_effects(fx, out);
+            if waiting {
+                return false;
+            }
+        }
+        let Some(c) = &mut self.cluster else {
+            return true;
+        };
         let election_fx = c.election.poll(now);
         let feed_fx = c.feed.poll(now);
         let lease_fx = c.keeper.poll(now);
@@ -327,13 +349,74 @@ impl Service {
                          "incidents": held, "restored": restored}));
     }
 
-    /// Tells the filters of a new lease for the log's entries.
+    /// Tells the filters of a new lease for the log's entries, and of a
+    /// new etcd token.
     pub(super) fn publish_lease(&mut self, store: &dyn SharedStore, out: &mut Out) {
-        if let Some(lease) = self.cluster.as_mut().and_then(|c| c.unpublished.take()) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if let Some(lease) = c.unpublished.take() {
             out.check(
                 retention::publish(store, lease),
                 "publish the lease for the log's entries",
             );
+        }
+        if let Some(t) = c.unpublished_token.take() {
+            out.check(token::publish(store, &t), "publish the etcd token");
+        }
+    }
+
+    /// Puts the etcd token on this replica's calls to etcd, when auth is on.
+    pub(super) fn authorize(&self, out: &mut Out) {
+        let Some(t) = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.auth.as_ref())
+            .and_then(Authenticator::token)
+        else {
+            return;
+        };
+        for (callout, call) in &mut out.calls {
+            if matches!(
+                callout,
+                Callout::Election(_)
+                    | Callout::Feed(_)
+                    | Callout::Outbox(_)
+                    | Callout::Lease(_)
+                    | Callout::Snapshot(_)
+            ) {
+                token::authorize(call, t);
+            }
+        }
+    }
+
+    fn auth_effects(&mut self, fx: Vec<token::Effect>, out: &mut Out) {
+        for effect in fx {
+            match effect {
+                token::Effect::Call(call) => out.calls.push((Callout::Auth(call.op), call)),
+                token::Effect::Token(t) => {
+                    if let Some(c) = &mut self.cluster {
+                        c.unpublished_token = Some(t);
+                    }
+                    self.feed_recovered(out);
+                }
+                token::Effect::Failed(failure) => {
+                    out.samples.push((
+                        election::Metric::Failure(failure.class()).name(),
+                        Sample::Count(1),
+                    ));
+                    if let Some(c) = &mut self.cluster {
+                        if c.feed_failing.is_none() {
+                            out.log(
+                                Level::Error,
+                                format!("emr-edge cannot authenticate to etcd: {failure}"),
+                            );
+                            self.state_dirty = true;
+                        }
+                        c.feed_failing = Some(failure.to_string());
+                    }
+                }
+            }
         }
     }
 
@@ -373,7 +456,16 @@ impl Service {
         let Some(c) = &mut self.cluster else {
             return;
         };
+        if let (Some(a), true) = (&mut c.auth, token::rejected(&result)) {
+            a.invalidate();
+        }
         match callout {
+            Callout::Auth(op) => {
+                if let Some(a) = &mut c.auth {
+                    let fx = a.on_result(op, &result, now);
+                    self.auth_effects(fx, out);
+                }
+            }
             Callout::Election(op) => {
                 let fx = c.election.on_result(op, result, now);
                 self.election_effects(fx, now, out);

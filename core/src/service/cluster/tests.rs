@@ -552,3 +552,116 @@ fn a_poll_result_read_from_the_log_is_applied_as_of_when_the_leader_polled() {
     assert!(!inc.is_open(), "resolved by the leader's poll");
     assert_eq!(inc.updated_at, t(1), "as of the poll, on every replica");
 }
+
+fn with_auth() -> Config {
+    let mut c = config(json!({}));
+    let section: ClusterConfig = serde_json::from_value(json!({
+        "etcd_cluster": "etcd", "replica_id_env": "REPLICA",
+        "auth": {"user_env": "ETCD_USER", "password_env": "ETCD_PASSWORD"}}))
+    .unwrap();
+    let env = |k: &str| match k {
+        "REPLICA" => Some("replica-a".to_owned()),
+        "ETCD_USER" => Some("emr".to_owned()),
+        "ETCD_PASSWORD" => Some("a-long-etcd-password".to_owned()),
+        _ => None,
+    };
+    c.cluster = Some(Arc::new(compile(&section, &env).unwrap()));
+    c
+}
+
+fn authorization(call: &HttpCall) -> Option<&str> {
+    call.headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn with_etcds_auth_on_it_authenticates_first_and_again_when_the_token_is_refused() {
+    let store = MemoryStore::default();
+    let mut s = start(with_auth(), &store);
+    let out = s.on_tick(&store, t(0));
+    let calls: Vec<_> = out
+        .calls
+        .iter()
+        .map(|(c, call)| (*c, call.path.clone()))
+        .collect();
+    assert!(
+        matches!(calls.as_slice(), [(Callout::Auth(_), p)] if p == "/v3/auth/authenticate"),
+        "nothing else before a token: {calls:?}"
+    );
+    let (auth, _) = out.calls[0].clone();
+    let out = s.on_result(
+        auth,
+        ok(json!({"header": header(1), "token": "tok.1"})),
+        &store,
+        t(0),
+    );
+    assert_eq!(
+        crate::etcd::token::current(&store).as_deref(),
+        Some("tok.1")
+    );
+    let out = if out.calls.is_empty() {
+        s.on_tick(&store, t(0))
+    } else {
+        out
+    };
+    let etcd = etcd_calls(&out);
+    assert!(!etcd.is_empty());
+    for (_, call) in &etcd {
+        assert_eq!(authorization(call), Some("tok.1"), "{}", call.path);
+    }
+    // The token expired: the next round authenticates again first.
+    let (callout, _) = etcd[0].clone();
+    let expired = CallResult::Response {
+        status: 401,
+        headers: vec![],
+        body: br#"{"message":"etcdserver: invalid auth token","code":16}"#.to_vec(),
+    };
+    let out = s.on_result(callout, expired, &store, t(0));
+    assert!(
+        out.calls.iter().any(|(c, _)| matches!(c, Callout::Auth(_))),
+        "{:?}",
+        out.calls
+    );
+}
+
+#[test]
+fn refused_etcd_credentials_are_said_once_and_keep_the_replica_unready() {
+    let store = MemoryStore::default();
+    let mut s = start(with_auth(), &store);
+    let refused = CallResult::Response {
+        status: 400,
+        headers: vec![],
+        body: br#"{"message":"etcdserver: authentication failed, invalid user ID or password","code":3}"#.to_vec(),
+    };
+    let mut errors = Vec::new();
+    for i in 0..20 {
+        let out = s.on_tick(&store, t(i));
+        errors.extend(out.logs.iter().filter(|(l, _)| *l == Level::Error).cloned());
+        for (c, _) in out.calls {
+            let more = s.on_result(c, refused.clone(), &store, t(i));
+            errors.extend(
+                more.logs
+                    .iter()
+                    .filter(|(l, _)| *l == Level::Error)
+                    .cloned(),
+            );
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].1.contains("cannot authenticate to etcd"));
+    assert!(!errors[0].1.contains("a-long-etcd-password"));
+    s.on_tick(&store, t(21));
+    let unready = crate::liveness::read_health(
+        store
+            .get(crate::liveness::READY_KEY)
+            .unwrap()
+            .value
+            .as_deref(),
+    );
+    assert!(
+        unready.iter().any(|r| r.contains("credentials")),
+        "{unready:?}"
+    );
+}
