@@ -41,6 +41,7 @@ mod ratelimit;
 mod requestlog;
 mod server;
 mod state;
+mod tableschema;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -292,7 +293,7 @@ impl SimHandle {
 
     /// Writes a row (its `key` must equal `row_id`).
     pub fn set_datatable_row(&self, table: &str, row_id: &str, row: Row) -> Result<(), SimError> {
-        self.shared.lock().tables.put(table, row_id, row)?;
+        self.shared.lock().tables.set(table, row_id, row)?;
         Ok(())
     }
 
