@@ -72,6 +72,7 @@ pub use guide::{GuideRouting, RoutingConfiguration, RoutingState};
 pub use itsm::{ItsmSeed, ItsmTool};
 pub use oauth::Revoke;
 pub use requestlog::RequestRecord;
+pub use tableschema::ROUTING_SCHEMA;
 
 use crate::errors::ApiError;
 use crate::faults::{Outage, MAX_OUTAGE};

@@ -58,6 +58,9 @@ impl Intake<'_> {
                 .filter_map(|pair| pair.split_once('='))
                 .find(|(k, _)| *k == "source")
                 .map(|(_, v)| v)
+                // A data action sends `source=` when its optional input is
+                // left empty: no source named.
+                .filter(|v| !v.is_empty())
         });
         let source = match named {
             None => None,
