@@ -122,7 +122,7 @@ resource "genesyscloud_architect_emergencygroup" "group" {
   }
 }
 
-# --- Data actions that call emr-edge --------------------------------------
+# --- The integration whose data actions call emr-edge ---------------------
 
 resource "genesyscloud_integration_credential" "emr_edge" {
   name                 = "${var.name_prefix} status"
@@ -141,28 +141,6 @@ resource "genesyscloud_integration" "emr_edge" {
     credentials = {
       basicAuth = genesyscloud_integration_credential.emr_edge.id
     }
-  }
-}
-
-resource "genesyscloud_integration_action" "emr_edge" {
-  for_each               = local.emr_actions
-  name                   = each.value.name
-  category               = "${var.name_prefix} status"
-  integration_id         = genesyscloud_integration.emr_edge.id
-  secure                 = each.value.secure
-  config_timeout_seconds = 10
-  contract_input         = jsonencode(each.value.contract.input.inputSchema)
-  contract_output        = jsonencode(each.value.contract.output.successSchema)
-  config_request {
-    request_url_template = replace(each.value.config.request.requestUrlTemplate, local.placeholder_host, var.emr_edge_url)
-    request_type         = each.value.config.request.requestType
-    request_template     = each.value.config.request.requestTemplate
-    headers              = each.value.config.request.headers
-  }
-  config_response {
-    translation_map          = each.value.config.response.translationMap
-    translation_map_defaults = each.value.config.response.translationMapDefaults
-    success_template         = each.value.config.response.successTemplate
   }
 }
 
@@ -213,25 +191,40 @@ resource "genesyscloud_integration" "flow_lookups" {
   }
 }
 
-resource "genesyscloud_integration_action" "genesys" {
-  for_each               = local.genesys_actions
-  name                   = each.value.name
-  category               = "${var.name_prefix} flow lookups"
-  integration_id         = genesyscloud_integration.flow_lookups.id
-  secure                 = each.value.secure
+# --- The data actions, from genesys/data-actions/*.json -------------------
+
+resource "genesyscloud_integration_action" "action" {
+  for_each = merge(
+    { for k, a in local.emr_actions : k => {
+      definition     = a
+      integration_id = genesyscloud_integration.emr_edge.id
+      category       = genesyscloud_integration.emr_edge.config[0].name
+      url            = replace(a.config.request.requestUrlTemplate, local.placeholder_host, var.emr_edge_url)
+    } },
+    { for k, a in local.genesys_actions : k => {
+      definition     = a
+      integration_id = genesyscloud_integration.flow_lookups.id
+      category       = genesyscloud_integration.flow_lookups.config[0].name
+      url            = a.config.request.requestUrlTemplate
+    } },
+  )
+  name                   = each.value.definition.name
+  category               = each.value.category
+  integration_id         = each.value.integration_id
+  secure                 = each.value.definition.secure
   config_timeout_seconds = 10
-  contract_input         = jsonencode(each.value.contract.input.inputSchema)
-  contract_output        = jsonencode(each.value.contract.output.successSchema)
+  contract_input         = jsonencode(each.value.definition.contract.input.inputSchema)
+  contract_output        = jsonencode(each.value.definition.contract.output.successSchema)
   config_request {
-    request_url_template = each.value.config.request.requestUrlTemplate
-    request_type         = each.value.config.request.requestType
-    request_template     = each.value.config.request.requestTemplate
-    headers              = each.value.config.request.headers
+    request_url_template = each.value.url
+    request_type         = each.value.definition.config.request.requestType
+    request_template     = each.value.definition.config.request.requestTemplate
+    headers              = each.value.definition.config.request.headers
   }
   config_response {
-    translation_map          = each.value.config.response.translationMap
-    translation_map_defaults = each.value.config.response.translationMapDefaults
-    success_template         = each.value.config.response.successTemplate
+    translation_map          = each.value.definition.config.response.translationMap
+    translation_map_defaults = each.value.definition.config.response.translationMapDefaults
+    success_template         = each.value.definition.config.response.successTemplate
   }
 }
 
@@ -258,7 +251,6 @@ resource "genesyscloud_flow" "emergency_inbound" {
   # The flow names the data actions by the names in their JSON files.
   depends_on = [
     genesyscloud_architect_datatable_row.group,
-    genesyscloud_integration_action.emr_edge,
-    genesyscloud_integration_action.genesys,
+    genesyscloud_integration_action.action,
   ]
 }

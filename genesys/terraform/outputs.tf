@@ -33,10 +33,7 @@ output "datatable_id" {
 
 output "data_action_ids" {
   description = "The data actions' ids, by name."
-  value = merge(
-    { for k, a in genesyscloud_integration_action.emr_edge : a.name => a.id },
-    { for k, a in genesyscloud_integration_action.genesys : a.name => a.id },
-  )
+  value       = { for k, a in genesyscloud_integration_action.action : a.name => a.id }
 }
 
 output "flow_id" {
