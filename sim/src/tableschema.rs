@@ -46,8 +46,8 @@ impl ColumnType {
         }
     }
 
-    /// Whether `value` is of this type (`null` never is: Genesys refuses it
-    /// for a typed column; leave the column out instead).
+    /// Whether `value` is of this type. `null` never is, as draft-04
+    /// validation has it (a column without a value is left out).
     fn holds(self, value: &Value) -> bool {
         match self {
             Self::String => value.is_string(),
