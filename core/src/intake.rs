@@ -4,7 +4,9 @@
 //! (`canonical`, `standard`, `pagerduty`, `servicenow`, `jsm`, `opsgenie`,
 //! `alertmanager`); `GET /emr/status/{id}` and `GET /emr/state` answer from
 //! what the service published, `GET /emr/health` says whether the service
-//! is alive ([`crate::liveness`]), and `POST /emr/groups/{id}/resume` queues a
+//! is alive ([`crate::liveness`]), `GET /emr/groups/{id}` and
+//! `GET /emr/incidents/{id}` answer flat for data actions
+//! ([`crate::data_actions`]), and `POST /emr/groups/{id}/resume` queues a
 //! control message for the service (the filter cannot call Genesys: it ends
 //! a person's override of that group, see `crate::watchdog`) — all behind the
 //! status credential (`status` in config). Anything else passes through the
@@ -61,6 +63,7 @@ mod cross_site;
 
 mod accept;
 mod emr;
+mod flat;
 
 pub use commit::{BodyStep, Commit, Pending};
 pub use emr::status_url;
@@ -276,6 +279,10 @@ enum EmrRoute<'a> {
     Ready,
     /// `POST /emr/groups/{id}/resume`.
     Resume(&'a str),
+    /// `GET /emr/groups/{id}`: a group's routing, flat.
+    Group(&'a str),
+    /// `GET /emr/incidents/{id}`: an incident's status, flat.
+    Incident(&'a str),
     Unknown,
 }
 
@@ -299,6 +306,16 @@ fn route(path: &str) -> Route<'_> {
         .filter(|id| !id.is_empty() && !id.contains('/'))
     {
         Route::Emr(EmrRoute::Resume(id))
+    } else if let Some(id) = path
+        .strip_prefix(GROUPS_PREFIX)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+    {
+        Route::Emr(EmrRoute::Group(id))
+    } else if let Some(id) = path
+        .strip_prefix(crate::data_actions::INCIDENTS_PREFIX)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+    {
+        Route::Emr(EmrRoute::Incident(id))
     } else if path == "/emr" || path.starts_with("/emr/") {
         Route::Emr(EmrRoute::Unknown)
     } else {
@@ -359,7 +376,12 @@ impl Intake<'_> {
                         "no emr-edge resource at {}",
                         text::quoted(path)
                     ))),
-                    EmrRoute::Status(_) | EmrRoute::State | EmrRoute::Health | EmrRoute::Ready
+                    EmrRoute::Status(_)
+                    | EmrRoute::State
+                    | EmrRoute::Health
+                    | EmrRoute::Ready
+                    | EmrRoute::Group(_)
+                    | EmrRoute::Incident(_)
                         if method != "GET" && method != "HEAD" =>
                     {
                         refused(&Problem::method_not_allowed("GET, HEAD"))
@@ -374,6 +396,11 @@ impl Intake<'_> {
                     EmrRoute::State => self.state(),
                     EmrRoute::Health => self.health(now),
                     EmrRoute::Ready => self.ready(now),
+                    EmrRoute::Group(id) => self.group_routing(id),
+                    EmrRoute::Incident(id) => {
+                        let query = path.split_once('?').map(|(_, q)| q);
+                        self.incident_summary(id, query)
+                    }
                     EmrRoute::Resume(id) => match cross_site::check(headers) {
                         Ok(()) => self.resume(id, now),
                         Err(p) => refused(&p),

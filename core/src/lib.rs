@@ -13,7 +13,8 @@
 //!   route, body limit, authentication ([`auth`]), parsing ([`sources`], the canonical
 //!   [`contract`]), the mapping rules ([`mapping`]), dedupe ([`dedupe`]), the
 //!   source's share ([`quota`]), the queue; `/emr/*` answers ([`status`],
-//!   [`liveness`], [`ignored`]).
+//!   [`liveness`], [`ignored`], and the flat ones data actions read,
+//!   [`data_actions`]).
 //! - [`event`]: the validated values every module shares ([`event::IncidentEvent`],
 //!   ids, the queue messages).
 //!
@@ -45,6 +46,7 @@ pub mod auth;
 pub mod callout;
 pub mod config;
 pub mod contract;
+pub mod data_actions;
 pub mod dedupe;
 pub mod delivery;
 pub mod envvar;

@@ -35,18 +35,6 @@ impl Caller {
         }
     }
 
-    /// 403 `missing.any.permissions` unless the client holds one of `permissions`.
-    pub fn require_any(&self, permissions: &[&str]) -> Result<(), ApiError> {
-        if permissions
-            .iter()
-            .any(|permission| self.client.has_permission(permission))
-        {
-            Ok(())
-        } else {
-            Err(ApiError::missing_any_permission(permissions))
-        }
-    }
-
     /// How this client's writes are stamped.
     pub fn writer(&self) -> Writer {
         Writer {

@@ -42,7 +42,7 @@ pub const NO_PERMS_CLIENT_SECRET: &str = "no-perms-secret";
 pub const PERM_GROUP_VIEW: &str = "routing:emergencyGroup:view";
 /// Permission to update emergency groups.
 pub const PERM_GROUP_EDIT: &str = "routing:emergencyGroup:edit";
-/// Permission to update (and, here, upsert) data table rows.
+/// Permission to update data table rows.
 pub const PERM_ROW_EDIT: &str = "architect:datatableRow:edit";
 /// Permission to create data table rows.
 pub const PERM_ROW_ADD: &str = "architect:datatableRow:add";
@@ -97,6 +97,7 @@ impl Default for SimConfig {
             datatables: vec![DataTableConfig {
                 id: DEFAULT_DATATABLE_ID.to_owned(),
                 name: "EMR Routing".to_owned(),
+                schema: None,
                 rows: BTreeMap::new(),
             }],
             token_lifetime_secs: 86_400,
@@ -183,10 +184,15 @@ impl SimConfig {
             if !seen.insert(table.id.as_str()) {
                 return invalid(format!("datatables[{index}].id: duplicate id {}", table.id));
             }
+            let schema = table.table_schema().map_err(|message| {
+                SimError::Config(format!("datatables[{index}].schema.{message}"))
+            })?;
             for (row_id, row) in &table.rows {
-                crate::datatables::check_row(row_id, row).map_err(|message| {
-                    SimError::Config(format!("datatables[{index}].rows.{row_id}: {message}"))
-                })?;
+                crate::datatables::check_row(row_id, row)
+                    .and_then(|()| schema.check(row))
+                    .map_err(|message| {
+                        SimError::Config(format!("datatables[{index}].rows.{row_id}: {message}"))
+                    })?;
             }
         }
         self.itsm
@@ -252,15 +258,29 @@ fn permission_matches(granted: &str, wanted: &str) -> bool {
     }
 }
 
-/// A data table: only rows are simulated, keyed by the `key` column.
+/// A data table: its schema and rows, keyed by the `key` column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataTableConfig {
     pub id: String,
     #[serde(default)]
     pub name: String,
+    /// The table's JSON Schema, as Genesys holds it; absent, emr-edge's routing table
+    /// (`genesys/datatable.schema.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
     #[serde(default)]
     pub rows: BTreeMap<String, Map<String, Value>>,
+}
+
+impl DataTableConfig {
+    /// The compiled schema; the message names the schema's field.
+    pub fn table_schema(&self) -> Result<crate::tableschema::TableSchema, String> {
+        match &self.schema {
+            Some(schema) => crate::tableschema::TableSchema::compile(schema),
+            None => crate::tableschema::TableSchema::routing(),
+        }
+    }
 }
 
 fn default_clients() -> Vec<ClientConfig> {
@@ -272,7 +292,9 @@ fn default_clients() -> Vec<ClientConfig> {
             permissions: vec![
                 PERM_GROUP_VIEW.to_owned(),
                 PERM_GROUP_EDIT.to_owned(),
+                PERM_DATATABLE_VIEW.to_owned(),
                 PERM_ROW_EDIT.to_owned(),
+                PERM_ROW_ADD.to_owned(),
             ],
             user_id: None,
         },

@@ -235,7 +235,7 @@ async fn put_row(
     let row: Row = parse(&body)?;
     app.lock()
         .tables
-        .put(&table, &row_id, row)
+        .set(&table, &row_id, row)
         .map(Json)
         .map_err(|error| SimError::from(error).into())
 }

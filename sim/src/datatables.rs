@@ -1,15 +1,14 @@
 //! Architect data table rows: where emr-edge leaves the ordered queue list for flows to read
 //! with a Data Table Lookup.
 //!
-//! A row is a flat JSON object of the table's columns; the key column is always `key`. Only rows
-//! are simulated, not table schemas: any flat object is accepted. Rows are also listed, paged, as
-//! Genesys does (`GET …/rows?pageNumber=&pageSize=&showbrief=`; `showbrief` defaults to true and
-//! then only the `key` of each row is answered — emr-edge's restart recovery must ask for
-//! `showbrief=false`). Two deliberate differences
-//! from Genesys, both documented in the README: a PUT of a row that does not exist creates it
-//! (Genesys answers 404 and wants a POST first), and a GET is allowed with either
-//! `architect:datatable:view` (what Genesys asks) or `architect:datatableRow:edit` (what the
-//! seeded emr-edge client holds).
+//! A row is a flat JSON object of the table's columns; the key column is always `key`. Every
+//! table has a schema ([`crate::tableschema`]; the seeded one is emr-edge's
+//! `genesys/datatable.schema.json`) and every write through the API is held to it as Genesys
+//! holds it: an unknown column, a wrong type or a string past its `maxLength` is a 400. A PUT
+//! of a row that does not exist is a 404 and a POST of one that does is a 409, as in Genesys.
+//! Rows are also listed, paged, as Genesys does (`GET …/rows?pageNumber=&pageSize=&showbrief=`;
+//! `showbrief` defaults to true and then only the `key` of each row is answered — emr-edge's
+//! restart recovery must ask for `showbrief=false`). Reading needs `architect:datatable:view`.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +22,7 @@ use crate::config::{DataTableConfig, PERM_DATATABLE_VIEW, PERM_ROW_ADD, PERM_ROW
 use crate::errors::{ApiError, SimError};
 use crate::query::QueryParams;
 use crate::state::App;
+use crate::tableschema::TableSchema;
 
 /// The key column every Genesys data table has.
 const KEY_COLUMN: &str = "key";
@@ -88,50 +88,82 @@ pub(crate) fn check_row(row_id: &str, row: &Row) -> Result<(), String> {
     Ok(())
 }
 
+/// One table: its schema and its rows.
+#[derive(Debug)]
+struct Table {
+    schema: TableSchema,
+    rows: BTreeMap<String, Row>,
+}
+
 /// All data tables' rows.
 #[derive(Debug, Default)]
 pub(crate) struct DataTables {
-    tables: BTreeMap<String, BTreeMap<String, Row>>,
+    tables: BTreeMap<String, Table>,
 }
 
 impl DataTables {
+    /// The seeded tables (a validated config: a table whose schema does not compile, which
+    /// validation refuses, is left out).
     pub fn new(seed: &[DataTableConfig]) -> Self {
         let tables = seed
             .iter()
-            .map(|table| (table.id.clone(), table.rows.clone()))
+            .filter_map(|table| {
+                let schema = table.table_schema().ok()?;
+                Some((
+                    table.id.clone(),
+                    Table {
+                        schema,
+                        rows: table.rows.clone(),
+                    },
+                ))
+            })
             .collect();
         Self { tables }
     }
 
+    fn table(&self, table: &str) -> Result<&Table, RowError> {
+        self.tables.get(table).ok_or(RowError::TableNotFound)
+    }
+
+    fn table_mut(&mut self, table: &str) -> Result<&mut Table, RowError> {
+        self.tables.get_mut(table).ok_or(RowError::TableNotFound)
+    }
+
     pub fn row(&self, table: &str, row_id: &str) -> Result<&Row, RowError> {
-        self.tables
-            .get(table)
-            .ok_or(RowError::TableNotFound)?
+        self.table(table)?
+            .rows
             .get(row_id)
             .ok_or(RowError::RowNotFound)
     }
 
     pub fn rows(&self, table: &str) -> Result<Vec<Row>, RowError> {
-        Ok(self
-            .tables
-            .get(table)
-            .ok_or(RowError::TableNotFound)?
-            .values()
-            .cloned()
-            .collect())
+        Ok(self.table(table)?.rows.values().cloned().collect())
     }
 
-    /// Replaces (or creates) a row.
+    /// Writes a row whatever it held before, schema checked: the control API's and the
+    /// Rust API's write "behind the API's back".
+    pub fn set(&mut self, table: &str, row_id: &str, row: Row) -> Result<Row, RowError> {
+        check_row(row_id, &row).map_err(RowError::Invalid)?;
+        let t = self.table_mut(table)?;
+        t.schema.check(&row).map_err(RowError::Invalid)?;
+        t.rows.insert(row_id.to_owned(), row.clone());
+        Ok(row)
+    }
+
+    /// `PUT …/rows/{rowId}`: replaces a row that exists; a missing one is a 404, as in
+    /// Genesys (create it with a POST).
     pub fn put(&mut self, table: &str, row_id: &str, row: Row) -> Result<Row, RowError> {
         check_row(row_id, &row).map_err(RowError::Invalid)?;
-        let rows = self.tables.get_mut(table).ok_or(RowError::TableNotFound)?;
-        rows.insert(row_id.to_owned(), row.clone());
+        let t = self.table_mut(table)?;
+        t.schema.check(&row).map_err(RowError::Invalid)?;
+        let slot = t.rows.get_mut(row_id).ok_or(RowError::RowNotFound)?;
+        *slot = row.clone();
         Ok(row)
     }
 
     /// Creates a row named by its `key`; an existing key is a conflict.
     fn create(&mut self, table: &str, row: Row) -> Result<Row, RowError> {
-        let rows = self.tables.get_mut(table).ok_or(RowError::TableNotFound)?;
+        let t = self.table_mut(table)?;
         let Some(Value::String(row_id)) = row.get(KEY_COLUMN) else {
             return Err(RowError::Invalid(
                 "The row must contain the key column 'key' as a string.".to_owned(),
@@ -139,10 +171,11 @@ impl DataTables {
         };
         let row_id = row_id.clone();
         check_row(&row_id, &row).map_err(RowError::Invalid)?;
-        if rows.contains_key(&row_id) {
+        t.schema.check(&row).map_err(RowError::Invalid)?;
+        if t.rows.contains_key(&row_id) {
             return Err(RowError::Exists);
         }
-        rows.insert(row_id, row.clone());
+        t.rows.insert(row_id, row.clone());
         Ok(row)
     }
 }
@@ -166,7 +199,7 @@ pub(crate) async fn get_row(
     Extension(caller): Extension<Caller>,
     Path((table, row_id)): Path<(String, String)>,
 ) -> Result<Json<Row>, ApiError> {
-    caller.require_any(&[PERM_DATATABLE_VIEW, PERM_ROW_EDIT])?;
+    caller.require(PERM_DATATABLE_VIEW)?;
     let state = app.lock();
     Ok(Json(state.tables.row(&table, &row_id)?.clone()))
 }
@@ -180,7 +213,7 @@ pub(crate) async fn list_rows(
     Path(table): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_any(&[PERM_DATATABLE_VIEW, PERM_ROW_EDIT])?;
+    caller.require(PERM_DATATABLE_VIEW)?;
     let params = QueryParams::parse(query.as_deref())?;
     let page_size = params.integer("pageSize", 25, 1, 500)?;
     let page_number = params.integer("pageNumber", 1, 1, u64::from(u32::MAX))?;
@@ -231,7 +264,7 @@ pub(crate) async fn create_row(
     Path(table): Path<String>,
     body: Bytes,
 ) -> Result<Json<Row>, ApiError> {
-    caller.require_any(&[PERM_ROW_ADD, PERM_ROW_EDIT])?;
+    caller.require(PERM_ROW_ADD)?;
     let row = parse_row(&body)?;
     let mut state = app.lock();
     Ok(Json(state.tables.create(&table, row)?))
@@ -259,17 +292,27 @@ mod tests {
     }
 
     #[test]
-    fn put_upserts_and_create_refuses_duplicates() {
+    fn put_needs_the_row_and_create_refuses_duplicates() {
         let mut tables = DataTables::new(&crate::config::SimConfig::default().datatables);
         let table = crate::config::DEFAULT_DATATABLE_ID;
         assert_eq!(tables.row(table, "r"), Err(RowError::RowNotFound));
         assert_eq!(tables.row("nope", "r"), Err(RowError::TableNotFound));
-        tables.put(table, "r", row(json!({"key": "r"}))).unwrap();
-        assert!(tables.row(table, "r").is_ok());
+        assert_eq!(
+            tables.put(table, "r", row(json!({"key": "r"}))),
+            Err(RowError::RowNotFound)
+        );
+        assert!(tables.create(table, row(json!({"key": "r"}))).is_ok());
+        assert!(tables
+            .put(table, "r", row(json!({"key": "r", "enabled": true})))
+            .is_ok());
         assert_eq!(
             tables.create(table, row(json!({"key": "r"}))),
             Err(RowError::Exists)
         );
-        assert!(tables.create(table, row(json!({"key": "s"}))).is_ok());
+        assert!(matches!(
+            tables.put(table, "r", row(json!({"key": "r", "colour": "blue"}))),
+            Err(RowError::Invalid(_))
+        ));
+        assert!(tables.set(table, "s", row(json!({"key": "s"}))).is_ok());
     }
 }

@@ -53,18 +53,6 @@ impl ApiError {
         )
     }
 
-    /// The caller holds none of the permissions of which the operation requires one.
-    pub fn missing_any_permission(permissions: &[&str]) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "missing.any.permissions",
-            format!(
-                "Unable to perform the requested action. You must have at least one of the following permissions assigned: [{}]",
-                permissions.join(", ")
-            ),
-        )
-    }
-
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not.found", message)
     }

@@ -41,6 +41,7 @@ mod ratelimit;
 mod requestlog;
 mod server;
 mod state;
+mod tableschema;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +72,7 @@ pub use guide::{GuideRouting, RoutingConfiguration, RoutingState};
 pub use itsm::{ItsmSeed, ItsmTool};
 pub use oauth::Revoke;
 pub use requestlog::RequestRecord;
+pub use tableschema::ROUTING_SCHEMA;
 
 use crate::errors::ApiError;
 use crate::faults::{Outage, MAX_OUTAGE};
@@ -292,7 +294,7 @@ impl SimHandle {
 
     /// Writes a row (its `key` must equal `row_id`).
     pub fn set_datatable_row(&self, table: &str, row_id: &str, row: Row) -> Result<(), SimError> {
-        self.shared.lock().tables.put(table, row_id, row)?;
+        self.shared.lock().tables.set(table, row_id, row)?;
         Ok(())
     }
 

@@ -458,6 +458,12 @@ pub fn merge(base: &mut Value, patch: &Value) {
     }
 }
 
+/// The basic credential of `/emr/*` the harness gives Envoy
+/// (`EMR_STATUS_USER`, `EMR_STATUS_PASSWORD`), for tests that call it as a
+/// Genesys data action does.
+pub const STATUS_BASIC_USER: &str = "genesys-data-actions";
+pub const STATUS_BASIC_PASSWORD: &str = "e2e-status-password-not-real";
+
 /// The value of every fake ITSM credential the harness passes to Envoy.
 pub const ITSM_FAKE_SECRET: &str = "e2e-itsm-secret-not-real";
 
@@ -520,6 +526,10 @@ impl Stack {
                 ),
                 ("EMR_JIRA_API_USER".into(), "emr-edge@example.com".into()),
                 ("EMR_JIRA_API_TOKEN".into(), ITSM_FAKE_SECRET.into()),
+                // `/emr/*` as Genesys data actions call it, for a `status`
+                // section a test may switch to basic.
+                ("EMR_STATUS_USER".into(), STATUS_BASIC_USER.into()),
+                ("EMR_STATUS_PASSWORD".into(), STATUS_BASIC_PASSWORD.into()),
             ],
             wasm,
             ..EnvoyOptions::default()

@@ -179,10 +179,26 @@ pub fn summarise_ids(ids: &[String]) -> String {
     }
 }
 
+/// How many fixed queue columns (`queue1`…`queue5`) the row has: the first
+/// queues of `queueIds`, one a column, for a flow's Find Queue by ID
+/// (Architect cannot split a string into queues). Five is a caller waiting
+/// through five emergency queues before the flow's last fallback, and well
+/// inside Architect's 25 dynamic finds of a kind in one flow.
+/// `genesys/datatable.schema.json` defines the same columns.
+pub const QUEUE_COLUMNS: usize = 5;
+
+/// The name of queue column `n` (1-based): `queue1`, `queue2`, ….
+pub fn queue_column(n: usize) -> String {
+    format!("queue{n}")
+}
+
 /// The data-table row Architect flows read with a Data Table Lookup. Columns
 /// are scalars, so lists are comma-joined strings; `key` is the key column.
-/// Every string column holds at most [`MAX_COLUMN_CHARS`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Every string column holds at most [`MAX_COLUMN_CHARS`]. Written, it also
+/// holds `queue1`…`queue{QUEUE_COLUMNS}`, taken from `queue_ids` (so they
+/// always agree with it), `""` past the list's end; the columns are those of
+/// `genesys/datatable.schema.json` and no others.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueRow {
     pub key: String,
@@ -199,6 +215,38 @@ pub struct QueueRow {
 }
 
 impl QueueRow {
+    /// The row for a group: its ordered queues and open incidents (most
+    /// urgent first), each joined within [`MAX_COLUMN_CHARS`] (the incident
+    /// list ends `+N more` when cut), and the recovery column, if kept.
+    pub fn build(
+        key: String,
+        queues: &[String],
+        incidents: &[String],
+        enabled: bool,
+        updated_at: String,
+        open_incidents: Option<String>,
+    ) -> QueueRow {
+        QueueRow {
+            key,
+            queue_ids: join_ids(queues).0,
+            incident_ids: summarise_ids(incidents),
+            enabled,
+            updated_at,
+            open_incidents,
+        }
+    }
+
+    /// The fixed queue columns: `queue_ids`' first [`QUEUE_COLUMNS`] ids,
+    /// `""` for each one the list does not reach.
+    pub fn queue_columns(&self) -> [&str; QUEUE_COLUMNS] {
+        let mut columns = [""; QUEUE_COLUMNS];
+        let ids = self.queue_ids.split(',').filter(|q| !q.is_empty());
+        for (column, id) in columns.iter_mut().zip(ids) {
+            *column = id;
+        }
+        columns
+    }
+
     /// Equal in everything but the write time: no need to write it again.
     pub fn same_content(&self, other: &QueueRow) -> bool {
         self.key == other.key
@@ -206,6 +254,26 @@ impl QueueRow {
             && self.incident_ids == other.incident_ids
             && self.enabled == other.enabled
             && self.open_incidents == other.open_incidents
+    }
+}
+
+impl Serialize for QueueRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let columns = self.queue_columns();
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("key", &self.key)?;
+        map.serialize_entry("queueIds", &self.queue_ids)?;
+        for (i, queue) in columns.iter().enumerate() {
+            map.serialize_entry(&queue_column(i + 1), queue)?;
+        }
+        map.serialize_entry("incidentIds", &self.incident_ids)?;
+        map.serialize_entry("enabled", &self.enabled)?;
+        map.serialize_entry("updatedAt", &self.updated_at)?;
+        if let Some(open) = &self.open_incidents {
+            map.serialize_entry("openIncidents", open)?;
+        }
+        map.end()
     }
 }
 
@@ -435,8 +503,12 @@ pub(crate) mod tests {
         let v = serde_json::to_value(&row).unwrap();
         assert_eq!(
             v,
-            json!({"key": "emr", "queueIds": "q1,q2", "incidentIds": "INC-1", "enabled": true, "updatedAt": "2024-08-15T14:22:01Z"})
+            json!({"key": "emr", "queueIds": "q1,q2", "queue1": "q1", "queue2": "q2",
+                   "queue3": "", "queue4": "", "queue5": "",
+                   "incidentIds": "INC-1", "enabled": true, "updatedAt": "2024-08-15T14:22:01Z"})
         );
+        // It reads back as written: the queue columns follow `queueIds`.
+        assert_eq!(serde_json::from_value::<QueueRow>(v).unwrap(), row);
         let later = QueueRow {
             updated_at: "2024-08-15T15:00:00Z".into(),
             ..row.clone()

@@ -1458,9 +1458,10 @@ fn resume_is_queued_for_the_service_behind_the_status_credential() {
     let r = s.get(path, &[("authorization", &bearer)]);
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
-    // Anything else under /emr/groups is unknown.
+    // Anything else under /emr/groups is unknown (`/emr/groups/{id}` itself
+    // is the group's routing, GET only).
     for other in [
-        "/emr/groups/x",
+        "/emr/groups/x/status",
         "/emr/groups//resume",
         "/emr/groups/a/b/resume",
     ] {

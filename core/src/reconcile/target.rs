@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use crate::event::GroupId;
 use crate::genesys::driver::Target;
-use crate::genesys::models::{join_ids, summarise_ids, QueueRow};
+use crate::genesys::models::QueueRow;
 use crate::ledger::Ledger;
 use crate::recovery;
 
@@ -73,18 +73,16 @@ impl Reconciler {
     ) -> Option<Action> {
         let table = self.cfg.datatable.as_ref()?.id.clone();
         let key = self.cfg.row_key_for(g)?;
-        let (queue_ids, _) = join_ids(&target.queues);
-        let row = QueueRow {
+        let row = QueueRow::build(
             key,
-            queue_ids,
-            incident_ids: summarise_ids(&target.incidents),
-            enabled: target.enabled,
-            updated_at: rfc3339(now),
-            open_incidents: self
-                .cfg
+            &target.queues,
+            &target.incidents,
+            target.enabled,
+            rfc3339(now),
+            self.cfg
                 .persists_incidents()
                 .then(|| recovery::encode(g, &ledger.open_incidents_of(g))),
-        };
+        );
         let written = self.groups.get(g).and_then(|st| st.row_written.as_ref());
         match written {
             Some(w) if w.same_content(&row) => None,

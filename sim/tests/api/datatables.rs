@@ -11,7 +11,7 @@ fn row_path(row: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_row_is_written_and_read_back() {
+async fn a_row_is_created_then_written_and_read_back() {
     let api = Api::seeded().await;
     let token = api.emr_token().await;
     let path = row_path("carrier-outage");
@@ -21,22 +21,33 @@ async fn a_row_is_written_and_read_back() {
     let row = json!({
         "key": "carrier-outage",
         "queueIds": "q-1,q-2",
-        "incidents": "INC-1",
-        "updated": "2024-08-15T14:22:01.000Z",
-        "active": true,
+        "queue1": "q-1",
+        "queue2": "q-2",
+        "incidentIds": "INC-1",
+        "updatedAt": "2024-08-15T14:22:01.000Z",
+        "enabled": true,
     });
-    let answer = api.put(&path, &token, row.clone()).await;
+    // As in Genesys, a PUT does not create: the row is created with a POST.
+    api.put(&path, &token, row.clone())
+        .await
+        .assert_genesys_error(404, "not.found");
+    let rows = format!("/api/v2/flows/datatables/{DEFAULT_DATATABLE_ID}/rows");
+    let created = api.post(&rows, &token, row.clone()).await;
+    assert_eq!(created.status, StatusCode::OK);
+    let mut changed = row.clone();
+    changed["enabled"] = json!(false);
+    let answer = api.put(&path, &token, changed.clone()).await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(answer.body, row);
+    assert_eq!(answer.body, changed);
     let read = api.get(&format!("{path}?showbrief=false"), &token).await;
-    assert_eq!(read.body, row);
+    assert_eq!(read.body, changed);
     assert_eq!(
         serde_json::to_value(
             api.sim
                 .datatable_row(DEFAULT_DATATABLE_ID, "carrier-outage")
         )
         .unwrap(),
-        row
+        changed
     );
     let control = api
         .control(
@@ -45,22 +56,28 @@ async fn a_row_is_written_and_read_back() {
             None,
         )
         .await;
-    assert_eq!(control.body, row);
+    assert_eq!(control.body, changed);
 }
 
 #[tokio::test]
 async fn malformed_rows_and_unknown_tables_are_refused() {
     let api = Api::seeded().await;
     let token = api.emr_token().await;
+    let rows = format!("/api/v2/flows/datatables/{DEFAULT_DATATABLE_ID}/rows");
+    api.post(&rows, &token, json!({"key": "a"})).await;
     api.put(&row_path("a"), &token, json!({"key": "b"}))
         .await
         .assert_genesys_error(400, "bad.request");
-    api.put(&row_path("a"), &token, json!({"queues": "x"}))
+    api.put(&row_path("a"), &token, json!({"queueIds": "x"}))
         .await
         .assert_genesys_error(400, "bad.request");
-    api.put(&row_path("a"), &token, json!({"key": "a", "queues": ["x"]}))
-        .await
-        .assert_genesys_error(400, "bad.request");
+    api.put(
+        &row_path("a"),
+        &token,
+        json!({"key": "a", "queueIds": ["x"]}),
+    )
+    .await
+    .assert_genesys_error(400, "bad.request");
     api.put(&row_path("a"), &token, json!(["a"]))
         .await
         .assert_genesys_error(400, "bad.request");
@@ -74,13 +91,59 @@ async fn malformed_rows_and_unknown_tables_are_refused() {
 }
 
 #[tokio::test]
+async fn rows_are_held_to_the_table_schema() {
+    let api = Api::seeded().await;
+    let token = api.emr_token().await;
+    let rows = format!("/api/v2/flows/datatables/{DEFAULT_DATATABLE_ID}/rows");
+    for (body, column) in [
+        (json!({"key": "a", "queues": "q1"}), "'queues'"),
+        (json!({"key": "a", "enabled": "true"}), "'enabled'"),
+        (json!({"key": "a", "queue1": 7}), "'queue1'"),
+        (json!({"key": "a", "queueIds": null}), "'queueIds'"),
+        (
+            json!({"key": "a", "openIncidents": "x".repeat(4_001)}),
+            "'openIncidents'",
+        ),
+        (json!({"key": "k".repeat(257)}), "'key'"),
+    ] {
+        let refused = api.post(&rows, &token, body.clone()).await;
+        refused.assert_genesys_error(400, "bad.request");
+        let message = refused.body["message"].as_str().unwrap();
+        assert!(message.contains(column), "{body}: {message}");
+    }
+    assert!(api
+        .sim
+        .datatable_rows(DEFAULT_DATATABLE_ID)
+        .unwrap()
+        .is_empty());
+    // At the limit is fine; so is a row of the key alone.
+    let full = json!({"key": "a", "openIncidents": "x".repeat(4_000)});
+    assert_eq!(api.post(&rows, &token, full).await.status, StatusCode::OK);
+    let bad = json!({"key": "a", "colour": "blue"});
+    api.put(&row_path("a"), &token, bad.clone())
+        .await
+        .assert_genesys_error(400, "bad.request");
+    // Behind the API's back too: the table has no such column.
+    assert!(api
+        .sim
+        .set_datatable_row(
+            DEFAULT_DATATABLE_ID,
+            "a",
+            serde_json::from_value(bad).unwrap()
+        )
+        .is_err());
+}
+
+#[tokio::test]
 async fn rows_can_be_created_once() {
     let api = Api::seeded().await;
     let token = api.emr_token().await;
     let rows = format!("/api/v2/flows/datatables/{DEFAULT_DATATABLE_ID}/rows");
-    let created = api.post(&rows, &token, json!({"key": "r1", "v": 1})).await;
+    let created = api
+        .post(&rows, &token, json!({"key": "r1", "enabled": true}))
+        .await;
     assert_eq!(created.status, StatusCode::OK);
-    api.post(&rows, &token, json!({"key": "r1", "v": 2}))
+    api.post(&rows, &token, json!({"key": "r1", "enabled": false}))
         .await
         .assert_genesys_error(409, "general.conflict");
 }
@@ -96,7 +159,7 @@ async fn rows_need_permissions() {
         .unwrap()
         .contains("architect:datatableRow:edit"));
     let read = api.get(&row_path("a"), &token).await;
-    read.assert_genesys_error(403, "missing.any.permissions");
+    read.assert_genesys_error(403, "missing.permissions");
     assert!(read.body["message"]
         .as_str()
         .unwrap()
@@ -107,15 +170,11 @@ async fn rows_need_permissions() {
 async fn rows_are_listed_in_pages_in_brief_unless_asked() {
     let api = Api::seeded().await;
     let token = api.emr_token().await;
-    for key in ["a", "b", "c"] {
-        api.put(
-            &row_path(key),
-            &token,
-            json!({"key": key, "openIncidents": "{}"}),
-        )
-        .await;
-    }
     let rows = format!("/api/v2/flows/datatables/{DEFAULT_DATATABLE_ID}/rows");
+    for key in ["a", "b", "c"] {
+        api.post(&rows, &token, json!({"key": key, "openIncidents": "{}"}))
+            .await;
+    }
     // Genesys's default: keys only.
     let brief = api.get(&rows, &token).await;
     assert_eq!(brief.status, StatusCode::OK);
