@@ -125,7 +125,8 @@ e2e: setup wasm wasm-crash-test
 
 ## Bench ---------------------------------------------------------------------
 
-# Not part of `make test`: up to 10 minutes, and meant for a quiet machine.
+# Not part of `make test`: about 15 minutes (5 of them cluster mode's), and
+# meant for a quiet machine.
 # Writes bench/RESULTS.md and bench/results.json (see bench/README.md).
 # BENCH_ARGS=--quick gives indicative figures in about half the time.
 BENCH_ARGS ?=

@@ -20,8 +20,6 @@ use proxy_wasm::types::LogLevel;
 use crate::host::{self, Shared, QUEUE_NAME};
 use crate::metrics::Metric;
 
-const TICK: Duration = Duration::from_millis(service::TICK_MS.unsigned_abs());
-
 pub struct ServiceRoot {
     service: Service,
     queue_id: u32,
@@ -38,7 +36,8 @@ impl ServiceRoot {
         service::create_keys(&config, &Shared)?;
         let queue_id = hostcalls::register_shared_queue(QUEUE_NAME)
             .map_err(|s| format!("cannot register the event queue: {s:?}"))?;
-        hostcalls::set_tick_period(TICK)
+        let tick = Duration::from_millis(service::tick_ms(&config).unsigned_abs());
+        hostcalls::set_tick_period(tick)
             .map_err(|s| format!("cannot set the tick period: {s:?}"))?;
         let (service, out) = Service::new(config, &Shared, host::now())?;
         let mut root = Self {

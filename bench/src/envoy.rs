@@ -21,6 +21,8 @@ pub enum Kind {
     Proxy,
     /// `envoy/bench-floor.yaml.tmpl`: same listener, a do-nothing wasm filter (`bench/floor`).
     Floor,
+    /// `envoy/cluster.yaml.tmpl`: one replica of cluster mode on etcd.
+    Cluster,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Ceiling => "envoy/bench-ceiling.yaml.tmpl",
             Kind::Proxy => "envoy/bench-proxy.yaml.tmpl",
             Kind::Floor => "envoy/bench-floor.yaml.tmpl",
+            Kind::Cluster => "envoy/cluster.yaml.tmpl",
         }
     }
 }
@@ -47,6 +50,8 @@ pub struct Spec<'a> {
     pub sim_port: u16,
     pub upstream_port: u16,
     pub env: Vec<(String, String)>,
+    /// More placeholders (`ETCD_ENDPOINTS`).
+    pub vars: Vec<(&'static str, String)>,
     pub scratch: PathBuf,
 }
 
@@ -82,7 +87,10 @@ impl Envoy {
                 "MAX_BODY_BYTES",
                 emr_core::config::declared_max_body_bytes(&spec.config).to_string(),
             ),
-        ] {
+        ]
+        .into_iter()
+        .chain(spec.vars.iter().cloned())
+        {
             yaml = yaml.replace(&format!("{{{{{k}}}}}"), &v);
         }
         if yaml.contains("{{") {
@@ -193,7 +201,16 @@ impl Envoy {
         self.stat(&format!("^http\\.emr_intake\\.downstream_rq_{class}$"))
     }
 
+    /// `kill -9`, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill").arg(self.pid().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One HTTP/1.1 keep-alive connection to 127.0.0.1.
 pub struct Conn {
@@ -61,7 +61,7 @@ pub fn incident(id: &str, mode: &str, timestamp: &str) -> String {
 }
 
 /// Latency figures in microseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Latency {
     pub count: u64,
     pub p50_us: u64,

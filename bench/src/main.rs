@@ -12,6 +12,7 @@
 //! ```
 
 mod activation;
+mod cluster;
 mod core;
 mod envoy;
 mod load;

@@ -374,6 +374,10 @@ pub fn table(res: &Results) -> String {
         );
     }
 
+    if let Some(c) = &res.cluster {
+        cluster(&mut s, c);
+    }
+
     let st = &res.start;
     let _ = writeln!(s, "\n### Start\n");
     let _ = writeln!(s, "| `.wasm` | spawn → `/ready`, with emr-edge | the same Envoy without it (ceiling config) |");
@@ -439,6 +443,57 @@ fn service(s: &mut String, res: &Results) {
             ))
         );
     }
+}
+
+/// The `cluster` phase's table.
+fn cluster(s: &mut String, c: &crate::cluster::ClusterFigures) {
+    let _ = writeln!(
+        s,
+        "\n### Cluster mode: {} replicas on a {}-member etcd (fsync on), lease {} s, poll {} ms\n",
+        c.replicas, c.members, c.lease_ttl_s, c.poll_ms
+    );
+    let _ = writeln!(s, "| figure | p50 | p90 | p99 | max | samples |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (name, p) in [
+        (
+            "activation at a follower → group `PUT` on (ms)",
+            &c.follower.on_ms,
+        ),
+        (
+            "resolution at a follower → group `PUT` off (ms)",
+            &c.follower.off_ms,
+        ),
+        (
+            "leader `kill -9` → the new leader's first Genesys call (ms)",
+            &c.failover_ms,
+        ),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            p.p50, p.p90, p.p99, p.max, p.count
+        );
+    }
+    let i = &c.intake;
+    let _ = writeln!(
+        s,
+        "\nIntake at {} unique resolutions a second for one replica (each committed to etcd before its `202`; 16 connections): achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, {} answers other than 202.",
+        c.intake_rate,
+        i.achieved_rps,
+        i.p50_us as f64 / 1000.0,
+        i.p99_us as f64 / 1000.0,
+        i.p999_us as f64 / 1000.0,
+        i.unexpected
+    );
+    let _ = writeln!(
+        s,
+        "\netcd at idle (all members, requests a second): {:.1} with the log empty, {:.1} with {} events stored. Probes missed: {}; kills with no call within 15 s: {}.",
+        c.idle_etcd_rps_empty,
+        c.idle_etcd_rps_stored,
+        c.stored_events,
+        c.follower.missed,
+        c.failover_missed
+    );
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -536,6 +591,40 @@ fn goals(res: &Results) -> String {
             growth as f64 * 1024.0 / 1e6,
             m.accepted,
             verdict(growth * 1024 <= 8_000_000 && m.accepted >= 1_000_000)
+        );
+    }
+    if let Some(c) = &res.cluster {
+        let _ = writeln!(
+            s,
+            "| cluster: activation p99 ≤ 100 ms from a follower | {:.0} ms | {} |",
+            c.follower.on_ms.p99,
+            verdict(c.follower.on_ms.p99 <= 100.0 && c.follower.missed == 0)
+        );
+        let _ = writeln!(
+            s,
+            "| cluster: failover p99 ≤ 5 s over ≥ 20 kills | {:.1} s over {} | {} |",
+            c.failover_ms.p99 / 1000.0,
+            c.kills,
+            verdict(c.failover_ms.p99 <= 5000.0 && c.kills >= 20 && c.failover_missed == 0)
+        );
+        let _ = writeln!(
+            s,
+            "| cluster: intake ≥ 1,000/s on one replica, 202 p99 ≤ 25 ms | {:.0}/s, p99 {:.1} ms | {} |",
+            c.intake.achieved_rps,
+            c.intake.p99_us as f64 / 1000.0,
+            verdict(
+                c.intake.achieved_rps >= 0.98 * f64::from(c.intake_rate)
+                    && c.intake.p99_us <= 25_000
+                    && c.intake.unexpected == 0
+            )
+        );
+        let _ = writeln!(
+            s,
+            "| cluster: etcd at idle bounded, not growing with stored events | {:.1} → {:.1} rps ({} events) | {} |",
+            c.idle_etcd_rps_empty,
+            c.idle_etcd_rps_stored,
+            c.stored_events,
+            verdict(c.idle_etcd_rps_stored <= c.idle_etcd_rps_empty * 1.2 + 1.0)
         );
     }
     let st = &res.start;

@@ -96,7 +96,7 @@ impl Options {
                 .context("--unique")?
                 .unwrap_or(if quick { 50_000 } else { 1_000_000 }),
             phases: crate::flag(args, "--phases")?
-                .unwrap_or_else(|| "start,service,throughput,activation,memory".into())
+                .unwrap_or_else(|| "start,service,throughput,activation,memory,cluster".into())
                 .split(',')
                 .map(str::to_owned)
                 .collect(),
@@ -271,6 +271,9 @@ pub struct Results {
     /// Absent from results written before it was measured.
     #[serde(default)]
     pub service: Vec<ServiceFigure>,
+    /// Cluster mode on etcd (absent from older results).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterFigures>,
     pub elapsed_s: f64,
     pub skipped: Vec<String>,
 }
@@ -303,6 +306,7 @@ impl Ctx<'_> {
             sim_port: 9,
             upstream_port: 9,
             env: env(),
+            vars: Vec::new(),
             scratch: self.scratch.join(name),
         }
     }
@@ -461,6 +465,16 @@ pub fn main(opts: Options) -> Result<()> {
         match memory(&mut ctx, unique_2w, &mut results.skipped) {
             Ok(m) => results.memory = m,
             Err(e) => failed("memory", e, &mut results.skipped),
+        }
+    }
+    if phase("cluster") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        match rt.block_on(cluster(&mut ctx)) {
+            Ok(c) => results.cluster = Some(c),
+            Err(e) => failed("cluster", e, &mut results.skipped),
         }
     }
     results.elapsed_s = ctx.started.elapsed().as_secs_f64();
@@ -894,6 +908,40 @@ async fn activation(ctx: &mut Ctx<'_>) -> Result<Activation> {
     out.flood_expected_share = flood_answered as f64 / flood_requests.max(1) as f64;
     sim.shutdown().await;
     Ok(out)
+}
+
+/// Cluster mode's figures ([`crate::cluster`]): the shipped cluster
+/// defaults, the request budget at its maximum as in `activation`.
+async fn cluster(ctx: &mut Ctx<'_>) -> Result<crate::cluster::ClusterFigures> {
+    let mut config = genesys_config();
+    config["genesys"]["limits"]["requests_per_minute"] = json!(300);
+    config["genesys"]["limits"]["burst"] = json!(300);
+    config["cluster"] = json!({"etcd_cluster": "etcd", "replica_id_env": "EMR_REPLICA_ID"});
+    let setup = crate::cluster::Setup {
+        envoy: &ctx.opts.envoy,
+        wasm: &ctx.opts.wasm,
+        root: &ctx.opts.root,
+        config,
+        env: env(),
+        scratch: ctx.scratch.join("cluster"),
+        token: TOKEN,
+        quick: ctx.opts.quick,
+    };
+    let figures = crate::cluster::run(&setup).await?;
+    eprintln!(
+        "cluster: activation from a follower p50 {:.0} ms p99 {:.0} ms; failover p50 {:.0} ms p99 {:.0} ms over {} kills; intake at {}/s p99 {:.1} ms; etcd idle {:.0} rps empty, {:.0} rps with {} events",
+        figures.follower.on_ms.p50,
+        figures.follower.on_ms.p99,
+        figures.failover_ms.p50,
+        figures.failover_ms.p99,
+        figures.kills,
+        figures.intake_rate,
+        figures.intake.p99_us as f64 / 1000.0,
+        figures.idle_etcd_rps_empty,
+        figures.idle_etcd_rps_stored,
+        figures.stored_events
+    );
+    Ok(figures)
 }
 
 /// Envoy's RSS before and after `target` unique webhooks (2 workers).

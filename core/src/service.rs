@@ -219,6 +219,15 @@ pub struct Service {
     recorded_dirty: bool,
 }
 
+/// The service's tick for `config`, in ms: [`TICK_MS`], or cluster mode's
+/// `poll_ms` when that is shorter, since the feed reads etcd at ticks.
+pub fn tick_ms(config: &Config) -> i64 {
+    config
+        .cluster
+        .as_ref()
+        .map_or(TICK_MS, |c| c.poll.num_milliseconds().clamp(1, TICK_MS))
+}
+
 /// Creates every shared-data key the service and the filters use; safe to
 /// repeat (a key that exists is left as it is).
 pub fn create_keys(config: &Config, store: &dyn SharedStore) -> Result<(), String> {

@@ -8,7 +8,7 @@
 //!   "key_prefix": "emr/",
 //!   "lease_ttl_seconds": 3,
 //!   "timeout_ms": 500,
-//!   "poll_ms": 100,
+//!   "poll_ms": 50,
 //!   "auth": {"user_env": "EMR_ETCD_USER", "password_env": "EMR_ETCD_PASSWORD"}
 //! }
 //! ```
@@ -47,7 +47,8 @@ pub struct ClusterConfig {
     /// Each etcd call's deadline (50 to 10,000 ms, default 500).
     pub timeout_ms: Option<u64>,
     /// How often a service looks for new events (20 to 5,000 ms, default
-    /// 100): the most an event accepted at another replica waits.
+    /// 50): the most an event accepted at another replica waits. The
+    /// service ticks this often when it is under 100 ms.
     pub poll_ms: Option<u64>,
     /// etcd's auth, when it is on: where the user and password are.
     pub auth: Option<AuthConfig>,
@@ -152,13 +153,7 @@ pub fn compile(c: &ClusterConfig, env: Env<'_>) -> Result<ClusterSettings, Vec<F
         10_000,
         &mut problems,
     );
-    let poll_ms = in_range(
-        "poll_ms",
-        c.poll_ms.unwrap_or(100),
-        20,
-        5_000,
-        &mut problems,
-    );
+    let poll_ms = in_range("poll_ms", c.poll_ms.unwrap_or(50), 20, 5_000, &mut problems);
     let auth = c.auth.as_ref().and_then(|a| {
         let user = read_env(
             env,
@@ -197,7 +192,7 @@ pub fn compile(c: &ClusterConfig, env: Env<'_>) -> Result<ClusterSettings, Vec<F
             keys: Keys::new(&prefix),
             replica,
             lease_ttl_s: i64::from(ttl),
-            poll: Duration::milliseconds(i64::try_from(poll_ms).unwrap_or(100)),
+            poll: Duration::milliseconds(i64::try_from(poll_ms).unwrap_or(50)),
             auth,
         }),
         _ => Err(problems),
@@ -237,7 +232,7 @@ mod tests {
         assert_eq!(s.gateway.authority, "etcd");
         assert_eq!(s.gateway.timeout_ms, 500);
         assert_eq!(s.lease_ttl_s, 3);
-        assert_eq!(s.poll, Duration::milliseconds(100));
+        assert_eq!(s.poll, Duration::milliseconds(50));
         assert_eq!(s.keys.leader(), b"emr/leader");
         assert_eq!(s.election().replica, "envoy-0");
     }

@@ -85,6 +85,11 @@ pub struct Feed {
     failing: bool,
     start: Start,
     out: Option<Out>,
+    /// When the current round of reads began: the next one is a period
+    /// after it, not after its answer, or every round would last a period
+    /// plus its reads, and the tick that polls (as long as the period)
+    /// would skip every other one.
+    round_started: DateTime<Utc>,
     next_at: DateTime<Utc>,
     next_op: OpId,
 }
@@ -114,6 +119,7 @@ impl Feed {
             failing: false,
             start: Start::Unread,
             out: None,
+            round_started: now,
             next_at: now,
             next_op: first_op,
         }
@@ -151,6 +157,7 @@ impl Feed {
         if self.out.is_some() || now < self.next_at {
             return Vec::new();
         }
+        self.round_started = now;
         let step = if self.start == Start::Unread {
             Step::Snapshot
         } else if self.marker > self.after {
@@ -174,7 +181,9 @@ impl Feed {
     }
 
     /// The answer to a call; one of another op is ignored.
-    pub fn on_result(&mut self, op: OpId, result: CallResult, now: DateTime<Utc>) -> Vec<Effect> {
+    /// (`_now` as the other state machines take it: the next read is timed
+    /// from the round's start, not from the answer.)
+    pub fn on_result(&mut self, op: OpId, result: CallResult, _now: DateTime<Utc>) -> Vec<Effect> {
         let Some(out) = self.out.filter(|o| o.op == op) else {
             return Vec::new();
         };
@@ -255,7 +264,8 @@ impl Feed {
             fx.push(Effect::Failed(failure));
         }
         if self.out.is_none() {
-            self.next_at = now + self.period;
+            // Less a tenth: a tick that fires a little early still reads.
+            self.next_at = self.round_started + self.period - self.period / 10;
         }
         fx
     }
