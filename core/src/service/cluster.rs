@@ -57,6 +57,10 @@ pub(super) struct Cluster {
     /// of yet.
     keeper: Keeper,
     unpublished: Option<retention::Current>,
+    /// Lease grants are failing (said once per streak).
+    lease_failing: bool,
+    /// The latest snapshot was too large to write (said once per streak).
+    snapshot_too_large: bool,
     /// The leader's snapshot.
     snapshots: snapshots::Writer,
     /// etcd's auth, when it is on, and a token the filters have not been
@@ -95,6 +99,8 @@ impl Cluster {
                 now,
             ),
             unpublished: None,
+            lease_failing: false,
+            snapshot_too_large: false,
             snapshots: snapshots::Writer::new(now),
             auth: s
                 .auth
@@ -308,7 +314,11 @@ impl Service {
             .snapshots
             .send((&c.gateway, &c.keys), (&body, position), &fence, now)
         {
-            Some(call) => out.calls.push((Callout::Snapshot(call.op), call)),
+            Some(call) => {
+                c.snapshot_too_large = false;
+                out.calls.push((Callout::Snapshot(call.op), call));
+            }
+            None if std::mem::replace(&mut c.snapshot_too_large, true) => {}
             None => out.log(
                 Level::Error,
                 format!(
@@ -401,10 +411,7 @@ impl Service {
                     self.feed_recovered(out);
                 }
                 token::Effect::Failed(failure) => {
-                    out.samples.push((
-                        election::Metric::Failure(failure.class()).name(),
-                        Sample::Count(1),
-                    ));
+                    failed(&failure, out);
                     if let Some(c) = &mut self.cluster {
                         if c.feed_failing.is_none() {
                             out.log(
@@ -427,19 +434,23 @@ impl Service {
                 retention::Effect::Granted(lease) => {
                     if let Some(c) = &mut self.cluster {
                         c.unpublished = Some(lease);
+                        c.lease_failing = false;
                     }
                 }
                 retention::Effect::Failed(failure) => {
-                    out.samples.push((
-                        election::Metric::Failure(failure.class()).name(),
-                        Sample::Count(1),
-                    ));
-                    out.log(
-                        Level::Warn,
-                        format!(
-                            "emr-edge could not get a lease for its events from etcd: {failure}"
-                        ),
-                    );
+                    failed(&failure, out);
+                    let first = self
+                        .cluster
+                        .as_mut()
+                        .is_some_and(|c| !std::mem::replace(&mut c.lease_failing, true));
+                    if first {
+                        out.log(
+                            Level::Warn,
+                            format!(
+                                "emr-edge could not get a lease for its events from etcd: {failure}"
+                            ),
+                        );
+                    }
                 }
             }
         }
@@ -489,10 +500,7 @@ impl Service {
                     "emr-edge: a snapshot was not written: another replica leads now".into(),
                 ),
                 Some(snapshots::Written::Failed(failure)) => {
-                    out.samples.push((
-                        election::Metric::Failure(failure.class()).name(),
-                        Sample::Count(1),
-                    ));
+                    failed(&failure, out);
                     out.log(
                         Level::Warn,
                         format!("emr-edge could not write its snapshot to etcd: {failure}"),
@@ -549,10 +557,7 @@ impl Service {
                     out.count(super::DECODE_ERRORS_METRIC, n as u64);
                 }
                 feed::Effect::Failed(failure) => {
-                    out.samples.push((
-                        election::Metric::Failure(failure.class()).name(),
-                        Sample::Count(1),
-                    ));
+                    failed(&failure, out);
                     if let Some(c) = &mut self.cluster {
                         if c.feed_failing.is_none() {
                             out.log(
@@ -635,6 +640,14 @@ impl Service {
             }
         }
     }
+}
+
+/// Counts a failed etcd call by its class.
+fn failed(failure: &crate::etcd::answer::Failure, out: &mut Out) {
+    out.samples.push((
+        election::Metric::Failure(failure.class()).name(),
+        Sample::Count(1),
+    ));
 }
 
 #[cfg(test)]

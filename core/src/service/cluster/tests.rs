@@ -665,3 +665,22 @@ fn refused_etcd_credentials_are_said_once_and_keep_the_replica_unready() {
         "{unready:?}"
     );
 }
+
+#[test]
+fn failing_lease_grants_are_said_once_per_streak() {
+    let store = MemoryStore::default();
+    let mut s = start(clustered(json!({})), &store);
+    let mut said = 0;
+    for i in 0..10 {
+        let out = s.on_tick(&store, t(i));
+        for (c, _) in out.calls {
+            let more = s.on_result(c, CallResult::Failed, &store, t(i));
+            said += more
+                .logs
+                .iter()
+                .filter(|(_, m)| m.contains("lease for its events"))
+                .count();
+        }
+    }
+    assert_eq!(said, 1, "said once, though every grant failed");
+}
