@@ -512,14 +512,47 @@ async fn a_hundred_copies_spread_over_three_replicas_are_accepted_once_and_switc
     let c = Cluster::start(3).await;
     let (sim, http, replicas) = (&c.sim, &c.http, &c.replicas);
     let event = incident("INC-CL-100", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    let answers = copies(http, replicas, &event, None).await;
+    let first = answers.iter().filter(|(_, replayed)| !replayed).count();
+    assert_eq!(first, 1, "one first answer, 99 replays");
+    assert_eq!(accepted(replicas), 1);
+    assert!(eventually(Duration::from_secs(5), || enabled(sim)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(group_puts(sim).len(), 1, "one switch");
+    // The same for one delivery's id: 100 copies of a delivery (its
+    // `webhook-id` and body) over the three replicas.
+    let resolve = incident("INC-CL-100", "EMERGENCY_RESOLVED", &[]);
+    let answers = copies(http, replicas, &resolve, Some("msg_cl_100_resolve")).await;
+    let first = answers.iter().filter(|(_, replayed)| !replayed).count();
+    assert_eq!(first, 1, "one first answer, 99 replays: {answers:?}");
+    assert_eq!(accepted(replicas), 2);
+    assert!(eventually(Duration::from_secs(5), || !enabled(sim)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(group_puts(sim).len(), 2, "one switch off");
+}
+
+/// 100 copies of `body` at once, spread over `replicas`, with `delivery`
+/// as their `webhook-id`; each answer's status and whether it was a
+/// replay. Every one must be a 202.
+async fn copies(
+    http: &reqwest::Client,
+    replicas: &[Envoy],
+    body: &Value,
+    delivery: Option<&str>,
+) -> Vec<(u16, bool)> {
     let urls: Vec<String> = replicas
         .iter()
         .map(|r| r.url("/webhooks/canonical"))
         .collect();
     let sends = (0..100).map(|i| {
-        let (http, url, event) = (http.clone(), urls[i % 3].clone(), event.clone());
+        let (http, url, body) = (http.clone(), urls[i % urls.len()].clone(), body.clone());
+        let delivery = delivery.map(str::to_owned);
         tokio::spawn(async move {
-            let r = http.post(url).json(&event).send().await.unwrap();
+            let mut request = http.post(url).json(&body);
+            if let Some(id) = delivery {
+                request = request.header("webhook-id", id);
+            }
+            let r = request.send().await.unwrap();
             (
                 r.status().as_u16(),
                 r.headers().contains_key("idempotent-replayed"),
@@ -534,16 +567,14 @@ async fn a_hundred_copies_spread_over_three_replicas_are_accepted_once_and_switc
         answers.iter().all(|(status, _)| *status == 202),
         "{answers:?}"
     );
-    let first = answers.iter().filter(|(_, replayed)| !replayed).count();
-    assert_eq!(first, 1, "one first answer, 99 replays");
-    let accepted: u64 = replicas
+    answers
+}
+
+fn accepted(replicas: &[Envoy]) -> u64 {
+    replicas
         .iter()
         .map(|r| r.counter("emr.intake.accepted"))
-        .sum();
-    assert_eq!(accepted, 1);
-    assert!(eventually(Duration::from_secs(5), || enabled(sim)).await);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(group_puts(sim).len(), 1, "one switch");
+        .sum()
 }
 
 /// A TCP proxy the test can cut: every connection through it is dropped,
