@@ -1036,3 +1036,187 @@ async fn with_etcds_auth_on_replicas_authenticate_and_a_wrong_password_is_refuse
     assert!(!log.contains("not-the-etcd-password"));
     assert!(!replicas[0].log().contains(PASSWORD));
 }
+
+/// A proxy in front of etcd that, once `junk` is set, drops its
+/// connections and answers every new one with a 200 that is not etcd's
+/// JSON: etcd "answering garbage".
+async fn junk_proxy(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let junk = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&junk);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let flag = Arc::clone(&flag);
+            tokio::spawn(async move {
+                if flag.load(Ordering::SeqCst) {
+                    let mut buf = vec![0u8; 65_536];
+                    let _ = inbound.read(&mut buf).await;
+                    let body = "<html>oops</html>";
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = inbound.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                else {
+                    return;
+                };
+                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                let watch = async {
+                    while !flag.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                tokio::select! { _ = copy => {}, _ = watch => {} }
+            });
+        }
+    });
+    (port, junk)
+}
+
+/// A request to etcd's gateway, as an operator's tool would make it.
+async fn etcd_call(http: &reqwest::Client, etcd: &Etcd, path: &str, body: Value) -> Value {
+    http.post(etcd.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or(Value::Null)
+}
+
+/// Posts `event` to `r` until it is accepted (a sender's retries).
+async fn accepted_eventually(http: &reqwest::Client, r: &Envoy, event: &Value) -> bool {
+    for _ in 0..100 {
+        if post(http, r, event).await.status() == 202 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn etcd_full_or_answering_garbage_is_503_naming_etcd_and_recovers_once_fixed() {
+    let etcd = Etcd::start_with(&["--quota-backend-bytes=2097152"]);
+    let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let (proxy_port, junk) = junk_proxy(etcd.client_port).await;
+    let a = replica("replica-a", &sim, &[&Etcd::at_port(proxy_port)]).await;
+    let http = reqwest::Client::new();
+    leader(&http, &[&a], Duration::from_secs(10))
+        .await
+        .expect("it leads");
+    assert!(ready(&http, &a, Duration::from_secs(10)).await);
+    // etcd full: something else filled it until etcd raised NOSPACE.
+    let filler = "x".repeat(200_000);
+    let mut full = false;
+    for i in 0..100 {
+        let put = etcd_call(
+            &http,
+            &etcd,
+            "/v3/kv/put",
+            json!({"key": emr_core::etcd::b64(format!("filler/{i}").as_bytes()),
+                   "value": emr_core::etcd::b64(filler.as_bytes())}),
+        )
+        .await;
+        if put.to_string().contains("space exceeded") {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "a 2 MiB quota fills");
+    let event = incident("INC-FULL", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    let refused = post(&http, &a, &event).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("full"),
+        "{problem}"
+    );
+    assert!(
+        a.log().contains("etcd's database is full"),
+        "{}",
+        a.log_tail(20)
+    );
+    assert!(!enabled(&sim), "nothing accepted, nothing switched");
+    // An operator frees space: delete, compact, defragment, disarm.
+    let deleted = etcd_call(
+        &http,
+        &etcd,
+        "/v3/kv/deleterange",
+        json!({"key": emr_core::etcd::b64(b"filler/"),
+               "range_end": emr_core::etcd::b64(&emr_core::etcd::prefix_end(b"filler/"))}),
+    )
+    .await;
+    let revision = deleted["header"]["revision"].clone();
+    etcd_call(
+        &http,
+        &etcd,
+        "/v3/kv/compaction",
+        json!({"revision": revision, "physical": true}),
+    )
+    .await;
+    etcd_call(&http, &etcd, "/v3/maintenance/defragment", json!({})).await;
+    let alarms = etcd_call(
+        &http,
+        &etcd,
+        "/v3/maintenance/alarm",
+        json!({"action": "GET"}),
+    )
+    .await;
+    for alarm in alarms["alarms"].as_array().cloned().unwrap_or_default() {
+        etcd_call(
+            &http,
+            &etcd,
+            "/v3/maintenance/alarm",
+            json!({"action": "DEACTIVATE", "memberID": alarm["memberID"], "alarm": alarm["alarm"]}),
+        )
+        .await;
+    }
+    assert!(
+        accepted_eventually(&http, &a, &event).await,
+        "the retry is accepted"
+    );
+    assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
+    // etcd answering garbage: refused, named, nothing kept.
+    junk.store(true, std::sync::atomic::Ordering::SeqCst);
+    // (The proxy drops its open connections within 20 ms.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = incident("INC-JUNK", "EMERGENCY_ACTIVE", &["queue-12345"]);
+    let refused = post(&http, &a, &other).await;
+    assert_eq!(refused.status(), 503);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("unreadable"),
+        "{problem}"
+    );
+    assert!(
+        a.log().contains("etcd's answer is unreadable"),
+        "{}",
+        a.log_tail(20)
+    );
+    junk.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(accepted_eventually(&http, &a, &other).await, "and recovers");
+    let mut open = false;
+    for _ in 0..50 {
+        if status(&http, &a, "INC-JUNK").await["state"] == "OPEN" {
+            open = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(open, "{}", status(&http, &a, "INC-JUNK").await);
+}
