@@ -577,32 +577,57 @@ fn accepted(replicas: &[Envoy]) -> u64 {
         .sum()
 }
 
-/// A TCP proxy the test can cut: every connection through it is dropped,
-/// and new ones are refused, from the moment `cut` is set.
-async fn cuttable_proxy(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// What the proxy in front of etcd does with connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Passes them on to etcd.
+    Pass = 0,
+    /// Drops them, and refuses new ones: a replica cut off from etcd.
+    Cut = 1,
+    /// Drops them, and answers new ones with a 200 that is not etcd's JSON:
+    /// etcd "answering garbage".
+    Junk = 2,
+}
+
+/// A TCP proxy to etcd whose [`Link`] the test sets; a change drops the
+/// open connections within 20 ms.
+async fn proxy(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU8>) {
+    use std::sync::atomic::{AtomicU8, Ordering};
     use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let cut = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&cut);
+    let link = Arc::new(AtomicU8::new(Link::Pass as u8));
+    let flag = Arc::clone(&link);
     tokio::spawn(async move {
         loop {
             let Ok((mut inbound, _)) = listener.accept().await else {
                 return;
             };
-            if flag.load(Ordering::SeqCst) {
-                continue; // dropped: refused
-            }
             let flag = Arc::clone(&flag);
             tokio::spawn(async move {
+                match flag.load(Ordering::SeqCst) {
+                    m if m == Link::Cut as u8 => return,
+                    m if m == Link::Junk as u8 => {
+                        let mut buf = vec![0u8; 65_536];
+                        let _ = inbound.read(&mut buf).await;
+                        let body = "<html>oops</html>";
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = inbound.write_all(answer.as_bytes()).await;
+                        return;
+                    }
+                    _ => {}
+                }
                 let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
                 else {
                     return;
                 };
                 let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
                 let watch = async {
-                    while !flag.load(Ordering::SeqCst) {
+                    while flag.load(Ordering::SeqCst) == Link::Pass as u8 {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 };
@@ -610,7 +635,7 @@ async fn cuttable_proxy(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::Atom
             });
         }
     });
-    (port, cut)
+    (port, link)
 }
 
 #[tokio::test]
@@ -619,7 +644,7 @@ async fn a_replica_cut_off_from_etcd_refuses_webhooks_and_never_writes_while_the
     let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
         .await
         .unwrap();
-    let (proxy_port, cut) = cuttable_proxy(etcd.client_port).await;
+    let (proxy_port, link) = proxy(etcd.client_port).await;
     // Replica A reaches etcd only through the proxy; B directly.
     let through_proxy = Etcd::at_port(proxy_port);
     let a = replica("replica-a", &sim, &[&through_proxy]).await;
@@ -628,7 +653,7 @@ async fn a_replica_cut_off_from_etcd_refuses_webhooks_and_never_writes_while_the
     leader(&http, &[&a, &b], Duration::from_secs(10))
         .await
         .expect("one replica leads");
-    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    link.store(Link::Cut as u8, std::sync::atomic::Ordering::SeqCst);
     let writes_before = a.counter("emr.genesys.transitions");
     // A refuses what it cannot record.
     let mut refused = false;
@@ -1037,52 +1062,6 @@ async fn with_etcds_auth_on_replicas_authenticate_and_a_wrong_password_is_refuse
     assert!(!replicas[0].log().contains(PASSWORD));
 }
 
-/// A proxy in front of etcd that, once `junk` is set, drops its
-/// connections and answers every new one with a 200 that is not etcd's
-/// JSON: etcd "answering garbage".
-async fn junk_proxy(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let junk = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&junk);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let flag = Arc::clone(&flag);
-            tokio::spawn(async move {
-                if flag.load(Ordering::SeqCst) {
-                    let mut buf = vec![0u8; 65_536];
-                    let _ = inbound.read(&mut buf).await;
-                    let body = "<html>oops</html>";
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = inbound.write_all(answer.as_bytes()).await;
-                    return;
-                }
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
-                else {
-                    return;
-                };
-                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                let watch = async {
-                    while !flag.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                };
-                tokio::select! { _ = copy => {}, _ = watch => {} }
-            });
-        }
-    });
-    (port, junk)
-}
-
 /// A request to etcd's gateway, as an operator's tool would make it.
 async fn etcd_call(http: &reqwest::Client, etcd: &Etcd, path: &str, body: Value) -> Value {
     http.post(etcd.url(path))
@@ -1112,7 +1091,7 @@ async fn etcd_full_or_answering_garbage_is_503_naming_etcd_and_recovers_once_fix
     let sim = emr_sim::Sim::start(emr_sim::SimConfig::default())
         .await
         .unwrap();
-    let (proxy_port, junk) = junk_proxy(etcd.client_port).await;
+    let (proxy_port, link) = proxy(etcd.client_port).await;
     let a = replica("replica-a", &sim, &[&Etcd::at_port(proxy_port)]).await;
     let http = reqwest::Client::new();
     leader(&http, &[&a], Duration::from_secs(10))
@@ -1192,7 +1171,7 @@ async fn etcd_full_or_answering_garbage_is_503_naming_etcd_and_recovers_once_fix
     );
     assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
     // etcd answering garbage: refused, named, nothing kept.
-    junk.store(true, std::sync::atomic::Ordering::SeqCst);
+    link.store(Link::Junk as u8, std::sync::atomic::Ordering::SeqCst);
     // (The proxy drops its open connections within 20 ms.)
     tokio::time::sleep(Duration::from_millis(200)).await;
     let other = incident("INC-JUNK", "EMERGENCY_ACTIVE", &["queue-12345"]);
@@ -1208,7 +1187,7 @@ async fn etcd_full_or_answering_garbage_is_503_naming_etcd_and_recovers_once_fix
         "{}",
         a.log_tail(20)
     );
-    junk.store(false, std::sync::atomic::Ordering::SeqCst);
+    link.store(Link::Pass as u8, std::sync::atomic::Ordering::SeqCst);
     assert!(accepted_eventually(&http, &a, &other).await, "and recovers");
     let mut open = false;
     for _ in 0..50 {
