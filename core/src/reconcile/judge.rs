@@ -401,7 +401,7 @@ impl Reconciler {
             "another emr-edge instance (or a script with this OAuth client) keeps writing \
              emergency group {g}: our own OAuth client ({who}) changed it in a version \
              this instance did not write for the {} time within {w} s; exactly one \
-             emr-edge instance may run until cluster mode exists; emr-edge stops \
+             emr-edge instance may run, or one cluster of replicas on etcd; emr-edge stops \
              correcting {g} until the next incident event for it, \
              POST /emr/groups/{g}/resume, or {w} s with it as wanted and untouched",
             ordinal(watchdog::CONTENDED_AT_DRIFT),
