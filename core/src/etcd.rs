@@ -92,6 +92,18 @@ impl Gateway {
     }
 }
 
+#[cfg(test)]
+impl Gateway {
+    /// The gateway the state machines' tests call: cluster `etcd`, 500 ms.
+    pub(crate) fn for_tests() -> Self {
+        Gateway {
+            cluster: "etcd".into(),
+            authority: "etcd".into(),
+            timeout_ms: 500,
+        }
+    }
+}
+
 /// Base64, as the gateway wants keys and values.
 pub fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)

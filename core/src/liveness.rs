@@ -116,6 +116,16 @@ impl Liveness {
         }
     }
 
+    /// Why the service is not up, when it is not: `/emr/health`'s and
+    /// `/emr/ready`'s 503 detail.
+    pub fn down(self) -> Option<String> {
+        match self {
+            Liveness::Alive { .. } => None,
+            Liveness::NotStarted => Some("the emr-edge service has not started".to_owned()),
+            Liveness::Stalled { age_ms } => Some(Liveness::stalled_detail(age_ms)),
+        }
+    }
+
     pub fn is_stalled(self) -> bool {
         matches!(self, Liveness::Stalled { .. })
     }

@@ -115,21 +115,6 @@ impl From<PersistedIncident> for Wire {
 }
 
 impl PersistedIncident {
-    /// An open incident of the ledger, as persisted; `None` for one with no
-    /// expiry (never open).
-    pub fn of(inc: &Incident) -> Option<Self> {
-        Some(Self {
-            source: inc.source,
-            id: inc.id.clone(),
-            incident_type: inc.incident_type.clone(),
-            queues: inc.queues.clone(),
-            priority: inc.priority,
-            event_ms: inc.last_event_at.timestamp_millis(),
-            expires_ms: inc.expires_at?.timestamp_millis(),
-            ttl_seconds: Some(inc.ttl_seconds),
-        })
-    }
-
     pub fn key(&self) -> IncidentKey {
         IncidentKey {
             source: self.source,
@@ -223,7 +208,7 @@ pub fn encode(group: &GroupId, open: &[&Incident]) -> String {
 /// A [`PersistedIncident`] borrowed from the ledger: the same JSON as its
 /// [`Wire`] form, with nothing cloned.
 #[derive(Serialize)]
-struct PersistedRef<'a>(
+pub(crate) struct PersistedRef<'a>(
     Source,
     &'a str,
     &'a IncidentType,
@@ -236,7 +221,7 @@ struct PersistedRef<'a>(
 
 impl<'a> PersistedRef<'a> {
     /// `None` for an incident with no expiry (never open: not persisted).
-    fn of(inc: &'a Incident) -> Option<Self> {
+    pub(crate) fn of(inc: &'a Incident) -> Option<Self> {
         Some(Self(
             inc.source,
             inc.id.as_str(),

@@ -713,7 +713,7 @@ impl Service {
         out: &mut Out,
     ) {
         self.mirror_token_if_refreshed(store);
-        self.publish_lease(store, out);
+        self.publish_for_filters(store, out);
         let due = |last: DateTime<Utc>, every_ms: i64| (now - last).num_milliseconds() >= every_ms;
         if due(self.last_beat, liveness::BEAT_EVERY_MS) {
             self.last_beat = now;

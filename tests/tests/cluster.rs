@@ -108,6 +108,18 @@ async fn ready(http: &reqwest::Client, envoy: &Envoy, within: Duration) -> bool 
     false
 }
 
+/// Waits until one of `replicas` leads and every one of them is ready; the
+/// leader's index. `what` says, when one never leads, which cluster.
+async fn settled(http: &reqwest::Client, replicas: &[&Envoy], what: &str) -> usize {
+    let lead = leader(http, replicas, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("one replica leads, {what}"));
+    for r in replicas {
+        assert!(ready(http, r, Duration::from_secs(10)).await, "never ready");
+    }
+    lead
+}
+
 /// Waits until one of `replicas` acts as the leader; its index.
 async fn leader(http: &reqwest::Client, replicas: &[&Envoy], within: Duration) -> Option<usize> {
     let deadline = std::time::Instant::now() + within;
@@ -171,15 +183,7 @@ impl Cluster {
         }
         let http = reqwest::Client::new();
         let all: Vec<&Envoy> = replicas.iter().collect();
-        let lead = leader(&http, &all, Duration::from_secs(10))
-            .await
-            .expect("one replica leads");
-        for r in &all {
-            assert!(
-                ready(&http, r, Duration::from_secs(10)).await,
-                "never ready"
-            );
-        }
+        let lead = settled(&http, &all, "at start").await;
         Cluster {
             sim,
             replicas,
@@ -814,15 +818,7 @@ async fn keys_under(http: &reqwest::Client, etcd: &Etcd, prefix: &[u8]) -> u64 {
     let body = json!({"key": emr_core::etcd::b64(prefix),
                       "range_end": emr_core::etcd::b64(&emr_core::etcd::prefix_end(prefix)),
                       "count_only": true});
-    let r: Value = http
-        .post(etcd.url("/v3/kv/range"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = etcd_call(http, etcd, "/v3/kv/range", body).await;
     r["count"].as_str().map_or(0, |c| c.parse().unwrap())
 }
 
@@ -841,15 +837,7 @@ async fn events_leave_etcd_after_the_dedupe_window_and_the_snapshot_keeps_their_
             rs.push(replica_with(id, &sim, &[&etcd], patch.clone()).await);
         }
         let all: Vec<&Envoy> = rs.iter().collect();
-        leader(&http, &all, Duration::from_secs(10))
-            .await
-            .expect("one replica leads");
-        for r in &all {
-            assert!(
-                ready(&http, r, Duration::from_secs(10)).await,
-                "never ready"
-            );
-        }
+        settled(&http, &all, "at start").await;
         rs
     };
     let replicas = start_all().await;
@@ -945,15 +933,7 @@ async fn replicas_reach_etcd_over_mutual_tls_as_the_production_example_says() {
         replicas.push(replica_from(template.clone(), id, &sim, &[&etcd], json!({}), &[]).await);
     }
     let all: Vec<&Envoy> = replicas.iter().collect();
-    leader(&http, &all, Duration::from_secs(10))
-        .await
-        .expect("one replica leads, over TLS");
-    for r in &all {
-        assert!(
-            ready(&http, r, Duration::from_secs(10)).await,
-            "never ready"
-        );
-    }
+    settled(&http, &all, "over TLS").await;
     let event = incident("INC-TLS", "EMERGENCY_ACTIVE", &["queue-12345"]);
     assert_eq!(post(&http, &replicas[1], &event).await.status(), 202);
     assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
@@ -1026,15 +1006,7 @@ async fn with_etcds_auth_on_replicas_authenticate_and_a_wrong_password_is_refuse
             .push(replica_from(template.clone(), id, &sim, &[&etcd], patch.clone(), &creds).await);
     }
     let all: Vec<&Envoy> = replicas.iter().collect();
-    leader(&http, &all, Duration::from_secs(10))
-        .await
-        .expect("one replica leads, authenticated");
-    for r in &all {
-        assert!(
-            ready(&http, r, Duration::from_secs(10)).await,
-            "never ready"
-        );
-    }
+    settled(&http, &all, "authenticated").await;
     let event = incident("INC-AUTH", "EMERGENCY_ACTIVE", &["queue-12345"]);
     assert_eq!(post(&http, &replicas[1], &event).await.status(), 202);
     assert!(eventually(Duration::from_secs(5), || enabled(&sim)).await);
@@ -1094,10 +1066,7 @@ async fn etcd_full_or_answering_garbage_is_503_naming_etcd_and_recovers_once_fix
     let (proxy_port, link) = proxy(etcd.client_port).await;
     let a = replica("replica-a", &sim, &[&Etcd::at_port(proxy_port)]).await;
     let http = reqwest::Client::new();
-    leader(&http, &[&a], Duration::from_secs(10))
-        .await
-        .expect("it leads");
-    assert!(ready(&http, &a, Duration::from_secs(10)).await);
+    settled(&http, &[&a], "alone").await;
     // etcd full: something else filled it until etcd raised NOSPACE.
     let filler = "x".repeat(200_000);
     let mut full = false;

@@ -174,19 +174,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::ledger::tests::t;
     use crate::store::MemoryStore;
-
-    fn t(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
-    }
-
-    fn gateway() -> Gateway {
-        Gateway {
-            cluster: "etcd".into(),
-            authority: "etcd".into(),
-            timeout_ms: 500,
-        }
-    }
 
     fn granted(id: i64, ttl: i64) -> CallResult {
         CallResult::json(200, &json!({"ID": id.to_string(), "TTL": ttl.to_string()}))
@@ -203,7 +192,7 @@ mod tests {
     #[test]
     fn a_lease_is_used_for_two_buckets_and_replaced_after_one() {
         let s = Settings::for_window(100);
-        let mut k = Keeper::new(s, gateway(), t(0));
+        let mut k = Keeper::new(s, Gateway::for_tests(), t(0));
         assert_eq!(k.lease(t(0)), None);
         let fx = k.poll(t(0));
         let [Effect::Call(call)] = fx.as_slice() else {
@@ -243,7 +232,7 @@ mod tests {
     #[test]
     fn a_failed_grant_is_retried_in_a_second_and_the_old_lease_serves_meanwhile() {
         let s = Settings::for_window(100);
-        let mut k = Keeper::new(s, gateway(), t(0));
+        let mut k = Keeper::new(s, Gateway::for_tests(), t(0));
         let op = |fx: Vec<Effect>| match fx.as_slice() {
             [Effect::Call(c)] => c.op,
             other => panic!("{other:?}"),
@@ -257,7 +246,7 @@ mod tests {
         assert!(k.poll(t(10)).is_empty());
         assert_eq!(k.poll(t(11)).len(), 1);
         // A grant answered without an id is a failure, never a lease 0.
-        let mut k = Keeper::new(s, gateway(), t(0));
+        let mut k = Keeper::new(s, Gateway::for_tests(), t(0));
         let o = op(k.poll(t(0)));
         let fx = k.on_result(o, &CallResult::json(200, &json!({"TTL": "120"})), t(0));
         assert!(matches!(fx.as_slice(), [Effect::Failed(_)]), "{fx:?}");

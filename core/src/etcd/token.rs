@@ -192,11 +192,8 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::ledger::tests::t;
     use crate::store::MemoryStore;
-
-    fn t(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
-    }
 
     fn authenticator() -> Authenticator {
         Authenticator::new(
@@ -204,11 +201,7 @@ mod tests {
                 user: "emr".into(),
                 password: Secret::new("correct-horse-battery-staple"),
             },
-            Gateway {
-                cluster: "etcd".into(),
-                authority: "etcd".into(),
-                timeout_ms: 500,
-            },
+            Gateway::for_tests(),
             t(0),
         )
     }

@@ -104,31 +104,19 @@ impl Intake<'_> {
                 ),
             ));
         }
-        // The lease its entries go on, so they leave after the dedupe
-        // window; without one nothing is put that would never go.
-        let Some(lease) = retention::current(self.store, now) else {
+        // What the service got from etcd for the filters: the lease the
+        // entries go on (so they leave after the dedupe window) and, with
+        // etcd's auth on, the token. Without them nothing is put.
+        let lease = retention::current(self.store, now);
+        // `Some(None)`: etcd's auth is on and there is no token yet.
+        let token = cluster.auth.as_ref().map(|_| token::current(self.store));
+        let (Some(lease), None | Some(Some(_))) = (lease, &token) else {
             self.undo(source, &added, slots);
             return Err(Problem::new(
                 503,
-                "this replica has no lease from etcd for its events yet; retry shortly",
+                "this replica has no lease or token from etcd yet; retry shortly",
             )
             .with_header("retry-after", "1"));
-        };
-        // With etcd's auth on, the service's token; none yet is the same
-        // answer as no lease.
-        let token = match &cluster.auth {
-            Some(_) => match token::current(self.store) {
-                Some(t) => Some(t),
-                None => {
-                    self.undo(source, &added, slots);
-                    return Err(Problem::new(
-                        503,
-                        "this replica has no etcd token yet; retry shortly",
-                    )
-                    .with_header("retry-after", "1"));
-                }
-            },
-            None => None,
         };
         let received_ms = now.timestamp_millis();
         let mut events = Vec::with_capacity(to_queue.len());
@@ -153,7 +141,7 @@ impl Intake<'_> {
         let mut call = cluster
             .gateway
             .call(0, log::commit(&cluster.keys, &entries, lease));
-        if let Some(t) = &token {
+        if let Some(Some(t)) = &token {
             token::authorize(&mut call, t);
         }
         Ok(Commit {

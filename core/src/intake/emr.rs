@@ -29,15 +29,23 @@ fn unknown_group(group: &GroupId, known: &std::collections::BTreeSet<GroupId>) -
     Problem::not_found(format!(
         "emergency group {} is not one emr-edge drives: only the groups its config names \
          (genesys.default_group, groups_by_incident_type, datatable.rows_by_group, \
-         watchdog.groups, rules' group) can be resumed",
+         watchdog.groups, rules' group) are driven",
         text::quoted(group.as_str())
     ))
     .with_error("group", message)
 }
 
+/// What [`Intake::lookup`] found.
+pub(super) enum Lookup {
+    Found(serde_json::Value),
+    /// Several sources use the id and none was named.
+    Ambiguous(Vec<Source>),
+    Unknown,
+}
+
 /// The value of `name` in a query string (`a=1&name=value`), undecoded:
 /// the values asked for here are plain words.
-fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+pub(super) fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     query?
         .split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -74,20 +82,83 @@ impl Intake<'_> {
         }
     }
 
+    /// What the service's heartbeat says; a failed read is the answer.
+    fn liveness(&self, now: DateTime<Utc>) -> Result<Liveness, Handled<HeadersStep>> {
+        match self.store.get(liveness::HEARTBEAT_KEY) {
+            Ok(v) => Ok(Liveness::assess(v.value.as_deref(), now)),
+            Err(e) => Err(self.unavailable(&e)),
+        }
+    }
+
+    /// The group a path names, percent-decoded (400 when the encoding is
+    /// broken; 422 for no group id): one the config names, or a 404, since
+    /// emr-edge drives no other.
+    pub(super) fn configured_group(&self, raw: &str) -> Result<GroupId, Handled<HeadersStep>> {
+        let Some(id) = text::percent_decode(raw) else {
+            return Err(refused(
+                &Problem::bad_request(format!(
+                    "the group id in the path, {}, is not valid percent-encoding",
+                    text::quoted(raw)
+                ))
+                .with_error(
+                    "group",
+                    "must be percent-encoded: '%' followed by two hex digits, as UTF-8",
+                ),
+            ));
+        };
+        let group = GroupId::parse(&id).map_err(|e| {
+            refused(
+                &Problem::new(422, format!("{} is not a group id", text::quoted(&id)))
+                    .with_error("group", e.0),
+            )
+        })?;
+        if !self.config.groups.contains(&group) {
+            return Err(refused(&unknown_group(&group, &self.config.groups)));
+        }
+        Ok(group)
+    }
+
+    /// The source a status query names, if any; 422 for a name that is
+    /// none.
+    pub(super) fn named_source(name: Option<&str>) -> Result<Option<Source>, Handled<HeadersStep>> {
+        name.map(|name| {
+            Source::from_name(name).ok_or_else(|| {
+                refused(
+                    &Problem::new(422, format!("{} is not a source", text::quoted(name)))
+                        .with_error("source", source_names()),
+                )
+            })
+        })
+        .transpose()
+    }
+
+    /// What the status board, or else the ignored notes, hold for `id`.
+    pub(super) fn lookup(
+        &self,
+        id: &str,
+        source: Option<Source>,
+    ) -> Result<Lookup, Handled<HeadersStep>> {
+        match status::find(self.store, id, source) {
+            Ok(status::Found::One(v)) => Ok(Lookup::Found(v)),
+            Ok(status::Found::Ambiguous(sources)) => Ok(Lookup::Ambiguous(sources)),
+            Ok(status::Found::Nothing) => match ignored::find(self.store, id, source) {
+                Ok(Some(v)) => Ok(Lookup::Found(v)),
+                Ok(None) => Ok(Lookup::Unknown),
+                Err(e) => Err(self.unavailable(&e)),
+            },
+            Err(e) => Err(self.unavailable(&e)),
+        }
+    }
+
     /// `GET /emr/ready`: 200 while this replica takes webhooks; 503 with
     /// `Retry-After` and the reason when it does not: its service has
     /// stopped, or (cluster mode) etcd is failing or has not granted the
     /// lease its events go on yet. Genesys failing does not make it unready:
     /// webhooks are still accepted and kept.
     pub(super) fn ready(&self, now: DateTime<Utc>) -> Handled<HeadersStep> {
-        let beat = match self.store.get(liveness::HEARTBEAT_KEY) {
-            Ok(v) => v.value,
-            Err(e) => return self.unavailable(&e),
-        };
-        let mut reasons = match Liveness::assess(beat.as_deref(), now) {
-            Liveness::Alive { .. } => Vec::new(),
-            Liveness::NotStarted => vec!["the emr-edge service has not started".to_owned()],
-            Liveness::Stalled { age_ms } => vec![Liveness::stalled_detail(age_ms)],
+        let mut reasons: Vec<String> = match self.liveness(now) {
+            Ok(l) => l.down().into_iter().collect(),
+            Err(refused) => return refused,
         };
         if let Some(cluster) = &self.config.cluster {
             match self.store.get(liveness::READY_KEY) {
@@ -118,11 +189,11 @@ impl Intake<'_> {
     /// `GET /emr/health`: 200 while the service beats, 503 when it has
     /// stopped or not started (see [`crate::liveness`]).
     pub(super) fn health(&self, now: DateTime<Utc>) -> Handled<HeadersStep> {
-        let stored = match self.store.get(liveness::HEARTBEAT_KEY) {
-            Ok(v) => v.value,
-            Err(e) => return self.unavailable(&e),
+        let beat = match self.liveness(now) {
+            Ok(l) => l,
+            Err(refused) => return refused,
         };
-        let problem = match Liveness::assess(stored.as_deref(), now) {
+        let problem = match beat {
             Liveness::Alive { age_ms } => {
                 // Up, but told by Genesys it cannot switch: still a 200, so
                 // a liveness probe does not restart it for a wrong secret.
@@ -142,8 +213,7 @@ impl Intake<'_> {
                     vec![Counter::StatusServed],
                 );
             }
-            Liveness::NotStarted => Problem::new(503, "the emr-edge service has not started"),
-            Liveness::Stalled { age_ms } => Problem::new(503, Liveness::stalled_detail(age_ms)),
+            down => Problem::new(503, down.down().unwrap_or_default()),
         };
         Handled::new(
             HeadersStep::Respond(Response::problem(&problem)),
@@ -156,30 +226,10 @@ impl Intake<'_> {
     /// is broken); a group the config does not name is a 404, since no
     /// other group is ever driven ([`Config::groups`]).
     pub(super) fn resume(&self, raw: &str, now: DateTime<Utc>) -> Handled<HeadersStep> {
-        let Some(id) = text::percent_decode(raw) else {
-            return refused(
-                &Problem::bad_request(format!(
-                    "the group id in the path, {}, is not valid percent-encoding",
-                    text::quoted(raw)
-                ))
-                .with_error(
-                    "group",
-                    "must be percent-encoded: '%' followed by two hex digits, as UTF-8",
-                ),
-            );
-        };
-        let group = match GroupId::parse(&id) {
+        let group = match self.configured_group(raw) {
             Ok(g) => g,
-            Err(e) => {
-                return refused(
-                    &Problem::new(422, format!("{} is not a group id", text::quoted(&id)))
-                        .with_error("group", e.0),
-                )
-            }
+            Err(refusal) => return refusal,
         };
-        if !self.config.groups.contains(&group) {
-            return refused(&unknown_group(&group, &self.config.groups));
-        }
         let message = ControlMessage {
             control: Control::Resume {
                 group: group.clone(),
@@ -219,17 +269,9 @@ impl Intake<'_> {
                 &Problem::not_found(detail).with_error("correlationId", "is not known to emr-edge"),
             )
         };
-        let source = match query_value(query, "source") {
-            None => None,
-            Some(name) => match Source::from_name(name) {
-                Some(s) => Some(s),
-                None => {
-                    return refused(
-                        &Problem::new(422, format!("{} is not a source", text::quoted(name)))
-                            .with_error("source", source_names()),
-                    )
-                }
-            },
+        let source = match Self::named_source(query_value(query, "source")) {
+            Ok(s) => s,
+            Err(refusal) => return refusal,
         };
         if CorrelationId::parse(id).is_err() {
             return not_found(format!("no incident {} is known", text::quoted(id)));
@@ -243,9 +285,9 @@ impl Intake<'_> {
                 vec![Counter::StatusServed],
             )
         };
-        match status::find(self.store, id, source) {
-            Ok(status::Found::One(v)) => served(&v),
-            Ok(status::Found::Ambiguous(sources)) => {
+        match self.lookup(id, source) {
+            Ok(Lookup::Found(v)) => served(&v),
+            Ok(Lookup::Ambiguous(sources)) => {
                 let names: Vec<String> = sources.iter().map(|s| status_url(*s, id)).collect();
                 refused(
                     &Problem::new(
@@ -258,12 +300,8 @@ impl Intake<'_> {
                     .with_error("source", "is required: several sources use this id"),
                 )
             }
-            Ok(status::Found::Nothing) => match ignored::find(self.store, id, source) {
-                Ok(Some(v)) => served(&v),
-                Ok(None) => self.not_on_board(id, source, now),
-                Err(e) => self.unavailable(&e),
-            },
-            Err(e) => self.unavailable(&e),
+            Ok(Lookup::Unknown) => self.not_on_board(id, source, now),
+            Err(refusal) => refusal,
         }
     }
 

@@ -10,33 +10,10 @@ impl Intake<'_> {
     /// broken); a group the config does not name is a 404, since emr-edge
     /// never drives it.
     pub(super) fn group_routing(&self, raw: &str) -> Handled<HeadersStep> {
-        let group = match text::percent_decode(raw).map(|id| GroupId::parse(&id)) {
-            Some(Ok(g)) => g,
-            Some(Err(e)) => {
-                return refused(
-                    &Problem::new(422, format!("{} is not a group id", text::quoted(raw)))
-                        .with_error("group", e.0),
-                )
-            }
-            None => {
-                return refused(
-                    &Problem::bad_request(format!(
-                        "the group id in the path, {}, is not valid percent-encoding",
-                        text::quoted(raw)
-                    ))
-                    .with_error("group", "must be percent-encoded as UTF-8"),
-                )
-            }
+        let group = match self.configured_group(raw) {
+            Ok(g) => g,
+            Err(refusal) => return refusal,
         };
-        if !self.config.groups.contains(&group) {
-            return refused(
-                &Problem::not_found(format!(
-                    "emergency group {} is not one emr-edge drives",
-                    text::quoted(group.as_str())
-                ))
-                .with_error("group", "is not named by the config"),
-            );
-        }
         let state = match self.store.get(status::STATE_KEY) {
             Ok(v) => v.value,
             Err(e) => return self.unavailable(&e),
@@ -53,34 +30,19 @@ impl Intake<'_> {
     /// on its way to the service). An id several sources use without a
     /// `source` is a 409, as on `/emr/status/{id}`.
     pub(super) fn incident_summary(&self, id: &str, query: Option<&str>) -> Handled<HeadersStep> {
-        let named = query.and_then(|q| {
-            q.split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(k, _)| *k == "source")
-                .map(|(_, v)| v)
-                // A data action sends `source=` when its optional input is
-                // left empty: no source named.
-                .filter(|v| !v.is_empty())
-        });
-        let source = match named {
-            None => None,
-            Some(name) => match Source::from_name(name) {
-                Some(s) => Some(s),
-                None => {
-                    let names: Vec<&str> = Source::ANY.iter().map(|s| s.as_str()).collect();
-                    return refused(
-                        &Problem::new(422, format!("{} is not a source", text::quoted(name)))
-                            .with_error("source", format!("must be one of {}", names.join(", "))),
-                    );
-                }
-            },
+        // A data action sends `source=` when its optional input is left
+        // empty: no source named.
+        let named = emr::query_value(query, "source").filter(|v| !v.is_empty());
+        let source = match Self::named_source(named) {
+            Ok(s) => s,
+            Err(refusal) => return refusal,
         };
         let found = if CorrelationId::parse(id).is_err() {
             None
         } else {
-            match status::find(self.store, id, source) {
-                Ok(status::Found::One(v)) => Some(v),
-                Ok(status::Found::Ambiguous(sources)) => {
+            match self.lookup(id, source) {
+                Ok(emr::Lookup::Found(v)) => Some(v),
+                Ok(emr::Lookup::Ambiguous(sources)) => {
                     let names: Vec<&str> = sources.iter().map(|s| s.as_str()).collect();
                     return refused(
                         &Problem::new(
@@ -93,11 +55,8 @@ impl Intake<'_> {
                         ),
                     );
                 }
-                Ok(status::Found::Nothing) => match ignored::find(self.store, id, source) {
-                    Ok(v) => v,
-                    Err(e) => return self.unavailable(&e),
-                },
-                Err(e) => return self.unavailable(&e),
+                Ok(emr::Lookup::Unknown) => None,
+                Err(refusal) => return refusal,
             }
         };
         let body = data_actions::incident_summary(id, found.as_ref());

@@ -1846,15 +1846,20 @@ mod cluster {
     /// A replica whose service has a lease for the events.
     fn world() -> World {
         let w = leaseless();
+        leased(&w, 77, 60_000);
+        w
+    }
+
+    /// The service's lease `id`, usable `for_ms` more.
+    fn leased(w: &World, id: i64, for_ms: i64) {
         retention::publish(
             &w.store,
             retention::Current {
-                id: 77,
-                until_ms: now().timestamp_millis() + 60_000,
+                id,
+                until_ms: now().timestamp_millis() + for_ms,
             },
         )
         .unwrap();
-        w
     }
 
     fn leaseless() -> World {
@@ -2005,14 +2010,7 @@ mod cluster {
             .unwrap()
             .contains("lease"));
         // Nothing was kept: once there is a lease, the retry goes to etcd.
-        retention::publish(
-            &w.store,
-            retention::Current {
-                id: 5,
-                until_ms: now().timestamp_millis() + 1,
-            },
-        )
-        .unwrap();
+        leased(&w, 5, 1);
         commit(send(&w, &incident("INC-7", "EMERGENCY_ACTIVE")));
     }
 
@@ -2064,14 +2062,7 @@ mod cluster {
             )
             .unwrap(),
         );
-        retention::publish(
-            &w.store,
-            retention::Current {
-                id: 77,
-                until_ms: now().timestamp_millis() + 60_000,
-            },
-        )
-        .unwrap();
+        leased(&w, 77, 60_000);
         // No token yet: 503, and nothing kept.
         let out = send(&w, &incident("INC-8", "EMERGENCY_ACTIVE"))
             .ready()

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::{Callout, Level, Origin, Out, Sample, Service};
 use crate::callout::{CallResult, HttpCall, OpId};
+use crate::etcd::answer::Failure;
 use crate::etcd::config::ClusterSettings;
 use crate::etcd::election::{self, Election};
 use crate::etcd::feed::{self, Feed};
@@ -59,8 +60,6 @@ pub(super) struct Cluster {
     unpublished: Option<retention::Current>,
     /// Lease grants are failing (said once per streak).
     lease_failing: bool,
-    /// The latest snapshot was too large to write (said once per streak).
-    snapshot_too_large: bool,
     /// The leader's snapshot.
     snapshots: snapshots::Writer,
     /// etcd's auth, when it is on, and a token the filters have not been
@@ -69,8 +68,9 @@ pub(super) struct Cluster {
     unpublished_token: Option<String>,
     /// Whether this replica acted at the latest drive.
     acting: bool,
-    /// The feed's reads are failing (said once per streak).
-    feed_failing: Option<String>,
+    /// Reading the log or authenticating is failing: why (said once per
+    /// streak; on `/emr/health` and `/emr/ready` meanwhile).
+    etcd_failing: Option<String>,
     keys: Keys,
     gateway: Gateway,
     /// Controls waiting to be put in the log (from this replica's filters,
@@ -100,7 +100,6 @@ impl Cluster {
             ),
             unpublished: None,
             lease_failing: false,
-            snapshot_too_large: false,
             snapshots: snapshots::Writer::new(now),
             auth: s
                 .auth
@@ -108,7 +107,7 @@ impl Cluster {
                 .map(|c| Authenticator::new(c, s.gateway.clone(), now)),
             unpublished_token: None,
             acting: false,
-            feed_failing: None,
+            etcd_failing: None,
             keys: s.keys.clone(),
             gateway: s.gateway.clone(),
             outbox: VecDeque::new(),
@@ -231,13 +230,13 @@ impl Cluster {
             "acting": self.acting,
             "logPosition": self.feed.position(),
             "logLag": self.feed.lag(),
-            "etcd": self.feed_failing.as_deref().unwrap_or("ok"),
+            "etcd": self.etcd_failing.as_deref().unwrap_or("ok"),
         })
     }
 
     /// Why this replica cannot take webhooks, if etcd is failing.
     pub(super) fn problem(&self) -> Option<String> {
-        self.feed_failing
+        self.etcd_failing
             .as_ref()
             .map(|f| format!("etcd is failing: {f}"))
     }
@@ -314,12 +313,9 @@ impl Service {
             .snapshots
             .send((&c.gateway, &c.keys), (&body, position), &fence, now)
         {
-            Some(call) => {
-                c.snapshot_too_large = false;
-                out.calls.push((Callout::Snapshot(call.op), call));
-            }
-            None if std::mem::replace(&mut c.snapshot_too_large, true) => {}
-            None => out.log(
+            Ok(call) => out.calls.push((Callout::Snapshot(call.op), call)),
+            Err(snapshots::TooLarge { first: false }) => {}
+            Err(snapshots::TooLarge { first: true }) => out.log(
                 Level::Error,
                 format!(
                     "emr-edge cannot snapshot the open incidents in etcd: {} bytes is more \
@@ -361,7 +357,7 @@ impl Service {
 
     /// Tells the filters of a new lease for the log's entries, and of a
     /// new etcd token.
-    pub(super) fn publish_lease(&mut self, store: &dyn SharedStore, out: &mut Out) {
+    pub(super) fn publish_for_filters(&mut self, store: &dyn SharedStore, out: &mut Out) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -408,20 +404,10 @@ impl Service {
                     if let Some(c) = &mut self.cluster {
                         c.unpublished_token = Some(t);
                     }
-                    self.feed_recovered(out);
+                    self.etcd_recovered(out);
                 }
                 token::Effect::Failed(failure) => {
-                    failed(&failure, out);
-                    if let Some(c) = &mut self.cluster {
-                        if c.feed_failing.is_none() {
-                            out.log(
-                                Level::Error,
-                                format!("emr-edge cannot authenticate to etcd: {failure}"),
-                            );
-                            self.state_dirty = true;
-                        }
-                        c.feed_failing = Some(failure.to_string());
-                    }
+                    self.etcd_failed("cannot authenticate to etcd", &failure, out);
                 }
             }
         }
@@ -484,7 +470,7 @@ impl Service {
             Callout::Feed(op) => {
                 let fx = c.feed.on_result(op, result, now);
                 if c.feed.healthy() {
-                    self.feed_recovered(out);
+                    self.etcd_recovered(out);
                 }
                 self.feed_effects(fx, now, out);
             }
@@ -557,17 +543,7 @@ impl Service {
                     out.count(super::DECODE_ERRORS_METRIC, n as u64);
                 }
                 feed::Effect::Failed(failure) => {
-                    failed(&failure, out);
-                    if let Some(c) = &mut self.cluster {
-                        if c.feed_failing.is_none() {
-                            out.log(
-                                Level::Error,
-                                format!("emr-edge cannot read the event log in etcd: {failure}"),
-                            );
-                            self.state_dirty = true;
-                        }
-                        c.feed_failing = Some(failure.to_string());
-                    }
+                    self.etcd_failed("cannot read the event log in etcd", &failure, out);
                 }
             }
         }
@@ -629,9 +605,23 @@ impl Service {
         }
     }
 
-    fn feed_recovered(&mut self, out: &mut Out) {
+    /// Reading the log or authenticating failed: counted, said at the
+    /// first failure of a streak, and a reason this replica is unready.
+    fn etcd_failed(&mut self, doing: &str, failure: &Failure, out: &mut Out) {
+        failed(failure, out);
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        if c.etcd_failing.is_none() {
+            out.log(Level::Error, format!("emr-edge {doing}: {failure}"));
+            self.state_dirty = true;
+        }
+        c.etcd_failing = Some(failure.to_string());
+    }
+
+    fn etcd_recovered(&mut self, out: &mut Out) {
         if let Some(c) = &mut self.cluster {
-            if c.feed_failing.take().is_some() {
+            if c.etcd_failing.take().is_some() {
                 out.log(
                     Level::Info,
                     "emr-edge reads the event log in etcd again".into(),
@@ -643,7 +633,7 @@ impl Service {
 }
 
 /// Counts a failed etcd call by its class.
-fn failed(failure: &crate::etcd::answer::Failure, out: &mut Out) {
+fn failed(failure: &Failure, out: &mut Out) {
     out.samples.push((
         election::Metric::Failure(failure.class()).name(),
         Sample::Count(1),

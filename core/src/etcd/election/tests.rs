@@ -16,11 +16,7 @@ fn election() -> Election {
             replica: "replica-1".into(),
             ttl_s: 3,
         },
-        Gateway {
-            cluster: "etcd".into(),
-            authority: "etcd".into(),
-            timeout_ms: 500,
-        },
+        Gateway::for_tests(),
         t(0),
     )
 }

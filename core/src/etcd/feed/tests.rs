@@ -11,11 +11,7 @@ use crate::ledger::tests::t;
 fn feed() -> Feed {
     Feed::new(
         Keys::new("emr/"),
-        Gateway {
-            cluster: "etcd".into(),
-            authority: "etcd".into(),
-            timeout_ms: 500,
-        },
+        Gateway::for_tests(),
         Duration::milliseconds(200),
         1_000,
         1,

@@ -15,7 +15,7 @@ use crate::etcd::log::Keys;
 use crate::etcd::{snapshot, Fence, Gateway};
 use crate::event::GroupId;
 use crate::ledger::{Ledger, OpenIncident};
-use crate::recovery::PersistedIncident;
+use crate::recovery::{PersistedIncident, PersistedRef};
 
 /// How often the leader writes one, at most, while the log moves: well
 /// inside the shortest dedupe window (60 s), after which the oldest
@@ -26,34 +26,49 @@ pub(super) const EVERY_S: i64 = 20;
 pub(super) const MAX_BYTES: usize = 1_400_000;
 const VERSION: u8 = 1;
 
-#[derive(Serialize, Deserialize)]
+/// A snapshot as read.
+#[derive(Deserialize)]
 struct Body {
     v: u8,
-    p: i64,
     g: Vec<Group>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Group {
     g: GroupId,
     o: Vec<PersistedIncident>,
+}
+
+/// The same, as written: borrowed from the ledger, in recovery's compact
+/// form ([`PersistedRef`]), nothing cloned.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    v: u8,
+    p: i64,
+    g: Vec<GroupRef<'a>>,
+}
+
+#[derive(Serialize)]
+struct GroupRef<'a> {
+    g: &'a GroupId,
+    o: Vec<PersistedRef<'a>>,
 }
 
 /// The open incidents of `ledger`, standing for the log up to `position`.
 pub(super) fn encode(ledger: &Ledger, position: i64) -> Vec<u8> {
     let g = ledger
         .groups()
-        .map(|group| Group {
-            g: group.clone(),
+        .map(|group| GroupRef {
+            g: group,
             o: ledger
                 .open_incidents_of(group)
                 .into_iter()
-                .filter_map(PersistedIncident::of)
+                .filter_map(PersistedRef::of)
                 .collect(),
         })
         .filter(|g| !g.o.is_empty())
         .collect();
-    serde_json::to_vec(&Body {
+    serde_json::to_vec(&BodyRef {
         v: VERSION,
         p: position,
         g,
@@ -83,6 +98,12 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Vec<(GroupId, Vec<OpenIncident>)>, 
         .collect())
 }
 
+/// A snapshot too large to write; `first` of a streak (to say once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TooLarge {
+    pub(super) first: bool,
+}
+
 /// How a write ended.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Written {
@@ -100,6 +121,8 @@ pub(super) struct Writer {
     last_at: DateTime<Utc>,
     /// The write out, and the position it stands for.
     sending: Option<(OpId, i64)>,
+    /// The latest snapshot was too large to write.
+    too_large: bool,
     next_op: OpId,
 }
 
@@ -109,6 +132,7 @@ impl Writer {
             written: 0,
             last_at: now - Duration::seconds(EVERY_S),
             sending: None,
+            too_large: false,
             next_op: 1,
         }
     }
@@ -122,23 +146,25 @@ impl Writer {
     }
 
     /// The write of `body`, the snapshot at `position`, fenced on this
-    /// replica's leadership; or `None` when it is larger than etcd takes
-    /// (tried again later).
+    /// replica's leadership; or, when it is larger than etcd takes (tried
+    /// again later), whether that is new since the latest one that fit.
     pub(super) fn send(
         &mut self,
         (gateway, keys): (&Gateway, &Keys),
         (body, position): (&[u8], i64),
         fence: &Fence,
         now: DateTime<Utc>,
-    ) -> Option<HttpCall> {
+    ) -> Result<HttpCall, TooLarge> {
         self.last_at = now;
         if body.len() > MAX_BYTES {
-            return None;
+            let first = !std::mem::replace(&mut self.too_large, true);
+            return Err(TooLarge { first });
         }
+        self.too_large = false;
         let op = self.next_op;
         self.next_op += 1;
         self.sending = Some((op, position));
-        Some(gateway.call(op, snapshot::write(keys, body, fence)))
+        Ok(gateway.call(op, snapshot::write(keys, body, fence)))
     }
 
     /// The answer to a write; `None` for another op's.

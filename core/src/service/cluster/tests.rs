@@ -143,6 +143,22 @@ fn winning(events: &[Value]) -> impl Fn(&HttpCall) -> CallResult + '_ {
     }
 }
 
+/// `base`, except that another replica (`replica-b`) holds the leader key.
+fn following<'a>(
+    base: &'a dyn Fn(&HttpCall) -> CallResult,
+) -> impl Fn(&HttpCall) -> CallResult + 'a {
+    move |call| {
+        if call.path == "/v3/kv/txn" {
+            return ok(
+                json!({"header": header(9), "responses": [{"response_range": {"kvs": [
+                {"key": b64(b"emr/leader"), "value": b64(b"replica-b"),
+                 "create_revision": "3", "mod_revision": "3", "lease": "99"}]}}]}),
+            );
+        }
+        base(call)
+    }
+}
+
 /// The queue message of an activation of `id`, as an intake commits it.
 fn queued(id: &str) -> Value {
     let QueueMessage::Event(q) = event(id, RoutingMode::Active, 0, 3600) else {
@@ -200,16 +216,7 @@ fn a_follower_records_every_event_and_never_calls_genesys() {
     let events = [queued("INC-2")];
     let base = winning(&events);
     // Another replica holds the leader key.
-    let follower = |call: &HttpCall| -> CallResult {
-        if call.path == "/v3/kv/txn" {
-            return ok(
-                json!({"header": header(9), "responses": [{"response_range": {"kvs": [
-                {"key": b64(b"emr/leader"), "value": b64(b"replica-b"),
-                 "create_revision": "3", "mod_revision": "3", "lease": "99"}]}}]}),
-            );
-        }
-        base(call)
-    };
+    let follower = following(&base);
     let mut asked = 0;
     for i in 0..30 {
         let now = t(0) + chrono::Duration::milliseconds(100 * i);
@@ -461,16 +468,7 @@ fn a_follower_never_writes_a_snapshot() {
     let mut s = start(clustered(json!({})), &store);
     let events = [queued("INC-1")];
     let base = winning(&events);
-    let follower = |call: &HttpCall| -> CallResult {
-        if call.path == "/v3/kv/txn" {
-            return ok(
-                json!({"header": header(9), "responses": [{"response_range": {"kvs": [
-                {"key": b64(b"emr/leader"), "value": b64(b"replica-b"),
-                 "create_revision": "3", "mod_revision": "3", "lease": "99"}]}}]}),
-            );
-        }
-        base(call)
-    };
+    let follower = following(&base);
     for i in 0..40 {
         let now = t(0) + chrono::Duration::milliseconds(1000 * i);
         let out = s.on_tick(&store, now);
